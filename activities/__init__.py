@@ -1,0 +1,1 @@
+"""Temporal activities: the session workflow's only side effects."""

@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI): thin endpoints over the use cases in `application`."""

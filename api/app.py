@@ -1,0 +1,109 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api import problems
+from api.routers import audit, health, sessions, sops
+from application.context import Context
+from persistence.db import Database
+from workflows.client import SessionWorkflows
+from worksession.settings import Settings
+from worksession.temporal import connect
+
+log = logging.getLogger("worksession.api")
+
+
+class RequestGuard:
+    """Pure ASGI middleware: a request id on every request, and a bound on the body size
+    (413 problem) so no client can make the API buffer an unbounded body."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        declared = headers.get(b"content-length")
+        too_big = False
+        try:
+            too_big = declared is not None and int(declared) > self.max_body
+        except ValueError:
+            too_big = True
+        if too_big:
+            return await self._reject(send, rid)
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            await self._reject(send, rid)
+
+    async def _reject(self, send: Any, rid: str) -> None:
+        resp = problems.problem(413, f"request body larger than {self.max_body} bytes",
+                                headers={"x-request-id": rid})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,
+               db: Database | None = None) -> FastAPI:
+    """`client`/`db` may be handed in (tests); otherwise they are made from `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_db = db is None
+        database = db or Database(settings.db_url)
+        temporal = client or await connect(settings, lazy=True)
+        app.state.ctx = Context(db=database, workflows=SessionWorkflows(
+            temporal, settings.task_queue, settings.request_timeout_seconds,
+            settings.idle_timeout, settings.escalate_after_failures))
+        try:
+            yield
+        finally:
+            app.state.ctx = None
+            if own_db:
+                await database.dispose()
+
+    app = FastAPI(title="Work Session Service", version="1.0.0", lifespan=lifespan,
+                  description="Walks frontline workers through SOPs step by step, with a "
+                              "safety check at every step. Errors are RFC 9457 problems.")
+    app.state.ctx = None
+    app.state.jwt_secret = jwt_secret
+    app.state.jwt_algorithms = list(settings.jwt_algorithms)
+    problems.install(app)
+    for r in (health.router, sops.router, sessions.router, audit.router):
+        app.include_router(r)
+    app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
+    return app

@@ -1,0 +1,69 @@
+"""Dependencies as Annotated aliases: the context, the caller, paging, ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.auth import Unauthenticated, authenticate
+from api.schemas import Problem
+from application.authz import Actor
+from application.context import Context
+from domain.errors import NotFound, Unavailable
+
+_bearer = HTTPBearer(auto_error=False, description="JWT: sub = user UUID, role, exp")
+
+
+def get_ctx(request: Request) -> Context:
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        raise Unavailable("the service is starting or its dependencies are down")
+    return ctx
+
+
+def current_actor(request: Request,
+                  creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Actor:
+    header = request.headers.get("authorization")
+    if creds is None and not header:
+        raise Unauthenticated("missing bearer token")
+    state = request.app.state
+    return authenticate(header, state.jwt_secret, state.jwt_algorithms)
+
+
+def request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def parse_id(value: str, what: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise NotFound(f"{what} not found: {value!r} is not a UUID") from None
+
+
+class Paging:
+    MAX_LIMIT = 100
+
+    def __init__(self, limit: int = Query(20, ge=1, le=2**31 - 1,
+                                          description="page size; capped at 100"),
+                 offset: int = Query(0, ge=0, le=2**31 - 1)) -> None:
+        self.limit = min(limit, self.MAX_LIMIT)
+        self.offset = offset
+
+    def page(self, items: list[Any], total: int) -> dict[str, Any]:
+        return {"items": items, "total": total, "limit": self.limit, "offset": self.offset}
+
+
+Ctx = Annotated[Context, Depends(get_ctx)]
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+RequestId = Annotated[str | None, Depends(request_id)]
+PageParams = Annotated[Paging, Depends()]
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses an endpoint can give."""
+    return {c: {"model": Problem, "content": {"application/problem+json": {}}}
+            for c in (401, 422, 503, *codes)}

@@ -1,0 +1,98 @@
+"""RFC 9457 problem responses for every error, mapped in ONE place."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.auth import Unauthenticated
+from domain import errors as e
+
+log = logging.getLogger("worksession.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[type[e.DomainError], int] = {
+    e.NotFound: 404,
+    e.Forbidden: 403,
+    e.InvalidInput: 422,
+    e.Conflict: 409,
+    e.SopHasActiveSessions: 400,
+    e.Unavailable: 503,
+}
+
+TITLES: dict[str, str] = {
+    e.NotFound.code: "Not found",
+    e.Forbidden.code: "Forbidden",
+    e.InvalidInput.code: "Invalid request",
+    e.Conflict.code: "Conflict",
+    e.SessionLocked.code: "Session is locked",
+    e.WrongState.code: "Session is not in the right state",
+    e.StepNotCurrent.code: "Step is not the current step",
+    e.ActiveSessionExists.code: "Worker already has an active session",
+    e.SopNotStartable.code: "SOP cannot be started",
+    e.SopNotEditable.code: "SOP cannot be changed",
+    e.SopHasActiveSessions.code: "SOP has active sessions",
+    e.Unavailable.code: "Service unavailable",
+}
+
+
+def status_of(err: e.DomainError) -> int:
+    for cls in type(err).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 409
+
+
+def problem(status: int, detail: str, *, type_: str = "about:blank", title: str | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": type_, "title": title or HTTPStatus(status).phrase, "status": status,
+            "detail": detail, **extra}
+    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON,
+                        headers=headers)
+
+
+def _loc(loc: tuple | list) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.DomainError)
+    async def domain_error(_: Request, err: e.DomainError) -> JSONResponse:
+        status = status_of(err)
+        extra = {k: v for k, v in err.extra.items()}
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return problem(status, err.detail, type_=f"/problems/{err.code}",
+                       title=TITLES.get(err.code), headers=headers, **extra)
+
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(_: Request, err: Unauthenticated) -> JSONResponse:
+        return problem(401, err.detail, type_="/problems/unauthenticated",
+                       title="Unauthenticated", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        fields = [{"field": _loc(x.get("loc", ())), "message": x.get("msg", "invalid"),
+                   "type": x.get("type")} for x in err.errors()]
+        names = ", ".join(f["field"] for f in fields) or "request"
+        return problem(422, f"invalid fields: {names}", type_="/problems/validation",
+                       title="Invalid request", errors=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return problem(err.status_code, str(err.detail), headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        # The contract allows no 5xx but 503: an unexpected failure is reported as the
+        # service being unable to answer now, and logged in full for the operators.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem(503, "the service could not handle this request right now",
+                       type_="/problems/unexpected", headers={"Retry-After": "5"})

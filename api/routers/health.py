@@ -1,0 +1,66 @@
+"""Liveness and readiness (no token)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from api.problems import problem
+
+router = APIRouter(tags=["Health"])
+
+CHECK_TIMEOUT = 3.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is down"}})
+async def readyz(request: Request) -> Any:
+    ctx = getattr(request.app.state, "ctx", None)
+    checks: dict[str, str] = {}
+    if ctx is None:
+        checks["startup"] = "not finished"
+    else:
+        checks["database"] = await _check(ctx.db.ping())
+        checks["temporal"] = await _check(_temporal(ctx))
+        if checks["temporal"] == "ok":
+            checks["worker"] = await _check(_worker_polls(ctx))
+        else:
+            checks["worker"] = "unknown (Temporal is down)"
+    down = [k for k, v in checks.items() if v != "ok"]
+    if down:
+        return problem(503, f"not ready: {', '.join(down)} down", type_="/problems/not-ready",
+                       title="Not ready", checks=checks)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+async def _check(coro: Any) -> str:
+    try:
+        await asyncio.wait_for(coro, CHECK_TIMEOUT)
+        return "ok"
+    except TimeoutError:
+        return "timed out"
+    except Exception as e:  # any failure means "down"; say which
+        return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+async def _temporal(ctx: Any) -> None:
+    await ctx.workflows.client.service_client.check_health()
+
+
+async def _worker_polls(ctx: Any) -> None:
+    client = ctx.workflows.client
+    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=ctx.workflows.task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
+    if not resp.pollers:
+        raise RuntimeError(f"no worker polls task queue {ctx.workflows.task_queue!r}")

@@ -1,0 +1,117 @@
+"""Work-session endpoints. 404 and 403 are decided (by `gate`) before the body is read."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems
+from api.schemas import (
+    CancelIn,
+    CheckIn,
+    Page,
+    ReopenIn,
+    SessionOut,
+    SessionSummary,
+    StartSessionIn,
+)
+from application import sessions as uc
+from domain.sop import CheckResult
+from domain.work_session import SessionStatus
+
+router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"])
+
+
+def gate(permission: str) -> Any:
+    async def dependency(session_id: str, actor: CurrentActor, ctx: Ctx) -> UUID:
+        sid = parse_id(session_id, "session")
+        await uc.gate(ctx, actor, sid, permission)
+        return sid
+    return Depends(dependency)
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "status": row["status"],
+            "sop": {"id": row["sop_id"], "title": row["sop_title"],
+                    "version": row["sop_version"]},
+            "worker_id": row["worker_id"], "started_at": row["started_at"],
+            "completed_at": row["completed_at"], "cancelled_at": row["cancelled_at"],
+            "locked": row["locked"], "needs_attention": row["needs_attention"]}
+
+
+@router.post("", status_code=201, response_model=SessionOut, responses=problems(403, 404, 409))
+async def start_session(body: StartSessionIn, actor: CurrentActor, ctx: Ctx,
+                        rid: RequestId) -> dict[str, Any]:
+    return await uc.start_session(ctx, actor, body.sop_id, rid)
+
+
+@router.get("/current", response_model=SessionOut, responses=problems(404))
+async def current_session(actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return await uc.current_session(ctx, actor)
+
+
+@router.get("", response_model=Page[SessionSummary], responses=problems())
+async def list_sessions(actor: CurrentActor, ctx: Ctx, paging: PageParams,
+                        status: SessionStatus | None = Query(None)) -> dict[str, Any]:
+    rows, total = await uc.list_sessions(ctx, actor, status, paging.limit, paging.offset)
+    return paging.page([summary(r) for r in rows], total)
+
+
+@router.get("/{session_id}", response_model=SessionOut, responses=problems(404))
+async def get_session(session_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return await uc.get_session(ctx, actor, parse_id(session_id, "session"))
+
+
+@router.post("/{session_id}/checks", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def submit_check(body: CheckIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                       sid: UUID = gate("session.work")) -> dict[str, Any]:
+    return await uc.submit_check(
+        ctx, actor, sid, step_id=body.step_id,
+        result=CheckResult(body.result) if body.result else None, value=body.value,
+        notes=body.notes, evidence_uri=body.evidence_uri, check_id=body.check_id,
+        request_id=rid)
+
+
+@router.post("/{session_id}/complete", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def complete_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                           sid: UUID = gate("session.work")) -> dict[str, Any]:
+    return await uc.complete_session(ctx, actor, sid, rid)
+
+
+@router.post("/{session_id}/pause", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def pause_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                        sid: UUID = gate("session.work")) -> dict[str, Any]:
+    return await uc.pause_session(ctx, actor, sid, rid)
+
+
+@router.post("/{session_id}/resume", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def resume_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                         sid: UUID = gate("session.work")) -> dict[str, Any]:
+    return await uc.resume_session(ctx, actor, sid, rid)
+
+
+@router.post("/{session_id}/cancel", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def cancel_session(body: CancelIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                         sid: UUID = gate("session.work")) -> dict[str, Any]:
+    return await uc.cancel_session(ctx, actor, sid, body.reason, rid)
+
+
+@router.post("/{session_id}/approve", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def approve_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                          sid: UUID = gate("session.override")) -> dict[str, Any]:
+    return await uc.approve_session(ctx, actor, sid, rid)
+
+
+@router.post("/{session_id}/reopen", response_model=SessionOut,
+             responses=problems(403, 404, 409))
+async def reopen_session(body: ReopenIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
+                         sid: UUID = gate("session.override")) -> dict[str, Any]:
+    return await uc.reopen_session(ctx, actor, sid, body.reason, body.step_id, rid)

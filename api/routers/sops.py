@@ -1,0 +1,68 @@
+"""SOP catalog endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems
+from api.schemas import Page, SopIn, SopOut
+from application import sops as uc
+from domain.sop import Sop, SopStatus
+from domain.work_session import check_spec_view
+
+router = APIRouter(prefix="/api/v1/sops", tags=["SOPs"])
+
+
+def sop_out(sop: Sop) -> dict[str, Any]:
+    return {
+        "id": sop.id, "family_id": sop.family_id, "version": sop.version,
+        "status": sop.status.value, "title": sop.title, "description": sop.description,
+        "created_at": sop.created_at, "updated_at": sop.updated_at,
+        "confirmed_at": sop.confirmed_at,
+        "tasks": [{"id": t.id, "position": t.position, "title": t.title, "steps": [
+            {"id": s.id, "position": s.position, "title": s.title,
+             "instructions": s.instructions, "check": check_spec_view(s.check)}
+            for s in t.steps]} for t in sop.tasks],
+    }
+
+
+@router.post("", status_code=201, response_model=SopOut, responses=problems(403))
+async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.create_sop(ctx, actor, body.model_dump()))
+
+
+@router.get("", response_model=Page[SopOut], responses=problems())
+async def list_sops(actor: CurrentActor, ctx: Ctx, paging: PageParams,
+                    status: SopStatus | None = Query(None)) -> dict[str, Any]:
+    items, total = await uc.list_sops(ctx, actor, status, paging.limit, paging.offset)
+    return paging.page([sop_out(s) for s in items], total)
+
+
+@router.get("/{sop_id}", response_model=SopOut, responses=problems(404))
+async def get_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.get_sop(ctx, actor, parse_id(sop_id, "SOP")))
+
+
+@router.put("/{sop_id}", response_model=SopOut, responses=problems(403, 404, 409))
+async def update_sop(sop_id: str, body: SopIn, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.update_sop(ctx, actor, parse_id(sop_id, "SOP"), body.model_dump()))
+
+
+@router.post("/{sop_id}/confirm", response_model=SopOut, responses=problems(403, 404, 409))
+async def confirm_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.confirm_sop(ctx, actor, parse_id(sop_id, "SOP")))
+
+
+@router.post("/{sop_id}/revisions", status_code=201, response_model=SopOut,
+             responses=problems(403, 404, 409))
+async def revise_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.revise_sop(ctx, actor, parse_id(sop_id, "SOP")))
+
+
+@router.delete("/{sop_id}", status_code=204, response_class=Response,
+               responses=problems(400, 403, 404))
+async def delete_sop(sop_id: str, actor: CurrentActor, ctx: Ctx, rid: RequestId) -> Response:
+    await uc.delete_sop(ctx, actor, parse_id(sop_id, "SOP"), rid)
+    return Response(status_code=204)

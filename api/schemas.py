@@ -1,0 +1,211 @@
+"""Request and response bodies. Every string and list is bounded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+LongText = Annotated[str, StringConstraints(max_length=5000)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class CheckSpecIn(BaseModel):
+    kind: Literal["confirm", "measurement"]
+    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                             max_length=500)]
+    unit: Annotated[str, StringConstraints(max_length=32)] | None = None
+    min: Finite | None = None
+    max: Finite | None = None
+
+
+class StepIn(BaseModel):
+    title: Title
+    instructions: LongText | None = None
+    check: CheckSpecIn
+
+
+class TaskIn(BaseModel):
+    title: Title
+    steps: list[StepIn] = Field(min_length=1, max_length=200)
+
+
+class SopIn(BaseModel):
+    title: Title
+    description: LongText | None = None
+    tasks: list[TaskIn] = Field(min_length=1, max_length=100)
+
+
+class CheckSpecOut(BaseModel):
+    kind: Literal["confirm", "measurement"]
+    prompt: str
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class StepOut(BaseModel):
+    id: UUID
+    position: int
+    title: str
+    instructions: str | None
+    check: CheckSpecOut
+
+
+class TaskOut(BaseModel):
+    id: UUID
+    position: int
+    title: str
+    steps: list[StepOut]
+
+
+class SopOut(BaseModel):
+    id: UUID
+    family_id: UUID
+    version: int
+    status: Literal["draft", "confirmed", "archived"]
+    title: str
+    description: str | None
+    tasks: list[TaskOut]
+    created_at: datetime
+    updated_at: datetime
+    confirmed_at: datetime | None
+
+
+class StartSessionIn(BaseModel):
+    sop_id: UUID
+
+
+class CheckIn(BaseModel):
+    step_id: UUID
+    result: Literal["passed", "failed"] | None = None
+    value: Finite | None = None
+    notes: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    evidence_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    check_id: UUID | None = Field(
+        default=None, description="client-chosen UUID: resending it records the check once")
+
+
+class CancelIn(BaseModel):
+    reason: Reason
+
+
+class ReopenIn(BaseModel):
+    reason: Reason
+    step_id: UUID | None = None
+
+
+class TaskRef(BaseModel):
+    id: UUID
+    title: str
+
+
+class CurrentStep(BaseModel):
+    id: UUID
+    title: str
+    instructions: str | None
+    check: CheckSpecOut
+    task: TaskRef
+    index: int
+    total: int
+
+
+class StepRef(BaseModel):
+    id: UUID
+    title: str
+
+
+class SopRef(BaseModel):
+    id: UUID
+    title: str
+    version: int
+
+
+class CheckOut(BaseModel):
+    id: UUID
+    step_id: UUID
+    result: Literal["passed", "failed"]
+    value: float | None
+    notes: str | None
+    evidence_uri: str | None
+    checked_at: datetime
+    checked_by: UUID
+
+
+SessionStatusName = Literal["in_progress", "paused", "completed", "cancelled"]
+
+
+class SessionOut(BaseModel):
+    id: UUID
+    status: SessionStatusName
+    sop: SopRef
+    worker_id: UUID
+    current_step_id: UUID | None
+    current_step: CurrentStep | None
+    next_step: StepRef | None
+    checks: list[CheckOut]
+    started_at: datetime
+    paused_at: datetime | None
+    paused_reason: str | None = None
+    paused_seconds: float
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None = None
+    unchecked_step_ids: list[UUID] | None = None
+    needs_attention: bool
+    locked: bool
+    approved_by: UUID | None
+    approved_at: datetime | None
+    workflow_id: str | None
+    run_id: str | None
+
+
+class SessionSummary(BaseModel):
+    id: UUID
+    status: SessionStatusName
+    sop: SopRef
+    worker_id: UUID
+    started_at: datetime
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    locked: bool
+    needs_attention: bool
+
+
+class AuditEntryOut(BaseModel):
+    id: UUID
+    seq: int
+    at: datetime
+    actor_id: UUID | None
+    actor_role: str | None
+    action: str
+    session_id: UUID | None
+    outcome: str
+    detail: dict[str, Any] | None
+    request_id: str | None
+    hash: str
+    prev_hash: str
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; extension members vary by problem."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str

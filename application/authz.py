@@ -1,0 +1,54 @@
+"""Who may do what (CONTRACT.md role table), in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
+
+from domain.errors import Forbidden, NotFound
+from domain.work_session import SessionState
+
+
+class Role(StrEnum):
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Actor:
+    id: UUID
+    role: Role
+
+
+W, S, A = Role.WORKER, Role.SUPERVISOR, Role.ADMIN
+
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "sop.read": frozenset({W, S, A}),
+    "sop.read_drafts": frozenset({S, A}),
+    "sop.write": frozenset({S, A}),
+    "session.start": frozenset({W}),
+    "session.work": frozenset({W}),        # checks, pause, resume, complete, cancel (own)
+    "session.read": frozenset({W, S, A}),  # workers: own only
+    "session.read_all": frozenset({S, A}),
+    "session.override": frozenset({S, A}),  # approve, reopen
+    "audit.read": frozenset({S, A}),
+    "ops": frozenset({A}),
+}
+
+
+def allowed(actor: Actor, action: str) -> bool:
+    return actor.role in PERMISSIONS[action]
+
+
+def authorize(actor: Actor, action: str) -> None:
+    if not allowed(actor, action):
+        raise Forbidden(f"role {actor.role.value} may not do this ({action})")
+
+
+def ensure_visible(actor: Actor, state: SessionState | None) -> SessionState:
+    """A worker never sees another worker's session: it does not exist for them (404)."""
+    if state is None or not (allowed(actor, "session.read_all") or state.worker_id == actor.id):
+        raise NotFound("session not found")
+    return state

@@ -1,0 +1,295 @@
+"""Work-session use cases (spec session-001 … 009).
+
+A live session (in progress or paused) changes only inside its workflow; a closed one is
+read from the database, where approval and the lock live. Every state-changing request that
+reaches a session is audited, accepted or rejected."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+from application import audit
+from application.authz import Actor, authorize, ensure_visible
+from application.context import Context
+from domain.errors import (
+    ActiveSessionExists,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    SessionLocked,
+)
+from domain.sop import CheckResult
+from domain.work_session import CheckSubmission, SessionStatus, WorkSession
+from persistence import sessions, sops
+from persistence.sessions import SessionRow
+from workflows.client import RunClosed, WorkflowRunning
+from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
+
+# How long a start waits for the worker's previous run to finish closing after it answered
+# `completed` or `cancelled` (it closes within milliseconds; this is a generous bound).
+CLOSING_RUN_WAIT_SECONDS = 5.0
+
+
+async def _row(ctx: Context, actor: Actor, session_id: UUID) -> tuple[SessionRow, WorkSession]:
+    async with ctx.db.read() as conn:
+        row = await sessions.get(conn, session_id)
+        ensure_visible(actor, row.state if row else None)
+        assert row is not None
+        plan = await ctx.plans.get(conn, row.state.sop_id)
+    return row, WorkSession(plan=plan, state=row.state)
+
+
+def _render(row: SessionRow, session: WorkSession) -> dict[str, Any]:
+    return session.view(run_id=row.run_id, workflow_id=row.workflow_id)
+
+
+# ---- start (session-001, session-009) ---------------------------------------------------------
+async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
+                        request_id: str | None = None) -> dict[str, Any]:
+    authorize(actor, "session.start")
+    for attempt in range(2):
+        try:
+            view = await _start_once(ctx, actor, sop_id)
+            break
+        except WorkflowRunning as running:
+            # Temporal still has an open run for this worker while the database has no
+            # active session: the previous session answered completed/cancelled and its run
+            # is closing. Wait for it, then try once more.
+            if attempt == 0 and await ctx.workflows.wait_closed(actor.id,
+                                                                CLOSING_RUN_WAIT_SECONDS):
+                continue
+            raise ActiveSessionExists(
+                "you already have a session in progress: complete or cancel it first",
+                existing_session_id=str(running.session_id) if running.session_id else None,
+            ) from None
+        except ActiveSessionExists as e:
+            await audit.record(ctx, actor, "session_start", "rejected",
+                               session_id=UUID(e.extra["existing_session_id"]),
+                               detail={"sop_id": str(sop_id), "reason": e.code},
+                               request_id=request_id)
+            raise
+    await audit.record(ctx, actor, "session_start", "accepted", session_id=UUID(view["id"]),
+                       detail={"sop_id": str(sop_id)}, request_id=request_id)
+    return view
+
+
+async def _start_once(ctx: Context, actor: Actor, sop_id: UUID) -> dict[str, Any]:
+    # One write transaction holds the SOP (row lock on PostgreSQL, the write lock on SQLite)
+    # from the status check to the session insert, so a racing delete either sees this
+    # session (and refuses) or archives first (and this start refuses).
+    async with ctx.db.write() as conn:
+        sop = await sops.get(conn, sop_id, for_update=True)
+        if sop is None:
+            raise NotFound("SOP not found")
+        sop.ensure_startable()
+        existing = await sessions.active_for_worker(conn, actor.id)
+        if existing is not None:
+            raise ActiveSessionExists(
+                "you already have a session in progress: complete or cancel it first",
+                existing_session_id=str(existing.state.id))
+        plan = sop.plan()
+        session = WorkSession.start(uuid4(), actor.id, plan, ctx.clock())
+        run_id = await ctx.workflows.start(plan, session.state)
+        row = SessionRow(session.state, workflow_id_for(actor.id), run_id)
+        await sessions.save(ctx.db, conn, session.state, row.workflow_id, run_id, ctx.clock())
+    return _render(row, session)
+
+
+# ---- worker actions on a session ---------------------------------------------------------
+async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
+               live: Callable[[], Awaitable[dict[str, Any]]],
+               offline: Callable[[WorkSession], Any], detail: dict[str, Any],
+               request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
+    row, session = await _row(ctx, actor, session_id)
+    authorize(actor, "session.work")
+    try:
+        if session.is_active:
+            try:
+                view = await live()
+            except RunClosed:
+                row, session = await _row(ctx, actor, session_id)
+                view = _offline(row, session, offline)
+        else:
+            view = _offline(row, session, offline)
+    except SessionLocked as e:
+        await audit.record(ctx, actor, "modification_rejected", "rejected", session_id,
+                           {"attempted": action, "reason": e.detail, **detail}, request_id)
+        raise
+    except (Conflict, InvalidInput) as e:
+        await audit.record(ctx, actor, action, "rejected", session_id,
+                           {"reason": e.detail, "code": e.code, **detail}, request_id)
+        raise
+    await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id,
+                       dedup_key=dedup_key)
+    return view
+
+
+def _offline(row: SessionRow, session: WorkSession, action: Callable[[WorkSession], Any]
+             ) -> dict[str, Any]:
+    """A closed session: the domain decides (locked, wrong state, or an idempotent repeat)
+    on a copy; nothing is written."""
+    action(session.copy())
+    return _render(row, session)
+
+
+async def submit_check(ctx: Context, actor: Actor, session_id: UUID, *, step_id: UUID,
+                       result: CheckResult | None, value: float | None, notes: str | None,
+                       evidence_uri: str | None, check_id: UUID | None,
+                       request_id: str | None = None) -> dict[str, Any]:
+    check_id = check_id or uuid4()
+    cmd = SubmitCheck(actor_id=actor.id, check_id=check_id, step_id=step_id, result=result,
+                      value=value, notes=notes, evidence_uri=evidence_uri)
+    sub = CheckSubmission(check_id=check_id, step_id=step_id, result=result, value=value,
+                          notes=notes, evidence_uri=evidence_uri)
+    return await _act(
+        ctx, actor, session_id, "check_submitted",
+        live=lambda: ctx.workflows.submit_check(actor.id, cmd),
+        offline=lambda s: s.add_check(sub, by=actor.id, now=ctx.clock()),
+        detail={"check_id": str(check_id), "step_id": str(step_id),
+                "result": result.value if result else None, "value": value},
+        request_id=request_id, dedup_key=f"check:{session_id}:{check_id}")
+
+
+async def complete_session(ctx: Context, actor: Actor, session_id: UUID,
+                           request_id: str | None = None) -> dict[str, Any]:
+    return await _command(ctx, actor, session_id, "complete",
+                          lambda s: s.complete(ctx.clock(), manual=True), None, request_id)
+
+
+async def pause_session(ctx: Context, actor: Actor, session_id: UUID,
+                        request_id: str | None = None) -> dict[str, Any]:
+    return await _command(ctx, actor, session_id, "pause", lambda s: s.pause(ctx.clock()),
+                          None, request_id)
+
+
+async def resume_session(ctx: Context, actor: Actor, session_id: UUID,
+                         request_id: str | None = None) -> dict[str, Any]:
+    return await _command(ctx, actor, session_id, "resume", lambda s: s.resume(ctx.clock()),
+                          None, request_id)
+
+
+async def cancel_session(ctx: Context, actor: Actor, session_id: UUID, reason: str,
+                         request_id: str | None = None) -> dict[str, Any]:
+    return await _command(ctx, actor, session_id, "cancel",
+                          lambda s: s.cancel(reason, ctx.clock()), reason, request_id)
+
+
+async def _command(ctx: Context, actor: Actor, session_id: UUID, name: str,
+                   offline: Callable[[WorkSession], Any], reason: str | None,
+                   request_id: str | None) -> dict[str, Any]:
+    cmd = SessionCommand(actor_id=actor.id, reason=reason)
+    return await _act(ctx, actor, session_id, f"session_{name}",
+                      live=lambda: ctx.workflows.command(actor.id, name, cmd), offline=offline,
+                      detail={"reason": reason} if reason else {}, request_id=request_id)
+
+
+# ---- supervisor actions --------------------------------------------------------------------
+async def approve_session(ctx: Context, actor: Actor, session_id: UUID,
+                          request_id: str | None = None) -> dict[str, Any]:
+    async def approve() -> dict[str, Any]:
+        row, session = await _row(ctx, actor, session_id)
+        session.approve(actor.id, ctx.clock())
+        async with ctx.db.write() as conn:
+            won = await sessions.approve(conn, session.state, ctx.clock())
+        if not won:  # someone else changed it first: decide again on what is stored now
+            row, session = await _row(ctx, actor, session_id)
+            session.approve(actor.id, ctx.clock())
+            raise Conflict("the session changed while it was being approved; try again")
+        return _render(row, session)
+
+    return await _supervise(ctx, actor, session_id, "session_approve", approve, {}, request_id)
+
+
+async def reopen_session(ctx: Context, actor: Actor, session_id: UUID, reason: str,
+                         step_id: UUID | None, request_id: str | None = None) -> dict[str, Any]:
+    async def reopen() -> dict[str, Any]:
+        row, session = await _row(ctx, actor, session_id)
+        session.reopen(ctx.clock(), step_id)
+        worker_id = session.state.worker_id
+        for attempt in range(2):
+            try:
+                async with ctx.db.write() as conn:
+                    other = await sessions.active_for_worker(conn, worker_id)
+                    if other is not None:
+                        raise ActiveSessionExists(
+                            "the worker has another active session: it must be completed or "
+                            "cancelled first", existing_session_id=str(other.state.id))
+                    run_id = await ctx.workflows.start(session.plan, session.state)
+                    row = SessionRow(session.state, workflow_id_for(worker_id), run_id)
+                    await sessions.save(ctx.db, conn, session.state, row.workflow_id, run_id,
+                                        ctx.clock())
+                return _render(row, session)
+            except WorkflowRunning as running:
+                if attempt == 0 and await ctx.workflows.wait_closed(
+                        worker_id, CLOSING_RUN_WAIT_SECONDS):
+                    continue
+                raise ActiveSessionExists(
+                    "the worker has another active session: it must be completed or "
+                    "cancelled first",
+                    existing_session_id=str(running.session_id) if running.session_id
+                    else None) from None
+        raise AssertionError("unreachable")
+
+    detail = {"reason": reason, "step_id": str(step_id) if step_id else None}
+    return await _supervise(ctx, actor, session_id, "session_reopen", reopen, detail,
+                            request_id)
+
+
+async def _supervise(ctx: Context, actor: Actor, session_id: UUID, action: str,
+                     run: Callable[[], Awaitable[dict[str, Any]]], detail: dict[str, Any],
+                     request_id: str | None) -> dict[str, Any]:
+    await _row(ctx, actor, session_id)  # 404 first
+    authorize(actor, "session.override")
+    try:
+        view = await run()
+    except SessionLocked as e:
+        await audit.record(ctx, actor, "modification_rejected", "rejected", session_id,
+                           {"attempted": action, "reason": e.detail, **detail}, request_id)
+        raise
+    except (Conflict, InvalidInput) as e:
+        await audit.record(ctx, actor, action, "rejected", session_id,
+                           {"reason": e.detail, "code": e.code, **detail}, request_id)
+        raise
+    await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id)
+    return view
+
+
+# ---- reads (session-003) -------------------------------------------------------------------
+async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
+    """The worker's active session, as its live workflow knows it."""
+    if actor.role.value != "worker":
+        raise NotFound("supervisors and admins have no current session")
+    async with ctx.db.read() as conn:
+        row = await sessions.active_for_worker(conn, actor.id)
+    if row is None:
+        raise NotFound("you have no session in progress or paused")
+    try:
+        view = await ctx.workflows.query(actor.id)
+        if view["id"] == str(row.state.id):
+            return view
+    except RunClosed:
+        pass
+    _, session = await _row(ctx, actor, row.state.id)
+    return _render(row, session)
+
+
+async def get_session(ctx: Context, actor: Actor, session_id: UUID) -> dict[str, Any]:
+    row, session = await _row(ctx, actor, session_id)
+    return _render(row, session)
+
+
+async def list_sessions(ctx: Context, actor: Actor, status: SessionStatus | None, limit: int,
+                        offset: int) -> tuple[list[dict], int]:
+    authorize(actor, "session.read")
+    worker = None if actor.role.value != "worker" else actor.id
+    async with ctx.db.read() as conn:
+        return await sessions.list_page(conn, worker, status, limit, offset)
+
+
+
+async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> None:
+    """The precedence of CONTRACT.md: 404 (may not see it), then 403 (may not do it)."""
+    await _row(ctx, actor, session_id)
+    authorize(actor, permission)

@@ -1,0 +1,3 @@
+"""Pure domain model: SOPs and work sessions.
+
+Imports nothing from Temporal, FastAPI or SQLAlchemy."""

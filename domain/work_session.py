@@ -1,0 +1,321 @@
+"""The WorkSession aggregate: a worker walking an SOP's steps, one safety check at a time.
+
+Time and ids come in as arguments, so the same code runs deterministically inside a
+Temporal workflow and in the API against the read model."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from domain.errors import InvalidInput, SessionLocked, StepNotCurrent, WrongState
+from domain.sop import CheckResult, SessionPlan
+
+
+class SessionStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (SessionStatus.IN_PROGRESS, SessionStatus.PAUSED)
+CLOSED_STATUSES = (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: UUID
+    step_id: UUID
+    result: CheckResult
+    checked_at: datetime
+    checked_by: UUID
+    value: float | None = None
+    notes: str | None = None
+    evidence_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckSubmission:
+    check_id: UUID
+    step_id: UUID
+    result: CheckResult | None = None
+    value: float | None = None
+    notes: str | None = None
+    evidence_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkSessionCompleted:
+    session_id: UUID
+    worker_id: UUID
+    completed_at: datetime
+    manual: bool
+
+
+@dataclass
+class SessionState:
+    """Everything about a session except the SOP's steps: what the read model stores."""
+
+    id: UUID
+    worker_id: UUID
+    sop_id: UUID
+    sop_title: str
+    sop_version: int
+    status: SessionStatus
+    current_step_id: UUID | None
+    started_at: datetime
+    checks: list[Check] = field(default_factory=list)
+    paused_at: datetime | None = None
+    paused_seconds: float = 0.0
+    paused_reason: str | None = None
+    completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
+    unchecked_step_ids: list[UUID] | None = None
+    needs_attention: bool = False
+    locked: bool = False
+    approved_by: UUID | None = None
+    approved_at: datetime | None = None
+    version: int = 0
+
+
+@dataclass
+class WorkSession:
+    plan: SessionPlan
+    state: SessionState
+    events: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    # ---- creation --------------------------------------------------------------------------
+    @classmethod
+    def start(cls, session_id: UUID, worker_id: UUID, plan: SessionPlan,
+              now: datetime) -> WorkSession:
+        state = SessionState(
+            id=session_id, worker_id=worker_id, sop_id=plan.sop_id, sop_title=plan.sop_title,
+            sop_version=plan.sop_version, status=SessionStatus.IN_PROGRESS,
+            current_step_id=plan.steps[0].id, started_at=now,
+        )
+        return cls(plan=plan, state=state)
+
+    def copy(self) -> WorkSession:
+        return WorkSession(plan=self.plan, state=copy.deepcopy(self.state))
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def is_active(self) -> bool:
+        return self.state.status in ACTIVE_STATUSES
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state.status in CLOSED_STATUSES
+
+    def find_check(self, check_id: UUID) -> Check | None:
+        return next((c for c in self.state.checks if c.id == check_id), None)
+
+    def passed_step_ids(self) -> set[UUID]:
+        return {c.step_id for c in self.state.checks if c.result is CheckResult.PASSED}
+
+    def failures_in_a_row(self, step_id: UUID) -> int:
+        n = 0
+        for c in reversed(self.state.checks):
+            if c.step_id != step_id:
+                break
+            if c.result is CheckResult.PASSED:
+                break
+            n += 1
+        return n
+
+    # ---- guards ----------------------------------------------------------------------------
+    def _ensure_unlocked(self) -> None:
+        if self.state.locked:
+            raise SessionLocked("session is approved and locked: it can no longer be changed")
+
+    def _ensure_status(self, *allowed: SessionStatus, doing: str) -> None:
+        self._ensure_unlocked()
+        if self.state.status not in allowed:
+            wanted = " or ".join(s.value for s in allowed)
+            raise WrongState(f"cannot {doing}: session is {self.state.status.value}, "
+                             f"not {wanted}", status=self.state.status.value)
+
+    def _changed(self) -> None:
+        self.state.version += 1
+
+    # ---- rules -----------------------------------------------------------------------------
+    def add_check(self, sub: CheckSubmission, by: UUID, now: datetime,
+                  escalate_after_failures: int = 0) -> Check | None:
+        """Record a safety check on the current step. A passed check advances the session;
+        a failed one is recorded and the step stays. Returns None for a repeated `check_id`
+        with the same content (recorded once); a different content is rejected."""
+        seen = self.find_check(sub.check_id)
+        if seen is not None:
+            self._ensure_same_submission(seen, sub)
+            return None
+        self._ensure_status(SessionStatus.IN_PROGRESS, doing="record a check")
+        if sub.step_id != self.state.current_step_id:
+            raise StepNotCurrent(
+                "checks are accepted only for the current step",
+                current_step_id=str(self.state.current_step_id),
+            )
+        step = self.plan.step(sub.step_id)
+        assert step is not None  # current_step_id always names a step of the plan
+        result = step.check.decide(sub.result, sub.value)
+        check = Check(id=sub.check_id, step_id=sub.step_id, result=result, checked_at=now,
+                      checked_by=by, value=sub.value, notes=sub.notes,
+                      evidence_uri=sub.evidence_uri)
+        self.state.checks.append(check)
+        self._changed()
+        if result is CheckResult.PASSED:
+            self.advance_to_next_step(now)
+        elif escalate_after_failures and \
+                self.failures_in_a_row(sub.step_id) >= escalate_after_failures:
+            self.state.needs_attention = True
+        return check
+
+    def _ensure_same_submission(self, seen: Check, sub: CheckSubmission) -> None:
+        same = (seen.step_id == sub.step_id and seen.value == sub.value
+                and (sub.result is None or sub.result is seen.result))
+        if not same:
+            raise InvalidInput(
+                "this check_id was already used for a different check",
+                errors=[{"field": "check_id", "message": "reused with different content"}],
+            )
+
+    def advance_to_next_step(self, now: datetime) -> None:
+        assert self.state.current_step_id is not None
+        nxt = self.plan.step_after(self.state.current_step_id)
+        if nxt is None:
+            self.complete(now)
+        else:
+            self.state.current_step_id = nxt.id
+            self._changed()
+
+    def complete(self, now: datetime, manual: bool = False) -> None:
+        """Close the session as done: after the last passed check, or by the owner's choice
+        (then the steps left without a passed check are listed)."""
+        self._ensure_status(SessionStatus.IN_PROGRESS, doing="complete the session")
+        if manual:
+            passed = self.passed_step_ids()
+            self.state.unchecked_step_ids = [s.id for s in self.plan.steps if s.id not in passed]
+        self.state.status = SessionStatus.COMPLETED
+        self.state.completed_at = now
+        self.state.current_step_id = None
+        self._changed()
+        self.events.append(WorkSessionCompleted(self.state.id, self.state.worker_id, now, manual))
+
+    def pause(self, now: datetime, reason: str | None = None) -> None:
+        self._ensure_status(SessionStatus.IN_PROGRESS, doing="pause")
+        self.state.status = SessionStatus.PAUSED
+        self.state.paused_at = now
+        self.state.paused_reason = reason
+        self._changed()
+
+    def resume(self, now: datetime) -> None:
+        self._ensure_status(SessionStatus.PAUSED, doing="resume")
+        assert self.state.paused_at is not None
+        self.state.paused_seconds += max(0.0, (now - self.state.paused_at).total_seconds())
+        self.state.status = SessionStatus.IN_PROGRESS
+        self.state.paused_at = None
+        self.state.paused_reason = None
+        self._changed()
+
+    def cancel(self, reason: str, now: datetime) -> None:
+        self._ensure_status(*ACTIVE_STATUSES, doing="cancel")
+        if self.state.status is SessionStatus.PAUSED:
+            self.resume(now)
+        self.state.status = SessionStatus.CANCELLED
+        self.state.cancelled_at = now
+        self.state.cancel_reason = reason
+        self.state.current_step_id = None
+        self._changed()
+
+    def approve(self, by: UUID, now: datetime) -> None:
+        self._ensure_status(SessionStatus.COMPLETED, doing="approve")
+        self.state.locked = True
+        self.state.approved_by = by
+        self.state.approved_at = now
+        self._changed()
+
+    def reopen(self, now: datetime, step_id: UUID | None = None) -> None:
+        """Supervisor override: a closed, unapproved session goes back to work at a step
+        (by default the first step without a passed check)."""
+        self._ensure_status(*CLOSED_STATUSES, doing="reopen")
+        if step_id is None:
+            passed = self.passed_step_ids()
+            target = next((s.id for s in self.plan.steps if s.id not in passed),
+                          self.plan.steps[-1].id)
+        elif self.plan.index_of(step_id) is None:
+            raise InvalidInput("step_id is not a step of this session's SOP",
+                               errors=[{"field": "step_id", "message": "unknown step"}])
+        else:
+            target = step_id
+        self.state.status = SessionStatus.IN_PROGRESS
+        self.state.current_step_id = target
+        self.state.completed_at = None
+        self.state.cancelled_at = None
+        self.state.cancel_reason = None
+        self.state.unchecked_step_ids = None
+        self._changed()
+
+    # ---- presentation ----------------------------------------------------------------------
+    def view(self, run_id: str | None = None, workflow_id: str | None = None) -> dict[str, Any]:
+        """The session in the contract's shape (JSON-safe)."""
+        s, plan = self.state, self.plan
+        current = next_step = None
+        if s.current_step_id is not None:
+            i = plan.index_of(s.current_step_id)
+            assert i is not None
+            step = plan.steps[i]
+            current = {
+                "id": str(step.id), "title": step.title, "instructions": step.instructions,
+                "check": check_spec_view(step.check),
+                "task": {"id": str(step.task_id), "title": step.task_title},
+                "index": i, "total": len(plan.steps),
+            }
+            if i + 1 < len(plan.steps):
+                nxt = plan.steps[i + 1]
+                next_step = {"id": str(nxt.id), "title": nxt.title}
+        view: dict[str, Any] = {
+            "id": str(s.id), "status": s.status.value,
+            "sop": {"id": str(s.sop_id), "title": s.sop_title, "version": s.sop_version},
+            "worker_id": str(s.worker_id),
+            "current_step_id": _str(s.current_step_id),
+            "current_step": current, "next_step": next_step,
+            "checks": [check_view(c) for c in s.checks],
+            "started_at": _iso(s.started_at), "paused_at": _iso(s.paused_at),
+            "paused_reason": s.paused_reason,
+            "paused_seconds": round(s.paused_seconds, 3),
+            "completed_at": _iso(s.completed_at), "cancelled_at": _iso(s.cancelled_at),
+            "cancel_reason": s.cancel_reason,
+            "unchecked_step_ids": None if s.unchecked_step_ids is None
+            else [str(i) for i in s.unchecked_step_ids],
+            "needs_attention": s.needs_attention,
+            "locked": s.locked, "approved_by": _str(s.approved_by),
+            "approved_at": _iso(s.approved_at),
+            "workflow_id": workflow_id, "run_id": run_id,
+        }
+        return view
+
+
+def check_spec_view(spec: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": spec.kind.value, "prompt": spec.prompt}
+    if spec.kind.value == "measurement":
+        out.update(unit=spec.unit, min=spec.min, max=spec.max)
+    return out
+
+
+def check_view(c: Check) -> dict[str, Any]:
+    return {"id": str(c.id), "step_id": str(c.step_id), "result": c.result.value,
+            "value": c.value, "notes": c.notes, "evidence_uri": c.evidence_uri,
+            "checked_at": _iso(c.checked_at), "checked_by": str(c.checked_by)}
+
+
+def _str(v: UUID | None) -> str | None:
+    return None if v is None else str(v)
+
+
+def _iso(v: datetime | None) -> str | None:
+    return None if v is None else v.isoformat()

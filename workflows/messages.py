@@ -1,0 +1,49 @@
+"""Every message into or out of the session workflow: one input model each, so fields can be
+added without breaking running workflows. Shared by the worker and the API."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from domain.sop import CheckResult, SessionPlan
+from domain.work_session import SessionState
+
+TASK_QUEUE_DEFAULT = "work-sessions"
+PERSIST_ACTIVITY = "persist_session"
+
+
+def workflow_id_for(worker_id: UUID) -> str:
+    """One workflow ID per worker: Temporal itself refuses a second concurrent session."""
+    return f"work-session-{worker_id}"
+
+
+class SessionInput(BaseModel):
+    plan: SessionPlan
+    state: SessionState
+    idle_timeout_seconds: float = 8 * 3600
+    escalate_after_failures: int = 3
+    # Temporal caps one run at 2,000 updates; roll over well before that.
+    continue_as_new_after_updates: int = 1000
+
+
+class SubmitCheck(BaseModel):
+    actor_id: UUID
+    check_id: UUID
+    step_id: UUID
+    result: CheckResult | None = None
+    value: float | None = None
+    notes: str | None = None
+    evidence_uri: str | None = None
+
+
+class SessionCommand(BaseModel):
+    actor_id: UUID
+    reason: str | None = None
+
+
+class PersistSession(BaseModel):
+    state: SessionState
+    workflow_id: str
+    run_id: str

@@ -1,0 +1,184 @@
+"""The session workflow: thin. It holds the WorkSession aggregate, turns worker actions
+(Workflow Updates) into aggregate method calls, and persists every change to the read model
+before the update returns, so a client reads its own writes from any endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.errors import DomainError
+    from domain.work_session import CheckSubmission, SessionStatus, WorkSession
+    from workflows import search_attributes
+    from workflows.messages import (
+        PERSIST_ACTIVITY,
+        PersistSession,
+        SessionCommand,
+        SessionInput,
+        SubmitCheck,
+    )
+
+T = TypeVar("T")
+
+# A failing database must never lose a check: keep retrying; ops see the session as stuck.
+PERSIST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2,
+                            maximum_interval=timedelta(seconds=10))
+PERSIST_TIMEOUT = timedelta(seconds=15)
+
+
+def domain_rule(fn: Callable[[], T]) -> T:
+    """Run an aggregate method; a broken rule becomes an ApplicationError carrying the domain
+    error's code and payload, so the API can raise the same domain error again."""
+    try:
+        return fn()
+    except DomainError as e:
+        raise ApplicationError(e.detail, e.payload(), type=e.code, non_retryable=True) from None
+
+
+@workflow.defn(name="WorkSession")
+class WorkSessionWorkflow:
+    @workflow.init
+    def __init__(self, inp: SessionInput) -> None:
+        # Handlers can run before `run` starts: everything they need is built here.
+        self._input = inp
+        self._session = WorkSession(plan=inp.plan, state=inp.state)
+        self._lock = asyncio.Lock()
+        self._updates_this_run = 0
+        self._touched = False
+
+    @workflow.run
+    async def run(self, inp: SessionInput) -> dict[str, Any]:
+        self._show_progress()
+        async with self._lock:
+            await self._persist()  # idempotent: covers an API that died after starting us
+        idle = timedelta(seconds=inp.idle_timeout_seconds)
+        while not self._must_stop():
+            self._touched = False
+            try:
+                await workflow.wait_condition(lambda: self._touched or self._must_stop(),
+                                              timeout=idle)
+            except TimeoutError:
+                await self._pause_when_idle()
+        # Never return while an update is running, or its client sees "already completed".
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if not self._session.is_closed:
+            workflow.continue_as_new(SessionInput(
+                plan=self._session.plan, state=self._session.state,
+                idle_timeout_seconds=inp.idle_timeout_seconds,
+                escalate_after_failures=inp.escalate_after_failures,
+                continue_as_new_after_updates=inp.continue_as_new_after_updates))
+        return self._view()
+
+    # ---- worker actions ------------------------------------------------------------------
+    @workflow.update
+    async def submit_check(self, cmd: SubmitCheck) -> dict[str, Any]:
+        return await self._apply(lambda s: s.add_check(
+            _submission(cmd), by=cmd.actor_id, now=workflow.now(),
+            escalate_after_failures=self._input.escalate_after_failures))
+
+    @submit_check.validator
+    def _validate_submit_check(self, cmd: SubmitCheck) -> None:
+        self._dry_run(lambda s: s.add_check(_submission(cmd), by=cmd.actor_id,
+                                            now=workflow.now()))
+
+    @workflow.update
+    async def complete(self, cmd: SessionCommand) -> dict[str, Any]:
+        return await self._apply(lambda s: s.complete(workflow.now(), manual=True))
+
+    @complete.validator
+    def _validate_complete(self, cmd: SessionCommand) -> None:
+        self._dry_run(lambda s: s.complete(workflow.now(), manual=True))
+
+    @workflow.update
+    async def pause(self, cmd: SessionCommand) -> dict[str, Any]:
+        return await self._apply(lambda s: s.pause(workflow.now()))
+
+    @pause.validator
+    def _validate_pause(self, cmd: SessionCommand) -> None:
+        self._dry_run(lambda s: s.pause(workflow.now()))
+
+    @workflow.update
+    async def resume(self, cmd: SessionCommand) -> dict[str, Any]:
+        return await self._apply(lambda s: s.resume(workflow.now()))
+
+    @resume.validator
+    def _validate_resume(self, cmd: SessionCommand) -> None:
+        self._dry_run(lambda s: s.resume(workflow.now()))
+
+    @workflow.update
+    async def cancel(self, cmd: SessionCommand) -> dict[str, Any]:
+        return await self._apply(lambda s: s.cancel(cmd.reason or "", workflow.now()))
+
+    @cancel.validator
+    def _validate_cancel(self, cmd: SessionCommand) -> None:
+        self._dry_run(lambda s: s.cancel(cmd.reason or "", workflow.now()))
+
+    @workflow.query
+    def session(self) -> dict[str, Any]:
+        return self._view()
+
+    # ---- machinery -----------------------------------------------------------------------
+    def _dry_run(self, action: Callable[[WorkSession], Any]) -> None:
+        """Validators reject wrong-state and wrong-step requests before they enter history."""
+        domain_rule(lambda: action(self._session.copy()))
+
+    async def _apply(self, action: Callable[[WorkSession], Any]) -> dict[str, Any]:
+        async with self._lock:  # state may have moved on while this update waited
+            version = self._session.state.version
+            domain_rule(lambda: action(self._session))
+            self._updates_this_run += 1
+            self._touched = True
+            if self._session.state.version != version:
+                self._show_progress()
+                await self._persist()
+            return self._view()
+
+    async def _pause_when_idle(self) -> None:
+        async with self._lock:
+            if self._session.state.status is SessionStatus.IN_PROGRESS:
+                self._session.pause(workflow.now(), reason="idle")
+                self._show_progress()
+                await self._persist()
+
+    async def _persist(self) -> None:
+        info = workflow.info()
+        await workflow.execute_activity(
+            PERSIST_ACTIVITY,
+            PersistSession(state=self._session.state, workflow_id=info.workflow_id,
+                           run_id=info.run_id),
+            start_to_close_timeout=PERSIST_TIMEOUT, retry_policy=PERSIST_RETRY)
+
+    def _must_stop(self) -> bool:
+        return (self._session.is_closed
+                or self._updates_this_run >= self._input.continue_as_new_after_updates
+                or workflow.info().is_continue_as_new_suggested())
+
+    def _show_progress(self) -> None:
+        state, plan = self._session.state, self._session.plan
+        workflow.upsert_search_attributes(search_attributes.changes(state))
+        if state.current_step_id is None:
+            details = f"{state.status.value.replace('_', ' ').capitalize()}: {plan.sop_title}"
+        else:
+            i = plan.index_of(state.current_step_id) or 0
+            details = f"Step {i + 1} of {len(plan.steps)}: {plan.steps[i].title}"
+            if state.status is SessionStatus.PAUSED:
+                details = f"Paused at {details[0].lower()}{details[1:]}"
+            if state.needs_attention:
+                details += " (needs attention)"
+        workflow.set_current_details(details)
+
+    def _view(self) -> dict[str, Any]:
+        info = workflow.info()
+        return self._session.view(run_id=info.run_id, workflow_id=info.workflow_id)
+
+
+def _submission(cmd: SubmitCheck) -> CheckSubmission:
+    return CheckSubmission(check_id=cmd.check_id, step_id=cmd.step_id, result=cmd.result,
+                           value=cmd.value, notes=cmd.notes, evidence_uri=cmd.evidence_uri)

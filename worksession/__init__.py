@@ -1,0 +1,1 @@
+"""Work Session Service: command line, settings and wiring."""

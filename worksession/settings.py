@@ -1,0 +1,48 @@
+"""All configuration, from `WORKSESSION_*` environment variables with embedded defaults."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKSESSION_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default SQLite under data_dir")
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "work-sessions"
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+    jwt_secret: SecretStr | None = None
+    jwt_algorithms: list[str] = ["HS256"]
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    request_timeout_seconds: float = 10.0
+    max_body_bytes: int = 256 * 1024
+    idle_timeout: timedelta = timedelta(hours=8)
+    escalate_after_failures: int = 3
+    log_level: str = "info"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'worksession.db').resolve()}"
+
+    def require_jwt_secret(self) -> bytes:
+        """Outside `worksession dev` the API refuses to start without a strong secret."""
+        if self.jwt_secret is None:
+            raise SystemExit("WORKSESSION_JWT_SECRET is not set (at least 32 bytes are needed)")
+        secret = self.jwt_secret.get_secret_value().encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SystemExit(f"WORKSESSION_JWT_SECRET is too short: {len(secret)} bytes, "
+                             f"at least {MIN_SECRET_BYTES} are needed")
+        return secret

@@ -1,0 +1,44 @@
+"""Temporal client connection and namespace set-up, shared by the API, the worker and the CLI."""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from workflows import search_attributes
+from worksession.settings import Settings
+
+_INDEXED_TYPE = {
+    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+}
+
+
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """`lazy`: the API starts (and reports not ready) even while Temporal is down."""
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
+                                data_converter=pydantic_data_converter, lazy=lazy)
+
+
+def dev_server_flags() -> list[str]:
+    """`--search-attribute` flags for `temporal server start-dev`."""
+    return [f"--search-attribute={k.name}={k.indexed_value_type.name.capitalize()}"
+            for k in search_attributes.ALL]
+
+
+async def register_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Idempotent: adds only the attributes the namespace lacks; returns what it added."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace))
+    have = set(existing.custom_attributes) | set(existing.system_attributes)
+    missing = {k.name: _INDEXED_TYPE[k.indexed_value_type.name]
+               for k in search_attributes.ALL if k.name not in have}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing))
+    return sorted(missing)
