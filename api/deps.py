@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Unauthenticated, authenticate
 from api.schemas import Problem
-from application.authz import Actor
+from application.authz import Actor, authorize
 from application.context import Context
 from domain.errors import NotFound, Unavailable
 
@@ -67,3 +67,11 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses an endpoint can give."""
     return {c: {"model": Problem, "content": {"application/problem+json": {}}}
             for c in (401, 422, 503, *codes)}
+
+
+def require(permission: str) -> Any:
+    """Role check as a dependency, so 403 comes before the body is validated (422)."""
+    def dependency(actor: CurrentActor) -> Actor:
+        authorize(actor, permission)
+        return actor
+    return Depends(dependency)

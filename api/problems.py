@@ -44,6 +44,9 @@ TITLES: dict[str, str] = {
 }
 
 
+RESERVED = {"type", "title", "status", "detail", "headers", "type_"}
+
+
 def status_of(err: e.DomainError) -> int:
     for cls in type(err).__mro__:
         if cls in STATUS:
@@ -67,7 +70,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
     async def domain_error(_: Request, err: e.DomainError) -> JSONResponse:
         status = status_of(err)
-        extra = {k: v for k, v in err.extra.items()}
+        extra = {k: v for k, v in err.extra.items() if k not in RESERVED}
         headers = {"Retry-After": "5"} if status == 503 else None
         return problem(status, err.detail, type_=f"/problems/{err.code}",
                        title=TITLES.get(err.code), headers=headers, **extra)

@@ -134,3 +134,10 @@ async def delete_sop(ctx: Context, actor: Actor, sop_id: UUID,
     await audit.record(ctx, actor, "sop_delete", "accepted",
                        detail={"sop_id": str(sop_id), "result": outcome},
                        request_id=request_id)
+
+
+async def gate(ctx: Context, actor: Actor, sop_id: UUID) -> None:
+    """CONTRACT.md precedence for SOP changes: 404 (may not see it), then 403."""
+    async with ctx.db.read() as conn:
+        await _visible(conn, actor, sop_id)
+    authorize(actor, "sop.write")

@@ -139,7 +139,7 @@ class WorkSession:
         if self.state.status not in allowed:
             wanted = " or ".join(s.value for s in allowed)
             raise WrongState(f"cannot {doing}: session is {self.state.status.value}, "
-                             f"not {wanted}", status=self.state.status.value)
+                             f"not {wanted}", session_status=self.state.status.value)
 
     def _changed(self) -> None:
         self.state.version += 1
@@ -154,21 +154,23 @@ class WorkSession:
         if seen is not None:
             self._ensure_same_submission(seen, sub)
             return None
+        step = self.plan.step(sub.step_id)
+        # A body that cannot be a check of that step is invalid (422) whatever the state.
+        result = step.check.decide(sub.result, sub.value) if step is not None else None
         self._ensure_status(SessionStatus.IN_PROGRESS, doing="record a check")
-        if sub.step_id != self.state.current_step_id:
+        if step is None or sub.step_id != self.state.current_step_id:
             raise StepNotCurrent(
                 "checks are accepted only for the current step",
-                current_step_id=str(self.state.current_step_id),
+                current_step_id=_str(self.state.current_step_id),
             )
-        step = self.plan.step(sub.step_id)
-        assert step is not None  # current_step_id always names a step of the plan
-        result = step.check.decide(sub.result, sub.value)
+        assert result is not None
         check = Check(id=sub.check_id, step_id=sub.step_id, result=result, checked_at=now,
                       checked_by=by, value=sub.value, notes=sub.notes,
                       evidence_uri=sub.evidence_uri)
         self.state.checks.append(check)
         self._changed()
         if result is CheckResult.PASSED:
+            self.state.needs_attention = False  # the step that needed attention is done
             self.advance_to_next_step(now)
         elif escalate_after_failures and \
                 self.failures_in_a_row(sub.step_id) >= escalate_after_failures:
@@ -242,14 +244,14 @@ class WorkSession:
     def reopen(self, now: datetime, step_id: UUID | None = None) -> None:
         """Supervisor override: a closed, unapproved session goes back to work at a step
         (by default the first step without a passed check)."""
+        if step_id is not None and self.plan.index_of(step_id) is None:
+            raise InvalidInput("step_id is not a step of this session's SOP",
+                               errors=[{"field": "step_id", "message": "unknown step"}])
         self._ensure_status(*CLOSED_STATUSES, doing="reopen")
         if step_id is None:
             passed = self.passed_step_ids()
             target = next((s.id for s in self.plan.steps if s.id not in passed),
                           self.plan.steps[-1].id)
-        elif self.plan.index_of(step_id) is None:
-            raise InvalidInput("step_id is not a step of this session's SOP",
-                               errors=[{"field": "step_id", "message": "unknown step"}])
         else:
             target = step_id
         self.state.status = SessionStatus.IN_PROGRESS
@@ -258,6 +260,7 @@ class WorkSession:
         self.state.cancelled_at = None
         self.state.cancel_reason = None
         self.state.unchecked_step_ids = None
+        self.state.needs_attention = False
         self._changed()
 
     # ---- presentation ----------------------------------------------------------------------

@@ -211,8 +211,8 @@ async def pass_step(http: httpx.AsyncClient, user: User, session: dict[str, Any]
     return r.json()
 
 
-async def eventually(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(predicate: Any, within: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = await predicate()
         if value:

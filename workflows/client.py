@@ -95,9 +95,12 @@ class SessionWorkflows:
         return False
 
     async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> dict[str, Any]:
-        # The update ID comes from the client's check_id: a resend joins the first attempt.
+        # Idempotency lives in the workflow's state (it survives continue-as-new and worker
+        # restarts), not in the update ID: Temporal would answer a reused update ID with the
+        # first attempt's (by now stale) result, and a repeat must see the session as it is
+        # now. The ID still names the check so it can be found in the history.
         return await self._update(worker_id, WorkSessionWorkflow.submit_check, cmd,
-                                  f"check-{cmd.check_id}")
+                                  f"check-{cmd.check_id}-{uuid4().hex[:8]}")
 
     async def command(self, worker_id: UUID, name: str, cmd: SessionCommand) -> dict[str, Any]:
         return await self._update(worker_id, getattr(WorkSessionWorkflow, name), cmd,

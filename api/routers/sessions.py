@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems
+from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
 from api.schemas import (
     CancelIn,
     CheckIn,
@@ -18,6 +18,7 @@ from api.schemas import (
     StartSessionIn,
 )
 from application import sessions as uc
+from application.authz import Actor
 from domain.sop import CheckResult
 from domain.work_session import SessionStatus
 
@@ -43,7 +44,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("", status_code=201, response_model=SessionOut, responses=problems(403, 404, 409))
 async def start_session(body: StartSessionIn, actor: CurrentActor, ctx: Ctx,
-                        rid: RequestId) -> dict[str, Any]:
+                        rid: RequestId, _: Actor = require("session.start")) -> dict[str, Any]:
     return await uc.start_session(ctx, actor, body.sop_id, rid)
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems
+from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
 from api.schemas import Page, SopIn, SopOut
 from application import sops as uc
+from application.authz import Actor
 from domain.sop import Sop, SopStatus
 from domain.work_session import check_spec_view
 
 router = APIRouter(prefix="/api/v1/sops", tags=["SOPs"])
+
+
+async def _writable(sop_id: str, actor: CurrentActor, ctx: Ctx) -> UUID:
+    sid = parse_id(sop_id, "SOP")
+    await uc.gate(ctx, actor, sid)
+    return sid
+
+
+Writable = Annotated[UUID, Depends(_writable)]
 
 
 def sop_out(sop: Sop) -> dict[str, Any]:
@@ -29,7 +40,8 @@ def sop_out(sop: Sop) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=SopOut, responses=problems(403))
-async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx,
+                     _: Actor = require("sop.write")) -> dict[str, Any]:
     return sop_out(await uc.create_sop(ctx, actor, body.model_dump()))
 
 
@@ -46,23 +58,25 @@ async def get_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.put("/{sop_id}", response_model=SopOut, responses=problems(403, 404, 409))
-async def update_sop(sop_id: str, body: SopIn, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.update_sop(ctx, actor, parse_id(sop_id, "SOP"), body.model_dump()))
+async def update_sop(sop_id: Writable, body: SopIn, actor: CurrentActor,
+                     ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.update_sop(ctx, actor, sop_id, body.model_dump()))
 
 
 @router.post("/{sop_id}/confirm", response_model=SopOut, responses=problems(403, 404, 409))
-async def confirm_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.confirm_sop(ctx, actor, parse_id(sop_id, "SOP")))
+async def confirm_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.confirm_sop(ctx, actor, sop_id))
 
 
 @router.post("/{sop_id}/revisions", status_code=201, response_model=SopOut,
              responses=problems(403, 404, 409))
-async def revise_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.revise_sop(ctx, actor, parse_id(sop_id, "SOP")))
+async def revise_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+    return sop_out(await uc.revise_sop(ctx, actor, sop_id))
 
 
 @router.delete("/{sop_id}", status_code=204, response_class=Response,
                responses=problems(400, 403, 404))
-async def delete_sop(sop_id: str, actor: CurrentActor, ctx: Ctx, rid: RequestId) -> Response:
-    await uc.delete_sop(ctx, actor, parse_id(sop_id, "SOP"), rid)
+async def delete_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx,
+                     rid: RequestId) -> Response:
+    await uc.delete_sop(ctx, actor, sop_id, rid)
     return Response(status_code=204)

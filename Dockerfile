@@ -1,0 +1,27 @@
+# One image for every production process: `worksession api` (default), `worksession worker`,
+# `worksession migrate`, `worksession setup-temporal`, `worksession ops ...`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the package needs: never the local .venv, data/ (it may hold a dev JWT secret) or .git.
+WORKDIR /src
+COPY pyproject.toml README.md worker.py ./
+COPY domain/ domain/
+COPY workflows/ workflows/
+COPY activities/ activities/
+COPY application/ application/
+COPY persistence/ persistence/
+COPY api/ api/
+COPY worksession/ worksession/
+RUN pip install . \
+    && cd / && rm -rf /src \
+    && useradd --create-home --uid 10001 --user-group worksession
+
+USER worksession
+WORKDIR /home/worksession
+EXPOSE 8000
+CMD ["worksession", "api"]

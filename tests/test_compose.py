@@ -1,0 +1,170 @@
+"""Static wiring checks of docker-compose.yml and the Dockerfile (Docker is not run here)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from worksession.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+APP_SERVICES = ("setup", "api", "worker")
+LONG_RUNNING = ("api", "worker")
+PREFIX = "WORKSESSION_"
+# `${VAR:?message}`: Compose refuses to start when VAR is unset or empty.
+REQUIRED_VAR = re.compile(r"^\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}$")
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _service(name: str) -> dict[str, Any]:
+    return _compose()["services"][name]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def test_every_worksession_variable_is_a_settings_field() -> None:
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    for name, service in _compose()["services"].items():
+        unknown = {var for var in _env(service) if var.startswith(PREFIX)} - known
+        assert not unknown, f"{name} sets variables Settings does not read: {sorted(unknown)}"
+
+
+def test_app_services_are_configured_only_by_worksession_variables() -> None:
+    for name in APP_SERVICES:
+        env = _env(_service(name))
+        assert env, f"{name} has no environment"
+        assert all(var.startswith(PREFIX) for var in env), f"{name}: {sorted(env)}"
+
+
+def test_api_and_worker_reach_temporal_by_its_service_name() -> None:
+    services = _compose()["services"]
+    assert "temporal" in services
+    for name in LONG_RUNNING:
+        address = _env(services[name])["WORKSESSION_TEMPORAL_ADDRESS"]
+        assert address == "temporal:7233", f"{name}: {address}"
+
+
+def test_api_and_worker_use_the_postgres_service_with_asyncpg() -> None:
+    services = _compose()["services"]
+    assert "postgres" in services
+    for name in LONG_RUNNING:
+        url = urlsplit(_env(services[name])["WORKSESSION_DATABASE_URL"])
+        assert url.scheme == "postgresql+asyncpg", f"{name}: {url.scheme}"
+        assert url.hostname == "postgres", f"{name}: {url.hostname}"
+        assert (url.port or 5432) == 5432
+
+
+def test_database_url_credentials_match_the_postgres_service() -> None:
+    pg = _env(_service("postgres"))
+    for name in APP_SERVICES:
+        url = urlsplit(_env(_service(name))["WORKSESSION_DATABASE_URL"])
+        assert url.username == pg["POSTGRES_USER"], name
+        assert url.password == pg["POSTGRES_PASSWORD"], name
+        assert url.path.lstrip("/") == pg["POSTGRES_DB"], name
+
+
+def test_api_and_worker_share_temporal_namespace_and_task_queue() -> None:
+    api, worker = _env(_service("api")), _env(_service("worker"))
+    for var in ("WORKSESSION_TEMPORAL_NAMESPACE", "WORKSESSION_TASK_QUEUE",
+                "WORKSESSION_DATABASE_URL", "WORKSESSION_JWT_SECRET"):
+        assert api[var] == worker[var], var
+
+
+def test_api_listens_on_all_interfaces_and_publishes_its_port() -> None:
+    api = _service("api")
+    assert _env(api)["WORKSESSION_API_HOST"] == "0.0.0.0"
+    assert "8000:8000" in [str(p) for p in api["ports"]]
+
+
+def test_jwt_secret_is_required_so_no_placeholder_can_be_used() -> None:
+    for name in APP_SERVICES:
+        value = _env(_service(name))["WORKSESSION_JWT_SECRET"]
+        match = REQUIRED_VAR.match(value)
+        assert match, f"{name}: JWT secret must use the ${{VAR:?message}} form, got {value!r}"
+        assert match["name"] == "WORKSESSION_JWT_SECRET"
+
+
+def test_app_services_build_from_the_repository_dockerfile() -> None:
+    assert DOCKERFILE.is_file()
+    for name in APP_SERVICES:
+        build = _service(name)["build"]
+        if isinstance(build, str):
+            build = {"context": build}
+        assert build["context"] == ".", name
+        assert build.get("dockerfile", "Dockerfile") == "Dockerfile", name
+
+
+def test_dockerfile_installs_the_project_and_runs_the_api_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"pip install \.(\s|$)", text)
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^CMD \["worksession", "api"\]\s*$', text, re.M)
+
+
+def test_api_and_worker_wait_for_setup_to_complete_successfully() -> None:
+    for name in LONG_RUNNING:
+        depends_on = _service(name)["depends_on"]
+        assert depends_on["setup"]["condition"] == "service_completed_successfully", name
+
+
+def test_setup_waits_for_healthy_postgres_and_temporal() -> None:
+    depends_on = _service("setup")["depends_on"]
+    assert depends_on["postgres"]["condition"] == "service_healthy"
+    assert depends_on["temporal"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(_service("postgres")["healthcheck"]["test"])
+    assert "healthcheck" in _service("temporal")
+
+
+def test_services_run_the_expected_worksession_commands() -> None:
+    assert _command(_service("api")) == "worksession api"
+    assert _command(_service("worker")) == "worksession worker"
+    setup = _command(_service("setup"))
+    migrate, register = setup.find("worksession migrate"), setup.find("worksession setup-temporal")
+    assert 0 <= migrate < register, setup
+    assert "&&" in setup, "setup-temporal must not run when the migration failed"
+    assert _service("setup").get("restart", "no") == "no"
+
+
+def test_temporal_persists_in_the_postgres_service() -> None:
+    temporal, pg = _env(_service("temporal")), _env(_service("postgres"))
+    assert temporal["DB"] == "postgres12"
+    assert temporal["POSTGRES_SEEDS"] == "postgres"
+    assert temporal["DB_PORT"] == "5432"
+    assert temporal["POSTGRES_USER"] == pg["POSTGRES_USER"]
+    assert temporal["POSTGRES_PWD"] == pg["POSTGRES_PASSWORD"]
+    assert _service("temporal")["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_postgres_data_lives_in_a_named_volume() -> None:
+    compose = _compose()
+    volumes = [str(v).split(":", 1) for v in compose["services"]["postgres"]["volumes"]]
+    named = {source for source, _target in volumes if not source.startswith((".", "/"))}
+    assert named and named <= set(compose["volumes"])
+
+
+def test_temporal_ui_points_at_the_temporal_service() -> None:
+    ui = _service("temporal-ui")
+    assert _env(ui)["TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert "8233:8080" in [str(p) for p in ui["ports"]]

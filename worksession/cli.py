@@ -1,0 +1,163 @@
+"""`worksession`: the service's command line (see CONTRACT.md, "Commands")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from uuid import UUID, uuid4
+
+from worksession.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="worksession", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the whole stack on this machine (embedded defaults)")
+    dev.add_argument("--data-dir", type=Path, default=Path("./data"))
+    dev.add_argument("--port", type=int, default=8000, help="API port")
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+
+    sub.add_parser("api", help="run the API alone (configured by WORKSESSION_* variables)")
+    sub.add_parser("worker", help="run the Temporal worker alone")
+
+    tok = sub.add_parser("token", help="print a signed JWT for development and tests")
+    tok.add_argument("--role", required=True, choices=["worker", "supervisor", "admin"])
+    tok.add_argument("--sub", type=UUID, default=None, help="user UUID (default: a new one)")
+    tok.add_argument("--ttl", default="8h", help="lifetime, e.g. 30m, 8h, 2d")
+    tok.add_argument("--data-dir", type=Path, default=Path("./data"))
+
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    sub.add_parser("setup-temporal", help="register the custom search attributes")
+
+    aud = sub.add_parser("audit", help="audit log tools")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True)
+    aud_sub.add_parser("verify", help="check every link of the audit hash chain")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = {
+        "dev": _dev, "api": _api, "worker": _worker, "token": _token, "migrate": _migrate,
+        "setup-temporal": _setup_temporal, "audit": _audit,
+    }[args.command]
+    sys.exit(handler(args) or 0)
+
+
+def _fail(message: str) -> int:
+    print(f"worksession: {message}", file=sys.stderr)
+    return 2
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from worksession.dev import DevStackError, run_dev
+
+    try:
+        return asyncio.run(run_dev(args.data_dir, args.port, args.temporal_port, args.ui_port))
+    except DevStackError as e:
+        return _fail(str(e))
+
+
+def _api(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    secret = settings.require_jwt_secret()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    uvicorn.run(create_app(settings, jwt_secret=secret), host=settings.api_host,
+                port=settings.api_port, log_level=settings.log_level)
+    return 0
+
+
+def _worker(_: argparse.Namespace) -> int:
+    from worker import main as worker_main
+
+    worker_main()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from worksession.tokens import dev_secret_path, mint, parse_ttl
+
+    settings = Settings()
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value().encode()
+    else:
+        path = dev_secret_path(args.data_dir)
+        if not path.exists():
+            return _fail(f"no WORKSESSION_JWT_SECRET and no {path}: run `worksession dev` "
+                         "first or set the variable")
+        secret = path.read_text().strip().encode()
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as e:
+        return _fail(str(e))
+    print(mint(secret, args.role, args.sub or uuid4(), ttl))
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from persistence.migrate import upgrade
+
+    settings = Settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    print("database schema is up to date")
+    return 0
+
+
+def _setup_temporal(_: argparse.Namespace) -> int:
+    from worksession.temporal import connect, register_search_attributes
+
+    async def run() -> list[str]:
+        settings = Settings()
+        client = await connect(settings)
+        return await register_search_attributes(client, settings.temporal_namespace)
+
+    added = asyncio.run(run())
+    print(f"search attributes added: {', '.join(added)}" if added
+          else "search attributes already registered")
+    return 0
+
+
+def _audit(_: argparse.Namespace) -> int:
+    from persistence.audit import verify
+    from persistence.db import Database
+
+    async def run() -> tuple[int, str | None]:
+        db = Database(Settings().db_url)
+        try:
+            async with db.read() as conn:
+                return await verify(conn)
+        finally:
+            await db.dispose()
+
+    n, broken = asyncio.run(run())
+    if broken:
+        print(f"audit chain BROKEN after {n} entries: {broken}")
+        return 1
+    print(f"audit chain intact: {n} entries verified")
+    return 0
+
+
+def dev_users(data_dir: Path) -> dict[str, str]:
+    """Stable development users, so the printed tokens name the same people each run."""
+    path = data_dir / "dev-users.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    users = {"worker": str(uuid4()), "supervisor": str(uuid4()), "admin": str(uuid4())}
+    path.write_text(json.dumps(users, indent=2) + "\n")
+    return users
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:] if len(sys.argv) > 1 else None)
+    os._exit(0)
