@@ -867,24 +867,18 @@ def test_unknown_error_code_comes_back_as_a_domain_error() -> None:
 
 
 # ---- error precedence (CONTRACT.md "Error precedence": 422 before 409) ------------------------
-@pytest.mark.xfail(reason="BUG: contract precedence is 422 (body) before 409 wrong state, but "
-                          "add_check checks the status before deciding the check", strict=True)
 def test_invalid_check_on_a_paused_session_is_invalid_before_wrong_state() -> None:
     s = paused()
     with pytest.raises(InvalidInput):
         s.add_check(sub(s.state.current_step_id), by=WORKER, now=at(20))
 
 
-@pytest.mark.xfail(reason="BUG: contract precedence is 422 (body) before 409 locked, but "
-                          "add_check checks the lock before deciding the check", strict=True)
 def test_invalid_check_on_a_locked_session_is_invalid_before_locked() -> None:
     s = approved()
     with pytest.raises(InvalidInput):
         s.add_check(sub(s.plan.steps[1].id, PASSED, value=99.0), by=WORKER, now=at(200))
 
 
-@pytest.mark.xfail(reason="BUG: contract precedence is 422 (body) before 409 locked, but "
-                          "reopen checks the lock before the step_id", strict=True)
 def test_reopen_locked_session_with_unknown_step_is_invalid_before_locked() -> None:
     s = approved()
     with pytest.raises(InvalidInput):
