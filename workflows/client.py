@@ -40,8 +40,10 @@ class WorkflowRunning(Exception):
 
 class SessionWorkflows:
     def __init__(self, client: Client, task_queue: str, timeout: float,
-                 idle_timeout: timedelta, escalate_after_failures: int) -> None:
+                 idle_timeout: timedelta, escalate_after_failures: int,
+                 continue_as_new_after_updates: int = 1000) -> None:
         self.client = client
+        self.continue_as_new_after_updates = continue_as_new_after_updates
         self.task_queue = task_queue
         self.timeout = timeout
         self.idle_timeout = idle_timeout
@@ -52,7 +54,8 @@ class SessionWorkflows:
         when the worker's workflow ID is taken by an open run."""
         inp = SessionInput(plan=plan, state=state,
                            idle_timeout_seconds=self.idle_timeout.total_seconds(),
-                           escalate_after_failures=self.escalate_after_failures)
+                           escalate_after_failures=self.escalate_after_failures,
+                           continue_as_new_after_updates=self.continue_as_new_after_updates)
         try:
             handle = await self._bounded(self.client.start_workflow(
                 WorkSessionWorkflow.run, inp, id=workflow_id_for(state.worker_id),
