@@ -1,0 +1,27 @@
+# `make dev` runs the whole service on its embedded defaults; `make test` runs the tests
+# (SQLite, then PostgreSQL at 127.0.0.1:5432). Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: dev test test-sqlite test-postgresql lint
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/worksession dev
+
+test: lint test-sqlite test-postgresql
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test-sqlite: $(STAMP)
+	WORKSESSION_TEST_DATABASE=sqlite $(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-postgresql: $(STAMP)
+	WORKSESSION_TEST_DATABASE=postgresql $(VENV)/bin/pytest -q -p no:cacheprovider

