@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from api import problems
-from api.routers import audit, health, sessions, sops
+from api.routers import audit, health, ops, sessions, sops
 from application.context import Context
 from persistence.db import Database
 from workflows.client import SessionWorkflows
@@ -103,7 +103,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
     app.state.jwt_secret = jwt_secret
     app.state.jwt_algorithms = list(settings.jwt_algorithms)
     problems.install(app)
-    for r in (health.router, sops.router, sessions.router, audit.router):
+    for r in (health.router, sops.router, sessions.router, audit.router, ops.router):
         app.include_router(r)
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
     return app

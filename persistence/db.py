@@ -13,23 +13,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from domain.errors import Unavailable
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+LOCK_TIMEOUT_MS = 10_000
 
 
 class Database:
-    def __init__(self, url: str, *, connect_timeout: float = 5.0, echo: bool = False) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 5.0,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS, echo: bool = False) -> None:
+        """`lock_timeout_ms` bounds how long a statement waits for a lock (SQLite's busy
+        timeout, PostgreSQL's lock_timeout): a blocked database fails instead of hanging."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            kwargs["connect_args"] = {"timeout": lock_timeout_ms / 1000}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True,
                           pool_timeout=connect_timeout,
-                          connect_args={"timeout": connect_timeout, "command_timeout": 30})
+                          connect_args={"timeout": connect_timeout, "command_timeout": 30,
+                                        "server_settings": {
+                                            "lock_timeout": str(lock_timeout_ms)}})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, lock_timeout_ms)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -69,14 +74,14 @@ class Database:
         await self.engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN IMMEDIATE is ours to emit.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()

@@ -138,6 +138,10 @@ class SessionWorkflows:
                 raise RunClosed() from None
             raise
 
+    async def bounded(self, coro: Any) -> Any:
+        """Any Temporal call, bounded in time like the rest (ops tools use it)."""
+        return await self._bounded(coro)
+
     async def _bounded(self, coro: Any) -> Any:
         try:
             return await asyncio.wait_for(coro, self.timeout)

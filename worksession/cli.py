@@ -40,11 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
     aud_sub.add_parser("verify", help="check every link of the audit hash chain")
 
+    ops_p = sub.add_parser("ops", help="find and retry stuck sessions")
+    ops_sub = ops_p.add_subparsers(dest="ops_command", required=True)
+    stuck_p = ops_sub.add_parser("stuck", help="list sessions whose workflow cannot progress")
+    stuck_p.add_argument("--json", action="store_true", help="machine-readable output")
+    retry_p = ops_sub.add_parser("retry", help="make a stuck session try again now")
+    retry_p.add_argument("session_id", type=UUID)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handler = {
         "dev": _dev, "api": _api, "worker": _worker, "token": _token, "migrate": _migrate,
-        "setup-temporal": _setup_temporal, "audit": _audit,
+        "setup-temporal": _setup_temporal, "audit": _audit, "ops": _ops,
     }[args.command]
     sys.exit(handler(args) or 0)
 
@@ -146,6 +153,46 @@ def _audit(_: argparse.Namespace) -> int:
         return 1
     print(f"audit chain intact: {n} entries verified")
     return 0
+
+
+def _ops(args: argparse.Namespace) -> int:
+    from application import ops
+    from application.context import Context
+    from domain.errors import DomainError
+    from persistence.db import Database
+    from workflows.client import SessionWorkflows
+    from worksession.temporal import connect
+
+    async def run() -> int:
+        settings = Settings()
+        db = Database(settings.db_url)
+        try:
+            ctx = Context(db=db, workflows=SessionWorkflows(
+                await connect(settings), settings.task_queue, settings.request_timeout_seconds,
+                settings.idle_timeout, settings.escalate_after_failures))
+            if args.ops_command == "stuck":
+                found = await ops.stuck_sessions(ctx, None)
+                if args.json:
+                    print(json.dumps(found, indent=2, default=str))
+                elif not found:
+                    print("no stuck sessions")
+                for s in [] if args.json else found:
+                    print(f"session {s['session_id']}  worker {s['worker_id']}  "
+                          f"SOP {s['sop_title'] or s['sop_id']}\n"
+                          f"  {s['kind']}: {s['reason']}\n"
+                          f"  since {s['since']}; last error: {s['last_error'] or '-'}")
+                return 0
+            try:
+                done = await ops.retry_session(ctx, None, args.session_id)
+            except DomainError as e:
+                print(f"worksession: {e.detail}", file=sys.stderr)
+                return 1
+            print(f"session {done['session_id']} ({done['kind']}): {done['action']}")
+            return 0
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
 
 
 def dev_users(data_dir: Path) -> dict[str, str]:

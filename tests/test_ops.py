@@ -1,0 +1,147 @@
+"""Ops: a database outage mid-session makes the session stuck (listed by `worksession ops
+stuck` with its reason), the client gets a bounded 503-class answer, and after the repair
+`worksession ops retry` makes it go on: the check is recorded exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from application import sessions as uc
+from application.authz import Actor, Role
+from application.context import Context
+from domain.errors import Unavailable
+from domain.sop import CheckResult
+from persistence import sessions as repo
+from persistence.db import Database
+from worker import build_worker
+from workflows import ops
+from workflows.client import SessionWorkflows
+from workflows.messages import workflow_id_for
+from tests.conftest import eventually, make_confirmed_sop
+
+BIN = Path(sys.executable).parent
+
+
+class WriteOutage:
+    """Blocks every write to the read model while reads go on (a lock held by another
+    session: SQLite's exclusive lock, PostgreSQL's EXCLUSIVE table locks)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> WriteOutage:
+        if self.url.startswith("sqlite"):
+            self._sqlite = sqlite3.connect(self.url.split("///", 1)[1], isolation_level=None)
+            self._sqlite.execute("BEGIN EXCLUSIVE")
+        else:
+            self._pg = await asyncpg.connect(self.url.replace("postgresql+asyncpg", "postgresql"))
+            await self._pg.execute("BEGIN; LOCK TABLE work_sessions, session_checks "
+                                   "IN EXCLUSIVE MODE")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+        if self._pg is not None:
+            await self._pg.execute("ROLLBACK")
+            await self._pg.close()
+
+
+async def cli(temporal_env, database_url: str, task_queue: str, *args: str):
+    env = {**os.environ, "WORKSESSION_DATABASE_URL": database_url,
+           "WORKSESSION_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "WORKSESSION_TASK_QUEUE": task_queue}
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "worksession"), "ops", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def outage_stack(client, database_url, http, supervisor):
+    queue = f"ops-{uuid.uuid4()}"
+    worker_db = Database(database_url, lock_timeout_ms=300)
+    ctx = Context(db=Database(database_url, lock_timeout_ms=300), workflows=SessionWorkflows(
+        client, queue, timeout=3, idle_timeout=timedelta(hours=8), escalate_after_failures=3))
+    sop = await make_confirmed_sop(http, supervisor)
+    async with build_worker(client, worker_db, queue):
+        yield ctx, queue, sop
+    await worker_db.dispose()
+    await ctx.db.dispose()
+
+
+async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
+        temporal_env, client, database_url, db, outage_stack):
+    ctx, queue, sop = outage_stack
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
+
+    code, _, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    assert code == 1 and "is not stuck" in err
+
+    check_id = uuid.uuid4()
+    async with WriteOutage(database_url):
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable):
+            await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+                                  value=None, notes=None, evidence_uri=None,
+                                  check_id=check_id)
+        assert asyncio.get_running_loop().time() - t0 < 6  # bounded, never hangs
+
+        stuck = await eventually(lambda: ops.diagnose(client, workflow_id_for(actor.id)),
+                                 within=20)
+        assert stuck.kind == ops.ACTIVITY_FAILING and stuck.session_id == str(sid)
+        code, out, err = await cli(temporal_env, database_url, queue, "stuck", "--json")
+        assert code == 0, err
+        listed = {s["session_id"]: s for s in json.loads(out)}
+        assert listed[str(sid)]["kind"] == "activity_failing"
+        assert listed[str(sid)]["worker_id"] == str(actor.id)
+        assert listed[str(sid)]["attempts"] >= 2 and listed[str(sid)]["last_error"]
+        code, out, _ = await cli(temporal_env, database_url, queue, "stuck")
+        assert str(sid) in out and "keeps failing" in out
+    # database repaired: ops retry makes it go now, not at the next back-off
+    code, out, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    assert code == 0, err
+    assert f"session {sid}" in out and "retried activity" in out
+
+    async def recorded():
+        async with db.read() as conn:
+            row = await repo.get(conn, sid)
+        return row if len(row.state.checks) == 1 else None
+
+    row = await eventually(recorded, within=20)
+    assert [c.id for c in row.state.checks] == [check_id]
+    # the client's resend is answered from the session as it is now, recorded once
+    again = await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+                                  value=None, notes=None, evidence_uri=None, check_id=check_id)
+    assert [c["id"] for c in again["checks"]] == [str(check_id)]
+    assert await ops.diagnose(client, workflow_id_for(actor.id)) is None
+    code, _, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    assert code == 1 and "is not stuck" in err  # safe to run twice
+    await uc.cancel_session(ctx, actor, sid, "test over")
+
+
+async def test_ops_endpoints_are_for_admins_only(http, worker_user, supervisor, admin):
+    for user in (worker_user, supervisor):
+        assert (await http.get("/api/v1/ops/stuck", headers=user.h)).status_code == 403
+        r = await http.post(f"/api/v1/ops/sessions/{uuid.uuid4()}/retry", headers=user.h)
+        assert r.status_code == 403
+    r = await http.get("/api/v1/ops/stuck", headers=admin.h)
+    assert r.status_code == 200 and isinstance(r.json()["items"], list)
+    r = await http.post(f"/api/v1/ops/sessions/{uuid.uuid4()}/retry", headers=admin.h)
+    assert r.status_code == 404
