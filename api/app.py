@@ -37,33 +37,39 @@ class RequestGuard:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         declared = headers.get(b"content-length")
-        too_big = False
         try:
-            too_big = declared is not None and int(declared) > self.max_body
+            if declared is not None and int(declared) > self.max_body:
+                return await self._reject(send, rid)
         except ValueError:
-            too_big = True
-        if too_big:
             return await self._reject(send, rid)
-        seen = 0
+        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # A streamed body of unknown length: read it here, bounded, then replay it.
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None  # the client went away
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_body:
+                    return await self._reject(send, rid)
+                more = message.get("more_body", False)
+            body, replayed = b"".join(chunks), False
 
-        async def limited_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _BodyTooLarge()
-            return message
+            async def replay() -> Any:
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            receive = replay
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
-            await self._reject(send, rid)
+        await self.app(scope, receive, send_with_id)
 
     async def _reject(self, send: Any, rid: str) -> None:
         resp = problems.problem(413, f"request body larger than {self.max_body} bytes",
@@ -71,10 +77,6 @@ class RequestGuard:
         await send({"type": "http.response.start", "status": 413,
                     "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,

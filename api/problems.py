@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -62,6 +63,22 @@ def problem(status: int, detail: str, *, type_: str = "about:blank", title: str 
                         headers=headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route at this path (Starlette names only the first route's)."""
+    path = request.scope["path"]
+    return sorted({m for r in _flat_routes(request.app.router.routes)
+                   if r.path_regex.match(path) for m in r.methods})
+
+
+def _flat_routes(routes: list[Any]) -> Iterator[Any]:
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        elif getattr(r, "methods", None) and getattr(r, "path_regex", None):
+            yield r
+
+
 def _loc(loc: tuple | list) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -81,7 +98,13 @@ def install(app: FastAPI) -> None:
                        title="Unauthenticated", headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        json_error = getattr(request.state, "json_error", None)
+        if json_error:  # see api.routing.PrecedenceRoute
+            return problem(422, f"the body is not valid JSON ({json_error})",
+                           type_="/problems/validation", title="Invalid request",
+                           errors=[{"field": "body", "message": json_error,
+                                    "type": "json_invalid"}])
         fields = [{"field": _loc(x.get("loc", ())), "message": x.get("msg", "invalid"),
                    "type": x.get("type")} for x in err.errors()]
         names = ", ".join(f["field"] for f in fields) or "request"
@@ -89,8 +112,11 @@ def install(app: FastAPI) -> None:
                        title="Invalid request", errors=fields)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return problem(err.status_code, str(err.detail), headers=err.headers)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(err.status_code, str(err.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:

@@ -6,19 +6,31 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-LongText = Annotated[str, StringConstraints(max_length=5000)]
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; refuse it at the door rather than fail a write.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def Text(max_length: int, min_length: int = 0, strip: bool = False) -> Any:  # noqa: N802
+    return Annotated[str, StringConstraints(strip_whitespace=strip, min_length=min_length,
+                                            max_length=max_length), AfterValidator(_no_nul)]
+
+
+Title = Text(200, 1, strip=True)
+LongText = Text(5000)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Reason = Text(500, 1, strip=True)
 
 
 class CheckSpecIn(BaseModel):
     kind: Literal["confirm", "measurement"]
-    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                             max_length=500)]
-    unit: Annotated[str, StringConstraints(max_length=32)] | None = None
+    prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
+    unit: Text(32) | None = None  # type: ignore[valid-type]
     min: Finite | None = None
     max: Finite | None = None
 
@@ -84,8 +96,8 @@ class CheckIn(BaseModel):
     step_id: UUID
     result: Literal["passed", "failed"] | None = None
     value: Finite | None = None
-    notes: Annotated[str, StringConstraints(max_length=2000)] | None = None
-    evidence_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    notes: Text(2000) | None = None  # type: ignore[valid-type]
+    evidence_uri: Text(2048) | None = None  # type: ignore[valid-type]
     check_id: UUID | None = Field(
         default=None, description="client-chosen UUID: resending it records the check once")
 

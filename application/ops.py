@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from application.authz import Actor, authorize
+from application.authz import Actor, authorize, ensure_visible
 from application.context import Context
 from domain.errors import Conflict, NotFound
 from persistence import sessions
@@ -35,10 +35,11 @@ async def stuck_sessions(ctx: Context, actor: Actor | None) -> list[dict[str, An
 
 
 async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> dict[str, Any]:
-    if actor is not None:
-        authorize(actor, "ops")
     async with ctx.db.read() as conn:
         row = await sessions.get(conn, session_id)
+    if actor is not None:  # CONTRACT precedence: 404 (may not see it), then 403
+        ensure_visible(actor, row.state if row else None)
+        authorize(actor, "ops")
     if row is None:
         raise NotFound("session not found")
     client = ctx.workflows.client

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -38,15 +39,16 @@ def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(body)).encode()).hexdigest()
 
 
-def _body(seq: int, id_: UUID, at: datetime, e: AuditEntry | dict, prev_hash: str) -> dict:
-    get = (lambda k: e[k]) if isinstance(e, dict) else (lambda k: getattr(e, k))
+def _body(seq: int, id_: UUID, at: datetime, e: Mapping[str, Any], prev_hash: str) -> dict:
+    """What the hash covers: every stored column but the hash itself."""
+    def uid(v: Any) -> str | None:
+        return None if v is None else str(v)
+
     return {
         "seq": seq, "id": str(id_), "at": at.isoformat(),
-        "actor_id": None if get("actor_id") is None else str(get("actor_id")),
-        "actor_role": get("actor_role"), "action": get("action"),
-        "session_id": None if get("session_id") is None else str(get("session_id")),
-        "outcome": get("outcome"), "detail": get("detail"), "request_id": get("request_id"),
-        "prev_hash": prev_hash,
+        "actor_id": uid(e["actor_id"]), "actor_role": e["actor_role"], "action": e["action"],
+        "session_id": uid(e["session_id"]), "outcome": e["outcome"], "detail": e["detail"],
+        "request_id": e["request_id"], "dedup_key": e["dedup_key"], "prev_hash": prev_hash,
     }
 
 
@@ -67,7 +69,8 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
                            .values(last_seq=audit_chain.c.last_seq - 1))
         return False
     id_ = uuid4()
-    body = _body(seq, id_, now, entry, prev)
+    now = now.astimezone(UTC)  # stored and read back as UTC: hash what will be read
+    body = _body(seq, id_, now, {**asdict(entry), "dedup_key": dedup_key}, prev)
     digest = entry_hash(prev, body)
     await conn.execute(audit_log.insert().values(
         seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
@@ -90,11 +93,18 @@ async def list_page(conn: AsyncConnection, session_id: UUID | None, limit: int,
 
 
 async def verify(conn: AsyncConnection) -> tuple[int, str | None]:
-    """Walk the whole chain. Returns (entries checked, description of the first break)."""
+    """Walk the whole chain. Returns (entries checked, description of the first break).
+
+    The head is read first: entries appended while this runs (seq beyond it) are left for
+    the next run, so a live system is never reported broken."""
+    head = (await conn.execute(select(audit_chain))).first()
+    if head is None:
+        return 0, "the chain head (audit_chain row) is missing"
     prev = GENESIS
     expected_seq = 1
     n = 0
-    result = await conn.stream(select(audit_log).order_by(audit_log.c.seq))
+    result = await conn.stream(select(audit_log).where(audit_log.c.seq <= head.last_seq)
+                               .order_by(audit_log.c.seq))
     async for row in result.mappings():
         n += 1
         if row["seq"] != expected_seq:
@@ -107,8 +117,7 @@ async def verify(conn: AsyncConnection) -> tuple[int, str | None]:
             return n, f"entry seq {row['seq']} ({row['id']}): content does not match its hash"
         prev = row["hash"]
         expected_seq += 1
-    head = (await conn.execute(select(audit_chain))).first()
-    if head is not None and (head.last_seq != expected_seq - 1 or head.last_hash != prev):
+    if head.last_seq != expected_seq - 1 or head.last_hash != prev:
         return n, f"chain head says {head.last_seq} entries ending in {head.last_hash[:12]}…, " \
                   f"the log has {expected_seq - 1} (entries removed at the end)"
     return n, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -364,22 +365,41 @@ async def test_wrong_methods_are_405_problems_with_allow(http, boss, method, pat
     assert r.headers.get("allow"), r.headers
 
 
+async def test_405_allow_header_lists_every_method_of_the_resource(http, boss):
+    for path, expected in ((SOPS, {"GET", "POST"}), (SESSIONS, {"GET", "POST"}),
+                           (f"{SOPS}/{uuid.uuid4()}", {"GET", "PUT", "DELETE"})):
+        r = await http.request("PATCH", path, headers=boss.h)
+        assert_problem(r, 405)
+        allowed = {m.strip() for m in r.headers["allow"].split(",")}
+        assert expected <= allowed, (path, allowed)
+
+
 # --- lengths and size -----------------------------------------------------------------------
 
-def long_sop(where: str, n: int) -> tuple[dict[str, Any], str]:
+FIELD_PATHS: dict[str, tuple[Any, ...]] = {
+    "title": ("title",),
+    "description": ("description",),
+    "task title": ("tasks", 0, "title"),
+    "step title": ("tasks", 0, "steps", 0, "title"),
+    "instructions": ("tasks", 0, "steps", 0, "instructions"),
+    "prompt": ("tasks", 0, "steps", 0, "check", "prompt"),
+    "unit": ("tasks", 0, "steps", 0, "check", "unit"),
+}
+
+
+def dig(obj: Any, path: tuple[Any, ...]) -> tuple[Any, Any]:
+    for part in path[:-1]:
+        obj = obj[part]
+    return obj, path[-1]
+
+
+def sop_with(where: str, text: str) -> tuple[dict[str, Any], str]:
+    """A one-step measurement SOP with `text` at `where`, and that field's error location."""
     body = sop_body(steps_per_task=(1,), measurement_at=0)
-    step = body["tasks"][0]["steps"][0]
-    target, key, field = {
-        "title": (body, "title", "title"),
-        "description": (body, "description", "description"),
-        "task title": (body["tasks"][0], "title", "tasks.0.title"),
-        "step title": (step, "title", "tasks.0.steps.0.title"),
-        "instructions": (step, "instructions", "tasks.0.steps.0.instructions"),
-        "prompt": (step["check"], "prompt", "tasks.0.steps.0.check.prompt"),
-        "unit": (step["check"], "unit", "tasks.0.steps.0.check.unit"),
-    }[where]
-    target[key] = "x" * n
-    return body, field
+    path = FIELD_PATHS[where]
+    parent, key = dig(body, path)
+    parent[key] = text
+    return body, ".".join(str(p) for p in path)
 
 
 @pytest.mark.parametrize("where,limit", [
@@ -388,10 +408,10 @@ def long_sop(where: str, n: int) -> tuple[dict[str, Any], str]:
 ])
 async def test_strings_over_their_max_length_are_422_and_at_it_are_accepted(
         http, boss, where, limit):
-    body, field = long_sop(where, limit + 1)
+    body, field = sop_with(where, "x" * (limit + 1))
     problem = assert_problem(await http.post(SOPS, json=body, headers=boss.h), 422)
     assert any(f.endswith(field) for f in error_fields(problem)), problem
-    body, _ = long_sop(where, limit)
+    body, _ = sop_with(where, "x" * limit)
     r = await http.post(SOPS, json=body, headers=boss.h)
     assert r.status_code == 201, r.text
 
@@ -439,9 +459,6 @@ async def test_declared_content_length_over_the_limit_is_413_problem(http, boss)
     assert_problem(r, 413)
 
 
-@pytest.mark.xfail(reason="BUG: a chunked body over the limit (no Content-Length) is cut off by "
-                          "RequestGuard inside FastAPI's body parsing, which turns it into 400 "
-                          "'There was an error parsing the body' instead of 413", strict=True)
 async def test_streamed_body_over_the_size_limit_is_413_problem(http, boss):
     async def chunks():
         for _ in range(MAX_BODY // 4096 + 2):
@@ -463,7 +480,7 @@ UNICODE_TITLES = {
     "bell-and-escape": "Press\x07\x1b[31m 4",
     "tab-newline": "Press\t4\nline 2",
     "del": "Press\x7f4",
-    "nul": "Press\x004",
+    "c1-controls": "Press\x85\x9b4",
     "astral": "\U0010fffd\U0001d11e",
     "noncharacters": "\ufffe\uffff",
 }
@@ -483,6 +500,41 @@ async def test_unicode_and_control_characters_in_titles_never_get_a_5xx(http, bo
         assert r.status_code == 200 and r.json() == sop
         r = await http.get(f"{SOPS}?status=draft&limit=5", headers=boss.h)
         assert r.status_code == 200
+    else:
+        assert_problem(r, 422)
+
+
+ON_POSTGRES = os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql"
+@pytest.mark.parametrize("where", list(FIELD_PATHS))
+async def test_nul_characters_in_sop_text_are_stored_or_refused_never_a_5xx(
+        http, boss, where):
+    text = "Press\x004"
+    body, field = sop_with(where, text)
+    r = await http.post(SOPS, json=body, headers=boss.h)
+    if r.status_code == 201:
+        r = await http.get(f"{SOPS}/{r.json()['id']}", headers=boss.h)
+        assert r.status_code == 200
+        parent, key = dig(r.json(), FIELD_PATHS[where])
+        assert parent[key] == text
+    else:
+        problem = assert_problem(r, 422)
+        assert any(f.endswith(field) for f in error_fields(problem)), problem
+
+
+async def test_nul_characters_in_check_notes_and_cancel_reason_never_get_a_5xx(
+        http, worker_user, confirmed_sop):
+    s = await start(http, worker_user, confirmed_sop)
+    body = {"step_id": s["current_step_id"], "result": "passed", "notes": "a\x00b",
+            "evidence_uri": "file:///a\x00b"}
+    r = await http.post(f"{SESSIONS}/{s['id']}/checks", json=body, headers=worker_user.h)
+    if r.status_code == 200:
+        assert r.json()["checks"][0]["notes"] == "a\x00b"
+    else:
+        assert_problem(r, 422)
+    r = await http.post(f"{SESSIONS}/{s['id']}/cancel", json={"reason": "a\x00b"},
+                        headers=worker_user.h)
+    if r.status_code == 200:
+        assert r.json()["status"] == "cancelled"
     else:
         assert_problem(r, 422)
 
@@ -684,24 +736,17 @@ async def test_invalid_body_without_a_token_is_401_not_422(http, running):
     assert_problem(await http.post(SESSIONS, json={"sop_id": "nope"}), 401)
 
 
-@pytest.mark.xfail(reason="BUG: FastAPI parses the JSON body before any dependency runs, so "
-                          "a malformed body answers 422 before 401 (CONTRACT.md precedence)",
-                   strict=True)
 async def test_malformed_json_without_a_token_is_401_not_422(http):
     r = await http.post(SOPS, content=b"{", headers=JSON)
     assert_problem(r, 401)
 
 
-@pytest.mark.xfail(reason="BUG: malformed JSON answers 422 before the role check (403)",
-                   strict=True)
 async def test_malformed_json_to_create_sop_by_a_worker_is_403_not_422(http):
     worker = User(uuid.uuid4(), "worker")
     r = await http.post(SOPS, content=b"{", headers={**worker.h, **JSON})
     assert_problem(r, 403)
 
 
-@pytest.mark.xfail(reason="BUG: malformed JSON to another worker's session answers 422 "
-                          "before the visibility check (404)", strict=True)
 async def test_malformed_json_to_another_workers_checks_is_404_not_422(http, running):
     other = User(uuid.uuid4(), "worker")
     r = await http.post(f"{SESSIONS}/{running['id']}/checks", content=b"{",

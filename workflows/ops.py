@@ -40,6 +40,7 @@ class Stuck:
     since: datetime | None
     last_error: str | None
     activity_id: str | None = None
+    next_attempt_at: datetime | None = None
 
 
 def _ts(value: object) -> datetime | None:
@@ -57,19 +58,21 @@ async def diagnose(client: Client, workflow_id: str, run_id: str | None = None,
     attrs = desc.typed_search_attributes
 
     def stuck(kind: str, reason: str, attempts: int, since: datetime | None,
-              last_error: str | None, activity_id: str | None = None) -> Stuck:
+              last_error: str | None, activity_id: str | None = None,
+              next_attempt_at: datetime | None = None) -> Stuck:
         return Stuck(workflow_id, desc.run_id, attrs.get(sa.SESSION_ID),
                      attrs.get(sa.WORKER_ID), attrs.get(sa.SOP_ID), kind, reason, attempts,
-                     since, last_error, activity_id)
+                     since, last_error, activity_id, next_attempt_at)
 
     for act in raw.pending_activities:
         failure = act.last_failure.message if act.HasField("last_failure") else None
         if act.attempt > 1 or failure:
+            next_at = _ts(act.next_attempt_schedule_time)
             return stuck(ACTIVITY_FAILING,
                          f"saving the session ({act.activity_type.name}) keeps failing: "
-                         f"attempt {act.attempt}, next try "
-                         f"{_when(_ts(act.next_attempt_schedule_time), now)}",
-                         act.attempt, _ts(act.scheduled_time), failure, act.activity_id)
+                         f"attempt {act.attempt}, next try {_when(next_at, now)}",
+                         act.attempt, _ts(act.scheduled_time), failure, act.activity_id,
+                         next_at)
     if raw.HasField("pending_workflow_task"):
         task = raw.pending_workflow_task
         first = _ts(task.original_scheduled_time) or _ts(task.scheduled_time)

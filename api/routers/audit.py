@@ -8,10 +8,11 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from api.deps import Ctx, CurrentActor, PageParams, problems
+from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
 
-router = APIRouter(prefix="/api/v1/audit", tags=["Audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=PrecedenceRoute)
 
 
 @router.get("", response_model=Page[AuditEntryOut], responses=problems(403))

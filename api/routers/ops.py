@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import Ctx, CurrentActor, parse_id, problems
+from api.routing import PrecedenceRoute
 from application import ops as uc
 
-router = APIRouter(prefix="/api/v1/ops", tags=["Operations"])
+router = APIRouter(prefix="/api/v1/ops", tags=["Operations"], route_class=PrecedenceRoute)
 
 
 @router.get("/stuck", responses=problems(403))

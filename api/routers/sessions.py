@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
+from api.routing import PrecedenceRoute
 from api.schemas import (
     CancelIn,
     CheckIn,
@@ -22,7 +23,7 @@ from application.authz import Actor
 from domain.sop import CheckResult
 from domain.work_session import SessionStatus
 
-router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"])
+router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"], route_class=PrecedenceRoute)
 
 
 def gate(permission: str) -> Any:

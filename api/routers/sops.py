@@ -8,13 +8,14 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
+from api.routing import PrecedenceRoute
 from api.schemas import Page, SopIn, SopOut
 from application import sops as uc
 from application.authz import Actor
 from domain.sop import Sop, SopStatus
 from domain.work_session import check_spec_view
 
-router = APIRouter(prefix="/api/v1/sops", tags=["SOPs"])
+router = APIRouter(prefix="/api/v1/sops", tags=["SOPs"], route_class=PrecedenceRoute)
 
 
 async def _writable(sop_id: str, actor: CurrentActor, ctx: Ctx) -> UUID:
