@@ -137,15 +137,17 @@ async def test_recorded_history_replays_without_nondeterminism(path: Path):
 
 
 def test_histories_are_recorded_for_every_path():
-    assert {p.stem.split(".")[0] for p in _histories()} >= {
+    assert {p.stem.split(".")[0].split("-", 1)[1] for p in _histories()} >= {
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
         "continue-as-new", "reopen"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
-                    reason="set RECORD_HISTORIES=1 to record histories again")
+                    reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
 async def test_record_histories(http, client, db, supervisor, worker):
-    """Records one history per path into tests/histories (run after a deliberate change)."""
+    """Records one history per path into tests/histories/<label>-<path>.json, beside the
+    older ones (they keep proving that old runs still replay): see docs/versioning.md."""
+    label = os.environ["RECORD_HISTORIES"]
     sop = await make_confirmed_sop(http, supervisor)
     sup = Actor(supervisor.id, Role.SUPERVISOR)
 
@@ -156,7 +158,7 @@ async def test_record_histories(http, client, db, supervisor, worker):
             await h.result()  if i < len(run_ids) - 1 else None
             history = await h.fetch_history()
             suffix = f".{i}" if len(run_ids) > 1 else ""
-            (HISTORIES / f"{name}{suffix}.json").write_text(
+            (HISTORIES / f"{label}-{name}{suffix}.json").write_text(
                 json.dumps(json.loads(history.to_json()), indent=1))
 
     ctx = own_context(client, db, worker.task_queue)
