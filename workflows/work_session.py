@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain.errors import DomainError
@@ -31,6 +31,10 @@ T = TypeVar("T")
 PERSIST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2,
                             maximum_interval=timedelta(seconds=10))
 PERSIST_TIMEOUT = timedelta(seconds=15)
+LOCAL_PERSIST_PATCH = "persist-as-local-activity-first"
+LOCAL_PERSIST_TIMEOUT = timedelta(seconds=5)
+LOCAL_PERSIST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100),
+                                  maximum_attempts=2)
 
 
 def domain_rule(fn: Callable[[], T]) -> T:
@@ -149,11 +153,22 @@ class WorkSessionWorkflow:
 
     async def _persist(self) -> None:
         info = workflow.info()
-        await workflow.execute_activity(
-            PERSIST_ACTIVITY,
-            PersistSession(state=self._session.state, workflow_id=info.workflow_id,
-                           run_id=info.run_id),
-            start_to_close_timeout=PERSIST_TIMEOUT, retry_policy=PERSIST_RETRY)
+        req = PersistSession(state=self._session.state, workflow_id=info.workflow_id,
+                             run_id=info.run_id)
+        if workflow.patched(LOCAL_PERSIST_PATCH):
+            # Fast path: a local activity runs inside the same workflow task, saving a
+            # round trip per change. If it fails twice, fall back to a regular activity that
+            # retries for ever and shows up (attempts, last error) for `ops stuck`.
+            try:
+                await workflow.execute_local_activity(
+                    PERSIST_ACTIVITY, req, start_to_close_timeout=LOCAL_PERSIST_TIMEOUT,
+                    retry_policy=LOCAL_PERSIST_RETRY)
+                return
+            except (ActivityError, ApplicationError):  # local ones surface the failure itself
+                pass
+        await workflow.execute_activity(PERSIST_ACTIVITY, req,
+                                        start_to_close_timeout=PERSIST_TIMEOUT,
+                                        retry_policy=PERSIST_RETRY)
 
     def _must_stop(self) -> bool:
         return (self._session.is_closed

