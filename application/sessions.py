@@ -32,9 +32,10 @@ from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
 CLOSING_RUN_WAIT_SECONDS = 5.0
 
 
-async def _row(ctx: Context, actor: Actor, session_id: UUID) -> tuple[SessionRow, WorkSession]:
+async def _row(ctx: Context, actor: Actor, session_id: UUID, *,
+               with_checks: bool = True) -> tuple[SessionRow, WorkSession]:
     async with ctx.db.read() as conn:
-        row = await sessions.get(conn, session_id)
+        row = await sessions.get(conn, session_id, with_checks=with_checks)
         ensure_visible(actor, row.state if row else None)
         assert row is not None
         plan = await ctx.plans.get(conn, row.state.sop_id)
@@ -102,17 +103,31 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
                live: Callable[[], Awaitable[dict[str, Any]]],
                offline: Callable[[WorkSession], Any], detail: dict[str, Any],
                request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
-    row, session = await _row(ctx, actor, session_id)
+    # The live path needs only who owns the session and whether it is active; the checks
+    # are read only when the database copy has to decide (a closed session).
+    _, session = await _row(ctx, actor, session_id, with_checks=False)
     authorize(actor, "session.work")
-    try:
+
+    async def decide() -> dict[str, Any]:
         if session.is_active:
             try:
-                view = await live()
+                return await live()
             except RunClosed:
-                row, session = await _row(ctx, actor, session_id)
-                view = _offline(row, session, offline)
-        else:
-            view = _offline(row, session, offline)
+                pass
+        row, stored = await _row(ctx, actor, session_id)
+        return _offline(row, stored, offline)
+
+    return await _audited(ctx, actor, session_id, action, decide, detail, request_id,
+                          dedup_key)
+
+
+async def _audited(ctx: Context, actor: Actor, session_id: UUID, action: str,
+                   run: Callable[[], Awaitable[dict[str, Any]]], detail: dict[str, Any],
+                   request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
+    """Every state-changing request that reaches a session leaves an audit entry: accepted,
+    rejected, or `modification_rejected` when the session is locked."""
+    try:
+        view = await run()
     except SessionLocked as e:
         await audit.record(ctx, actor, "modification_rejected", "rejected", session_id,
                            {"attempted": action, "reason": e.detail, **detail}, request_id)
@@ -240,20 +255,9 @@ async def reopen_session(ctx: Context, actor: Actor, session_id: UUID, reason: s
 async def _supervise(ctx: Context, actor: Actor, session_id: UUID, action: str,
                      run: Callable[[], Awaitable[dict[str, Any]]], detail: dict[str, Any],
                      request_id: str | None) -> dict[str, Any]:
-    await _row(ctx, actor, session_id)  # 404 first
+    await _row(ctx, actor, session_id, with_checks=False)  # 404 first
     authorize(actor, "session.override")
-    try:
-        view = await run()
-    except SessionLocked as e:
-        await audit.record(ctx, actor, "modification_rejected", "rejected", session_id,
-                           {"attempted": action, "reason": e.detail, **detail}, request_id)
-        raise
-    except (Conflict, InvalidInput) as e:
-        await audit.record(ctx, actor, action, "rejected", session_id,
-                           {"reason": e.detail, "code": e.code, **detail}, request_id)
-        raise
-    await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id)
-    return view
+    return await _audited(ctx, actor, session_id, action, run, detail, request_id)
 
 
 # ---- reads (session-003) -------------------------------------------------------------------
@@ -262,7 +266,7 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     if actor.role.value != "worker":
         raise NotFound("supervisors and admins have no current session")
     async with ctx.db.read() as conn:
-        row = await sessions.active_for_worker(conn, actor.id)
+        row = await sessions.active_for_worker(conn, actor.id, with_checks=False)
     if row is None:
         raise NotFound("you have no session in progress or paused")
     try:
@@ -291,5 +295,5 @@ async def list_sessions(ctx: Context, actor: Actor, status: SessionStatus | None
 
 async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> None:
     """The precedence of CONTRACT.md: 404 (may not see it), then 403 (may not do it)."""
-    await _row(ctx, actor, session_id)
+    await _row(ctx, actor, session_id, with_checks=False)
     authorize(actor, permission)

@@ -95,21 +95,24 @@ async def _checks(conn: AsyncConnection, session_id: UUID) -> list[Check]:
                   notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
 
 
-async def _one(conn: AsyncConnection, cond: object) -> SessionRow | None:
+async def _one(conn: AsyncConnection, cond: object, with_checks: bool) -> SessionRow | None:
     row = (await conn.execute(select(work_sessions).where(cond))).mappings().first()
     if row is None:
         return None
-    return SessionRow(_state(row, await _checks(conn, row["id"])), row["workflow_id"],
-                      row["run_id"])
+    checks = await _checks(conn, row["id"]) if with_checks else []
+    return SessionRow(_state(row, checks), row["workflow_id"], row["run_id"])
 
 
-async def get(conn: AsyncConnection, session_id: UUID) -> SessionRow | None:
-    return await _one(conn, work_sessions.c.id == session_id)
+async def get(conn: AsyncConnection, session_id: UUID, *,
+              with_checks: bool = True) -> SessionRow | None:
+    """`with_checks=False` when only the session's own fields matter (who, status, lock)."""
+    return await _one(conn, work_sessions.c.id == session_id, with_checks)
 
 
-async def active_for_worker(conn: AsyncConnection, worker_id: UUID) -> SessionRow | None:
+async def active_for_worker(conn: AsyncConnection, worker_id: UUID, *,
+                            with_checks: bool = True) -> SessionRow | None:
     return await _one(conn, and_(work_sessions.c.worker_id == worker_id,
-                                 work_sessions.c.status.in_(ACTIVE_VALUES)))
+                                 work_sessions.c.status.in_(ACTIVE_VALUES)), with_checks)
 
 
 async def list_page(conn: AsyncConnection, worker_id: UUID | None,
