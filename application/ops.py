@@ -1,48 +1,95 @@
-"""Operations: stuck sessions and retrying them (admins only)."""
+"""Operations: stuck sessions and retrying them (admins only).
+
+Stuck means: the session's workflow cannot make progress (a failing activity or workflow
+task, no worker), or the database holds an active session that no running workflow holds
+(its run was terminated or lost); the latter is repaired by starting a run from the
+database copy."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from application.authz import Actor, authorize, ensure_visible
 from application.context import Context
 from domain.errors import Conflict, NotFound
+from domain.work_session import WorkSession
 from persistence import sessions
+from persistence.sessions import SessionRow
 from workflows import ops
 from workflows.messages import workflow_id_for
+
+WORKFLOW_NOT_RUNNING = "workflow_not_running"
+# A session row younger than this may belong to a run that visibility has not shown yet.
+ORPHAN_GRACE = timedelta(seconds=60)
 
 
 async def stuck_sessions(ctx: Context, actor: Actor | None) -> list[dict[str, Any]]:
     if actor is not None:
         authorize(actor, "ops")
-    found = await ctx.workflows.bounded(ops.find_stuck(ctx.workflows.client,
-                                                        ctx.workflows.task_queue))
-    out = []
+    found = [asdict(s) for s in await ctx.workflows.bounded(
+        ops.find_stuck(ctx.workflows.client, ctx.workflows.task_queue))]
+    try:
+        titles = {}
+        async with ctx.db.read() as conn:
+            for s in found:
+                if s["session_id"]:
+                    row = await sessions.get(conn, UUID(s["session_id"]), with_checks=False)
+                    titles[s["session_id"]] = row.state.sop_title if row else None
+            candidates = await sessions.active_not_updated_since(
+                conn, ctx.clock() - ORPHAN_GRACE)
+    except Exception:  # the database may be the very thing that is down
+        titles, candidates = {}, []
     for s in found:
-        item = asdict(s)
-        item["sop_title"] = None
-        if s.session_id:
-            try:
-                async with ctx.db.read() as conn:
-                    row = await sessions.get(conn, UUID(s.session_id))
-                item["sop_title"] = row.state.sop_title if row else None
-            except Exception:  # the database may be the very thing that is down
-                pass
-        out.append(item)
-    return out
+        s["sop_title"] = titles.get(s["session_id"])
+    found += [_orphan(r) for r in await _orphans(ctx, candidates)]
+    return found
+
+
+async def _orphans(ctx: Context, rows: list[SessionRow]) -> list[SessionRow]:
+    gate = asyncio.Semaphore(8)
+
+    async def held(row: SessionRow) -> bool:
+        async with gate:
+            running = await ctx.workflows.running_session_id(row.state.worker_id)
+        return running == row.state.id
+
+    flags = await asyncio.gather(*(held(r) for r in rows))
+    return [r for r, ok in zip(rows, flags, strict=True) if not ok]
+
+
+def _orphan(row: SessionRow) -> dict[str, Any]:
+    st = row.state
+    return {"workflow_id": row.workflow_id, "run_id": row.run_id, "session_id": str(st.id),
+            "worker_id": str(st.worker_id), "sop_id": str(st.sop_id), "sop_title": st.sop_title,
+            "kind": WORKFLOW_NOT_RUNNING,
+            "reason": "the database says the session is active but no running workflow holds "
+                      "it (terminated or lost); retry starts a run from the database copy",
+            "attempts": 0, "since": None, "last_error": None, "activity_id": None,
+            "next_attempt_at": None}
 
 
 async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> dict[str, Any]:
     async with ctx.db.read() as conn:
         row = await sessions.get(conn, session_id)
+        plan = await ctx.plans.get(conn, row.state.sop_id) if row else None
     if actor is not None:  # CONTRACT precedence: 404 (may not see it), then 403
         ensure_visible(actor, row.state if row else None)
         authorize(actor, "ops")
-    if row is None:
+    if row is None or plan is None:
         raise NotFound("session not found")
     client = ctx.workflows.client
+    if row.state.status.value in ("in_progress", "paused"):
+        running = await ctx.workflows.running_session_id(row.state.worker_id)
+        if running is None:
+            run_id = await ctx.workflows.start(plan, row.state)
+            return {"session_id": str(session_id), "kind": WORKFLOW_NOT_RUNNING,
+                    "action": f"started a new run {run_id} from the database copy "
+                              f"({len(row.state.checks)} checks, step "
+                              f"{_step_label(WorkSession(plan=plan, state=row.state))})"}
     stuck = await ctx.workflows.bounded(ops.diagnose(client, workflow_id_for(row.state.worker_id)))
     if stuck is None or stuck.session_id != str(session_id):
         raise Conflict(f"session {session_id} is not stuck: its workflow is making progress "
@@ -52,3 +99,9 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
                        f"{stuck.reason}")
     done = await ctx.workflows.bounded(ops.retry(client, stuck))
     return {"session_id": str(session_id), "kind": stuck.kind, "action": done}
+
+
+def _step_label(session: WorkSession) -> str:
+    view = session.view()
+    step = view["current_step"]
+    return f"{step['index'] + 1} of {step['total']}" if step else "none"

@@ -19,6 +19,7 @@ from domain.errors import (
     InvalidInput,
     NotFound,
     SessionLocked,
+    Unavailable,
 )
 from domain.sop import CheckResult
 from domain.work_session import CheckSubmission, SessionStatus, WorkSession
@@ -50,30 +51,38 @@ def _render(row: SessionRow, session: WorkSession) -> dict[str, Any]:
 async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
                         request_id: str | None = None) -> dict[str, Any]:
     authorize(actor, "session.start")
-    for attempt in range(2):
-        try:
-            view = await _start_once(ctx, actor, sop_id)
-            break
-        except WorkflowRunning as running:
-            # Temporal still has an open run for this worker while the database has no
-            # active session: the previous session answered completed/cancelled and its run
-            # is closing. Wait for it, then try once more.
-            if attempt == 0 and await ctx.workflows.wait_closed(actor.id,
-                                                                CLOSING_RUN_WAIT_SECONDS):
-                continue
-            raise ActiveSessionExists(
-                "you already have a session in progress: complete or cancel it first",
-                existing_session_id=str(running.session_id) if running.session_id else None,
-            ) from None
-        except ActiveSessionExists as e:
-            await audit.record(ctx, actor, "session_start", "rejected",
-                               session_id=UUID(e.extra["existing_session_id"]),
-                               detail={"sop_id": str(sop_id), "reason": e.code},
-                               request_id=request_id)
-            raise
+    try:
+        view = await _with_closing_run_wait(ctx, actor.id, lambda: _start_once(ctx, actor, sop_id))
+    except ActiveSessionExists as e:
+        existing = e.extra.get("existing_session_id")
+        await audit.record(ctx, actor, "session_start", "rejected",
+                           session_id=UUID(existing) if existing else None,
+                           detail={"sop_id": str(sop_id), "reason": e.code},
+                           request_id=request_id)
+        raise
     await audit.record(ctx, actor, "session_start", "accepted", session_id=UUID(view["id"]),
                        detail={"sop_id": str(sop_id)}, request_id=request_id)
     return view
+
+
+async def _with_closing_run_wait(ctx: Context, worker_id: UUID,
+                                 attempt: Callable[[], Awaitable[dict[str, Any]]]
+                                 ) -> dict[str, Any]:
+    """Start the worker's workflow. If Temporal still has an open run while the database has
+    no active session, the previous session answered completed/cancelled and its run is
+    closing: wait for it (bounded), then try once more."""
+    try:
+        return await attempt()
+    except WorkflowRunning as first:
+        blocking = first.session_id
+    if await ctx.workflows.wait_closed(worker_id, CLOSING_RUN_WAIT_SECONDS):
+        try:
+            return await attempt()
+        except WorkflowRunning as again:
+            blocking = again.session_id
+    raise ActiveSessionExists(
+        "the worker already has a session in progress: complete or cancel it first",
+        existing_session_id=str(blocking) if blocking else None)
 
 
 async def _start_once(ctx: Context, actor: Actor, sop_id: UUID) -> dict[str, Any]:
@@ -115,6 +124,11 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
             except RunClosed:
                 pass
         row, stored = await _row(ctx, actor, session_id)
+        if stored.is_active:
+            # The database says active but no run holds the session (terminated by hand,
+            # lost): answering from a copy would accept a check nobody records.
+            raise Unavailable("this session's workflow is not running; operators can restart "
+                              "it with `worksession ops retry`. Resend the request later.")
         return _offline(row, stored, offline)
 
     return await _audited(ctx, actor, session_id, action, decide, detail, request_id,
@@ -154,8 +168,9 @@ async def submit_check(ctx: Context, actor: Actor, session_id: UUID, *, step_id:
                        evidence_uri: str | None, check_id: UUID | None,
                        request_id: str | None = None) -> dict[str, Any]:
     check_id = check_id or uuid4()
-    cmd = SubmitCheck(actor_id=actor.id, check_id=check_id, step_id=step_id, result=result,
-                      value=value, notes=notes, evidence_uri=evidence_uri)
+    cmd = SubmitCheck(actor_id=actor.id, session_id=session_id, check_id=check_id,
+                      step_id=step_id, result=result, value=value, notes=notes,
+                      evidence_uri=evidence_uri)
     sub = CheckSubmission(check_id=check_id, step_id=step_id, result=result, value=value,
                           notes=notes, evidence_uri=evidence_uri)
     return await _act(
@@ -194,7 +209,7 @@ async def cancel_session(ctx: Context, actor: Actor, session_id: UUID, reason: s
 async def _command(ctx: Context, actor: Actor, session_id: UUID, name: str,
                    offline: Callable[[WorkSession], Any], reason: str | None,
                    request_id: str | None) -> dict[str, Any]:
-    cmd = SessionCommand(actor_id=actor.id, reason=reason)
+    cmd = SessionCommand(actor_id=actor.id, session_id=session_id, reason=reason)
     return await _act(ctx, actor, session_id, f"session_{name}",
                       live=lambda: ctx.workflows.command(actor.id, name, cmd), offline=offline,
                       detail={"reason": reason} if reason else {}, request_id=request_id)
@@ -219,33 +234,30 @@ async def approve_session(ctx: Context, actor: Actor, session_id: UUID,
 
 async def reopen_session(ctx: Context, actor: Actor, session_id: UUID, reason: str,
                          step_id: UUID | None, request_id: str | None = None) -> dict[str, Any]:
-    async def reopen() -> dict[str, Any]:
-        row, session = await _row(ctx, actor, session_id)
-        session.reopen(ctx.clock(), step_id)
-        worker_id = session.state.worker_id
-        for attempt in range(2):
-            try:
-                async with ctx.db.write() as conn:
-                    other = await sessions.active_for_worker(conn, worker_id)
-                    if other is not None:
-                        raise ActiveSessionExists(
-                            "the worker has another active session: it must be completed or "
-                            "cancelled first", existing_session_id=str(other.state.id))
-                    run_id = await ctx.workflows.start(session.plan, session.state)
-                    row = SessionRow(session.state, workflow_id_for(worker_id), run_id)
-                    await sessions.save(ctx.db, conn, session.state, row.workflow_id, run_id,
-                                        ctx.clock())
-                return _render(row, session)
-            except WorkflowRunning as running:
-                if attempt == 0 and await ctx.workflows.wait_closed(
-                        worker_id, CLOSING_RUN_WAIT_SECONDS):
-                    continue
+    async def reopen_once() -> dict[str, Any]:
+        # Decide on the row as it is now and hold it (an approval racing this waits), so
+        # the new run is started only for a session that really goes back to work.
+        async with ctx.db.write() as conn:
+            row = await sessions.get(conn, session_id, for_update=True)
+            assert row is not None
+            session = WorkSession(plan=await ctx.plans.get(conn, row.state.sop_id),
+                                  state=row.state)
+            session.reopen(ctx.clock(), step_id)
+            worker_id = session.state.worker_id
+            other = await sessions.active_for_worker(conn, worker_id, with_checks=False)
+            if other is not None:
                 raise ActiveSessionExists(
                     "the worker has another active session: it must be completed or "
-                    "cancelled first",
-                    existing_session_id=str(running.session_id) if running.session_id
-                    else None) from None
-        raise AssertionError("unreachable")
+                    "cancelled first", existing_session_id=str(other.state.id))
+            run_id = await ctx.workflows.start(session.plan, session.state)
+            reopened = SessionRow(session.state, row.workflow_id, run_id)
+            await sessions.save(ctx.db, conn, session.state, row.workflow_id, run_id,
+                                ctx.clock())
+        return _render(reopened, session)
+
+    async def reopen() -> dict[str, Any]:
+        _, session = await _row(ctx, actor, session_id, with_checks=False)
+        return await _with_closing_run_wait(ctx, session.state.worker_id, reopen_once)
 
     detail = {"reason": reason, "step_id": str(step_id) if step_id else None}
     return await _supervise(ctx, actor, session_id, "session_reopen", reopen, detail,

@@ -58,7 +58,10 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
                  if k not in ("id", "locked", "approved_by", "approved_at")}
     stmt = stmt.on_conflict_do_update(
         index_elements=[work_sessions.c.id], set_=updatable,
-        where=work_sessions.c.version < stmt.excluded.version,
+        # newer state; or the same state from a new run (continue-as-new, ops reset)
+        where=(work_sessions.c.version < stmt.excluded.version)
+        | ((work_sessions.c.version == stmt.excluded.version)
+           & (work_sessions.c.run_id != stmt.excluded.run_id)),
     )
     written = (await conn.execute(stmt)).rowcount > 0
     if state.checks:
@@ -95,18 +98,24 @@ async def _checks(conn: AsyncConnection, session_id: UUID) -> list[Check]:
                   notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
 
 
-async def _one(conn: AsyncConnection, cond: object, with_checks: bool) -> SessionRow | None:
-    row = (await conn.execute(select(work_sessions).where(cond))).mappings().first()
+async def _one(conn: AsyncConnection, cond: object, with_checks: bool,
+               for_update: bool = False) -> SessionRow | None:
+    stmt = select(work_sessions).where(cond)
+    if for_update:  # FOR NO KEY UPDATE: holds the row, lets foreign-key checks through
+        stmt = stmt.with_for_update(key_share=True)
+    row = (await conn.execute(stmt)).mappings().first()
     if row is None:
         return None
     checks = await _checks(conn, row["id"]) if with_checks else []
     return SessionRow(_state(row, checks), row["workflow_id"], row["run_id"])
 
 
-async def get(conn: AsyncConnection, session_id: UUID, *,
-              with_checks: bool = True) -> SessionRow | None:
-    """`with_checks=False` when only the session's own fields matter (who, status, lock)."""
-    return await _one(conn, work_sessions.c.id == session_id, with_checks)
+async def get(conn: AsyncConnection, session_id: UUID, *, with_checks: bool = True,
+              for_update: bool = False) -> SessionRow | None:
+    """`with_checks=False` when only the session's own fields matter (who, status, lock);
+    `for_update` holds the row until the transaction ends (PostgreSQL; SQLite's write
+    transaction already serialises writers)."""
+    return await _one(conn, work_sessions.c.id == session_id, with_checks, for_update)
 
 
 async def active_for_worker(conn: AsyncConnection, worker_id: UUID, *,
@@ -133,6 +142,16 @@ async def list_page(conn: AsyncConnection, worker_id: UUID | None,
         .where(where).order_by(c.started_at.desc(), c.id.desc()).limit(limit).offset(offset)
     )).mappings().all()
     return [dict(r) for r in rows], total
+
+
+async def active_not_updated_since(conn: AsyncConnection, before: datetime,
+                                   limit: int = 1000) -> list[SessionRow]:
+    """Active sessions untouched since `before` (ops: candidates for a lost workflow)."""
+    rows = (await conn.execute(
+        select(work_sessions).where(work_sessions.c.status.in_(ACTIVE_VALUES),
+                                    work_sessions.c.updated_at < before)
+        .order_by(work_sessions.c.updated_at).limit(limit))).mappings().all()
+    return [SessionRow(_state(r, []), r["workflow_id"], r["run_id"]) for r in rows]
 
 
 async def active_for_sop(conn: AsyncConnection, sop_id: UUID) -> list[ActiveSessionRef]:

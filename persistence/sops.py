@@ -49,9 +49,11 @@ async def save_status(conn: AsyncConnection, sop: Sop) -> None:
 async def get(conn: AsyncConnection, sop_id: UUID, *, for_update: bool = False) -> Sop | None:
     stmt = select(sops).where(sops.c.id == sop_id)
     if for_update:
-        # PostgreSQL: row lock. SQLite: the write transaction (BEGIN IMMEDIATE) already
-        # serialises writers, so the clause is ignored there.
-        stmt = stmt.with_for_update()
+        # PostgreSQL: FOR NO KEY UPDATE, which serialises a session start against an SOP
+        # delete but lets the workflow's session insert check its foreign key meanwhile
+        # (FOR UPDATE would deadlock with it). SQLite: the write transaction (BEGIN
+        # IMMEDIATE) already serialises writers, so the clause is ignored there.
+        stmt = stmt.with_for_update(key_share=True)
     row = (await conn.execute(stmt)).mappings().first()
     if row is None:
         return None

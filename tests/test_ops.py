@@ -149,3 +149,34 @@ async def test_ops_endpoints_are_for_admins_only(http, worker_user, supervisor, 
     assert r.status_code == 200 and isinstance(r.json()["items"], list)
     r = await http.post(f"/api/v1/ops/sessions/{uuid.uuid4()}/retry", headers=admin.h)
     assert r.status_code == 404
+
+
+async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restarts_it(
+        client, db, outage_stack):
+    ctx, queue, sop = outage_stack
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
+    view = await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+                                 value=None, notes=None, evidence_uri=None, check_id=None)
+    await client.get_workflow_handle(workflow_id_for(actor.id)).terminate("operator mistake")
+
+    # a check now must not be answered from a copy as if it had been recorded
+    with pytest.raises(Unavailable):
+        await uc.submit_check(ctx, actor, sid, step_id=uuid.UUID(view["current_step_id"]),
+                              value=0.1, result=None, notes=None, evidence_uri=None,
+                              check_id=None)
+    later = Context(db=ctx.db, workflows=ctx.workflows,
+                    clock=lambda: datetime.now(UTC) + timedelta(minutes=5))
+    from application import ops as ops_uc
+    listed = {s["session_id"]: s for s in await ops_uc.stuck_sessions(later, None)}
+    assert listed[str(sid)]["kind"] == "workflow_not_running"
+    done = await ops_uc.retry_session(ctx, None, sid)
+    assert "started a new run" in done["action"] and "step 2 of 3" in done["action"]
+    view = await uc.submit_check(ctx, actor, sid, step_id=uuid.UUID(view["current_step_id"]),
+                                 value=0.1, result=None, notes=None, evidence_uri=None,
+                                 check_id=None)
+    assert len(view["checks"]) == 2 and view["current_step"]["index"] == 2
+    async with db.read() as conn:
+        assert len((await repo.get(conn, sid)).state.checks) == 2
+    await uc.cancel_session(ctx, actor, sid, "test over")

@@ -220,3 +220,28 @@ async def test_reopen_is_refused_while_the_worker_has_another_active_session(
     assert r.status_code == 409 and r.json()["existing_session_id"] == second["id"]
     assert (await http.get(f"/api/v1/sessions/{first['id']}", headers=supervisor.h)
             ).json()["status"] == "completed"
+
+
+async def test_reopen_racing_approve_never_leaves_a_running_session_locked(
+        http, client, supervisor, admin, confirmed_sop):
+    from tests.conftest import User
+    for _ in range(4):
+        worker = User(uuid.uuid4(), "worker")
+        s = await completed_session(http, worker, confirmed_sop)
+        reopen, approve = await asyncio.gather(
+            http.post(f"/api/v1/sessions/{s['id']}/reopen", json={"reason": "race"},
+                      headers=supervisor.h),
+            http.post(f"/api/v1/sessions/{s['id']}/approve", headers=admin.h))
+        stored = (await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+        assert sorted([reopen.status_code, approve.status_code]) == [200, 409], \
+            (reopen.text, approve.text)
+        if reopen.status_code == 200:
+            assert stored["status"] == "in_progress" and stored["locked"] is False
+            cur = await http.get("/api/v1/sessions/current", headers=worker.h)
+            assert cur.json()["id"] == s["id"]
+            await http.post(f"/api/v1/sessions/{s['id']}/cancel", json={"reason": "done"},
+                            headers=worker.h)
+        else:
+            assert stored["status"] == "completed" and stored["locked"] is True
+            desc = await client.get_workflow_handle(s["workflow_id"]).describe()
+            assert desc.status.name != "RUNNING"

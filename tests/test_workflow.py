@@ -206,3 +206,28 @@ async def test_record_histories(http, client, db, supervisor, worker):
         v = await pass_current(can, a, v)
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("continue-as-new", a, [first])
+
+
+async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one(
+        http, client, db, supervisor, worker):
+    """The workflow ID is per worker: a request that read "X is active" just before X closed
+    and Y started must not cancel (or check) Y."""
+    from workflows.client import RunClosed
+    from workflows.messages import SessionCommand
+
+    sop = await make_confirmed_sop(http, supervisor)
+    ctx = own_context(client, db, worker.task_queue)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    x = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    await uc.complete_session(ctx, actor, uuid.UUID(x["id"]))
+    y = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    with pytest.raises(RunClosed):
+        await ctx.workflows.command(actor.id, "cancel", SessionCommand(
+            actor_id=actor.id, session_id=uuid.UUID(x["id"]), reason="late"))
+    live = await ctx.workflows.query(actor.id)
+    assert live["id"] == y["id"] and live["status"] == "in_progress"
+    # and through the use case the late cancel is judged on X's stored copy: 409
+    from domain.errors import WrongState
+    with pytest.raises(WrongState):
+        await uc.cancel_session(ctx, actor, uuid.UUID(x["id"]), "late")
+    await uc.cancel_session(ctx, actor, uuid.UUID(y["id"]), "test over")

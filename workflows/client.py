@@ -22,7 +22,13 @@ from domain.errors import DomainError, Unavailable, error_from_payload
 from domain.sop import SessionPlan
 from domain.work_session import SessionState
 from workflows import search_attributes
-from workflows.messages import SessionCommand, SessionInput, SubmitCheck, workflow_id_for
+from workflows.messages import (
+    SESSION_MISMATCH,
+    SessionCommand,
+    SessionInput,
+    SubmitCheck,
+    workflow_id_for,
+)
 from workflows.work_session import WorkSessionWorkflow
 
 
@@ -126,6 +132,8 @@ class SessionWorkflows:
                 update, arg, id=update_id, rpc_timeout=timedelta(seconds=self.timeout)))
         except WorkflowUpdateFailedError as e:
             cause = e.cause
+            if isinstance(cause, ApplicationError) and cause.type == SESSION_MISMATCH:
+                raise RunClosed() from None
             if isinstance(cause, ApplicationError) and cause.type:
                 payload = cause.details[0] if cause.details else {}
                 raise error_from_payload(cause.type, payload) from None

@@ -12,6 +12,9 @@ from domain.work_session import SessionState
 
 TASK_QUEUE_DEFAULT = "work-sessions"
 PERSIST_ACTIVITY = "persist_session"
+# Update failure type when a command names another session than the run holds: the
+# worker's workflow ID now runs a newer session, so the named one is closed.
+SESSION_MISMATCH = "session-mismatch"
 
 
 def workflow_id_for(worker_id: UUID) -> str:
@@ -30,6 +33,7 @@ class SessionInput(BaseModel):
 
 class SubmitCheck(BaseModel):
     actor_id: UUID
+    session_id: UUID | None = None  # the session the client means (None: whatever runs)
     check_id: UUID
     step_id: UUID
     result: CheckResult | None = None
@@ -40,6 +44,7 @@ class SubmitCheck(BaseModel):
 
 class SessionCommand(BaseModel):
     actor_id: UUID
+    session_id: UUID | None = None
     reason: str | None = None
 
 

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes
     from workflows.messages import (
         PERSIST_ACTIVITY,
+        SESSION_MISMATCH,
         PersistSession,
         SessionCommand,
         SessionInput,
@@ -83,57 +84,67 @@ class WorkSessionWorkflow:
     # ---- worker actions ------------------------------------------------------------------
     @workflow.update
     async def submit_check(self, cmd: SubmitCheck) -> dict[str, Any]:
-        return await self._apply(lambda s: s.add_check(
+        return await self._apply(cmd, lambda s: s.add_check(
             _submission(cmd), by=cmd.actor_id, now=workflow.now(),
             escalate_after_failures=self._input.escalate_after_failures))
 
     @submit_check.validator
     def _validate_submit_check(self, cmd: SubmitCheck) -> None:
-        self._dry_run(lambda s: s.add_check(_submission(cmd), by=cmd.actor_id,
-                                            now=workflow.now()))
+        self._dry_run(cmd, lambda s: s.add_check(_submission(cmd), by=cmd.actor_id,
+                                                 now=workflow.now()))
 
     @workflow.update
     async def complete(self, cmd: SessionCommand) -> dict[str, Any]:
-        return await self._apply(lambda s: s.complete(workflow.now(), manual=True))
+        return await self._apply(cmd, lambda s: s.complete(workflow.now(), manual=True))
 
     @complete.validator
     def _validate_complete(self, cmd: SessionCommand) -> None:
-        self._dry_run(lambda s: s.complete(workflow.now(), manual=True))
+        self._dry_run(cmd, lambda s: s.complete(workflow.now(), manual=True))
 
     @workflow.update
     async def pause(self, cmd: SessionCommand) -> dict[str, Any]:
-        return await self._apply(lambda s: s.pause(workflow.now()))
+        return await self._apply(cmd, lambda s: s.pause(workflow.now()))
 
     @pause.validator
     def _validate_pause(self, cmd: SessionCommand) -> None:
-        self._dry_run(lambda s: s.pause(workflow.now()))
+        self._dry_run(cmd, lambda s: s.pause(workflow.now()))
 
     @workflow.update
     async def resume(self, cmd: SessionCommand) -> dict[str, Any]:
-        return await self._apply(lambda s: s.resume(workflow.now()))
+        return await self._apply(cmd, lambda s: s.resume(workflow.now()))
 
     @resume.validator
     def _validate_resume(self, cmd: SessionCommand) -> None:
-        self._dry_run(lambda s: s.resume(workflow.now()))
+        self._dry_run(cmd, lambda s: s.resume(workflow.now()))
 
     @workflow.update
     async def cancel(self, cmd: SessionCommand) -> dict[str, Any]:
-        return await self._apply(lambda s: s.cancel(cmd.reason or "", workflow.now()))
+        return await self._apply(cmd, lambda s: s.cancel(cmd.reason or "", workflow.now()))
 
     @cancel.validator
     def _validate_cancel(self, cmd: SessionCommand) -> None:
-        self._dry_run(lambda s: s.cancel(cmd.reason or "", workflow.now()))
+        self._dry_run(cmd, lambda s: s.cancel(cmd.reason or "", workflow.now()))
 
     @workflow.query
     def session(self) -> dict[str, Any]:
         return self._view()
 
     # ---- machinery -----------------------------------------------------------------------
-    def _dry_run(self, action: Callable[[WorkSession], Any]) -> None:
+    def _dry_run(self, cmd: SubmitCheck | SessionCommand,
+                  action: Callable[[WorkSession], Any]) -> None:
         """Validators reject wrong-state and wrong-step requests before they enter history."""
+        self._ensure_same_session(cmd)
         domain_rule(lambda: action(self._session.copy()))
 
-    async def _apply(self, action: Callable[[WorkSession], Any]) -> dict[str, Any]:
+    def _ensure_same_session(self, cmd: SubmitCheck | SessionCommand) -> None:
+        if cmd.session_id is not None and cmd.session_id != self._session.state.id:
+            raise ApplicationError(f"this run holds session {self._session.state.id}, not "
+                                   f"{cmd.session_id}", type=SESSION_MISMATCH,
+                                   non_retryable=True)
+
+    async def _apply(self, cmd: SubmitCheck | SessionCommand,
+                     action: Callable[[WorkSession], Any]) -> dict[str, Any]:
+        self._ensure_same_session(cmd)
         async with self._lock:  # state may have moved on while this update waited
             version = self._session.state.version
             domain_rule(lambda: action(self._session))
