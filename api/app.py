@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api import problems
 from api.routers import audit, health, ops, sessions, sops
+from api.web import mount_web
 from application.context import Context
 from persistence.db import Database
 from workflows.client import SessionWorkflows
@@ -104,8 +105,11 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
     app.state.ctx = None
     app.state.jwt_secret = jwt_secret
     app.state.jwt_algorithms = list(settings.jwt_algorithms)
+    # Every inner wait has its own bound; this caps their sum (see api.routing).
+    app.state.request_deadline = settings.request_timeout_seconds + 5
     problems.install(app)
     for r in (health.router, sops.router, sessions.router, audit.router, ops.router):
         app.include_router(r)
+    mount_web(app)
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
     return app

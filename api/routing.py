@@ -3,16 +3,21 @@
 FastAPI parses a JSON body before any dependency runs, so `{` would be answered 422 before
 the caller is authenticated (401), may see the resource (404) or may act (403). This route
 hands FastAPI `null` instead of an unparseable body and remembers the parse error; the
-dependencies then answer first, and the 422 handler reports the real JSON error."""
+dependencies then answer first, and the 422 handler reports the real JSON error.
+
+It also bounds every request in time (`app.state.request_deadline`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+
+from domain.errors import Unavailable
 
 
 class PrecedenceRoute(APIRoute):
@@ -28,6 +33,15 @@ class PrecedenceRoute(APIRoute):
                     except (ValueError, RecursionError) as e:
                         request.state.json_error = f"{e.__class__.__name__}: {e}"
                         request._body = b"null"
-            return await handler(request)
+            # One bound for the whole request, whatever it waits on (CONTRACT: 503 within a
+            # bounded time instead of hanging).
+            deadline = getattr(request.app.state, "request_deadline", None)
+            try:
+                async with asyncio.timeout(deadline):
+                    return await handler(request)
+            except TimeoutError:
+                raise Unavailable("the request took too long; the service or one of its "
+                                  "dependencies is slow. Resend it (with the same check_id)."
+                                  ) from None
 
         return route_handler

@@ -189,9 +189,13 @@ class SessionSummary(BaseModel):
 
 
 class AuditEntryOut(BaseModel):
+    """Exactly the fields the hash covers, serialised as hashed: `hash` is
+    sha256(prev_hash + JSON of every other field, keys sorted, separators (",", ":"),
+    UTF-8 unescaped)."""
+
     id: UUID
     seq: int
-    at: datetime
+    at: str = Field(description="ISO 8601 UTC, as hashed (e.g. 2026-11-25T21:00:00+00:00)")
     actor_id: UUID | None
     actor_role: str | None
     action: str
@@ -199,6 +203,7 @@ class AuditEntryOut(BaseModel):
     outcome: str
     detail: dict[str, Any] | None
     request_id: str | None
+    dedup_key: str | None
     hash: str
     prev_hash: str
 

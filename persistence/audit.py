@@ -56,6 +56,8 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
                  dedup_key: str | None = None) -> bool:
     """Append one entry to the chain. With a `dedup_key` already in the log, append nothing
     (returns False): the head row's lock makes that look-up race-free."""
+    if dedup_key is not None and await _has(conn, dedup_key):
+        return False  # cheap path for a resend: no need to take the chain head
     head = (await conn.execute(
         update(audit_chain).where(audit_chain.c.id == 1)
         .values(last_seq=audit_chain.c.last_seq + 1)
@@ -63,8 +65,7 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
     if head is None:
         raise RuntimeError("audit chain head is missing: run `worksession migrate`")
     seq, prev = head.last_seq, head.last_hash
-    if dedup_key is not None and (await conn.execute(
-            select(audit_log.c.seq).where(audit_log.c.dedup_key == dedup_key))).first():
+    if dedup_key is not None and await _has(conn, dedup_key):  # again, now race-free
         await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
                            .values(last_seq=audit_chain.c.last_seq - 1))
         return False
@@ -80,6 +81,12 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
     await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
                        .values(last_hash=digest))
     return True
+
+
+async def _has(conn: AsyncConnection, dedup_key: str) -> bool:
+    row = (await conn.execute(select(audit_log.c.seq)
+                              .where(audit_log.c.dedup_key == dedup_key))).first()
+    return row is not None
 
 
 async def list_page(conn: AsyncConnection, session_id: UUID | None, limit: int,

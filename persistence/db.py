@@ -29,7 +29,7 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True,
                           pool_timeout=connect_timeout,
-                          connect_args={"timeout": connect_timeout, "command_timeout": 30,
+                          connect_args={"timeout": connect_timeout, "command_timeout": 10,
                                         "server_settings": {
                                             "lock_timeout": str(lock_timeout_ms)}})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -361,7 +361,8 @@ async def test_supervisor_finds_running_sessions_by_search_attributes(
     meta = await handle.query("__temporal_workflow_metadata")
     details = meta.current_details if hasattr(meta, "current_details") else \
         meta.get("currentDetails")
-    assert details == "Step 2 of 3: Step 2"
+    assert details.splitlines()[0] == "Step 2 of 3: Step 2"
+    assert confirmed_sop["title"] in details and str(worker_user.id) in details
 
     r = await http.post(f"/api/v1/sessions/{s['id']}/complete", headers=worker_user.h)
     assert r.status_code == 200

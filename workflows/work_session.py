@@ -198,7 +198,9 @@ class WorkSessionWorkflow:
                 details = f"Paused at {details[0].lower()}{details[1:]}"
             if state.needs_attention:
                 details += " (needs attention)"
-        workflow.set_current_details(details)
+        # The static summary does not survive continue-as-new: name SOP and worker here too.
+        workflow.set_current_details(f"{details}\n\nSOP: {plan.sop_title} "
+                                     f"(v{plan.sop_version}) · worker {state.worker_id}")
 
     def _view(self) -> dict[str, Any]:
         info = workflow.info()

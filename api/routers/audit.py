@@ -19,4 +19,4 @@ router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=Precedenc
 async def list_audit(actor: CurrentActor, ctx: Ctx, paging: PageParams,
                      session_id: UUID | None = Query(None)) -> dict[str, Any]:
     items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset)
-    return paging.page(items, total)
+    return paging.page([{**i, "at": i["at"].isoformat()} for i in items], total)

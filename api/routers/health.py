@@ -7,11 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.problems import problem
+from worksession.temporal import worker_polls
 
 router = APIRouter(tags=["Health"])
 
@@ -58,9 +56,5 @@ async def _temporal(ctx: Any) -> None:
 
 
 async def _worker_polls(ctx: Any) -> None:
-    client = ctx.workflows.client
-    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-        namespace=client.namespace, task_queue=TaskQueue(name=ctx.workflows.task_queue),
-        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
-    if not resp.pollers:
+    if not await worker_polls(ctx.workflows.client, ctx.workflows.task_queue):
         raise RuntimeError(f"no worker polls task queue {ctx.workflows.task_queue!r}")
