@@ -22,7 +22,7 @@ from persistence.migrate import upgrade_async
 from worker import build_worker
 from worksession.binaries import temporal_cli
 from worksession.settings import Settings
-from worksession.temporal import connect, register_search_attributes
+from worksession.temporal import connect, register_search_attributes, worker_polls
 from worksession.tokens import load_or_create_dev_secret, mint
 
 HOST = "127.0.0.1"
@@ -115,6 +115,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
             if serving.done():
                 serving.result()
                 raise DevStackError(f"the API could not listen on port {port}")
+            await _until_worker_polls(client, settings.task_queue)
             _banner(settings, data_dir, secret, port)
             await _until_stopped(stop, asyncio.shield(serving))
             server.should_exit = True
@@ -125,6 +126,14 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
         if db is not None:
             await db.dispose()
         await _stop_process(proc)
+
+
+async def _until_worker_polls(client: Client, task_queue: str, within: float = 15) -> None:
+    """The banner promises a ready stack: wait until Temporal sees the worker polling."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline and not await worker_polls(  # noqa: ASYNC110
+            client, task_queue):
+        await asyncio.sleep(0.1)
 
 
 async def _until_stopped(stop: asyncio.Event, aw: object) -> object | None:
@@ -163,6 +172,10 @@ def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int) -> Non
     ttl = timedelta(hours=12)
     worker_token = mint(secret, "worker", UUID(users["worker"]), ttl)
     supervisor_token = mint(secret, "supervisor", UUID(users["supervisor"]), ttl)
+    console = f"http://{HOST}:{port}/app/"
+    # the console links to the Temporal UI on this host's port 8233 unless told otherwise
+    ui = "" if settings.temporal_ui_url.endswith(":8233") else \
+        f"&temporal_ui={settings.temporal_ui_url}"
     print(f"""
 Work Session Service is running (data in {data_dir})
   API docs:     http://{HOST}:{port}/docs
@@ -173,6 +186,9 @@ Work Session Service is running (data in {data_dir})
     {worker_token}
   Supervisor token (user {users['supervisor']}, 12 h):
     {supervisor_token}
+  Web console sign-in links:
+    worker:      {console}#token={worker_token}
+    supervisor:  {console}#token={supervisor_token}{ui}
   More: worksession token --role worker|supervisor|admin --data-dir {data_dir}
 
 Ctrl-C stops everything.""", flush=True)

@@ -1,0 +1,136 @@
+// Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
+import { h, clear } from './dom.js';
+import { setToken, setUnauthorizedHandler } from './api.js';
+import { notice, shortId } from './ui.js';
+import { Outbox } from './outbox.js';
+import { mountWorker } from './worker.js';
+import { mountSupervisor } from './supervisor.js';
+
+const TOKEN_KEY = 'worksession.token';
+const TEMPORAL_UI_KEY = 'worksession.temporal-ui';
+
+const main = document.getElementById('main');
+const who = document.getElementById('who');
+const nav = document.getElementById('nav');
+const signOut = document.getElementById('sign-out');
+let running = null; // the signed-in view's outbox, stopped when the sign-in ends
+
+/** Take the token (and an optional Temporal UI address) out of the address bar. */
+function readFragment() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const token = hash.get('token');
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token.trim());
+  const ui = hash.get('temporal_ui');
+  if (ui && safeHttpUrl(ui)) sessionStorage.setItem(TEMPORAL_UI_KEY, ui.replace(/\/+$/, ''));
+  history.replaceState(null, '', location.pathname + location.search);
+}
+
+function safeHttpUrl(text) {
+  try {
+    const url = new URL(text);
+    return url.protocol === 'http:' || url.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+/** The Temporal UI: from the sign-in link, else <meta name="temporal-ui">, else this host:8233. */
+export function temporalUi() {
+  const meta = document.querySelector('meta[name="temporal-ui"]')?.content?.trim();
+  const stored = sessionStorage.getItem(TEMPORAL_UI_KEY);
+  const base = stored || (meta && safeHttpUrl(meta) ? meta : null)
+    || `${location.protocol}//${location.hostname}:8233`;
+  const namespace = document.querySelector('meta[name="temporal-namespace"]')?.content || 'default';
+  return { base: base.replace(/\/+$/, ''), namespace };
+}
+
+/** The token's claims, read only to pick a view: the API checks the signature. */
+function claimsOf(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = decodeURIComponent([...atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='))]
+      .map((c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`).join(''));
+    const claims = JSON.parse(json);
+    return claims && typeof claims.sub === 'string' && typeof claims.role === 'string' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+function showSignIn(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  setToken(null);
+  running?.stop();
+  running = null;
+  clear(nav);
+  who.textContent = '';
+  signOut.hidden = true;
+  const status = h('div');
+  const input = h('textarea', {
+    id: 'token-input', name: 'token', rows: 4, required: true, autocomplete: 'off',
+    spellcheck: 'false', 'aria-describedby': 'token-hint',
+  });
+  const form = h('form', {
+    class: 'card narrow',
+    onsubmit: (event) => {
+      event.preventDefault();
+      const token = input.value.trim();
+      if (!claimsOf(token)) {
+        notice(status, 'error', 'That is not a token this console can read. Paste the whole token.');
+        input.setAttribute('aria-invalid', 'true');
+        input.focus();
+        return;
+      }
+      sessionStorage.setItem(TOKEN_KEY, token);
+      start();
+    },
+  },
+  h('h1', {}, 'Sign in'),
+  h('p', { id: 'token-hint' }, 'Open the sign-in link you were given, or paste your access token. ',
+    '(', h('code', {}, 'worksession dev'), ' prints a link for a worker and one for a supervisor.)'),
+  status,
+  h('div', { class: 'field' }, h('label', { for: 'token-input' }, 'Access token'), input),
+  h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+  clear(main).append(form);
+  if (message) notice(status, 'error', message);
+}
+
+function start() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return showSignIn();
+  const claims = claimsOf(token);
+  if (!claims) return showSignIn('That sign-in link is damaged. Ask for a new one.');
+  if (typeof claims.exp === 'number' && claims.exp * 1000 < Date.now()) {
+    return showSignIn('Your sign-in has expired. Open a new sign-in link.');
+  }
+  setToken(token);
+  setUnauthorizedHandler(() => {
+    if (sessionStorage.getItem(TOKEN_KEY)) {
+      showSignIn('Your sign-in is no longer valid. Open a new sign-in link.');
+    }
+  });
+  const role = claims.role === 'worker' ? 'Worker' : claims.role === 'admin' ? 'Admin' : 'Supervisor';
+  who.textContent = `${role} ${shortId(claims.sub)}`;
+  who.title = claims.sub;
+  signOut.hidden = false;
+  clear(main);
+  if (claims.role === 'worker') {
+    const outbox = new Outbox(claims.sub);
+    mountWorker(main, { claims, outbox, pendingBar: document.getElementById('pending') });
+    outbox.start();
+    running = outbox;
+  } else {
+    mountSupervisor(main, { claims, nav, temporalUi });
+  }
+  return undefined;
+}
+
+signOut.addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  setToken(null);
+  location.reload();
+});
+
+readFragment();
+start();

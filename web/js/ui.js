@@ -1,0 +1,141 @@
+// Shared pieces: notices, a modal dialog, badges and formatting.
+import { h, clear, uid } from './dom.js';
+
+const STATUS_WORDS = {
+  in_progress: 'In progress', paused: 'Paused', completed: 'Completed', cancelled: 'Cancelled',
+  draft: 'Draft', confirmed: 'Confirmed', archived: 'Archived',
+  passed: 'Passed', failed: 'Failed',
+};
+
+export const statusWord = (status) => STATUS_WORDS[status] || status;
+
+export function badge(status, text) {
+  return h('span', { class: `badge badge-${status}` }, text || statusWord(status));
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/** A small padlock drawn in SVG (no icon font or emoji font is needed). */
+function lockIcon() {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 16 16');
+  svg.setAttribute('class', 'icon');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  const body = document.createElementNS(SVG, 'rect');
+  Object.entries({ x: 2.5, y: 7, width: 11, height: 8, rx: 1.5 }).forEach(([k, v]) => body.setAttribute(k, v));
+  const shackle = document.createElementNS(SVG, 'path');
+  shackle.setAttribute('d', 'M5 7V5a3 3 0 0 1 6 0v2');
+  shackle.setAttribute('fill', 'none');
+  shackle.setAttribute('stroke', 'currentColor');
+  shackle.setAttribute('stroke-width', '1.8');
+  svg.append(shackle, body);
+  return svg;
+}
+
+export function lockBadge() {
+  return h('span', { class: 'badge badge-locked' }, lockIcon(), 'Locked');
+}
+
+/**
+ * A message in `container` (replacing what was there). kind: error | info | ok | warn.
+ * Errors are announced at once (role=alert), the rest politely (role=status).
+ */
+export function notice(container, kind, text, actions = []) {
+  clear(container);
+  if (!text) return null;
+  const box = h('div', { class: `notice notice-${kind}`, role: kind === 'error' || kind === 'warn' ? 'alert' : 'status' },
+    h('p', {}, text),
+    actions.length ? h('div', { class: 'notice-actions' }, actions) : null);
+  container.append(box);
+  return box;
+}
+
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' });
+
+export function when(iso, { seconds = false } = {}) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  const sameDay = d.toDateString() === new Date().toDateString();
+  const text = seconds && sameDay ? timeOnly.format(d) : dateTime.format(d);
+  return h('time', { datetime: iso, title: d.toISOString() }, text);
+}
+
+export const shortId = (id) => (id ? String(id).slice(0, 8) : '');
+
+export function duration(seconds) {
+  const s = Math.round(seconds || 0);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+export function formatNumber(value) {
+  return typeof value === 'number' ? String(Number(value.toPrecision(12))) : '';
+}
+
+/** "0 – 0.5 V", "at least 3 bar", "at most 40 °C", "" */
+export function rangeText(check) {
+  const unit = check.unit ? ` ${check.unit}` : '';
+  const { min, max } = check;
+  if (min != null && max != null) return `${formatNumber(min)} – ${formatNumber(max)}${unit}`;
+  if (min != null) return `at least ${formatNumber(min)}${unit}`;
+  if (max != null) return `at most ${formatNumber(max)}${unit}`;
+  return '';
+}
+
+/**
+ * A modal dialog. `fields(form)` adds the inputs; resolves to the form's values, or null
+ * when the person cancels (button, Escape).
+ */
+export function ask({ title, text, fields, confirmLabel = 'OK', danger = false }) {
+  const titleId = uid('dialog-title');
+  const dialog = h('dialog', { class: 'dialog', 'aria-labelledby': titleId });
+  const form = h('form', { method: 'dialog' });
+  form.append(h('h2', { id: titleId }, title));
+  if (text) form.append(h('p', {}, text));
+  if (fields) fields(form);
+  form.append(h('div', { class: 'actions' },
+    h('button', { type: 'submit', value: 'cancel', formnovalidate: true, class: 'secondary' }, 'Back'),
+    h('button', { type: 'submit', value: 'ok', class: danger ? 'danger' : 'primary' }, confirmLabel)));
+  dialog.append(form);
+  document.body.append(dialog);
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => {
+      const ok = dialog.returnValue === 'ok';
+      const values = ok ? Object.fromEntries(new FormData(form)) : null;
+      dialog.remove();
+      resolve(values);
+    });
+    dialog.showModal();
+  });
+}
+
+/**
+ * A label + control pair; the control gets an id, the label points at it. A hint is tied to
+ * the control with aria-describedby, shown under it (or above it: hintFirst).
+ */
+export function field(labelText, control, hint, { hintFirst = false } = {}) {
+  const id = control.id || uid('f');
+  control.id = id;
+  let hintEl = null;
+  if (hint) {
+    hintEl = h('p', { class: 'hint', id: `${id}-hint` }, hint);
+    control.setAttribute('aria-describedby', hintEl.id);
+  }
+  const label = h('label', { for: id }, labelText);
+  return h('div', { class: 'field' }, label, hintFirst ? [hintEl, control] : [control, hintEl]);
+}
+
+/** Previous / next for a paged list. */
+export function pager(first, last, total, hasPrev, hasNext, move) {
+  return h('nav', { class: 'pager', 'aria-label': 'Pages' },
+    h('button', { type: 'button', class: 'secondary small', disabled: !hasPrev, onclick: () => move(-1) },
+      'Previous'),
+    h('span', { role: 'status' }, `${first}–${last} of ${total}`),
+    h('button', { type: 'button', class: 'secondary small', disabled: !hasNext, onclick: () => move(1) },
+      'Next'));
+}

@@ -1,0 +1,442 @@
+// The worker's view, phone first: the current step as a card, the SOPs to start from, history.
+import { h, clear, uuid4 } from './dom.js';
+import { ApiError, describe, get, post, query } from './api.js';
+import {
+  ask, badge, field, formatNumber, lockBadge, notice, pager, rangeText, statusWord, when,
+} from './ui.js';
+
+const HISTORY_PAGE = 10;
+const ACTIVE = new Set(['in_progress', 'paused']);
+
+/** A 409 (or other refusal) in words a person on the floor can act on. */
+export function explain(error) {
+  if (error instanceof ApiError && error.status === 409) {
+    const status = error.problem.session_status;
+    switch (error.code) {
+      case 'session-locked':
+        return 'A supervisor has approved and locked this session: it can no longer be changed.';
+      case 'step-not-current':
+        return 'This step has already been checked (perhaps on another device). '
+          + 'Here is the step you are on now.';
+      case 'wrong-state':
+        if (status === 'paused') return 'The session is paused: resume it first.';
+        if (status === 'in_progress') return 'The session is already running.';
+        if (status) return `The session is ${statusWord(status).toLowerCase()}: it cannot be changed any more.`;
+        break;
+      case 'sop-not-startable':
+        return `This SOP cannot be started (${error.problem.detail}). Pick another one or ask your supervisor.`;
+      default:
+        break;
+    }
+  }
+  return describe(error);
+}
+
+export function mountWorker(root, { outbox, pendingBar }) {
+  const state = {
+    session: null, // the active session (in_progress / paused), as the API returned it
+    closed: null, // the session that just closed, for its summary
+    sops: [],
+    feedback: null, // { kind, text } about the last check, shown on the card
+    loadError: null,
+    historyOffset: 0,
+  };
+
+  const pageMessages = h('div', { class: 'messages' });
+  const sessionArea = h('section', { class: 'stack', 'aria-label': 'Current session' });
+  const startArea = h('section', { class: 'stack', 'aria-labelledby': 'start-heading' });
+  const historyArea = h('section', { class: 'stack', 'aria-labelledby': 'history-heading' });
+  root.append(pageMessages, sessionArea, startArea, historyArea);
+
+  // ---- loading ---------------------------------------------------------------------------
+
+  async function load() {
+    try {
+      // The session list (not /sessions/current) finds the active one: no 404 when none.
+      const [sops, running, paused] = await Promise.all([
+        get('/sops?limit=100'),
+        get('/sessions?status=in_progress&limit=1'),
+        get('/sessions?status=paused&limit=1'),
+      ]);
+      state.sops = sops.items.filter((s) => s.status === 'confirmed');
+      const active = running.items[0] || paused.items[0];
+      state.session = active ? await get(`/sessions/${active.id}`) : null;
+      state.loadError = null;
+      notice(pageMessages, 'info', '');
+    } catch (error) {
+      state.loadError = error;
+      notice(pageMessages, 'error', explain(error), [
+        h('button', { type: 'button', class: 'secondary', onclick: load }, 'Try again')]);
+    }
+    render();
+    loadHistory();
+  }
+
+  function applySession(session, { focus = false } = {}) {
+    if (ACTIVE.has(session.status)) {
+      const stepChanged = state.session?.current_step_id !== session.current_step_id;
+      state.session = session;
+      state.closed = null;
+      render();
+      if (focus || stepChanged) sessionArea.querySelector('.step-title')?.focus();
+    } else {
+      state.session = null;
+      state.closed = session;
+      render();
+      sessionArea.querySelector('.closed-title')?.focus();
+    }
+    loadHistory();
+  }
+
+  function render() {
+    renderSession();
+    renderStart();
+    renderPending();
+  }
+
+  // ---- the current session -----------------------------------------------------------------
+
+  function renderSession() {
+    clear(sessionArea);
+    const s = state.session;
+    if (!s) {
+      if (state.closed) sessionArea.append(closedCard(state.closed));
+      return;
+    }
+    const step = s.current_step;
+    const done = step ? step.index : 0;
+    const total = step ? step.total : 0;
+    sessionArea.append(
+      h('div', { class: 'session-head' },
+        h('p', { class: 'eyebrow' }, 'Current session'),
+        h('h1', {}, s.sop.title, ' ', h('span', { class: 'muted' }, `v${s.sop.version}`)),
+        h('p', { class: 'meta' }, badge(s.status), ' Started ', when(s.started_at)),
+        total ? h('div', { class: 'progress' },
+          h('progress', { max: total, value: done, 'aria-label': `${done} of ${total} steps done` }),
+          h('span', { 'aria-hidden': 'true' }, `${done} of ${total} done`)) : null),
+    );
+    if (s.needs_attention) {
+      sessionArea.append(h('p', { class: 'notice notice-warn' },
+        'This step failed several times: your supervisor has been told and may come to help.'));
+    }
+    if (s.status === 'paused') {
+      sessionArea.append(h('div', { class: 'notice notice-info', role: 'status' },
+        h('p', {}, 'Paused since ', when(s.paused_at), '. Resume to go on with the step.')));
+    }
+    if (step) sessionArea.append(stepCard(s, step));
+    sessionArea.append(sessionActions(s));
+  }
+
+  function stepCard(s, step) {
+    const check = step.check;
+    const pending = outbox.pendingFor(s.id, step.id);
+    const locked = s.status !== 'in_progress' || Boolean(pending);
+    const feedback = h('div', { class: 'feedback' });
+    const errors = h('div');
+    const form = h('form', { class: 'check-form', novalidate: true });
+
+    let valueInput = null;
+    if (check.kind === 'measurement') {
+      const range = rangeText(check);
+      valueInput = h('input', {
+        type: 'number', name: 'value', inputmode: 'decimal', step: 'any', required: true,
+        autocomplete: 'off', disabled: locked, class: 'value-input',
+      });
+      const unit = check.unit ? ` (${check.unit})` : '';
+      form.append(h('div', { class: 'check-prompt' },
+        field(`${check.prompt}${unit}`, valueInput,
+          range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true })));
+    } else {
+      const option = (value, text) => h('label', { class: `choice choice-${value}` },
+        h('input', { type: 'radio', name: 'result', value, required: true, disabled: locked }),
+        h('span', {}, text));
+      form.append(h('fieldset', { class: 'check-prompt choices' },
+        h('legend', {}, check.prompt),
+        option('passed', 'Passed'), option('failed', 'Failed')));
+    }
+    form.append(field('Notes (optional)', h('textarea', {
+      name: 'notes', rows: 2, maxlength: 2000, disabled: locked,
+    })));
+    form.append(errors);
+    form.append(h('button', { type: 'submit', class: 'primary wide', disabled: locked },
+      'Record check'));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      submitCheck(form, errors, s, step, valueInput);
+    });
+
+    if (pending) {
+      notice(feedback, 'info', 'Your check is saved on this phone and will be sent as soon as '
+        + 'the service can be reached. You do not need to do it again.');
+    } else if (state.feedback) {
+      notice(feedback, state.feedback.kind, state.feedback.text);
+    }
+
+    const attempts = s.checks.filter((c) => c.step_id === step.id && c.result === 'failed');
+    const unit = check.unit ? ` ${check.unit}` : '';
+    return h('article', { class: 'card step-card', 'aria-labelledby': 'step-title' },
+      h('p', { class: 'eyebrow' }, `Task: ${step.task.title}`),
+      h('p', { class: 'step-count' }, `Step ${step.index + 1} of ${step.total}`),
+      h('h2', { id: 'step-title', class: 'step-title', tabindex: '-1' }, step.title),
+      step.instructions ? h('p', { class: 'instructions' }, step.instructions) : null,
+      feedback,
+      form,
+      attempts.length ? h('details', { class: 'attempts' },
+        h('summary', {}, `${attempts.length} failed attempt${attempts.length === 1 ? '' : 's'} on this step`),
+        h('ul', {}, attempts.map((c) => h('li', {}, when(c.checked_at, { seconds: true }), ': failed',
+          c.value != null ? ` (${formatNumber(c.value)}${unit})` : '',
+          c.notes ? ` — ${c.notes}` : '')))) : null,
+      h('p', { class: 'next' }, s.next_step ? `Next: ${s.next_step.title}` : 'This is the last step.'));
+  }
+
+  function submitCheck(form, errors, s, step, valueInput) {
+    const body = { step_id: step.id, check_id: uuid4() };
+    clear(errors);
+    if (step.check.kind === 'measurement') {
+      const raw = valueInput.value.trim();
+      const value = Number(raw);
+      if (raw === '' || !Number.isFinite(value)) {
+        valueInput.setAttribute('aria-invalid', 'true');
+        notice(errors, 'error', 'Enter the measured value as a number, for example 0.3.');
+        valueInput.focus();
+        return;
+      }
+      body.value = value;
+    } else {
+      const chosen = form.querySelector('input[name="result"]:checked');
+      if (!chosen) {
+        notice(errors, 'error', 'Choose Passed or Failed.');
+        form.querySelector('input[name="result"]').focus();
+        return;
+      }
+      body.result = chosen.value;
+    }
+    const notes = form.elements.notes.value.trim();
+    if (notes) body.notes = notes;
+    // Kept on the device first, then sent: a lost connection loses nothing.
+    outbox.add(s.id, body, { step_title: step.title, check: step.check });
+    state.feedback = null;
+    render();
+    outbox.flush();
+  }
+
+  function feedbackFor(item, session) {
+    const check = session.checks.find((c) => c.id === item.body.check_id);
+    const spec = item.label?.check || {};
+    if (!check) return null;
+    if (check.result === 'passed') {
+      return session.status === 'completed'
+        ? { kind: 'ok', text: 'Passed. That was the last step: the session is complete.' }
+        : { kind: 'ok', text: `Passed: ${item.label?.step_title || 'step'}. On to the next step.` };
+    }
+    if (spec.kind === 'measurement') {
+      const unit = spec.unit ? ` ${spec.unit}` : '';
+      return {
+        kind: 'warn',
+        text: `Failed: ${formatNumber(check.value)}${unit} is outside the allowed range `
+          + `(${rangeText(spec)}). The step stays open: put it right, measure again and `
+          + 'record the new value.',
+      };
+    }
+    return {
+      kind: 'warn',
+      text: 'Recorded as failed. The step stays open: put it right and check again, '
+        + 'or call your supervisor.',
+    };
+  }
+
+  outbox.addEventListener('change', renderPending);
+  outbox.addEventListener('delivered', ({ detail: { item, session } }) => {
+    if (state.session && state.session.id !== item.session_id) return;
+    state.feedback = feedbackFor(item, session);
+    applySession(session);
+  });
+  outbox.addEventListener('rejected', async ({ detail: { item, error } }) => {
+    state.feedback = { kind: 'error', text: explain(error) };
+    try {
+      applySession(await get(`/sessions/${item.session_id}`));
+    } catch {
+      render();
+    }
+  });
+
+  function sessionActions(s) {
+    const buttons = [];
+    if (s.status === 'in_progress') {
+      buttons.push(h('button', {
+        type: 'button', class: 'secondary', onclick: () => act(() => post(`/sessions/${s.id}/pause`)),
+      }, 'Pause'));
+    } else {
+      buttons.push(h('button', {
+        type: 'button', class: 'primary', onclick: () => act(() => post(`/sessions/${s.id}/resume`)),
+      }, 'Resume'));
+    }
+    buttons.push(h('button', { type: 'button', class: 'secondary', onclick: () => completeNow(s) },
+      'Complete now'));
+    buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => cancel(s) },
+      'Cancel session'));
+    const messages = h('div', { class: 'action-messages' });
+    return h('div', { class: 'session-actions' }, h('h2', { class: 'visually-hidden' }, 'Session actions'),
+      messages, h('div', { class: 'actions' }, buttons));
+  }
+
+  async function act(call) {
+    try {
+      state.feedback = null;
+      applySession(await call());
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 409 && state.session) {
+        try {
+          applySession(await get(`/sessions/${state.session.id}`));
+        } catch {
+          // keep what is shown
+        }
+      }
+      const messages = sessionArea.querySelector('.action-messages') || pageMessages;
+      notice(messages, 'error', explain(error));
+    }
+  }
+
+  async function completeNow(s) {
+    const remaining = s.current_step ? s.current_step.total - s.current_step.index : 0;
+    const answer = await ask({
+      title: 'Complete the session now?',
+      text: remaining
+        ? `${remaining} step${remaining === 1 ? ' has' : 's have'} not been checked. `
+          + 'They will be listed as unchecked for your supervisor.'
+        : 'Every step has been checked.',
+      confirmLabel: 'Complete now',
+    });
+    if (answer) act(() => post(`/sessions/${s.id}/complete`));
+  }
+
+  async function cancel(s) {
+    const answer = await ask({
+      title: 'Cancel this session?',
+      text: 'Say why, for your supervisor. A cancelled session cannot be continued.',
+      confirmLabel: 'Cancel session',
+      danger: true,
+      fields: (form) => form.append(field('Reason', h('textarea', {
+        name: 'reason', rows: 3, required: true, minlength: 1, maxlength: 500,
+      }))),
+    });
+    if (answer) act(() => post(`/sessions/${s.id}/cancel`, { reason: answer.reason.trim() }));
+  }
+
+  function closedCard(s) {
+    const checked = new Set(s.checks.filter((c) => c.result === 'passed').map((c) => c.step_id));
+    const unchecked = s.unchecked_step_ids?.length || 0;
+    const title = s.status === 'completed' ? 'Session completed' : 'Session cancelled';
+    return h('article', { class: `card closed-card closed-${s.status}` },
+      h('h1', { class: 'closed-title', tabindex: '-1' }, title),
+      h('p', {}, h('strong', {}, s.sop.title), ` · ${checked.size} step${checked.size === 1 ? '' : 's'} passed`,
+        unchecked ? ` · ${unchecked} not checked` : '',
+        ' · ', when(s.completed_at || s.cancelled_at)),
+      s.cancel_reason ? h('p', {}, `Reason: ${s.cancel_reason}`) : null,
+      state.feedback ? h('p', { class: 'muted' }, 'Your supervisor will review and approve it.') : null);
+  }
+
+  // ---- starting a session --------------------------------------------------------------------
+
+  function renderStart() {
+    clear(startArea);
+    if (state.session || state.loadError) return;
+    const messages = h('div', { class: 'start-messages' });
+    startArea.append(h('h2', { id: 'start-heading' }, 'Start a session'), messages);
+    if (!state.sops.length) {
+      startArea.append(h('p', { class: 'muted' }, 'No SOP is ready yet. Ask your supervisor to confirm one.'));
+      return;
+    }
+    startArea.append(h('ul', { class: 'sop-list' }, state.sops.map((sop) => {
+      const steps = sop.tasks.reduce((n, t) => n + t.steps.length, 0);
+      return h('li', { class: 'card sop-card' },
+        h('h3', {}, sop.title, ' ', h('span', { class: 'muted' }, `v${sop.version}`)),
+        sop.description ? h('p', {}, sop.description) : null,
+        h('p', { class: 'meta' }, `${sop.tasks.length} task${sop.tasks.length === 1 ? '' : 's'}, `
+          + `${steps} step${steps === 1 ? '' : 's'}`),
+        h('button', {
+          type: 'button', class: 'primary', 'aria-label': `Start ${sop.title}`,
+          onclick: (event) => startSession(sop, messages, event.currentTarget),
+        }, 'Start'));
+    })));
+  }
+
+  async function startSession(sop, messages, button) {
+    button.disabled = true;
+    try {
+      const session = await post('/sessions', { sop_id: sop.id });
+      state.feedback = null;
+      applySession(session, { focus: true });
+    } catch (error) {
+      button.disabled = false;
+      const existing = error instanceof ApiError && error.status === 409
+        && error.problem.existing_session_id;
+      if (existing) {
+        const go = h('button', {
+          type: 'button', class: 'primary', onclick: () => continueSession(existing, messages),
+        }, 'Continue it');
+        notice(messages, 'warn', 'You already have a session in progress: continue it '
+          + '(or cancel it) before you start another one.', [go]);
+        go.focus();
+      } else {
+        notice(messages, 'error', explain(error));
+      }
+    }
+  }
+
+  async function continueSession(id, messages) {
+    try {
+      state.feedback = null;
+      applySession(await get(`/sessions/${id}`), { focus: true });
+    } catch (error) {
+      notice(messages, 'error', explain(error));
+    }
+  }
+
+  // ---- the pending checks bar --------------------------------------------------------------
+
+  function renderPending() {
+    clear(pendingBar);
+    const n = outbox.size;
+    pendingBar.hidden = n === 0;
+    if (!n) return;
+    const offline = !navigator.onLine || outbox.lastError;
+    pendingBar.append(h('p', {},
+      h('strong', {}, `${n} check${n === 1 ? '' : 's'} waiting to be sent`),
+      offline ? ': no connection to the service. They are kept on this phone and sent '
+        + 'automatically when the connection returns.' : ': sending…'),
+    h('button', { type: 'button', class: 'secondary small', onclick: () => outbox.flush() },
+      'Send now'));
+  }
+  window.addEventListener('online', () => { if (state.loadError) load(); renderPending(); });
+  window.addEventListener('offline', renderPending);
+
+  // ---- history -----------------------------------------------------------------------------
+
+  async function loadHistory() {
+    clear(historyArea);
+    historyArea.append(h('h2', { id: 'history-heading' }, 'My sessions'));
+    let page;
+    try {
+      page = await get(`/sessions${query({ limit: HISTORY_PAGE, offset: state.historyOffset })}`);
+    } catch (error) {
+      historyArea.append(h('p', { class: 'muted' }, `History not available: ${explain(error)}`));
+      return;
+    }
+    clear(historyArea);
+    historyArea.append(h('h2', { id: 'history-heading' }, 'My sessions'));
+    if (!page.total) {
+      historyArea.append(h('p', { class: 'muted' }, 'No sessions yet.'));
+      return;
+    }
+    historyArea.append(h('ul', { class: 'history' }, page.items.map((item) => h('li', {},
+      h('span', { class: 'history-title' }, item.sop.title),
+      h('span', { class: 'history-meta' }, badge(item.status), item.locked ? lockBadge() : null,
+        ' ', when(item.started_at))))));
+    const last = Math.min(page.offset + page.items.length, page.total);
+    historyArea.append(pager(page.offset + 1, last, page.total, page.offset > 0, last < page.total,
+      (delta) => { state.historyOffset = Math.max(0, state.historyOffset + delta * HISTORY_PAGE); loadHistory(); }));
+  }
+
+  load();
+}
