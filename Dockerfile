@@ -17,10 +17,13 @@ COPY application/ application/
 COPY persistence/ persistence/
 COPY api/ api/
 COPY worksession/ worksession/
+COPY web/ /opt/worksession/web/
 RUN pip install . \
     && cd / && rm -rf /src \
     && useradd --create-home --uid 10001 --user-group worksession
 
+# The web console's static files (served at /app by the API).
+ENV WORKSESSION_WEB_DIR=/opt/worksession/web
 USER worksession
 WORKDIR /home/worksession
 EXPOSE 8000

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-sqlite test-postgresql lint
+.PHONY: dev test test-sqlite test-postgresql lint chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/worksession dev
 
-test: lint test-sqlite test-postgresql
+test: chromium lint test-sqlite test-postgresql
+
+# The web console's browser tests drive Debian's chromium (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium)) || \
+		echo "no /usr/bin/chromium: the web console tests will fail" >&2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

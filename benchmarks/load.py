@@ -16,9 +16,6 @@ import json
 import os
 import platform
 import random
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,17 +33,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from benchmarks.raw_floor import RawSessionFloor
+from worksession.devproc import DevProcess
 from worksession.tokens import load_or_create_dev_secret, mint
 
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 STEPS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(xs: list[float], p: float) -> float | None:
@@ -82,43 +74,17 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-class DevStack:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.api_port, self.temporal_port, self.ui_port = free_port(), free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-
+class DevStack(DevProcess):
     def __enter__(self) -> DevStack:
-        self.log = (self.data_dir.parent / "dev.log").open("w")
-        self.proc = subprocess.Popen(
-            [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir), "--port",
-             str(self.api_port), "--temporal-port", str(self.temporal_port), "--ui-port",
-             str(self.ui_port)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops everything" not in (self.data_dir.parent / "dev.log").read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("worksession dev did not start: see "
-                                 f"{self.data_dir.parent / 'dev.log'}")
-            time.sleep(0.2)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.stop()
 
     @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def rss_mb(self) -> float:
-        assert self.proc is not None
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+    def temporal_port(self) -> int:
+        return self.ports["temporal"]
 
 
 @dataclass
@@ -251,7 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "python": platform.python_version()},
         "versions": _versions(), "settings": {"rates_per_s": rates, "seconds_per_rate": seconds,
                                               "sop_steps": STEPS}, "rates": []}
-    with DevStack(tmp / "data") as stack:
+    with DevStack(tmp) as stack:
         secret = load_or_create_dev_secret(stack.data_dir)
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
         async with httpx.AsyncClient(base_url=stack.api, timeout=30, limits=limits) as http:

@@ -9,53 +9,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import sop_body
+from worksession.devproc import DevProcess, free_port
 
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Dev:
-    def __init__(self, data_dir: Path, ports: dict[str, int]) -> None:
-        self.data_dir, self.ports = data_dir, ports
-        self.out = data_dir.parent / f"dev-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> str:
-        self.proc = subprocess.Popen(
-            [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
-             "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
-             "--ui-port", str(self.ports["ui"])],
-            stdout=self.out.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            text = self.out.read_text()
-            if "Ctrl-C stops everything" in text:
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dev exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.2)
-        raise AssertionError(f"dev did not start:\n{self.out.read_text()}")
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api']}"
+class Dev(DevProcess):
+    def start(self) -> str:  # type: ignore[override]
+        try:
+            return super().start()
+        except RuntimeError as e:
+            raise AssertionError(str(e)) from None
 
 
 def temporal_children(data_dir: Path) -> list[str]:
@@ -65,8 +35,7 @@ def temporal_children(data_dir: Path) -> list[str]:
 
 @pytest.fixture
 def dev(tmp_path: Path):
-    d = Dev(tmp_path / "data", {"api": free_port(), "temporal": free_port(),
-                                "ui": free_port()})
+    d = Dev(tmp_path)
     yield d
     if d.proc and d.proc.poll() is None:
         d.proc.kill()

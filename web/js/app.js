@@ -132,5 +132,13 @@ signOut.addEventListener('click', () => {
   location.reload();
 });
 
+// A sign-in link opened in a tab that already shows the console only changes the fragment.
+window.addEventListener('hashchange', () => {
+  if (new URLSearchParams(location.hash.slice(1)).has('token')) {
+    readFragment();
+    location.reload();
+  }
+});
+
 readFragment();
 start();

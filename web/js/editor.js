@@ -53,6 +53,7 @@ function toBody(model) {
       steps: t.steps.map((s, si) => {
         const where = `tasks.${ti}.steps.${si}`;
         const name = `Step ${ti + 1}.${si + 1}`;
+        const title = need(s.title, `${where}.title`, `${name}: the title`);
         const check = {
           kind: s.check.kind,
           prompt: need(s.check.prompt, `${where}.check.prompt`, `${name}: what to check`),
@@ -66,7 +67,7 @@ function toBody(model) {
           }
         }
         return {
-          title: need(s.title, `${where}.title`, `${name}: the title`),
+          title,
           instructions: s.instructions.trim() || null,
           check,
         };

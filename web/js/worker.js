@@ -141,6 +141,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
       valueInput = h('input', {
         type: 'number', name: 'value', inputmode: 'decimal', step: 'any', required: true,
         autocomplete: 'off', disabled: locked, class: 'value-input',
+        value: pending ? formatNumber(pending.body.value) : '',
       });
       const unit = check.unit ? ` (${check.unit})` : '';
       form.append(h('div', { class: 'check-prompt' },
@@ -148,7 +149,10 @@ export function mountWorker(root, { outbox, pendingBar }) {
           range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true })));
     } else {
       const option = (value, text) => h('label', { class: `choice choice-${value}` },
-        h('input', { type: 'radio', name: 'result', value, required: true, disabled: locked }),
+        h('input', {
+          type: 'radio', name: 'result', value, required: true, disabled: locked,
+          checked: pending?.body.result === value,
+        }),
         h('span', {}, text));
       form.append(h('fieldset', { class: 'check-prompt choices' },
         h('legend', {}, check.prompt),
@@ -166,8 +170,10 @@ export function mountWorker(root, { outbox, pendingBar }) {
     });
 
     if (pending) {
-      notice(feedback, 'info', 'Your check is saved on this phone and will be sent as soon as '
-        + 'the service can be reached. You do not need to do it again.');
+      const what = pending.body.result ? statusWord(pending.body.result)
+        : `${formatNumber(pending.body.value)}${check.unit ? ` ${check.unit}` : ''}`;
+      notice(feedback, 'info', `Your check (${what}) is saved on this phone and will be sent `
+        + 'automatically. No need to do it again.');
     } else if (state.feedback) {
       notice(feedback, state.feedback.kind, state.feedback.text);
     }
@@ -403,8 +409,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
     const offline = !navigator.onLine || outbox.lastError;
     pendingBar.append(h('p', {},
       h('strong', {}, `${n} check${n === 1 ? '' : 's'} waiting to be sent`),
-      offline ? ': no connection to the service. They are kept on this phone and sent '
-        + 'automatically when the connection returns.' : ': sending…'),
+      offline ? ' when the connection returns.' : ': sending…'),
     h('button', { type: 'button', class: 'secondary small', onclick: () => outbox.flush() },
       'Send now'));
   }

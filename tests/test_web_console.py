@@ -1,0 +1,431 @@
+"""The web console at /app, in a real browser: headless Chromium (Debian's `chromium` package)
+driven by Playwright, against `worksession dev` run as a subprocess on free ports with a
+temporary data directory. Nothing here downloads a browser.
+
+With WORKSESSION_SCREENSHOTS=1 it also rewrites docs/screenshot-worker-step.png and
+docs/screenshot-supervisor-timeline.png (otherwise the screenshots go to a temp folder, so a
+test run leaves the checkout as it was)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from worksession.devproc import DevProcess
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - reported by the `browser` fixture as a failure
+    sync_playwright = None  # type: ignore[assignment]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+BIN = Path(sys.executable).parent
+DOCS = Path(__file__).resolve().parent.parent / "docs" if os.environ.get(
+    "WORKSESSION_SCREENSHOTS") else Path(tempfile.mkdtemp(prefix="ws-screens-"))
+PHONE = {"width": 360, "height": 780}
+DESK = {"width": 1280, "height": 900}
+UI_WAIT = 20_000  # ms: a session call goes through a Temporal workflow update
+
+
+class Stack(DevProcess):
+    """`worksession dev` as a person runs it, plus an HTTP client for setting up data."""
+
+    def link(self, role: str) -> str:
+        """The sign-in link that the banner prints for the dev worker or supervisor."""
+        m = re.search(rf"^\s+{role}:\s+(http://\S+/app/#token=\S+)$", self.banner, re.M)
+        assert m, f"no {role} sign-in link in the banner:\n{self.banner}"
+        return m.group(1)
+
+    def token(self, role: str, sub: uuid.UUID | None = None) -> str:
+        args = [str(BIN / "worksession"), "token", "--role", role, "--data-dir",
+                str(self.data_dir)]
+        if sub:
+            args += ["--sub", str(sub)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True)
+        return out.stdout.strip()
+
+    def console_link(self, token: str) -> str:
+        return f"{self.api}/app/#token={token}"
+
+    def call(self, token: str, method: str, path: str, body: Any = None) -> Any:
+        r = httpx.request(method, f"{self.api}/api/v1{path}", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content else None
+
+
+def three_step_sop(title: str) -> dict[str, Any]:
+    return {"title": title, "description": "Isolate all energy sources before maintenance",
+            "tasks": [
+                {"title": "Isolate", "steps": [
+                    {"title": "Stop the press", "instructions": "Press the red stop button",
+                     "check": {"kind": "confirm", "prompt": "Press has stopped"}},
+                    {"title": "Measure residual voltage",
+                     "instructions": "Use the meter on terminal A; wait 30 s after the stop",
+                     "check": {"kind": "measurement", "prompt": "Voltage at terminal A",
+                               "unit": "V", "min": 0, "max": 0.5}}]},
+                {"title": "Lock out", "steps": [
+                    {"title": "Apply your padlock", "instructions": "Padlock and tag on the "
+                     "main disconnect",
+                     "check": {"kind": "confirm", "prompt": "Padlock and tag in place"}}]}]}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("web-console"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def supervisor(stack: Stack) -> str:
+    return stack.token("supervisor")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        pytest.fail("Playwright for Python is not installed: `pip install -e '.[test]'` "
+                    "(or `make test`, which installs it)", pytrace=False)
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
+                    "package (`apt-get install -y chromium`; `make test` installs it). "
+                    "Playwright's own browser download is not used.", pytrace=False)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Console:
+    """Everything the page reports as an error: console.error, uncaught exceptions, and the
+    browser's own 'Failed to load resource' lines (allowed only where a test provokes them)."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def assert_clean(self, *allowed: str) -> None:
+        unexpected = [e for e in self.errors if not any(a in e for a in allowed)]
+        assert unexpected == [], unexpected
+
+
+def open_page(browser: Browser, viewport: dict[str, int]) -> tuple[Page, Console]:
+    context = browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC")
+    context.set_default_timeout(UI_WAIT)
+    page = context.new_page()
+    return page, Console(page)
+
+
+def assert_phone_friendly(page: Page) -> None:
+    """Nothing wider than the screen, and every form control has a name a reader announces."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+        .filter(el => !el.labels?.length && !el.getAttribute('aria-label'))
+        .map(el => el.outerHTML)""")
+    assert unnamed == []
+
+
+def sign_in(page: Page, link: str) -> None:
+    page.goto(link)
+    # the token left the address bar and lives in sessionStorage
+    expect(page.locator("#who")).not_to_be_empty()
+    assert "token=" not in page.url
+    assert page.evaluate("sessionStorage.getItem('worksession.token')")
+
+
+def new_worker(stack: Stack) -> str:
+    return stack.token("worker", uuid.uuid4())
+
+
+def confirmed_sop(stack: Stack, supervisor: str, title: str) -> dict[str, Any]:
+    sop = stack.call(supervisor, "POST", "/sops", three_step_sop(title))
+    return stack.call(supervisor, "POST", f"/sops/{sop['id']}/confirm")
+
+
+def outbox(page: Page) -> list[dict[str, Any]]:
+    return page.evaluate("""() => Object.keys(localStorage)
+        .filter(k => k.startsWith('worksession.outbox.'))
+        .flatMap(k => JSON.parse(localStorage.getItem(k)))""")
+
+
+def test_console_is_served_at_app(stack: Stack) -> None:
+    for path in ("/app", "/app/", "/app/index.html"):
+        r = httpx.get(stack.api + path, timeout=10)
+        assert r.status_code == 200 and "<title>Work Sessions</title>" in r.text, path
+    js = httpx.get(f"{stack.api}/app/js/app.js", timeout=10)
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert f"{stack.api}/app/#token=" in stack.link("worker")
+
+
+def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    title = "Lockout/Tagout - Press 4"
+    confirmed_sop(stack, supervisor, title)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.link("worker"))
+
+    page.get_by_role("button", name=f"Start {title}").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+    expect(card.get_by_role("heading", name="Stop the press")).to_be_visible()
+    expect(card).to_contain_text("Press the red stop button")
+    card.get_by_label("Passed").check()
+    card.get_by_label("Notes (optional)").fill("Red button pressed, flywheel stopped")
+    card.get_by_role("button", name="Record check").click()
+
+    expect(card).to_contain_text("Step 2 of 3")
+    value = card.get_by_label("Voltage at terminal A (V)")
+    expect(card).to_contain_text("Allowed range: 0 – 0.5 V")
+    value.fill("0.9")
+    card.get_by_role("button", name="Record check").click()
+    expect(card.get_by_role("alert")).to_contain_text("Failed: 0.9 V is outside the allowed "
+                                                      "range (0 – 0.5 V)")
+    expect(card).to_contain_text("Step 2 of 3")
+    expect(page.get_by_role("progressbar")).to_have_attribute("aria-label", "1 of 3 steps done")
+    assert_phone_friendly(page)
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "screenshot-worker-step.png"))
+
+    card.get_by_label("Voltage at terminal A (V)").fill("0.3")
+    card.get_by_role("button", name="Record check").click()
+    expect(card).to_contain_text("Step 3 of 3")
+    expect(card).to_contain_text("Task: Lock out")
+    card.get_by_label("Passed").check()
+    card.get_by_role("button", name="Record check").click()
+    expect(page.get_by_role("heading", name="Session completed")).to_be_visible()
+    history = page.locator(".history")
+    expect(history.locator("li").first).to_contain_text(title)
+    expect(history.locator("li").first).to_contain_text("Completed")
+
+    worker_token = re.search(r"#token=(\S+)", stack.link("worker")).group(1)
+    sessions = stack.call(worker_token, "GET", "/sessions?limit=1")["items"]
+    session = stack.call(worker_token, "GET", f"/sessions/{sessions[0]['id']}")
+    assert session["status"] == "completed" and session["sop"]["title"] == title
+    assert [(c["result"], c["value"]) for c in session["checks"]] == [
+        ("passed", None), ("failed", 0.9), ("passed", 0.3), ("passed", None)]
+    assert session["checks"][0]["notes"] == "Red button pressed, flywheel stopped"
+    console.assert_clean()
+
+
+def test_a_second_start_is_refused_with_an_explanation(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    title = f"Guard check {uuid.uuid4().hex[:4]}"
+    sop = confirmed_sop(stack, supervisor, title)
+    worker = new_worker(stack)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(worker))
+    start = page.get_by_role("button", name=f"Start {title}")
+    expect(start).to_be_visible()
+
+    # meanwhile the same worker starts a session on another device
+    other = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
+    start.click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("You already have a session in progress: continue it")
+    alert.get_by_role("button", name="Continue it").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+    expect(page.get_by_role("heading", level=1)).to_contain_text(title)
+    assert stack.call(worker, "GET", "/sessions")["total"] == 1
+    assert stack.call(worker, "GET", "/sessions/current")["id"] == other["id"]
+    console.assert_clean("status of 409")
+
+
+def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    title = f"Flaky network {uuid.uuid4().hex[:4]}"
+    confirmed_sop(stack, supervisor, title)
+    worker = new_worker(stack)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(worker))
+    page.get_by_role("button", name=f"Start {title}").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+    pending = page.locator("#pending")
+
+    # 1. The API cannot be reached at all: the check waits on the phone, then goes by itself.
+    page.route("**/api/v1/**", lambda route: route.abort())
+    card.get_by_label("Passed").check()
+    card.get_by_role("button", name="Record check").click()
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    expect(card).to_contain_text("saved on this phone")
+    expect(card.get_by_role("button", name="Record check")).to_be_disabled()
+    [waiting] = outbox(page)
+    assert waiting["body"]["result"] == "passed"
+    first_id = waiting["body"]["check_id"]
+    page.wait_for_timeout(1500)  # an attempt or two on the timer: still nothing gets through
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    page.unroute_all(behavior="wait")
+    expect(card).to_contain_text("Step 2 of 3", timeout=15_000)  # the retry timer sent it
+    expect(pending).to_be_hidden()
+    assert outbox(page) == []
+
+    # 2. The check reaches the service but its answer is lost: it is sent again on the
+    #    `online` event and recorded once (the API's check_id idempotency).
+    sent: list[str] = []
+
+    def answer_lost(route: Any) -> None:
+        if route.request.method == "POST" and route.request.url.endswith("/checks"):
+            route.fetch()  # delivered to the service...
+        route.abort()  # ...but the page never hears back
+
+    page.route("**/api/v1/**", answer_lost)
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)["check_id"])
+            if r.method == "POST" and r.url.endswith("/checks") else None)
+    card.get_by_label("Voltage at terminal A (V)").fill("0.2")
+    card.get_by_role("button", name="Record check").click()
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    [waiting] = outbox(page)
+    second_id = waiting["body"]["check_id"]
+    page.unroute_all(behavior="wait")
+    page.context.set_offline(True)
+    page.context.set_offline(False)  # the `online` event: send now
+    expect(card).to_contain_text("Step 3 of 3", timeout=15_000)
+    expect(pending).to_be_hidden()
+    assert sent.count(second_id) >= 2  # sent, answer lost, sent again
+
+    session = stack.call(worker, "GET", "/sessions/current")
+    assert [c["id"] for c in session["checks"]] == [first_id, second_id]
+    assert session["checks"][1]["value"] == 0.2
+    console.assert_clean("net::ERR_FAILED", "net::ERR_INTERNET_DISCONNECTED")
+
+
+def worker_session_with_history(stack: Stack, supervisor: str) -> tuple[dict[str, Any], str]:
+    """A completed session with a failed measurement, done through the API."""
+    sop = confirmed_sop(stack, supervisor, "Lockout/Tagout - Press 7")
+    worker = new_worker(stack)
+    s = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
+    for body in ({"result": "passed", "notes": "Red button pressed"},
+                 {"value": 0.9, "notes": "Capacitor still charged: waited 2 more minutes"},
+                 {"value": 0.2}, {"result": "passed", "notes": "Tag no. 117"}):
+        s = stack.call(worker, "POST", f"/sessions/{s['id']}/checks",
+                       {"step_id": s["current_step_id"], **body})
+    assert s["status"] == "completed"
+    return s, worker
+
+
+def test_a_supervisor_approves_a_session_and_then_sees_it_locked(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    session, _ = worker_session_with_history(stack, supervisor)
+    page, console = open_page(browser, DESK)
+    sign_in(page, stack.link("supervisor"))
+    expect(page.get_by_role("heading", name="Work sessions")).to_be_visible()
+    page.get_by_label("Status").select_option("completed")
+    page.get_by_label("SOP title").fill(session["sop"]["title"])
+    row = page.locator("table.sessions tbody tr")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name=f"Open {session['sop']['title']}").click()
+
+    expect(page.get_by_role("heading", level=1)).to_contain_text(session["sop"]["title"])
+    timeline = page.locator(".timeline")
+    expect(timeline.locator("li")).to_have_count(6)  # started, 4 checks, completed
+    expect(timeline).to_contain_text("Isolate › Measure residual voltage")
+    expect(timeline).to_contain_text("0.9 V")
+    expect(timeline).to_contain_text("Capacitor still charged")
+    temporal = page.get_by_role("link", name=re.compile("Open in Temporal UI"))
+    assert temporal.get_attribute("href") == (
+        f"http://127.0.0.1:{stack.ports['ui']}/namespaces/default/workflows/"
+        f"{session['workflow_id']}")
+
+    page.get_by_role("button", name="Approve and lock").click()
+    page.get_by_role("dialog").get_by_role("button", name="Approve and lock").click()
+    expect(page.get_by_role("status").filter(has_text="Approved: the session is now locked")
+           ).to_be_visible()
+    expect(page.locator(".badges")).to_contain_text("Locked")
+    expect(page.get_by_text("approved and locked: it can no longer be changed")).to_be_visible()
+    expect(page.get_by_role("button", name="Approve and lock")).to_have_count(0)
+    expect(page.get_by_role("button", name="Reopen")).to_have_count(0)
+    expect(timeline).to_contain_text("Approved and locked")
+    expect(page.locator("table.audit")).to_contain_text("approve")
+    page.locator(".timeline").scroll_into_view_if_needed()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(DOCS / "screenshot-supervisor-timeline.png"), full_page=True)
+
+    page.get_by_role("button", name="All sessions").click()
+    expect(page.locator("table.sessions tbody tr").first).to_contain_text("Locked")
+    assert stack.call(supervisor, "GET", f"/sessions/{session['id']}")["locked"] is True
+    console.assert_clean()
+
+
+def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    title = f"Replace hydraulic hose {uuid.uuid4().hex[:4]}"
+    page, console = open_page(browser, DESK)
+    sign_in(page, stack.console_link(supervisor))
+    page.get_by_role("navigation", name="Views").get_by_role("button", name="SOPs").click()
+    page.get_by_role("button", name="New SOP").click()
+
+    page.get_by_label("SOP title").fill(title)
+    page.get_by_label("Description").fill("Hose change on press 4")
+    task1 = page.get_by_role("group", name="Task 1", exact=True)
+    task1.get_by_label("Task title").fill("Depressurise")
+    step = page.get_by_role("group", name="Step 1.1")
+    step.get_by_label("Step title").fill("Open the relief valve")
+    step.get_by_label("Instructions").fill("Turn the red valve a full turn left")
+    # saving with a step missing its check prompt names the field
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.get_by_role("alert")).to_contain_text("Step 1.1: what to check is required")
+    expect(step.get_by_label("What to check")).to_have_attribute("aria-invalid", "true")
+    step.get_by_label("What to check").fill("Relief valve open")
+
+    task1.get_by_role("button", name="Add step to task 1").click()
+    step = page.get_by_role("group", name="Step 1.2")
+    step.get_by_label("Step title").fill("Read the pressure gauge")
+    step.get_by_label("Check", exact=True).select_option("measurement")
+    step.get_by_label("What to check").fill("Line pressure")
+    step.get_by_label("Unit").fill("bar")
+    step.get_by_label("Minimum").fill("0")
+    step.get_by_label("Maximum").fill("0.2")
+
+    page.get_by_role("button", name="Add task").click()
+    task2 = page.get_by_role("group", name="Task 2", exact=True)
+    task2.get_by_label("Task title").fill("Replace")
+    step = page.get_by_role("group", name="Step 2.1")
+    step.get_by_label("Step title").fill("Fit the new hose")
+    step.get_by_label("What to check").fill("Hose fitted and torqued")
+
+    assert_phone_friendly(page)
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.get_by_role("status").filter(has_text="Saved as a draft")).to_be_visible()
+    [draft] = [s for s in stack.call(supervisor, "GET", "/sops?status=draft&limit=100")["items"]
+               if s["title"] == title]
+
+    page.get_by_role("button", name="Confirm SOP").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm SOP").click()
+    expect(page.get_by_role("status").filter(has_text="Confirmed: workers can now start")
+           ).to_be_visible()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(title)
+    expect(page.locator(".sop-outline")).to_contain_text("Measure: Line pressure "
+                                                         "(allowed 0 – 0.2 bar)")
+
+    sop = stack.call(supervisor, "GET", f"/sops/{draft['id']}")
+    assert sop["status"] == "confirmed" and sop["description"] == "Hose change on press 4"
+    assert [[s["title"] for s in t["steps"]] for t in sop["tasks"]] == [
+        ["Open the relief valve", "Read the pressure gauge"], ["Fit the new hose"]]
+    assert sop["tasks"][0]["steps"][0]["instructions"] == "Turn the red valve a full turn left"
+    assert sop["tasks"][0]["steps"][1]["check"] == {
+        "kind": "measurement", "prompt": "Line pressure", "unit": "bar", "min": 0, "max": 0.2}
+    assert sop["tasks"][1]["steps"][0]["check"]["kind"] == "confirm"
+    console.assert_clean()

@@ -1,0 +1,76 @@
+"""`worksession dev` run as a child process on free loopback ports: for the tests that use
+the stack as a person does, the browser tests and the load driver."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+READY_LINE = "Ctrl-C stops everything"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DevProcess:
+    def __init__(self, root: Path, ports: dict[str, int] | None = None) -> None:
+        self.data_dir = root / "data"
+        self.ports = ports or {"api": free_port(), "temporal": free_port(), "ui": free_port()}
+        self.log = root / f"dev-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.banner = ""
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.ports['temporal']}"
+
+    def start(self, within: float = 90) -> str:
+        """Start and wait for the banner (printed once the worker polls); returns it."""
+        self.log = self.log.with_name(f"dev-{time.monotonic_ns()}.log")
+        self.proc = subprocess.Popen(
+            [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
+             "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
+             "--ui-port", str(self.ports["ui"])],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            if READY_LINE in text:
+                self.banner = text
+                return text
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worksession dev exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worksession dev did not start:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGINT) -> int | None:
+        """Signal it and wait; returns its exit code (None if it had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the dev process (worker and API; not the Temporal server)."""
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        m = re.search(r"VmRSS:\s+(\d+)", text)
+        return int(m.group(1)) / 1024 if m else 0.0
