@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
                 await database.dispose()
 
     app = FastAPI(title="Work Session Service", version="1.0.0", lifespan=lifespan,
+                  redirect_slashes=False,
                   description="Walks frontline workers through SOPs step by step, with a "
                               "safety check at every step. Errors are RFC 9457 problems.")
     app.state.ctx = None
@@ -112,4 +113,5 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
         app.include_router(r)
     mount_web(app)
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
+    problems.document(app)
     return app

@@ -79,8 +79,22 @@ def _flat_routes(routes: list[Any]) -> Iterator[Any]:
             yield r
 
 
+CHECK_KINDS = {"confirm", "measurement"}  # the tags of the check-spec union
+
+
+def _field(error: dict[str, Any]) -> str:
+    field = _loc(error.get("loc", ()))
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        field += "." + str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+    return field
+
+
 def _loc(loc: tuple | list) -> str:
-    return ".".join(str(p) for p in loc)
+    """`body.tasks.0.steps.1.check.prompt`: the union tag pydantic adds after `check` is not
+    a field the client sent."""
+    parts = [str(p) for i, p in enumerate(loc)
+             if not (p in CHECK_KINDS and i > 0 and loc[i - 1] == "check")]
+    return ".".join(parts)
 
 
 def install(app: FastAPI) -> None:
@@ -105,7 +119,7 @@ def install(app: FastAPI) -> None:
                            type_="/problems/validation", title="Invalid request",
                            errors=[{"field": "body", "message": json_error,
                                     "type": "json_invalid"}])
-        fields = [{"field": _loc(x.get("loc", ())), "message": x.get("msg", "invalid"),
+        fields = [{"field": _field(x), "message": x.get("msg", "invalid"),
                    "type": x.get("type")} for x in err.errors()]
         names = ", ".join(f["field"] for f in fields) or "request"
         return problem(422, f"invalid fields: {names}", type_="/problems/validation",
@@ -125,3 +139,34 @@ def install(app: FastAPI) -> None:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(503, "the service could not handle this request right now",
                        type_="/problems/unexpected", headers={"Retry-After": "5"})
+
+
+# Statuses any operation can answer whatever it does: a method the path does not serve, and a
+# body over the size limit (RequestGuard).
+ANY_OPERATION = {"405": "Method not allowed on this path", "413": "Request body too large"}
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI document say what is sent: every error as application/problem+json
+    with the Problem schema, and the statuses every operation can answer."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for item in schema["paths"].values():
+            for op in item.values():
+                responses = op.setdefault("responses", {})
+                for code, description in ANY_OPERATION.items():
+                    responses.setdefault(code, {"description": description})
+                for code, response in responses.items():
+                    if code[0] in "45":
+                        response["content"] = {PROBLEM_JSON: {"schema": ref}}
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

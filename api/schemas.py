@@ -6,33 +6,48 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000; refuse it at the door rather than fail a write.
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    return value
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # …and at least one non-space character
 
 
 def Text(max_length: int, min_length: int = 0, strip: bool = False) -> Any:  # noqa: N802
-    return Annotated[str, StringConstraints(strip_whitespace=strip, min_length=min_length,
-                                            max_length=max_length), AfterValidator(_no_nul)]
+    """A bounded string; `min_length=1` also means "not only spaces" (stripped first)."""
+    return Annotated[str, StringConstraints(
+        strip_whitespace=strip, min_length=min_length, max_length=max_length,
+        pattern=NOT_BLANK if min_length else NO_NUL)]
 
 
 Title = Text(200, 1, strip=True)
 LongText = Text(5000)
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # no true -> 1.0
 Reason = Text(500, 1, strip=True)
 
 
-class CheckSpecIn(BaseModel):
-    kind: Literal["confirm", "measurement"]
+class ConfirmCheckIn(BaseModel):
+    """The worker states passed or failed."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["confirm"]
+    prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
+
+
+class MeasurementCheckIn(BaseModel):
+    """The worker sends a number; the service decides from `min`/`max` (at least one;
+    `min` <= `max`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["min"], "properties": {"min": {"type": "number"}}},
+        {"required": ["max"], "properties": {"max": {"type": "number"}}}]})
+    kind: Literal["measurement"]
     prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
     unit: Text(32) | None = None  # type: ignore[valid-type]
     min: Finite | None = None
     max: Finite | None = None
+
+
+CheckSpecIn = Annotated[ConfirmCheckIn | MeasurementCheckIn, Field(discriminator="kind")]
 
 
 class StepIn(BaseModel):

@@ -21,10 +21,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _three_ports() -> dict[str, int]:
+    return {"api": free_port(), "temporal": free_port(), "ui": free_port()}
+
+
 class DevProcess:
     def __init__(self, root: Path, ports: dict[str, int] | None = None) -> None:
         self.data_dir = root / "data"
-        self.ports = ports or {"api": free_port(), "temporal": free_port(), "ui": free_port()}
+        self.chosen_ports = ports is None
+        self.ports = ports or _three_ports()
         self.log = root / f"dev-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.banner = ""
@@ -38,7 +43,21 @@ class DevProcess:
         return f"127.0.0.1:{self.ports['temporal']}"
 
     def start(self, within: float = 90) -> str:
-        """Start and wait for the banner (printed once the worker polls); returns it."""
+        """Start and wait for the banner (printed once the worker polls); returns it.
+
+        Free ports are only free until someone binds them (the Temporal server also picks
+        random ports of its own): when a port we chose is taken meanwhile, choose again."""
+        for attempt in range(3):
+            try:
+                return self._start(within)
+            except RuntimeError as e:
+                if not (self.chosen_ports and "address already in use" in str(e)
+                        and attempt < 2):
+                    raise
+                self.ports = _three_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self, within: float) -> str:
         self.log = self.log.with_name(f"dev-{time.monotonic_ns()}.log")
         self.proc = subprocess.Popen(
             [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
