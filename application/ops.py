@@ -20,6 +20,7 @@ from domain.work_session import WorkSession
 from persistence import sessions
 from persistence.sessions import SessionRow
 from workflows import ops
+from workflows.client import WorkflowRunning
 from workflows.messages import workflow_id_for
 
 WORKFLOW_NOT_RUNNING = "workflow_not_running"
@@ -82,10 +83,19 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
     if row is None or plan is None:
         raise NotFound("session not found")
     client = ctx.workflows.client
-    if row.state.status.value in ("in_progress", "paused"):
-        running = await ctx.workflows.running_session_id(row.state.worker_id)
-        if running is None:
-            run_id = await ctx.workflows.start(plan, row.state)
+    if row.state.status.value in ("in_progress", "paused") and \
+            await ctx.workflows.running_session_id(row.state.worker_id) is None:
+        # Read again now that no run is seen: a run closes only after its last state is
+        # saved, so a row still active now really has no run (terminated or lost).
+        async with ctx.db.read() as conn:
+            row = await sessions.get(conn, session_id)
+        assert row is not None
+        if row.state.status.value in ("in_progress", "paused"):
+            try:
+                run_id = await ctx.workflows.start(plan, row.state)
+            except WorkflowRunning as e:
+                raise Conflict(f"session {session_id} is not stuck: its worker's workflow "
+                               f"now holds session {e.session_id}") from None
             return {"session_id": str(session_id), "kind": WORKFLOW_NOT_RUNNING,
                     "action": f"started a new run {run_id} from the database copy "
                               f"({len(row.state.checks)} checks, step "
