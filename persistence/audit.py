@@ -73,7 +73,7 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
     now = now.astimezone(UTC)  # stored and read back as UTC: hash what will be read
     body = _body(seq, id_, now, {**asdict(entry), "dedup_key": dedup_key}, prev)
     digest = entry_hash(prev, body)
-    await conn.execute(audit_log.insert().values(
+    await conn.execute(audit_log.insert(), dict(
         seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
         action=entry.action, session_id=entry.session_id, outcome=entry.outcome,
         detail=entry.detail, request_id=entry.request_id, dedup_key=dedup_key,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,14 +34,29 @@ class Database:
                                         "server_settings": {
                                             "lock_timeout": str(lock_timeout_ms)}})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # SQLite has one writer at a time; writers of this process queue here instead of in
+        # SQLite's busy handler, which sleeps in growing steps (up to 100 ms) while it waits.
+        self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _configure_sqlite(self.engine, lock_timeout_ms)
+        self._lock_timeout = lock_timeout_ms / 1000
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: committed on success, rolled back on error."""
-        async with self._connect(write=True) as conn:
-            yield conn
+        if self._sqlite_writer is None:
+            async with self._connect(write=True) as conn:
+                yield conn
+            return
+        try:
+            await asyncio.wait_for(self._sqlite_writer.acquire(), self._lock_timeout)
+        except TimeoutError:
+            raise Unavailable("database busy: another write did not finish in time") from None
+        try:
+            async with self._connect(write=True) as conn:
+                yield conn
+        finally:
+            self._sqlite_writer.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

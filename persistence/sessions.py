@@ -52,7 +52,9 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
         "locked": state.locked, "approved_by": state.approved_by,
         "approved_at": state.approved_at,
     }
-    stmt = db.insert(work_sessions).values(**values)
+    # Statements carry no literal values (rows go as parameters), so SQLAlchemy compiles
+    # each once and reuses it from its cache: this runs on every change of every session.
+    stmt = db.insert(work_sessions)
     # The workflow never knows about approval: the lock is owned by this table.
     updatable = {k: stmt.excluded[k] for k in values
                  if k not in ("id", "locked", "approved_by", "approved_at")}
@@ -63,13 +65,13 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
         | ((work_sessions.c.version == stmt.excluded.version)
            & (work_sessions.c.run_id != stmt.excluded.run_id)),
     )
-    written = (await conn.execute(stmt)).rowcount > 0
+    written = (await conn.execute(stmt, values)).rowcount > 0
     if state.checks:
         rows = [{"session_id": state.id, "id": c.id, "seq": i, "step_id": c.step_id,
                  "result": c.result.value, "value": c.value, "notes": c.notes,
                  "evidence_uri": c.evidence_uri, "checked_at": c.checked_at,
                  "checked_by": c.checked_by} for i, c in enumerate(state.checks)]
-        await conn.execute(db.insert(session_checks).values(rows).on_conflict_do_nothing())
+        await conn.execute(db.insert(session_checks).on_conflict_do_nothing(), rows)
     return written
 
 
