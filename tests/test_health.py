@@ -1,0 +1,38 @@
+"""Readiness names what is down; liveness does not depend on anything."""
+
+from __future__ import annotations
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.app import create_app
+from tests.conftest import SECRET
+from worksession.devproc import free_port
+
+
+async def test_readyz_is_503_naming_temporal_and_the_worker_when_temporal_is_down(
+        settings, db):
+    dead = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True,
+                                data_converter=pydantic_data_converter)
+    app = create_app(settings, jwt_secret=SECRET, client=dead, db=db)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            r = await http.get("/readyz")
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["temporal"] != "ok" and "temporal" in body["detail"]
+
+
+async def test_readyz_is_503_when_no_worker_polls(settings, db, client):
+    app = create_app(settings.model_copy(update={"task_queue": "nobody-polls-this"}),
+                     jwt_secret=SECRET, client=client, db=db)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            r = await http.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["temporal"] == "ok" and r.json()["checks"]["worker"] != "ok"
