@@ -104,8 +104,8 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
     if stuck is None or stuck.session_id != str(session_id):
         raise Conflict(f"session {session_id} is not stuck: its workflow is making progress "
                        "(or is closed); nothing to retry")
-    if stuck.kind == ops.NO_WORKER:
-        raise Conflict(f"session {session_id} waits for a worker, which a retry cannot fix: "
+    if stuck.kind in (ops.NO_WORKER, ops.UPDATE_WAITING):
+        raise Conflict(f"session {session_id} is waiting, which a retry cannot fix: "
                        f"{stuck.reason}")
     done = await ctx.workflows.bounded(ops.retry(client, stuck))
     return {"session_id": str(session_id), "kind": stuck.kind, "action": done}

@@ -60,6 +60,7 @@ class WorkSessionWorkflow:
         self._lock = asyncio.Lock()
         self._updates_this_run = 0
         self._touched = False
+        self._in_flight: dict[str, tuple[str, str]] = {}  # update id -> (name, since)
 
     @workflow.run
     async def run(self, inp: SessionInput) -> dict[str, Any]:
@@ -132,6 +133,12 @@ class WorkSessionWorkflow:
     def session(self) -> dict[str, Any]:
         return self._view()
 
+    @workflow.query
+    def pending_updates(self) -> list[dict[str, str]]:
+        """Worker actions admitted but not answered yet (ops: an update waiting too long)."""
+        return [{"id": i, "name": name, "since": since}
+                for i, (name, since) in self._in_flight.items()]
+
     # ---- machinery -----------------------------------------------------------------------
     def _dry_run(self, cmd: SubmitCheck | SessionCommand,
                   action: Callable[[WorkSession], Any]) -> None:
@@ -148,6 +155,16 @@ class WorkSessionWorkflow:
     async def _apply(self, cmd: SubmitCheck | SessionCommand,
                      action: Callable[[WorkSession], Any]) -> dict[str, Any]:
         self._ensure_same_session(cmd)
+        update = workflow.current_update_info()
+        if update is not None:  # for ops: which updates are waiting, and since when
+            self._in_flight[update.id] = (update.name, workflow.now().isoformat())
+        try:
+            return await self._apply_locked(action)
+        finally:
+            if update is not None:
+                self._in_flight.pop(update.id, None)
+
+    async def _apply_locked(self, action: Callable[[WorkSession], Any]) -> dict[str, Any]:
         async with self._lock:  # state may have moved on while this update waited
             version = self._session.state.version
             domain_rule(lambda: action(self._session))
