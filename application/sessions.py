@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from application import audit
-from application.authz import Actor, authorize, ensure_visible
+from application.authz import Actor, allowed, authorize, ensure_visible
 from application.context import Context
 from domain.errors import (
     ActiveSessionExists,
@@ -275,7 +275,7 @@ async def _supervise(ctx: Context, actor: Actor, session_id: UUID, action: str,
 # ---- reads (session-003) -------------------------------------------------------------------
 async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     """The worker's active session, as its live workflow knows it."""
-    if actor.role.value != "worker":
+    if not allowed(actor, "session.start"):  # only those who work sessions have a current one
         raise NotFound("supervisors and admins have no current session")
     async with ctx.db.read() as conn:
         row = await sessions.active_for_worker(conn, actor.id, with_checks=False)
@@ -299,7 +299,7 @@ async def get_session(ctx: Context, actor: Actor, session_id: UUID) -> dict[str,
 async def list_sessions(ctx: Context, actor: Actor, status: SessionStatus | None, limit: int,
                         offset: int) -> tuple[list[dict], int]:
     authorize(actor, "session.read")
-    worker = None if actor.role.value != "worker" else actor.id
+    worker = None if allowed(actor, "session.read_all") else actor.id
     async with ctx.db.read() as conn:
         return await sessions.list_page(conn, worker, status, limit, offset)
 
