@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from temporalio.client import Client
 
 from persistence.migrate import upgrade_async
 from worksession.binaries import temporal_cli
+from worksession.devproc import free_port
 from worksession.settings import Settings
 from worksession.temporal import connect, register_search_attributes
 from worksession.tokens import mint
@@ -60,12 +60,6 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it if the harness dies, even by SIGKILL."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class StackError(Exception):
