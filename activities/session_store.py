@@ -17,7 +17,7 @@ class SessionStore:
 
     @activity.defn(name=PERSIST_ACTIVITY)
     async def persist_session(self, req: PersistSession) -> bool:
-        """Idempotent and versioned: a retry or a late duplicate never overwrites newer state."""
+        """Idempotent and ordered: a retry or a late duplicate never overwrites newer state."""
         async with self._db.write() as conn:
             return await sessions.save(self._db, conn, req.state, req.workflow_id, req.run_id,
-                                       datetime.now(UTC))
+                                       datetime.now(UTC), run_position=req.run_position)

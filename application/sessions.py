@@ -118,7 +118,11 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
     authorize(actor, "session.work")
 
     async def decide() -> dict[str, Any]:
-        if session.is_active:
+        # A closed session that is not locked is still offered to the worker's run: the
+        # database can be one change ahead of a run that is still open when the workflow
+        # task that wrote it was lost (a crashed Temporal server), and that run must get
+        # the resend, not a copy. A run holding another session refuses it (RunClosed).
+        if session.is_active or not session.state.locked:
             try:
                 return await live()
             except RunClosed:
@@ -220,6 +224,8 @@ async def approve_session(ctx: Context, actor: Actor, session_id: UUID,
                           request_id: str | None = None) -> dict[str, Any]:
     async def approve() -> dict[str, Any]:
         row, session = await _row(ctx, actor, session_id)
+        session.copy().approve(actor.id, ctx.clock())  # the domain's refusals come first
+        await _ensure_run_closed(ctx, session)
         session.approve(actor.id, ctx.clock())
         async with ctx.db.write() as conn:
             won = await sessions.approve(conn, session.state, ctx.clock())
@@ -230,6 +236,19 @@ async def approve_session(ctx: Context, actor: Actor, session_id: UUID,
         return _render(row, session)
 
     return await _supervise(ctx, actor, session_id, "session_approve", approve, {}, request_id)
+
+
+async def _ensure_run_closed(ctx: Context, session: WorkSession) -> None:
+    """Only a session no run holds any more can be locked. The run closes within
+    milliseconds of answering `completed`; one that still holds the session after that is
+    not done (the database got ahead of it when a workflow task was lost), and locking it
+    would leave the worker with a run nobody may finish."""
+    worker = session.state.worker_id
+    if await ctx.workflows.running_session_id(worker) != session.state.id:
+        return
+    if not await ctx.workflows.wait_closed(worker, CLOSING_RUN_WAIT_SECONDS):
+        raise Conflict("the session's workflow is still running: it is not finished yet; "
+                       "try again later")
 
 
 async def reopen_session(ctx: Context, actor: Actor, session_id: UUID, reason: str,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.sop import CheckResult
@@ -34,9 +34,16 @@ class ActiveSessionRef:
 
 
 async def save(db: Database, conn: AsyncConnection, state: SessionState, workflow_id: str,
-               run_id: str | None, now: datetime) -> bool:
-    """Upsert the session row if `state.version` is newer than the stored one; add checks
-    not yet stored. Returns whether the row was written."""
+               run_id: str | None, now: datetime, run_position: int = 0) -> bool:
+    """Upsert the session and make its stored checks exactly the state's, unless what is
+    stored is newer. Returns whether it was written.
+
+    Newer means: from the same run, written at a later point of its history; from another
+    run, a higher `state.version`. Within a run the history position decides, not the
+    version: a local activity writes before its workflow task commits, and when that task is
+    lost (a crashed Temporal server) the run does something else from the same point, which
+    may carry a lower version than the lost write. That later write, at the same or a later
+    position, replaces it. (The service's own writes, at a start or reopen, are position 0.)"""
     values = {
         "id": state.id, "worker_id": state.worker_id, "sop_id": state.sop_id,
         "sop_title": state.sop_title, "sop_version": state.sop_version,
@@ -48,7 +55,8 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
         "unchecked_step_ids": None if state.unchecked_step_ids is None
         else [str(i) for i in state.unchecked_step_ids],
         "needs_attention": state.needs_attention, "workflow_id": workflow_id,
-        "run_id": run_id, "version": state.version, "updated_at": now,
+        "run_id": run_id, "version": state.version, "run_position": run_position,
+        "updated_at": now,
         "locked": state.locked, "approved_by": state.approved_by,
         "approved_at": state.approved_at,
     }
@@ -58,21 +66,38 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
     # The workflow never knows about approval: the lock is owned by this table.
     updatable = {k: stmt.excluded[k] for k in values
                  if k not in ("id", "locked", "approved_by", "approved_at")}
+    stored, new = work_sessions.c, stmt.excluded
     stmt = stmt.on_conflict_do_update(
-        index_elements=[work_sessions.c.id], set_=updatable,
-        # newer state; or the same state from a new run (continue-as-new, ops reset)
-        where=(work_sessions.c.version < stmt.excluded.version)
-        | ((work_sessions.c.version == stmt.excluded.version)
-           & (work_sessions.c.run_id != stmt.excluded.run_id)),
-    )
+        index_elements=[stored.id], set_=updatable,
+        where=or_(and_(stored.run_id == new.run_id, stored.run_position <= new.run_position),
+                  and_(stored.run_id.is_distinct_from(new.run_id),
+                       stored.version <= new.version)))
     written = (await conn.execute(stmt, values)).rowcount > 0
-    if state.checks:
-        rows = [{"session_id": state.id, "id": c.id, "seq": i, "step_id": c.step_id,
-                 "result": c.result.value, "value": c.value, "notes": c.notes,
-                 "evidence_uri": c.evidence_uri, "checked_at": c.checked_at,
-                 "checked_by": c.checked_by} for i, c in enumerate(state.checks)]
-        await conn.execute(db.insert(session_checks).on_conflict_do_nothing(), rows)
+    if written:
+        await _save_checks(db, conn, state)
     return written
+
+
+async def _save_checks(db: Database, conn: AsyncConnection, state: SessionState) -> None:
+    """Make the stored checks exactly the state's: add new ones, correct any that differ,
+    and drop any the state does not have (left by a write of a lost workflow task)."""
+    c = session_checks.c
+    ids = [check.id for check in state.checks]
+    await conn.execute(delete(session_checks).where(
+        c.session_id == state.id, c.id.not_in(bindparam("ids", expanding=True))),
+        {"ids": ids})
+    if not ids:
+        return
+    rows = [{"session_id": state.id, "id": k.id, "seq": i, "step_id": k.step_id,
+             "result": k.result.value, "value": k.value, "notes": k.notes,
+             "evidence_uri": k.evidence_uri, "checked_at": k.checked_at,
+             "checked_by": k.checked_by} for i, k in enumerate(state.checks)]
+    stmt = db.insert(session_checks)
+    fields = [name for name in rows[0] if name not in ("session_id", "id")]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[c.session_id, c.id], set_={f: stmt.excluded[f] for f in fields},
+        where=or_(*(c[f].is_distinct_from(stmt.excluded[f]) for f in fields)))
+    await conn.execute(stmt, rows)
 
 
 def _state(row: dict, checks: list[Check]) -> SessionState:

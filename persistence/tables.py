@@ -119,6 +119,9 @@ work_sessions = Table(
     Column("workflow_id", String(200), nullable=False),
     Column("run_id", String(64)),
     Column("version", Integer, nullable=False),
+    # Where in its run's history the stored state was written (the history length then):
+    # orders the writes of one run, including one from a workflow task that was later lost.
+    Column("run_position", Integer, nullable=False, server_default=text("0")),
     Column("updated_at", TZ, nullable=False),
     # Second line of defence behind Temporal's workflow ID: one active session per worker.
     Index("uq_work_sessions_one_active_per_worker", "worker_id", unique=True,

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from temporalio.worker import Replayer
 from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
+from domain.errors import Conflict
 from domain.sop import CheckResult
 from persistence import sessions as repo
 from tests.conftest import make_confirmed_sop, sop_body
@@ -122,6 +123,88 @@ async def test_concurrent_resends_of_one_check_across_a_worker_restart_apply_onc
     assert oks, results
     assert all([c["id"] for c in r["checks"]] == [str(cid)] for r in oks)
     assert await stored_check_ids(db, view["id"]) == [str(cid)]
+
+
+async def _write_a_lost_workflow_task(ctx: Context, actor: Actor, view: dict,
+                                      check_id: uuid.UUID) -> None:
+    """What the read model holds when a workflow task's local activity wrote the next check
+    and the task was then lost (a SIGKILLed Temporal server): the database one change ahead
+    of the run, under the run's own id."""
+    from datetime import UTC
+
+    from domain.work_session import CheckSubmission, WorkSession
+
+    desc = await ctx.workflows.client.get_workflow_handle(view["workflow_id"]).describe()
+    # the lost task's position: the history so far, then its own scheduled and started events
+    position = desc.raw_description.workflow_execution_info.history_length + 2
+    async with ctx.db.write() as conn:
+        row = await repo.get(conn, uuid.UUID(view["id"]))
+        session = WorkSession(plan=await ctx.plans.get(conn, row.state.sop_id), state=row.state)
+        session.add_check(CheckSubmission(check_id=check_id,
+                                          step_id=uuid.UUID(view["current_step"]["id"]),
+                                          result=CheckResult.PASSED, value=None, notes=None,
+                                          evidence_uri=None),
+                          by=actor.id, now=datetime(2026, 1, 1, tzinfo=UTC))
+        assert await repo.save(ctx.db, conn, session.state, row.workflow_id, row.run_id,
+                               datetime.now(UTC), run_position=position)
+
+
+async def stored_checks(db, session_id: str) -> list[tuple[str, str]]:
+    async with db.read() as conn:
+        row = await repo.get(conn, uuid.UUID(session_id))
+    return [(str(c.id), c.checked_at) for c in row.state.checks]
+
+
+async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copies_agree(
+        http, client, db, supervisor, worker):
+    sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
+    ctx = own_context(client, db, worker.task_queue)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = await pass_current(ctx, actor, await pass_current(ctx, actor, view))
+    last = uuid.uuid4()
+    await _write_a_lost_workflow_task(ctx, actor, view, last)
+    assert (await uc.get_session(ctx, actor, uuid.UUID(view["id"])))["status"] == "completed"
+    # a supervisor cannot lock it while its run is still going
+    boss = Actor(uuid.uuid4(), Role.SUPERVISOR)
+    with pytest.raises(Conflict, match="still running"):
+        await uc.approve_session(ctx, boss, uuid.UUID(view["id"]))
+
+    # the device got no answer and resends: the run applies it, as if for the first time
+    done = await uc.submit_check(
+        ctx, actor, uuid.UUID(view["id"]), step_id=uuid.UUID(view["current_step"]["id"]),
+        result=CheckResult.PASSED, value=None, notes=None, evidence_uri=None, check_id=last)
+    assert done["status"] == "completed" and done["checks"][-1]["id"] == str(last)
+    # the run got it and closed
+    result = await asyncio.wait_for(
+        client.get_workflow_handle(workflow_id_for(actor.id)).result(), 10)
+    # the read model now holds what the run's history holds, timestamps included
+    assert await stored_checks(db, view["id"]) == [
+        (c["id"], datetime.fromisoformat(c["checked_at"])) for c in result["checks"]]
+    assert (await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))["status"] == "in_progress"
+    assert (await uc.approve_session(ctx, boss, uuid.UUID(view["id"])))["locked"] is True
+
+
+async def test_a_change_lost_with_its_workflow_task_is_replaced_by_what_the_run_did_instead(
+        http, client, db, supervisor, worker):
+    sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
+    ctx = own_context(client, db, worker.task_queue)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = await pass_current(ctx, actor, await pass_current(ctx, actor, view))
+    lost = uuid.uuid4()
+    await _write_a_lost_workflow_task(ctx, actor, view, lost)
+
+    # the run never saw that check: the worker pauses instead, and that is what is stored
+    paused = await uc.pause_session(ctx, actor, uuid.UUID(view["id"]))
+    assert paused["status"] == "paused" and len(paused["checks"]) == 2
+    stored = await uc.get_session(ctx, actor, uuid.UUID(view["id"]))
+    assert stored["status"] == "paused"
+    assert [c["id"] for c in stored["checks"]] == [c["id"] for c in paused["checks"]]
+    await uc.resume_session(ctx, actor, uuid.UUID(view["id"]))
+    done = await pass_current(ctx, actor, view, check_id=lost)
+    assert done["status"] == "completed"
+    assert await stored_check_ids(db, view["id"]) == [c["id"] for c in done["checks"]]
 
 
 def _histories() -> list[Path]:

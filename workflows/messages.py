@@ -52,3 +52,5 @@ class PersistSession(BaseModel):
     state: SessionState
     workflow_id: str
     run_id: str
+    # The run's history length when the change was made (0 in histories from before it).
+    run_position: int = 0

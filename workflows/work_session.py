@@ -185,7 +185,8 @@ class WorkSessionWorkflow:
     async def _persist(self) -> None:
         info = workflow.info()
         req = PersistSession(state=self._session.state, workflow_id=info.workflow_id,
-                             run_id=info.run_id)
+                             run_id=info.run_id,
+                             run_position=info.get_current_history_length())
         if workflow.patched(LOCAL_PERSIST_PATCH):
             # Fast path: a local activity runs inside the same workflow task, saving a
             # round trip per change. If it fails twice, fall back to a regular activity that
