@@ -7,7 +7,6 @@ from enum import StrEnum
 from uuid import UUID
 
 from domain.errors import Forbidden, NotFound
-from domain.work_session import SessionState
 
 
 class Role(StrEnum):
@@ -47,8 +46,8 @@ def authorize(actor: Actor, action: str) -> None:
         raise Forbidden(f"role {actor.role.value} may not do this ({action})")
 
 
-def ensure_visible(actor: Actor, state: SessionState | None) -> SessionState:
-    """A worker never sees another worker's session: it does not exist for them (404)."""
-    if state is None or not (allowed(actor, "session.read_all") or state.worker_id == actor.id):
+def ensure_visible(actor: Actor, owner_id: UUID | None) -> None:
+    """A worker never sees another worker's session: it does not exist for them (404).
+    `owner_id` is the session's worker, None when there is no such session."""
+    if owner_id is None or not (allowed(actor, "session.read_all") or owner_id == actor.id):
         raise NotFound("session not found")
-    return state

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.errors import NotFound
 from domain.sop import SessionPlan, SopStatus
-from persistence import sops
+from persistence import sessions, sops
 from persistence.db import Database
 from workflows.client import SessionWorkflows
 
@@ -39,8 +39,33 @@ class PlanCache:
 
 
 @dataclass
+class OwnerCache:
+    """Whose a session is never changes (sessions are neither deleted nor handed over), so
+    the answer is kept: every request on a session asks it first (404 before anything).
+    Bounded; the oldest answers go first. Unknown ids are not kept."""
+
+    limit: int = 100_000
+    owners: dict[UUID, UUID] = field(default_factory=dict)
+
+    async def get(self, db: Database, session_id: UUID) -> UUID | None:
+        owner = self.owners.get(session_id)
+        if owner is None:
+            async with db.read() as conn:
+                owner = await sessions.owner(conn, session_id)
+            if owner is not None:
+                self.remember(session_id, owner)
+        return owner
+
+    def remember(self, session_id: UUID, owner: UUID) -> None:
+        if len(self.owners) >= self.limit:
+            self.owners.pop(next(iter(self.owners)))
+        self.owners[session_id] = owner
+
+
+@dataclass
 class Context:
     db: Database
     workflows: SessionWorkflows
     plans: PlanCache = field(default_factory=PlanCache)
+    owners: OwnerCache = field(default_factory=OwnerCache)
     clock: Callable[[], datetime] = utcnow

@@ -78,7 +78,7 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
         row = await sessions.get(conn, session_id)
         plan = await ctx.plans.get(conn, row.state.sop_id) if row else None
     if actor is not None:  # CONTRACT precedence: 404 (may not see it), then 403
-        ensure_visible(actor, row.state if row else None)
+        ensure_visible(actor, row.state.worker_id if row else None)
         authorize(actor, "ops")
     if row is None or plan is None:
         raise NotFound("session not found")

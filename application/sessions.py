@@ -22,7 +22,7 @@ from domain.errors import (
     Unavailable,
 )
 from domain.sop import CheckResult
-from domain.work_session import CheckSubmission, SessionStatus, WorkSession
+from domain.work_session import ACTIVE_STATUSES, CheckSubmission, SessionStatus, WorkSession
 from persistence import sessions, sops
 from persistence.sessions import SessionRow
 from workflows.client import RunClosed, WorkflowRunning
@@ -31,13 +31,14 @@ from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
 # How long a start waits for the worker's previous run to finish closing after it answered
 # `completed` or `cancelled` (it closes within milliseconds; this is a generous bound).
 CLOSING_RUN_WAIT_SECONDS = 5.0
+ACTIVE_VIEW_STATUSES = {s.value for s in ACTIVE_STATUSES}
 
 
 async def _row(ctx: Context, actor: Actor, session_id: UUID, *,
                with_checks: bool = True) -> tuple[SessionRow, WorkSession]:
     async with ctx.db.read() as conn:
         row = await sessions.get(conn, session_id, with_checks=with_checks)
-        ensure_visible(actor, row.state if row else None)
+        ensure_visible(actor, row.state.worker_id if row else None)
         assert row is not None
         plan = await ctx.plans.get(conn, row.state.sop_id)
     return row, WorkSession(plan=plan, state=row.state)
@@ -104,6 +105,7 @@ async def _start_once(ctx: Context, actor: Actor, sop_id: UUID) -> dict[str, Any
         run_id = await ctx.workflows.start(plan, session.state)
         row = SessionRow(session.state, workflow_id_for(actor.id), run_id)
         await sessions.save(ctx.db, conn, session.state, row.workflow_id, run_id, ctx.clock())
+    ctx.owners.remember(session.state.id, actor.id)
     return _render(row, session)
 
 
@@ -112,22 +114,21 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
                live: Callable[[], Awaitable[dict[str, Any]]],
                offline: Callable[[WorkSession], Any], detail: dict[str, Any],
                request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
-    # The live path needs only who owns the session and whether it is active; the checks
-    # are read only when the database copy has to decide (a closed session).
-    _, session = await _row(ctx, actor, session_id, with_checks=False)
-    authorize(actor, "session.work")
-
     async def decide() -> dict[str, Any]:
-        # A closed session that is not locked is still offered to the worker's run: the
-        # database can be one change ahead of a run that is still open when the workflow
-        # task that wrote it was lost (a crashed Temporal server), and that run must get
-        # the resend, not a copy. A run holding another session refuses it (RunClosed).
-        if session.is_active or not session.state.locked:
+        # A worker's request goes first to the worker's own run (the workflow ID is the
+        # worker's), which takes it only for the session it holds: no read is needed to know
+        # whose session it is or whether it is active. Whatever that run refuses (another
+        # worker's session, a closed one, no run at all) is decided on the database copy.
+        # A closed session is offered to the run too: the database can be one change ahead
+        # of a run that is still open when the workflow task that wrote it was lost (a
+        # crashed Temporal server), and that run must get the resend, not the copy.
+        if allowed(actor, "session.work"):
             try:
                 return await live()
             except RunClosed:
                 pass
-        row, stored = await _row(ctx, actor, session_id)
+        row, stored = await _row(ctx, actor, session_id)  # 404 first, then 403
+        authorize(actor, "session.work")
         if stored.is_active:
             # The database says active but no run holds the session (terminated by hand,
             # lost): answering from a copy would accept a check nobody records.
@@ -296,16 +297,20 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     """The worker's active session, as its live workflow knows it."""
     if not allowed(actor, "session.start"):  # only those who work sessions have a current one
         raise NotFound("supervisors and admins have no current session")
+    # The worker's workflow ID is the worker's: ask its run first (a closed run refuses the
+    # query at once instead of replaying its history).
+    try:
+        view = await ctx.workflows.query(actor.id)
+        if view["status"] in ACTIVE_VIEW_STATUSES:
+            return view
+    except RunClosed:
+        pass
+    # No open run holds an active session; the database may still (a run terminated by
+    # hand): then its copy is shown, and ops can restart the run.
     async with ctx.db.read() as conn:
         row = await sessions.active_for_worker(conn, actor.id, with_checks=False)
     if row is None:
         raise NotFound("you have no session in progress or paused")
-    try:
-        view = await ctx.workflows.query(actor.id)
-        if view["id"] == str(row.state.id):
-            return view
-    except RunClosed:
-        pass
     _, session = await _row(ctx, actor, row.state.id)
     return _render(row, session)
 
@@ -326,5 +331,5 @@ async def list_sessions(ctx: Context, actor: Actor, status: SessionStatus | None
 
 async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> None:
     """The precedence of CONTRACT.md: 404 (may not see it), then 403 (may not do it)."""
-    await _row(ctx, actor, session_id, with_checks=False)
+    ensure_visible(actor, await ctx.owners.get(ctx.db, session_id))
     authorize(actor, permission)

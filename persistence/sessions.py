@@ -137,6 +137,12 @@ async def _one(conn: AsyncConnection, cond: object, with_checks: bool,
     return SessionRow(_state(row, checks), row["workflow_id"], row["run_id"])
 
 
+async def owner(conn: AsyncConnection, session_id: UUID) -> UUID | None:
+    """The session's worker, or None when there is no such session."""
+    return (await conn.execute(select(work_sessions.c.worker_id)
+                               .where(work_sessions.c.id == session_id))).scalar_one_or_none()
+
+
 async def get(conn: AsyncConnection, session_id: UUID, *, with_checks: bool = True,
               for_update: bool = False) -> SessionRow | None:
     """`with_checks=False` when only the session's own fields matter (who, status, lock);

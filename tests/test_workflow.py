@@ -314,3 +314,4 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
     with pytest.raises(WrongState):
         await uc.cancel_session(ctx, actor, uuid.UUID(x["id"]), "late")
     await uc.cancel_session(ctx, actor, uuid.UUID(y["id"]), "test over")
+

@@ -11,10 +11,15 @@ from uuid import UUID, uuid4
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    QueryRejectCondition,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -119,7 +124,10 @@ class SessionWorkflows:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
         try:
             return await self._bounded(handle.query(
-                WorkSessionWorkflow.session, rpc_timeout=timedelta(seconds=self.timeout)))
+                WorkSessionWorkflow.session, rpc_timeout=timedelta(seconds=self.timeout),
+                reject_condition=QueryRejectCondition.NOT_OPEN))
+        except WorkflowQueryRejectedError:
+            raise RunClosed() from None
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise RunClosed() from None
