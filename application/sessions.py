@@ -81,6 +81,12 @@ async def _with_closing_run_wait(ctx: Context, worker_id: UUID,
             return await attempt()
         except WorkflowRunning as again:
             blocking = again.session_id
+    if blocking is not None and await ctx.owners.get(ctx.db, blocking) is None:
+        # A start whose answer was lost (its transaction failed after the run began, as in
+        # a database outage): the run records its session by itself once it can. Until
+        # then there is no session to point at.
+        raise Unavailable("a session started for you is still being recorded; resend the "
+                          "request in a moment")
     raise ActiveSessionExists(
         "the worker already has a session in progress: complete or cancel it first",
         existing_session_id=str(blocking) if blocking else None)

@@ -315,3 +315,39 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
         await uc.cancel_session(ctx, actor, uuid.UUID(x["id"]), "late")
     await uc.cancel_session(ctx, actor, uuid.UUID(y["id"]), "test over")
 
+
+async def test_a_start_whose_answer_was_lost_is_pointed_at_only_once_recorded(
+        http, client, db, supervisor):
+    """A start's transaction can fail after its run began (a database outage): the run then
+    records its session by itself. A second start meanwhile gets 503, never a 409 naming a
+    session nobody can read; once recorded, the 409 names it."""
+    from domain.errors import ActiveSessionExists, Unavailable
+    from domain.work_session import WorkSession
+    from persistence import sops as sop_repo
+
+    sop = await make_confirmed_sop(http, supervisor)
+    queue = f"lost-start-{uuid.uuid4()}"
+    ctx = own_context(client, db, queue)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    async with db.read() as conn:
+        plan = (await sop_repo.get(conn, uuid.UUID(sop["id"]))).plan()
+    started = WorkSession.start(uuid.uuid4(), actor.id, plan, ctx.clock())
+    await ctx.workflows.start(plan, started.state)  # no row: its transaction "failed"
+
+    with pytest.raises(Unavailable, match="still being recorded"):
+        await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    async with build_worker(client, db, queue):  # the run can now save its session
+        await eventually_stored(db, started.state.id)
+        with pytest.raises(ActiveSessionExists) as e:
+            await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        assert e.value.extra["existing_session_id"] == str(started.state.id)
+        await uc.cancel_session(ctx, actor, started.state.id, "test over")
+
+
+async def eventually_stored(db, session_id: uuid.UUID) -> None:
+    from tests.conftest import eventually
+
+    async def stored() -> bool:
+        async with db.read() as conn:
+            return await repo.get(conn, session_id, with_checks=False) is not None
+    await eventually(stored)
