@@ -65,7 +65,9 @@ async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
     if head is None:
         raise RuntimeError("audit chain head is missing: run `worksession migrate`")
     seq, prev = head.last_seq, head.last_hash
-    if dedup_key is not None and await _has(conn, dedup_key):  # again, now race-free
+    # Again, now race-free. (SQLite's write transaction, BEGIN IMMEDIATE, held the only
+    # write lock from its start, so there the first look-up already was.)
+    if dedup_key is not None and conn.dialect.name != "sqlite" and await _has(conn, dedup_key):
         await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
                            .values(last_seq=audit_chain.c.last_seq - 1))
         return False
