@@ -22,7 +22,7 @@ from domain.errors import Conflict
 from domain.sop import CheckResult
 from persistence import sessions as repo
 from tests.conftest import make_confirmed_sop, sop_body
-from worker import build_worker
+from worker import SANDBOX, build_worker
 from workflows.client import SessionWorkflows
 from workflows.messages import workflow_id_for
 from workflows.work_session import WorkSessionWorkflow
@@ -214,7 +214,7 @@ def _histories() -> list[Path]:
 @pytest.mark.parametrize("path", _histories(), ids=lambda p: p.stem)
 async def test_recorded_history_replays_without_nondeterminism(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[WorkSessionWorkflow],
+    replayer = Replayer(workflows=[WorkSessionWorkflow], workflow_runner=SANDBOX,
                         data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 

@@ -107,7 +107,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
         app = create_app(settings, jwt_secret=secret, client=client, db=db)
         server = _Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning",
                                         lifespan="on"))
-        worker = build_worker(client, db, settings.task_queue)
+        worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size)
         async with worker:
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
+    workflow_cache_size: int = Field(
+        default=1000, ge=1,
+        description="session runs a worker keeps in memory; one not kept replays its history "
+                    "on its next request (see docs/operations.md)")
     log_level: str = "info"
 
     @property
