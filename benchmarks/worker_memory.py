@@ -56,7 +56,7 @@ async def run(sessions: int) -> dict[str, Any]:
             return {"open_sessions": sessions, "worker_rss_mb_idle": round(idle, 1),
                     "worker_rss_mb": round(rss_mb(stack.worker.pid), 1),
                     "note": "separate `worksession worker` process, default workflow cache "
-                            "(WORKSESSION_WORKFLOW_CACHE_SIZE=1000 runs)"}
+                            "(WORKSESSION_WORKFLOW_CACHE_SIZE default)"}
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from application.context import Context
 from domain.errors import Conflict
 from domain.sop import CheckResult
 from persistence import sessions as repo
-from tests.conftest import make_confirmed_sop, sop_body
+from tests.conftest import eventually, make_confirmed_sop, sop_body
 from worker import SANDBOX, build_worker
 from workflows.client import SessionWorkflows
 from workflows.messages import workflow_id_for
@@ -345,9 +345,29 @@ async def test_a_start_whose_answer_was_lost_is_pointed_at_only_once_recorded(
 
 
 async def eventually_stored(db, session_id: uuid.UUID) -> None:
-    from tests.conftest import eventually
-
     async def stored() -> bool:
         async with db.read() as conn:
             return await repo.get(conn, session_id, with_checks=False) is not None
     await eventually(stored)
+
+
+async def test_the_worker_sandbox_still_refuses_non_deterministic_calls(client):
+    """The worker's sandbox must keep refusing what would break replay (passing every module
+    through, tried for memory, silently switched that off)."""
+    from temporalio.worker import Worker
+
+    from tests.clock_probe import ReadsTheWallClock
+
+    queue = f"sandbox-{uuid.uuid4()}"
+    async with Worker(client, task_queue=queue, workflows=[ReadsTheWallClock],
+                      workflow_runner=SANDBOX):
+        handle = await client.start_workflow(ReadsTheWallClock.run, id=queue, task_queue=queue)
+
+        async def task_failed() -> str | None:
+            async for event in handle.fetch_history_events():
+                if event.HasField("workflow_task_failed_event_attributes"):
+                    return event.workflow_task_failed_event_attributes.failure.message
+            return None
+        message = await eventually(task_failed)
+        await handle.terminate("test over")
+    assert "Cannot access datetime.datetime.now" in message
