@@ -153,6 +153,11 @@ class ApiLoad:
             if status == 200:
                 self.acknowledged.add(cid)
                 w.session = r.json()
+            elif status in (409, 503):
+                # As the field app does: an unanswered check may still have landed (503 under
+                # overload), so the step it knows can be stale; read the session again.
+                r = await self.http.get("/api/v1/sessions/current", headers=w.headers)
+                w.session = r.json() if r.status_code == 200 else None
         finally:
             self.idle.put_nowait(w)
 
