@@ -31,7 +31,6 @@ from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
 # How long a start waits for the worker's previous run to finish closing after it answered
 # `completed` or `cancelled` (it closes within milliseconds; this is a generous bound).
 CLOSING_RUN_WAIT_SECONDS = 5.0
-ACTIVE_VIEW_STATUSES = {s.value for s in ACTIVE_STATUSES}
 
 
 async def _row(ctx: Context, actor: Actor, session_id: UUID, *,
@@ -307,7 +306,7 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     # query at once instead of replaying its history).
     try:
         view = await ctx.workflows.query(actor.id)
-        if view["status"] in ACTIVE_VIEW_STATUSES:
+        if SessionStatus(view["status"]) in ACTIVE_STATUSES:
             return view
     except RunClosed:
         pass

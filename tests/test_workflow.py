@@ -149,21 +149,28 @@ async def _write_a_lost_workflow_task(ctx: Context, actor: Actor, view: dict,
                                datetime.now(UTC), run_position=position)
 
 
-async def stored_checks(db, session_id: str) -> list[tuple[str, str]]:
+async def stored_checks(db, session_id: str) -> list[tuple[str, datetime]]:
     async with db.read() as conn:
         row = await repo.get(conn, uuid.UUID(session_id))
     return [(str(c.id), c.checked_at) for c in row.state.checks]
 
 
-async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copies_agree(
-        http, client, db, supervisor, worker):
+async def _last_check_lost(http, client, db, supervisor, worker
+                           ) -> tuple[dict, Context, Actor, dict, uuid.UUID]:
+    """A 3-step session two checks in whose last check only a lost workflow task wrote."""
     sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
     ctx = own_context(client, db, worker.task_queue)
     actor = Actor(uuid.uuid4(), Role.WORKER)
     view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     view = await pass_current(ctx, actor, await pass_current(ctx, actor, view))
-    last = uuid.uuid4()
-    await _write_a_lost_workflow_task(ctx, actor, view, last)
+    lost = uuid.uuid4()
+    await _write_a_lost_workflow_task(ctx, actor, view, lost)
+    return sop, ctx, actor, view, lost
+
+
+async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copies_agree(
+        http, client, db, supervisor, worker):
+    sop, ctx, actor, view, last = await _last_check_lost(http, client, db, supervisor, worker)
     assert (await uc.get_session(ctx, actor, uuid.UUID(view["id"])))["status"] == "completed"
     # a supervisor cannot lock it while its run is still going
     boss = Actor(uuid.uuid4(), Role.SUPERVISOR)
@@ -187,13 +194,7 @@ async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copie
 
 async def test_a_change_lost_with_its_workflow_task_is_replaced_by_what_the_run_did_instead(
         http, client, db, supervisor, worker):
-    sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
-    ctx = own_context(client, db, worker.task_queue)
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
-    view = await pass_current(ctx, actor, await pass_current(ctx, actor, view))
-    lost = uuid.uuid4()
-    await _write_a_lost_workflow_task(ctx, actor, view, lost)
+    _, ctx, actor, view, lost = await _last_check_lost(http, client, db, supervisor, worker)
 
     # the run never saw that check: the worker pauses instead, and that is what is stored
     paused = await uc.pause_session(ctx, actor, uuid.UUID(view["id"]))
