@@ -787,3 +787,32 @@ async def test_health_endpoints_ignore_a_bad_token(http):
     headers = {"Authorization": "Bearer garbage"}
     assert (await http.get("/healthz", headers=headers)).status_code == 200
     assert (await http.get("/readyz", headers=headers)).status_code == 200
+
+
+async def test_a_request_past_its_deadline_is_answered_503_at_once_however_long_it_unwinds(
+        http, app, supervisor, monkeypatch):
+    """The bound holds even when the cancelled work takes long to unwind (SQLite: a rollback
+    queued behind a lock wait that cancellation cannot cut short)."""
+    import asyncio
+    import time
+
+    from application import sessions as uc
+
+    unwound = asyncio.Event()
+
+    async def stuck(*_: Any, **__: Any) -> Any:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.shield(asyncio.sleep(2))  # the slow unwind
+            unwound.set()
+
+    monkeypatch.setattr(uc, "list_sessions", stuck)
+    monkeypatch.setattr(app.state, "request_deadline", 0.3)
+    t0 = time.monotonic()
+    r = await http.get("/api/v1/sessions", headers=supervisor.h)
+    took = time.monotonic() - t0
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert took < 1.5, took
+    await asyncio.wait_for(unwound.wait(), 5)  # and the work did unwind, in the background
