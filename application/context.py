@@ -37,6 +37,14 @@ class PlanCache:
                 self.plans[sop_id] = plan
         return plan
 
+    async def of(self, db: Database, sop_id: UUID) -> SessionPlan:
+        """The plan, reading the database only when it is not cached."""
+        plan = self.plans.get(sop_id)
+        if plan is None:
+            async with db.read() as conn:
+                plan = await self.get(conn, sop_id)
+        return plan
+
 
 @dataclass
 class OwnerCache:

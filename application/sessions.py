@@ -7,8 +7,11 @@ reaches a session is audited, accepted or rejected."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from application import audit
 from application.authz import Actor, allowed, authorize, ensure_visible
@@ -26,7 +29,7 @@ from domain.work_session import ACTIVE_STATUSES, CheckSubmission, SessionStatus,
 from persistence import sessions, sops
 from persistence.sessions import SessionRow
 from workflows.client import RunClosed, WorkflowRunning
-from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
+from workflows.messages import PersistSession, SessionCommand, SubmitCheck, workflow_id_for
 
 # How long a start waits for the worker's previous run to finish closing after it answered
 # `completed` or `cancelled` (it closes within milliseconds; this is a generous bound).
@@ -45,6 +48,22 @@ async def _row(ctx: Context, actor: Actor, session_id: UUID, *,
 
 def _render(row: SessionRow, session: WorkSession) -> dict[str, Any]:
     return session.view(run_id=row.run_id, workflow_id=row.workflow_id)
+
+
+@dataclass
+class Outcome:
+    """What a request decided: the session to answer with and, when a run took a change,
+    the committed state the API writes to the read model with the audit entry."""
+
+    view: dict[str, Any]
+    write: PersistSession | None = None
+
+
+async def _taken(ctx: Context, change: PersistSession) -> Outcome:
+    plan = await ctx.plans.of(ctx.db, change.state.sop_id)
+    view = WorkSession(plan=plan, state=change.state).view(run_id=change.run_id,
+                                                           workflow_id=change.workflow_id)
+    return Outcome(view, change)
 
 
 # ---- start (session-001, session-009) ---------------------------------------------------------
@@ -116,10 +135,10 @@ async def _start_once(ctx: Context, actor: Actor, sop_id: UUID) -> dict[str, Any
 
 # ---- worker actions on a session ---------------------------------------------------------
 async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
-               live: Callable[[], Awaitable[dict[str, Any]]],
+               live: Callable[[], Awaitable[PersistSession]],
                offline: Callable[[WorkSession], Any], detail: dict[str, Any],
                request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
-    async def decide() -> dict[str, Any]:
+    async def decide() -> Outcome:
         # A worker's request goes first to the worker's own run (the workflow ID is the
         # worker's), which takes it only for the session it holds: no read is needed to know
         # whose session it is or whether it is active. Whatever that run refuses (another
@@ -129,7 +148,7 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
         # crashed Temporal server), and that run must get the resend, not the copy.
         if allowed(actor, "session.work"):
             try:
-                return await live()
+                return await _taken(ctx, await live())
             except RunClosed:
                 pass
         row, stored = await _row(ctx, actor, session_id)  # 404 first, then 403
@@ -139,19 +158,20 @@ async def _act(ctx: Context, actor: Actor, session_id: UUID, action: str,
             # lost): answering from a copy would accept a check nobody records.
             raise Unavailable("this session's workflow is not running; operators can restart "
                               "it with `worksession ops retry`. Resend the request later.")
-        return _offline(row, stored, offline)
+        return Outcome(_offline(row, stored, offline))
 
     return await _audited(ctx, actor, session_id, action, decide, detail, request_id,
                           dedup_key)
 
 
 async def _audited(ctx: Context, actor: Actor, session_id: UUID, action: str,
-                   run: Callable[[], Awaitable[dict[str, Any]]], detail: dict[str, Any],
+                   run: Callable[[], Awaitable[Outcome]], detail: dict[str, Any],
                    request_id: str | None, dedup_key: str | None = None) -> dict[str, Any]:
     """Every state-changing request that reaches a session leaves an audit entry: accepted,
-    rejected, or `modification_rejected` when the session is locked."""
+    rejected, or `modification_rejected` when the session is locked. An accepted change a
+    run took is written to the read model in the entry's transaction, before the answer."""
     try:
-        view = await run()
+        outcome = await run()
     except SessionLocked as e:
         await audit.record(ctx, actor, "modification_rejected", "rejected", session_id,
                            {"attempted": action, "reason": e.detail, **detail}, request_id)
@@ -160,9 +180,26 @@ async def _audited(ctx: Context, actor: Actor, session_id: UUID, action: str,
         await audit.record(ctx, actor, action, "rejected", session_id,
                            {"reason": e.detail, "code": e.code, **detail}, request_id)
         raise
-    await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id,
-                       dedup_key=dedup_key)
-    return view
+    change = outcome.write
+    if change is None or change.written:
+        await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id,
+                           dedup_key=dedup_key)
+        return outcome.view
+
+    async def save(conn: AsyncConnection) -> None:
+        await sessions.save(ctx.db, conn, change.state, change.workflow_id, change.run_id,
+                            ctx.clock(), run_position=change.run_position)
+
+    try:
+        await audit.record(ctx, actor, action, "accepted", session_id, detail, request_id,
+                           dedup_key=dedup_key, along_with=save)
+    except Unavailable:
+        # The run holds the change; the read model does not yet. The run writes it itself
+        # (now, if the signal gets through), and a resend is answered from the run.
+        await ctx.workflows.ask_to_write(change.state.worker_id)
+        raise Unavailable("the session took the change but the database did not: resend the "
+                          "same request (with the same check_id) to get its outcome") from None
+    return outcome.view
 
 
 def _offline(row: SessionRow, session: WorkSession, action: Callable[[WorkSession], Any]
@@ -294,7 +331,11 @@ async def _supervise(ctx: Context, actor: Actor, session_id: UUID, action: str,
                      request_id: str | None) -> dict[str, Any]:
     await _row(ctx, actor, session_id, with_checks=False)  # 404 first
     authorize(actor, "session.override")
-    return await _audited(ctx, actor, session_id, action, run, detail, request_id)
+
+    async def decide() -> Outcome:
+        return Outcome(await run())
+
+    return await _audited(ctx, actor, session_id, action, decide, detail, request_id)
 
 
 # ---- reads (session-003) -------------------------------------------------------------------

@@ -5,8 +5,7 @@ Temporal workflow and in the API against the read model."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -102,7 +101,14 @@ class WorkSession:
         return cls(plan=plan, state=state)
 
     def copy(self) -> WorkSession:
-        return WorkSession(plan=self.plan, state=copy.deepcopy(self.state))
+        """A copy to try an action on. Checks are immutable and the plan is never changed,
+        so only the state's lists are copied, not what they hold (a validator copies the
+        session on every request)."""
+        s = self.state
+        return WorkSession(plan=self.plan, state=replace(
+            s, checks=list(s.checks),
+            unchecked_step_ids=None if s.unchecked_step_ids is None
+            else list(s.unchecked_step_ids)))
 
     # ---- queries ---------------------------------------------------------------------------
     @property

@@ -38,12 +38,14 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
     """Upsert the session and make its stored checks exactly the state's, unless what is
     stored is newer. Returns whether it was written.
 
-    Newer means: from the same run, written at a later point of its history; from another
-    run, a higher `state.version`. Within a run the history position decides, not the
-    version: a local activity writes before its workflow task commits, and when that task is
-    lost (a crashed Temporal server) the run does something else from the same point, which
-    may carry a lower version than the lost write. That later write, at the same or a later
-    position, replaces it. (The service's own writes, at a start or reopen, are position 0.)"""
+    Newer means: from the same run, at a later point of its order of changes; from another
+    run, a higher `state.version`. Within a run that position decides, not the version:
+    runs from before COMMITTED_WRITES_PATCH write from a local activity before their
+    workflow task commits, at the history length; when that task is lost (a crashed
+    Temporal server) the run does something else from the same point, which may carry a
+    lower version than the lost write. That later write, at the same or a later position,
+    replaces it. Newer runs number their committed changes 1, 2, 3, ... (The service's own
+    writes, at a start or reopen, are position 0.)"""
     values = {
         "id": state.id, "worker_id": state.worker_id, "sop_id": state.sop_id,
         "sop_title": state.sop_title, "sop_version": state.sop_version,

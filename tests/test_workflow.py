@@ -25,7 +25,7 @@ from tests.conftest import eventually, make_confirmed_sop, sop_body
 from worker import SANDBOX, build_worker
 from workflows.client import SessionWorkflows
 from workflows.messages import workflow_id_for
-from workflows.work_session import WorkSessionWorkflow
+from workflows.work_session import COMMITTED_WRITES_PATCH, WorkSessionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -155,9 +155,20 @@ async def stored_checks(db, session_id: str) -> list[tuple[str, datetime]]:
     return [(str(c.id), c.checked_at) for c in row.state.checks]
 
 
+@pytest.fixture
+async def local_persist_worker(client, db):
+    """Runs as they were started before COMMITTED_WRITES_PATCH: each change is written from
+    a local activity inside its update, before the workflow task commits. Those runs go on
+    after a deploy until they close, and only they can leave a lost task's write behind."""
+    async with build_worker(client, db, f"local-persist-{uuid.uuid4()}",
+                            without_patches=frozenset({COMMITTED_WRITES_PATCH})) as w:
+        yield w
+
+
 async def _last_check_lost(http, client, db, supervisor, worker
                            ) -> tuple[dict, Context, Actor, dict, uuid.UUID]:
-    """A 3-step session two checks in whose last check only a lost workflow task wrote."""
+    """A 3-step session (of a run from before COMMITTED_WRITES_PATCH) two checks in whose
+    last check only a lost workflow task wrote."""
     sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
     ctx = own_context(client, db, worker.task_queue)
     actor = Actor(uuid.uuid4(), Role.WORKER)
@@ -169,8 +180,9 @@ async def _last_check_lost(http, client, db, supervisor, worker
 
 
 async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copies_agree(
-        http, client, db, supervisor, worker):
-    sop, ctx, actor, view, last = await _last_check_lost(http, client, db, supervisor, worker)
+        http, client, db, supervisor, local_persist_worker):
+    sop, ctx, actor, view, last = await _last_check_lost(http, client, db, supervisor,
+                                                         local_persist_worker)
     assert (await uc.get_session(ctx, actor, uuid.UUID(view["id"])))["status"] == "completed"
     # a supervisor cannot lock it while its run is still going
     boss = Actor(uuid.uuid4(), Role.SUPERVISOR)
@@ -193,8 +205,9 @@ async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copie
 
 
 async def test_a_change_lost_with_its_workflow_task_is_replaced_by_what_the_run_did_instead(
-        http, client, db, supervisor, worker):
-    _, ctx, actor, view, lost = await _last_check_lost(http, client, db, supervisor, worker)
+        http, client, db, supervisor, local_persist_worker):
+    _, ctx, actor, view, lost = await _last_check_lost(http, client, db, supervisor,
+                                                       local_persist_worker)
 
     # the run never saw that check: the worker pauses instead, and that is what is stored
     paused = await uc.pause_session(ctx, actor, uuid.UUID(view["id"]))

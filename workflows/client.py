@@ -29,6 +29,7 @@ from domain.work_session import SessionState
 from workflows import search_attributes
 from workflows.messages import (
     SESSION_MISMATCH,
+    PersistSession,
     SessionCommand,
     SessionInput,
     SubmitCheck,
@@ -108,7 +109,7 @@ class SessionWorkflows:
             await asyncio.sleep(0.05)
         return False
 
-    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> dict[str, Any]:
+    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> PersistSession:
         # Idempotency lives in the workflow's state (it survives continue-as-new and worker
         # restarts), not in the update ID: Temporal would answer a reused update ID with the
         # first attempt's (by now stale) result, and a repeat must see the session as it is
@@ -116,9 +117,19 @@ class SessionWorkflows:
         return await self._update(worker_id, WorkSessionWorkflow.submit_check, cmd,
                                   f"check-{cmd.check_id}-{uuid4().hex[:8]}")
 
-    async def command(self, worker_id: UUID, name: str, cmd: SessionCommand) -> dict[str, Any]:
+    async def command(self, worker_id: UUID, name: str, cmd: SessionCommand) -> PersistSession:
         return await self._update(worker_id, getattr(WorkSessionWorkflow, name), cmd,
                                   f"{name}-{uuid4()}")
+
+    async def ask_to_write(self, worker_id: UUID) -> bool:
+        """Ask the worker's run to write its session to the read model itself now. Best
+        effort: a run writes an unwritten change within a minute, and a closing run always."""
+        try:
+            await self._bounded(self.client.get_workflow_handle(workflow_id_for(worker_id))
+                                .signal(WorkSessionWorkflow.write_read_model))
+        except (Unavailable, RPCError):
+            return False
+        return True
 
     async def query(self, worker_id: UUID) -> dict[str, Any]:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))

@@ -49,8 +49,15 @@ class SessionCommand(BaseModel):
 
 
 class PersistSession(BaseModel):
+    """A session state to write to the read model, and where it stands in its run. Both the
+    persist activity's input and every worker action's answer (which the API writes)."""
+
     state: SessionState
     workflow_id: str
     run_id: str
-    # The run's history length when the change was made (0 in histories from before it).
+    # Where the state's last change stands in its run (see persistence.sessions.save): the
+    # number of changes the run has made, or in runs from before COMMITTED_WRITES_PATCH the
+    # history length then (0 in histories from before that).
     run_position: int = 0
+    # The run wrote it itself before answering (runs from before COMMITTED_WRITES_PATCH).
+    written: bool = False

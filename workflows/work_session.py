@@ -1,6 +1,13 @@
-"""The session workflow: thin. It holds the WorkSession aggregate, turns worker actions
-(Workflow Updates) into aggregate method calls, and persists every change to the read model
-before the update returns, so a client reads its own writes from any endpoint."""
+"""The session workflow: thin. It holds the WorkSession aggregate and turns worker actions
+(Workflow Updates) into aggregate method calls. Each update returns the session as the change
+left it; that answer exists only once the change is in the run's history, so the API writes
+it to the read model (with the audit entry) before it answers the client. The run writes the
+session itself too, in the background, so the read model never stays behind when an API dies
+before its write: at the run's start, when the API asks, a minute after an unwritten change,
+and before the run closes.
+
+Runs started before that design persisted each change from a local activity inside the
+update (the `else` branches of COMMITTED_WRITES_PATCH); they keep doing so until they close."""
 
 from __future__ import annotations
 
@@ -32,6 +39,10 @@ T = TypeVar("T")
 PERSIST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2,
                             maximum_interval=timedelta(seconds=10))
 PERSIST_TIMEOUT = timedelta(seconds=15)
+COMMITTED_WRITES_PATCH = "api-writes-committed-changes"
+# How long the read model may lag behind the run before the run writes the session itself
+# (the API writes every change it answers; this covers an API that died before its write).
+SYNC_AFTER = timedelta(seconds=60)
 LOCAL_PERSIST_PATCH = "persist-as-local-activity-first"
 # Both local attempts together must end well before the workflow task would need a heartbeat
 # (80 % of its 10 s timeout): a local activity spanning workflow tasks inside an update
@@ -61,10 +72,20 @@ class WorkSessionWorkflow:
         self._updates_this_run = 0
         self._touched = False
         self._in_flight: dict[str, tuple[str, str]] = {}  # update id -> (name, since)
+        # Fixed for the run's life: a run that began persisting from its updates goes on so.
+        self._committed_writes = workflow.patched(COMMITTED_WRITES_PATCH)
+        # Where the state's last change stands in the run: the count of changes so far
+        # (older runs: the history length then, which their own writes use).
+        self._changed_at = 0
+        self._last_touch = workflow.now()
+        self._synced_version: int | None = None
+        self._sync_requested = True  # the first write covers an API that died after starting us
 
     @workflow.run
     async def run(self, inp: SessionInput) -> dict[str, Any]:
         self._show_progress()
+        if self._committed_writes:
+            return await self._run(inp)
         async with self._lock:
             await self._persist()  # idempotent: covers an API that died after starting us
         idle = timedelta(seconds=inp.idle_timeout_seconds)
@@ -78,16 +99,58 @@ class WorkSessionWorkflow:
         # Never return while an update is running, or its client sees "already completed".
         await workflow.wait_condition(workflow.all_handlers_finished)
         if not self._session.is_closed:
-            workflow.continue_as_new(SessionInput(
-                plan=self._session.plan, state=self._session.state,
-                idle_timeout_seconds=inp.idle_timeout_seconds,
-                escalate_after_failures=inp.escalate_after_failures,
-                continue_as_new_after_updates=inp.continue_as_new_after_updates))
+            workflow.continue_as_new(self._next_input(inp))
         return self._view()
+
+    async def _run(self, inp: SessionInput) -> dict[str, Any]:
+        writer = asyncio.create_task(self._keep_read_model())
+        idle = timedelta(seconds=inp.idle_timeout_seconds)
+        while not self._must_stop():
+            # One timer per idle period, not one per change: a change only moves the deadline.
+            due = self._last_touch + idle
+            if workflow.now() >= due:
+                await self._pause_when_idle()
+                self._last_touch = workflow.now()
+                continue
+            try:
+                await workflow.wait_condition(self._must_stop, timeout=due - workflow.now())
+            except TimeoutError:
+                pass
+        # Never return while an update is running, or its client sees "already completed".
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        del writer  # left as it is: a write it has started may finish, it is ordered
+        if not self._session.is_closed:
+            # the next run writes the session as soon as it starts
+            workflow.continue_as_new(self._next_input(inp))
+        await self._write(self._change())  # the closed session reaches the read model
+        return self._view()
+
+    async def _keep_read_model(self) -> None:
+        """Write the session from the run when asked, or once a change has gone unwritten
+        (by the run) for SYNC_AFTER."""
+        while True:
+            await workflow.wait_condition(
+                lambda: self._sync_requested or self._synced_version != self._version())
+            if not self._sync_requested:
+                try:
+                    await workflow.wait_condition(lambda: self._sync_requested,
+                                                  timeout=SYNC_AFTER)
+                except TimeoutError:
+                    pass
+            self._sync_requested = False
+            change = self._change()
+            await self._write(change)
+            self._synced_version = change.state.version
+
+    @workflow.signal
+    def write_read_model(self) -> None:
+        """The API could not write a change this run answered (its database failed): the run
+        writes the session itself now, retrying until the database takes it."""
+        self._sync_requested = True
 
     # ---- worker actions ------------------------------------------------------------------
     @workflow.update
-    async def submit_check(self, cmd: SubmitCheck) -> dict[str, Any]:
+    async def submit_check(self, cmd: SubmitCheck) -> PersistSession:
         return await self._apply(cmd, lambda s: s.add_check(
             _submission(cmd), by=cmd.actor_id, now=workflow.now(),
             escalate_after_failures=self._input.escalate_after_failures))
@@ -98,7 +161,7 @@ class WorkSessionWorkflow:
                                                  now=workflow.now()))
 
     @workflow.update
-    async def complete(self, cmd: SessionCommand) -> dict[str, Any]:
+    async def complete(self, cmd: SessionCommand) -> PersistSession:
         return await self._apply(cmd, lambda s: s.complete(workflow.now(), manual=True))
 
     @complete.validator
@@ -106,7 +169,7 @@ class WorkSessionWorkflow:
         self._dry_run(cmd, lambda s: s.complete(workflow.now(), manual=True))
 
     @workflow.update
-    async def pause(self, cmd: SessionCommand) -> dict[str, Any]:
+    async def pause(self, cmd: SessionCommand) -> PersistSession:
         return await self._apply(cmd, lambda s: s.pause(workflow.now()))
 
     @pause.validator
@@ -114,7 +177,7 @@ class WorkSessionWorkflow:
         self._dry_run(cmd, lambda s: s.pause(workflow.now()))
 
     @workflow.update
-    async def resume(self, cmd: SessionCommand) -> dict[str, Any]:
+    async def resume(self, cmd: SessionCommand) -> PersistSession:
         return await self._apply(cmd, lambda s: s.resume(workflow.now()))
 
     @resume.validator
@@ -122,7 +185,7 @@ class WorkSessionWorkflow:
         self._dry_run(cmd, lambda s: s.resume(workflow.now()))
 
     @workflow.update
-    async def cancel(self, cmd: SessionCommand) -> dict[str, Any]:
+    async def cancel(self, cmd: SessionCommand) -> PersistSession:
         return await self._apply(cmd, lambda s: s.cancel(cmd.reason or "", workflow.now()))
 
     @cancel.validator
@@ -140,6 +203,12 @@ class WorkSessionWorkflow:
                 for i, (name, since) in self._in_flight.items()]
 
     # ---- machinery -----------------------------------------------------------------------
+    def _next_input(self, inp: SessionInput) -> SessionInput:
+        return SessionInput(plan=self._session.plan, state=self._session.state,
+                            idle_timeout_seconds=inp.idle_timeout_seconds,
+                            escalate_after_failures=inp.escalate_after_failures,
+                            continue_as_new_after_updates=inp.continue_as_new_after_updates)
+
     def _dry_run(self, cmd: SubmitCheck | SessionCommand,
                   action: Callable[[WorkSession], Any]) -> None:
         """Validators reject wrong-state and wrong-step requests before they enter history."""
@@ -153,7 +222,7 @@ class WorkSessionWorkflow:
                                    non_retryable=True)
 
     async def _apply(self, cmd: SubmitCheck | SessionCommand,
-                     action: Callable[[WorkSession], Any]) -> dict[str, Any]:
+                     action: Callable[[WorkSession], Any]) -> PersistSession:
         self._ensure_same_session(cmd)
         update = workflow.current_update_info()
         if update is not None:  # for ops: which updates are waiting, and since when
@@ -164,25 +233,52 @@ class WorkSessionWorkflow:
             if update is not None:
                 self._in_flight.pop(update.id, None)
 
-    async def _apply_locked(self, action: Callable[[WorkSession], Any]) -> dict[str, Any]:
+    async def _apply_locked(self, action: Callable[[WorkSession], Any]) -> PersistSession:
         async with self._lock:  # state may have moved on while this update waited
-            version = self._session.state.version
+            version = self._version()
             domain_rule(lambda: action(self._session))
             self._updates_this_run += 1
             self._touched = True
-            if self._session.state.version != version:
-                self._show_progress()
-                await self._persist()
-            return self._view()
+            self._last_touch = workflow.now()
+            if self._version() != version:
+                await self._changed()
+            # The answer is sent once the workflow task holding the change is recorded: the
+            # API writes only what the run has committed.
+            return self._change()
 
     async def _pause_when_idle(self) -> None:
         async with self._lock:
             if self._session.state.status is SessionStatus.IN_PROGRESS:
                 self._session.pause(workflow.now(), reason="idle")
-                self._show_progress()
-                await self._persist()
+                self._sync_requested = True  # no API writes what the run did by itself
+                await self._changed()
+
+    async def _changed(self) -> None:
+        self._show_progress()
+        if self._committed_writes:
+            self._changed_at += 1
+        else:
+            self._changed_at = workflow.info().get_current_history_length()
+            await self._persist()
+
+    def _version(self) -> int:
+        return self._session.state.version
+
+    def _change(self) -> PersistSession:
+        info = workflow.info()
+        return PersistSession(state=self._session.state, workflow_id=info.workflow_id,
+                              run_id=info.run_id, run_position=self._changed_at,
+                              written=not self._committed_writes)
+
+    async def _write(self, change: PersistSession) -> None:
+        """A regular activity: it runs only once the workflow task that scheduled it is
+        recorded, so it never writes a change the run might lose."""
+        await workflow.execute_activity(PERSIST_ACTIVITY, change,
+                                        start_to_close_timeout=PERSIST_TIMEOUT,
+                                        retry_policy=PERSIST_RETRY)
 
     async def _persist(self) -> None:
+        """Runs from before COMMITTED_WRITES_PATCH: write the change from inside the update."""
         info = workflow.info()
         req = PersistSession(state=self._session.state, workflow_id=info.workflow_id,
                              run_id=info.run_id,
@@ -201,9 +297,7 @@ class WorkSessionWorkflow:
                 # and as TimeoutError when an attempt timed out, live and on replay alike:
                 # catch them all, or a replay would not reach the fallback below.
                 pass
-        await workflow.execute_activity(PERSIST_ACTIVITY, req,
-                                        start_to_close_timeout=PERSIST_TIMEOUT,
-                                        retry_policy=PERSIST_RETRY)
+        await self._write(req)
 
     def _must_stop(self) -> bool:
         return (self._session.is_closed

@@ -94,6 +94,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
             temporal_cli(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"),
             "--ip", HOST, "--port", str(temporal_port), "--ui-port", str(ui_port),
             "--log-level", "warn", "--ui-disable-news-fetch",
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True, preexec_fn=_die_with_parent)
     db: Database | None = None
