@@ -3,6 +3,7 @@ hash = sha256(prev_hash + canonical JSON of the entry without its hash)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -11,7 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.tables import audit_chain, audit_log
@@ -55,40 +58,42 @@ def _body(seq: int, id_: UUID, at: datetime, e: Mapping[str, Any], prev_hash: st
 async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
                  dedup_key: str | None = None) -> bool:
     """Append one entry to the chain. With a `dedup_key` already in the log, append nothing
-    (returns False): the head row's lock makes that look-up race-free."""
-    if dedup_key is not None and await _has(conn, dedup_key):
-        return False  # cheap path for a resend: no need to take the chain head
-    head = (await conn.execute(
-        update(audit_chain).where(audit_chain.c.id == 1)
-        .values(last_seq=audit_chain.c.last_seq + 1)
-        .returning(audit_chain.c.last_seq, audit_chain.c.last_hash))).first()
+    (returns False). The chain head is held from the first statement (PostgreSQL's row lock;
+    SQLite's write transaction, BEGIN IMMEDIATE, holds the only write lock), so appends are
+    serial and the dedup look-up, the unique index itself, is race-free. Three statements,
+    built once: this runs on every accepted change."""
+    conn_sqlite = conn.dialect.name == "sqlite"
+    head = (await conn.execute(_HEAD if conn_sqlite else _HEAD_FOR_UPDATE)).first()
     if head is None:
         raise RuntimeError("audit chain head is missing: run `worksession migrate`")
-    seq, prev = head.last_seq, head.last_hash
-    # Again, now race-free. (SQLite's write transaction, BEGIN IMMEDIATE, held the only
-    # write lock from its start, so there the first look-up already was.)
-    if dedup_key is not None and conn.dialect.name != "sqlite" and await _has(conn, dedup_key):
-        await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
-                           .values(last_seq=audit_chain.c.last_seq - 1))
-        return False
+    seq, prev = head.last_seq + 1, head.last_hash
     id_ = uuid4()
     now = now.astimezone(UTC)  # stored and read back as UTC: hash what will be read
     body = _body(seq, id_, now, {**asdict(entry), "dedup_key": dedup_key}, prev)
     digest = entry_hash(prev, body)
-    await conn.execute(audit_log.insert(), dict(
-        seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
-        action=entry.action, session_id=entry.session_id, outcome=entry.outcome,
-        detail=entry.detail, request_id=entry.request_id, dedup_key=dedup_key,
-        prev_hash=prev, hash=digest))
-    await conn.execute(update(audit_chain).where(audit_chain.c.id == 1)
-                       .values(last_hash=digest))
+    row = dict(seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
+               action=entry.action, session_id=entry.session_id, outcome=entry.outcome,
+               detail=entry.detail, request_id=entry.request_id, dedup_key=dedup_key,
+               prev_hash=prev, hash=digest)
+    if dedup_key is None:
+        await conn.execute(_INSERT, row)
+    elif (await conn.execute(_insert_once(conn_sqlite), row)).rowcount == 0:
+        return False  # already in the log: the head stays as it was
+    await conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
     return True
 
 
-async def _has(conn: AsyncConnection, dedup_key: str) -> bool:
-    row = (await conn.execute(select(audit_log.c.seq)
-                              .where(audit_log.c.dedup_key == dedup_key))).first()
-    return row is not None
+_HEAD = select(audit_chain.c.last_seq, audit_chain.c.last_hash).where(audit_chain.c.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_INSERT = audit_log.insert()
+_MOVE_HEAD = (update(audit_chain).where(audit_chain.c.id == 1)
+              .values(last_seq=bindparam("seq"), last_hash=bindparam("hash")))
+
+
+@functools.cache
+def _insert_once(is_sqlite: bool) -> Any:
+    stmt = (sqlite_insert if is_sqlite else pg_insert)(audit_log)
+    return stmt.on_conflict_do_nothing(index_elements=[audit_log.c.dedup_key])
 
 
 async def list_page(conn: AsyncConnection, session_id: UUID | None, limit: int,

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from domain.errors import Unavailable
@@ -77,10 +76,6 @@ class Database:
             if e.connection_invalidated:
                 raise Unavailable("database connection lost") from e
             raise
-
-    def insert(self, table: Any) -> Any:
-        """A dialect insert that supports on_conflict_do_nothing / on_conflict_do_update."""
-        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
 
     async def ping(self) -> None:
         async with self.read() as conn:

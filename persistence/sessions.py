@@ -4,11 +4,15 @@ newer state. Approval and the lock live here only (the workflow never writes the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.sop import CheckResult
@@ -62,44 +66,59 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
         "locked": state.locked, "approved_by": state.approved_by,
         "approved_at": state.approved_at,
     }
-    # Statements carry no literal values (rows go as parameters), so SQLAlchemy compiles
-    # each once and reuses it from its cache: this runs on every change of every session.
-    stmt = db.insert(work_sessions)
-    # The workflow never knows about approval: the lock is owned by this table.
-    updatable = {k: stmt.excluded[k] for k in values
-                 if k not in ("id", "locked", "approved_by", "approved_at")}
-    stored, new = work_sessions.c, stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[stored.id], set_=updatable,
-        where=or_(and_(stored.run_id == new.run_id, stored.run_position <= new.run_position),
-                  and_(stored.run_id.is_distinct_from(new.run_id),
-                       stored.version <= new.version)))
-    written = (await conn.execute(stmt, values)).rowcount > 0
+    written = (await conn.execute(_session_upsert(db.is_sqlite), values)).rowcount > 0
     if written:
         await _save_checks(db, conn, state)
     return written
 
 
+# Statements are built once per dialect and carry no literal values (rows go as parameters):
+# SQLAlchemy then finds their compiled form by a cache key computed once, not per call. They
+# run on every change of every session.
+@functools.cache
+def _session_upsert(is_sqlite: bool) -> Any:
+    stmt = _insert(is_sqlite, work_sessions)
+    # The workflow never knows about approval: the lock is owned by this table.
+    updatable = {k: stmt.excluded[k] for k in work_sessions.c.keys()
+                 if k not in ("id", "locked", "approved_by", "approved_at")}
+    stored, new = work_sessions.c, stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[stored.id], set_=updatable,
+        where=or_(and_(stored.run_id == new.run_id, stored.run_position <= new.run_position),
+                  and_(stored.run_id.is_distinct_from(new.run_id),
+                       stored.version <= new.version)))
+
+
+@functools.cache
+def _checks_upsert(is_sqlite: bool) -> Any:
+    c = session_checks.c
+    stmt = _insert(is_sqlite, session_checks)
+    fields = [k for k in c.keys() if k not in ("session_id", "id")]
+    return stmt.on_conflict_do_update(
+        index_elements=[c.session_id, c.id], set_={f: stmt.excluded[f] for f in fields},
+        where=or_(*(c[f].is_distinct_from(stmt.excluded[f]) for f in fields)))
+
+
+_OTHER_CHECKS = delete(session_checks).where(
+    session_checks.c.session_id == bindparam("session_id"),
+    session_checks.c.id.not_in(bindparam("ids", expanding=True)))
+
+
+def _insert(is_sqlite: bool, table: Any) -> Any:
+    """A dialect insert that supports on_conflict_do_update."""
+    return (sqlite_insert if is_sqlite else pg_insert)(table)
 async def _save_checks(db: Database, conn: AsyncConnection, state: SessionState) -> None:
     """Make the stored checks exactly the state's: add new ones, correct any that differ,
     and drop any the state does not have (left by a write of a lost workflow task)."""
-    c = session_checks.c
     ids = [check.id for check in state.checks]
-    await conn.execute(delete(session_checks).where(
-        c.session_id == state.id, c.id.not_in(bindparam("ids", expanding=True))),
-        {"ids": ids})
+    await conn.execute(_OTHER_CHECKS, {"session_id": state.id, "ids": ids})
     if not ids:
         return
     rows = [{"session_id": state.id, "id": k.id, "seq": i, "step_id": k.step_id,
              "result": k.result.value, "value": k.value, "notes": k.notes,
              "evidence_uri": k.evidence_uri, "checked_at": k.checked_at,
              "checked_by": k.checked_by} for i, k in enumerate(state.checks)]
-    stmt = db.insert(session_checks)
-    fields = [name for name in rows[0] if name not in ("session_id", "id")]
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[c.session_id, c.id], set_={f: stmt.excluded[f] for f in fields},
-        where=or_(*(c[f].is_distinct_from(stmt.excluded[f]) for f in fields)))
-    await conn.execute(stmt, rows)
+    await conn.execute(_checks_upsert(db.is_sqlite), rows)
 
 
 def _state(row: dict, checks: list[Check]) -> SessionState:

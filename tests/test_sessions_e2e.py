@@ -364,6 +364,18 @@ async def test_supervisor_finds_running_sessions_by_search_attributes(
     assert details.splitlines()[0] == "Step 2 of 3: Step 2"
     assert confirmed_sop["title"] in details and str(worker_user.id) in details
 
+    # failed checks leave the step where it is; the third one raises NeedsAttention (the
+    # run upserts only the attributes that change)
+    fail = {"value": 9.0} if s["current_step"]["check"]["kind"] == "measurement" \
+        else {"result": "failed"}
+    for _ in range(3):
+        r = await check(http, worker_user, s["id"], s["current_step_id"], **fail)
+        assert r.status_code == 200, r.text
+    assert r.json()["needs_attention"] is True
+    await eventually(lambda: _attr(client, s["workflow_id"], sa.NEEDS_ATTENTION, True))
+    assert await _attr(client, s["workflow_id"], sa.CURRENT_STEP_ID, s["current_step_id"])
+    assert await _attr(client, s["workflow_id"], sa.SESSION_STATUS, "in_progress")
+
     r = await http.post(f"/api/v1/sessions/{s['id']}/complete", headers=worker_user.h)
     assert r.status_code == 200
     done = await eventually(lambda: _closed_with(client, s["workflow_id"], "completed"))

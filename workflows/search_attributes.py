@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -34,10 +36,14 @@ def initial(state: SessionState) -> TypedSearchAttributes:
     return TypedSearchAttributes(pairs)
 
 
-def changes(state: SessionState) -> list[SearchAttributeUpdate]:
-    return [
-        SESSION_STATUS.value_set(state.status.value),
-        CURRENT_STEP_ID.value_unset() if state.current_step_id is None
-        else CURRENT_STEP_ID.value_set(str(state.current_step_id)),
-        NEEDS_ATTENTION.value_set(state.needs_attention),
+def changes(state: SessionState, current: TypedSearchAttributes | None = None
+            ) -> list[SearchAttributeUpdate]:
+    """The session's changing attributes; with `current`, only those that differ from it
+    (each upsert is an event in the history and a write to the server's visibility store)."""
+    wanted: list[tuple[SearchAttributeKey[Any], Any]] = [
+        (SESSION_STATUS, state.status.value),
+        (CURRENT_STEP_ID, None if state.current_step_id is None else str(state.current_step_id)),
+        (NEEDS_ATTENTION, state.needs_attention),
     ]
+    return [key.value_unset() if value is None else key.value_set(value)
+            for key, value in wanted if current is None or current.get(key) != value]

@@ -306,7 +306,10 @@ class WorkSessionWorkflow:
 
     def _show_progress(self) -> None:
         state, plan = self._session.state, self._session.plan
-        workflow.upsert_search_attributes(search_attributes.changes(state))
+        if not self._committed_writes:
+            workflow.upsert_search_attributes(search_attributes.changes(state))
+        elif updates := search_attributes.changes(state, workflow.info().typed_search_attributes):
+            workflow.upsert_search_attributes(updates)
         if state.current_step_id is None:
             details = f"{state.status.value.replace('_', ' ').capitalize()}: {plan.sop_title}"
         else:
