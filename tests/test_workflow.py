@@ -103,6 +103,40 @@ async def test_continue_as_new_keeps_checks_and_idempotency(http, client, db, su
     assert desc.run_id != first_run
 
 
+async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model(
+        http, client, db, supervisor, worker):
+    """The API writes each change it answers; one that died between the update and its
+    write (or lost its database) leaves that to the run, which writes the session itself
+    once a change has gone unwritten for `write_behind`."""
+    from workflows.messages import SessionCommand, SubmitCheck
+
+    sop = await make_confirmed_sop(http, supervisor, sop_body((3,), measurement_at=None))
+    ctx = own_context(client, db, worker.task_queue, write_behind=timedelta(seconds=1))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    sid = uuid.UUID(view["id"])
+    cid = uuid.uuid4()
+    # the update alone, as an API that dies before its write leaves it
+    change = await ctx.workflows.submit_check(actor.id, SubmitCheck(
+        actor_id=actor.id, session_id=sid, check_id=cid,
+        step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.PASSED))
+    assert [c.id for c in change.state.checks] == [cid]
+
+    async def written():
+        return await stored_check_ids(db, view["id"]) == [str(cid)] or None
+
+    await eventually(written, within=10)
+    # a closing run writes the closed session before it ends, whatever the API did
+    done = await ctx.workflows.command(actor.id, "complete",
+                                       SessionCommand(actor_id=actor.id, session_id=sid))
+    assert done.state.status.value == "completed"
+    await asyncio.wait_for(client.get_workflow_handle(workflow_id_for(actor.id)).result(), 10)
+    async with db.read() as conn:
+        row = await repo.get(conn, sid)
+    assert row.state.status.value == "completed" and row.state.version == done.state.version
+    assert [c.id for c in row.state.checks] == [cid]
+
+
 async def test_concurrent_resends_of_one_check_across_a_worker_restart_apply_once(
         http, client, db, supervisor):
     sop = await make_confirmed_sop(http, supervisor)

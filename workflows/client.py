@@ -53,8 +53,10 @@ class WorkflowRunning(Exception):
 class SessionWorkflows:
     def __init__(self, client: Client, task_queue: str, timeout: float,
                  idle_timeout: timedelta, escalate_after_failures: int,
-                 continue_as_new_after_updates: int = 1000) -> None:
+                 continue_as_new_after_updates: int = 1000,
+                 write_behind: timedelta = timedelta(seconds=60)) -> None:
         self.client = client
+        self.write_behind = write_behind
         self.continue_as_new_after_updates = continue_as_new_after_updates
         self.task_queue = task_queue
         self.timeout = timeout
@@ -67,7 +69,8 @@ class SessionWorkflows:
         inp = SessionInput(plan=plan, state=state,
                            idle_timeout_seconds=self.idle_timeout.total_seconds(),
                            escalate_after_failures=self.escalate_after_failures,
-                           continue_as_new_after_updates=self.continue_as_new_after_updates)
+                           continue_as_new_after_updates=self.continue_as_new_after_updates,
+                           write_behind_seconds=self.write_behind.total_seconds())
         try:
             handle = await self._bounded(self.client.start_workflow(
                 WorkSessionWorkflow.run, inp, id=workflow_id_for(state.worker_id),

@@ -29,6 +29,9 @@ class SessionInput(BaseModel):
     escalate_after_failures: int = 3
     # Temporal caps one run at 2,000 updates; roll over well before that.
     continue_as_new_after_updates: int = 1000
+    # How long a change may go unwritten by the run itself (the API writes each one it
+    # answers; this bounds the lag when an API died before its write).
+    write_behind_seconds: float = 60.0
 
 
 class SubmitCheck(BaseModel):

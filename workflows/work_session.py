@@ -40,9 +40,6 @@ PERSIST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backof
                             maximum_interval=timedelta(seconds=10))
 PERSIST_TIMEOUT = timedelta(seconds=15)
 COMMITTED_WRITES_PATCH = "api-writes-committed-changes"
-# How long the read model may lag behind the run before the run writes the session itself
-# (the API writes every change it answers; this covers an API that died before its write).
-SYNC_AFTER = timedelta(seconds=60)
 LOCAL_PERSIST_PATCH = "persist-as-local-activity-first"
 # Both local attempts together must end well before the workflow task would need a heartbeat
 # (80 % of its 10 s timeout): a local activity spanning workflow tasks inside an update
@@ -127,20 +124,22 @@ class WorkSessionWorkflow:
 
     async def _keep_read_model(self) -> None:
         """Write the session from the run when asked, or once a change has gone unwritten
-        (by the run) for SYNC_AFTER."""
+        (by the run) for `write_behind_seconds` (the API writes every change it answers;
+        this covers an API that died before its write)."""
         while True:
             await workflow.wait_condition(
                 lambda: self._sync_requested or self._synced_version != self._version())
             if not self._sync_requested:
                 try:
-                    await workflow.wait_condition(lambda: self._sync_requested,
-                                                  timeout=SYNC_AFTER)
+                    await workflow.wait_condition(
+                        lambda: self._sync_requested,
+                        timeout=timedelta(seconds=self._input.write_behind_seconds))
                 except TimeoutError:
                     pass
             self._sync_requested = False
-            change = self._change()
-            await self._write(change)
-            self._synced_version = change.state.version
+            written = self._version()  # the change holds the live state, which moves on
+            await self._write(self._change())
+            self._synced_version = written
 
     @workflow.signal
     def write_read_model(self) -> None:
@@ -204,10 +203,7 @@ class WorkSessionWorkflow:
 
     # ---- machinery -----------------------------------------------------------------------
     def _next_input(self, inp: SessionInput) -> SessionInput:
-        return SessionInput(plan=self._session.plan, state=self._session.state,
-                            idle_timeout_seconds=inp.idle_timeout_seconds,
-                            escalate_after_failures=inp.escalate_after_failures,
-                            continue_as_new_after_updates=inp.continue_as_new_after_updates)
+        return inp.model_copy(update={"plan": self._session.plan, "state": self._session.state})
 
     def _dry_run(self, cmd: SubmitCheck | SessionCommand,
                   action: Callable[[WorkSession], Any]) -> None:
