@@ -789,25 +789,29 @@ async def test_health_endpoints_ignore_a_bad_token(http):
     assert (await http.get("/readyz", headers=headers)).status_code == 200
 
 
-async def test_a_request_past_its_deadline_is_answered_503_at_once_however_long_it_unwinds(
+async def test_a_request_past_its_deadline_is_answered_503_at_once_and_its_work_finishes(
         http, app, supervisor, monkeypatch):
-    """The bound holds even when the cancelled work takes long to unwind (SQLite: a rollback
-    queued behind a lock wait that cancellation cannot cut short)."""
+    """The bound holds however long the work takes, and the work is not cancelled: it ends
+    in the background (a cancellation in the middle of a database statement would leave a
+    connection holding its transaction)."""
     import asyncio
     import time
 
     from application import sessions as uc
 
-    unwound = asyncio.Event()
+    finished = asyncio.Event()
+    cancelled = []
 
-    async def stuck(*_: Any, **__: Any) -> Any:
+    async def slow(*_: Any, **__: Any) -> Any:
         try:
-            await asyncio.sleep(30)
-        finally:
-            await asyncio.shield(asyncio.sleep(2))  # the slow unwind
-            unwound.set()
+            await asyncio.sleep(2)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        finished.set()
+        return [], 0
 
-    monkeypatch.setattr(uc, "list_sessions", stuck)
+    monkeypatch.setattr(uc, "list_sessions", slow)
     monkeypatch.setattr(app.state, "request_deadline", 0.3)
     t0 = time.monotonic()
     r = await http.get("/api/v1/sessions", headers=supervisor.h)
@@ -815,4 +819,5 @@ async def test_a_request_past_its_deadline_is_answered_503_at_once_however_long_
     assert r.status_code == 503, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert took < 1.5, took
-    await asyncio.wait_for(unwound.wait(), 5)  # and the work did unwind, in the background
+    await asyncio.wait_for(finished.wait(), 5)  # the work went on to its end
+    assert cancelled == []

@@ -5,6 +5,7 @@ stuck` with its reason), the client gets a bounded 503-class answer, and after t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -185,3 +186,47 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
     async with db.read() as conn:
         assert len((await repo.get(conn, sid)).state.checks) == 2
     await uc.cancel_session(ctx, actor, sid, "test over")
+
+
+async def test_a_write_cancelled_midway_never_leaves_the_database_locked(database_url, db,
+                                                                         http, supervisor):
+    """A worker shutting down (or an activity timing out) cancels the run's write wherever
+    it is. On SQLite a cancellation in the middle of a statement used to leave the
+    connection out of the pool still holding the write lock: every later write waited out
+    the busy timeout. The write now runs to its end; what comes after it is not blocked."""
+    import random
+
+    from activities.session_store import SessionStore
+    from domain.work_session import WorkSession
+    from persistence import sops
+    from workflows.messages import PersistSession
+
+    sop = await make_confirmed_sop(http, supervisor)
+    async with db.read() as conn:
+        plan = (await sops.get(conn, uuid.UUID(sop["id"]))).plan()
+    quick = Database(database_url, lock_timeout_ms=500)
+    store = SessionStore(quick)
+    rng = random.Random(7)
+    try:
+        for i in range(150):
+            session = WorkSession.start(uuid.uuid4(), uuid.uuid4(), plan, datetime.now(UTC))
+            req = PersistSession(state=session.state, workflow_id=f"wf-{i}", run_id="r",
+                                 run_position=1)
+            write = asyncio.create_task(store.persist_session(req))
+            await asyncio.sleep(rng.random() * 0.005)
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+            async with quick.write() as conn:  # raises Unavailable if still locked
+                await conn.exec_driver_sql("UPDATE audit_chain SET id = id WHERE id = 1")
+            # and the cancelled write was not lost half-way: all of it or nothing
+            async with quick.read() as conn:
+                row = await repo.get(conn, session.state.id)
+            assert row is None or row.state.id == session.state.id
+        # the cancelled writes went on to their end
+        async def all_written():
+            async with quick.read() as conn:
+                return await repo.get(conn, session.state.id)
+        assert await eventually(all_written, within=5)
+    finally:
+        await quick.dispose()
