@@ -34,7 +34,7 @@ from persistence.migrate import upgrade_async
 from worksession.binaries import temporal_cli
 from worksession.devproc import free_port
 from worksession.settings import Settings
-from worksession.temporal import connect, register_search_attributes
+from worksession.temporal import DEV_SERVER_STORE_FLAGS, connect, register_search_attributes
 from worksession.tokens import mint
 
 HOST = "127.0.0.1"
@@ -290,7 +290,7 @@ class Stack:
                 "--db-filename", str(self.dir / "temporal.db"),
                 "--ip", HOST, "--port", str(self.temporal_port), "--headless",
                 "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-                "--log-level", "warn"]
+                "--log-level", "warn", *DEV_SERVER_STORE_FLAGS]
 
     async def start_temporal(self) -> None:
         self.temporal = Proc("temporal", self._temporal_argv(), self.env,

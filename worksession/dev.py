@@ -22,7 +22,12 @@ from persistence.migrate import upgrade_async
 from worker import build_worker
 from worksession.binaries import temporal_cli
 from worksession.settings import Settings
-from worksession.temporal import connect, register_search_attributes, worker_polls
+from worksession.temporal import (
+    DEV_SERVER_STORE_FLAGS,
+    connect,
+    register_search_attributes,
+    worker_polls,
+)
 from worksession.tokens import load_or_create_dev_secret, mint
 
 HOST = "127.0.0.1"
@@ -93,8 +98,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
         proc = await asyncio.create_subprocess_exec(
             temporal_cli(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"),
             "--ip", HOST, "--port", str(temporal_port), "--ui-port", str(ui_port),
-            "--log-level", "warn", "--ui-disable-news-fetch",
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--log-level", "warn", "--ui-disable-news-fetch", *DEV_SERVER_STORE_FLAGS,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True, preexec_fn=_die_with_parent)
     db: Database | None = None

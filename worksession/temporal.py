@@ -28,6 +28,15 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
                                 data_converter=pydantic_data_converter, lazy=lazy)
 
 
+# The dev server's SQLite store in WAL mode: each commit appends to the log instead of
+# rewriting pages and syncing them (measured, one check at a time: 57 -> 45 ms through the
+# API, and the raw floor faster alike). synchronous=NORMAL, as for the service's own SQLite:
+# a commit survives the process being killed (the fault tests SIGKILL it), not a power cut.
+# Production runs a Temporal cluster with its own database.
+DEV_SERVER_STORE_FLAGS = ["--sqlite-pragma", "journal_mode=wal",
+                          "--sqlite-pragma", "synchronous=normal"]
+
+
 def dev_server_flags() -> list[str]:
     """`--search-attribute` flags for `temporal server start-dev`."""
     return [f"--search-attribute={k.name}={k.indexed_value_type.name.capitalize()}"
