@@ -14,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from domain.errors import Unavailable
 
 LOCK_TIMEOUT_MS = 10_000
+# PostgreSQL errors that say "not now" rather than "wrong": a lock or statement timeout, a
+# serialization failure, a deadlock. Asyncpg reports them as plain DBAPIErrors.
+TRANSIENT_SQLSTATES = {"55P03", "57014", "40001", "40P01"}
 
 
 class Database:
@@ -75,6 +78,8 @@ class Database:
         except exc.DBAPIError as e:
             if e.connection_invalidated:
                 raise Unavailable("database connection lost") from e
+            if getattr(e.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+                raise Unavailable(f"database busy: {type(e.orig).__name__}") from e
             raise
 
     async def ping(self) -> None:
