@@ -13,10 +13,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import and_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence.db import dialect_insert
 from persistence.tables import audit_chain, audit_log
 
 GENESIS = "0" * 64
@@ -92,7 +91,7 @@ _MOVE_HEAD = (update(audit_chain).where(audit_chain.c.id == 1)
 
 @functools.cache
 def _insert_once(is_sqlite: bool) -> Any:
-    stmt = (sqlite_insert if is_sqlite else pg_insert)(audit_log)
+    stmt = dialect_insert(is_sqlite, audit_log)
     return stmt.on_conflict_do_nothing(index_elements=[audit_log.c.dedup_key])
 
 

@@ -11,13 +11,11 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.sop import CheckResult
 from domain.work_session import ACTIVE_STATUSES, Check, SessionState, SessionStatus
-from persistence.db import Database
+from persistence.db import Database, dialect_insert
 from persistence.tables import session_checks, work_sessions
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
@@ -77,7 +75,7 @@ async def save(db: Database, conn: AsyncConnection, state: SessionState, workflo
 # run on every change of every session.
 @functools.cache
 def _session_upsert(is_sqlite: bool) -> Any:
-    stmt = _insert(is_sqlite, work_sessions)
+    stmt = dialect_insert(is_sqlite, work_sessions)
     # The workflow never knows about approval: the lock is owned by this table.
     updatable = {k: stmt.excluded[k] for k in work_sessions.c.keys()
                  if k not in ("id", "locked", "approved_by", "approved_at")}
@@ -92,7 +90,7 @@ def _session_upsert(is_sqlite: bool) -> Any:
 @functools.cache
 def _checks_upsert(is_sqlite: bool) -> Any:
     c = session_checks.c
-    stmt = _insert(is_sqlite, session_checks)
+    stmt = dialect_insert(is_sqlite, session_checks)
     fields = [k for k in c.keys() if k not in ("session_id", "id")]
     return stmt.on_conflict_do_update(
         index_elements=[c.session_id, c.id], set_={f: stmt.excluded[f] for f in fields},
@@ -104,9 +102,6 @@ _OTHER_CHECKS = delete(session_checks).where(
     session_checks.c.id.not_in(bindparam("ids", expanding=True)))
 
 
-def _insert(is_sqlite: bool, table: Any) -> Any:
-    """A dialect insert that supports on_conflict_do_update."""
-    return (sqlite_insert if is_sqlite else pg_insert)(table)
 async def _save_checks(db: Database, conn: AsyncConnection, state: SessionState) -> None:
     """Make the stored checks exactly the state's: add new ones, correct any that differ,
     and drop any the state does not have (left by a write of a lost workflow task)."""

@@ -54,7 +54,7 @@ class SessionWorkflows:
     def __init__(self, client: Client, task_queue: str, timeout: float,
                  idle_timeout: timedelta, escalate_after_failures: int,
                  continue_as_new_after_updates: int = 1000,
-                 write_behind: timedelta = timedelta(seconds=60)) -> None:
+                 write_behind: timedelta = timedelta(minutes=10)) -> None:
         self.client = client
         self.write_behind = write_behind
         self.continue_as_new_after_updates = continue_as_new_after_updates
@@ -126,7 +126,7 @@ class SessionWorkflows:
 
     async def ask_to_write(self, worker_id: UUID) -> bool:
         """Ask the worker's run to write its session to the read model itself now. Best
-        effort: a run writes an unwritten change within a minute, and a closing run always."""
+        effort: a run writes an unwritten change within `write_behind`, and when it closes."""
         try:
             await self._bounded(self.client.get_workflow_handle(workflow_id_for(worker_id))
                                 .signal(WorkSessionWorkflow.write_read_model))

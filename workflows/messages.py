@@ -30,8 +30,10 @@ class SessionInput(BaseModel):
     # Temporal caps one run at 2,000 updates; roll over well before that.
     continue_as_new_after_updates: int = 1000
     # How long a change may go unwritten by the run itself (the API writes each one it
-    # answers; this bounds the lag when an API died before its write).
-    write_behind_seconds: float = 60.0
+    # answers, and a device resends what got no 200; this bounds the lag when an API died
+    # before its write and the device never resent). Each expiry costs a workflow task and an
+    # activity: at one minute, every check of a session worked at field pace had one.
+    write_behind_seconds: float = 600.0
 
 
 class SubmitCheck(BaseModel):

@@ -3,7 +3,7 @@
 left it; that answer exists only once the change is in the run's history, so the API writes
 it to the read model (with the audit entry) before it answers the client. The run writes the
 session itself too, in the background, so the read model never stays behind when an API dies
-before its write: at the run's start, when the API asks, a minute after an unwritten change,
+before its write: at the run's start, when the API asks, a while after an unwritten change,
 and before the run closes.
 
 Runs started before that design persisted each change from a local activity inside the
@@ -77,6 +77,7 @@ class WorkSessionWorkflow:
         self._last_touch = workflow.now()
         self._synced_version: int | None = None
         self._sync_requested = True  # the first write covers an API that died after starting us
+        self._writer: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, inp: SessionInput) -> dict[str, Any]:
@@ -100,7 +101,9 @@ class WorkSessionWorkflow:
         return self._view()
 
     async def _run(self, inp: SessionInput) -> dict[str, Any]:
-        writer = asyncio.create_task(self._keep_read_model())
+        # Held by the workflow (a task nobody references may be collected); never awaited:
+        # a write it has started when the run ends may finish or not, writes are ordered.
+        self._writer = asyncio.create_task(self._keep_read_model())
         idle = timedelta(seconds=inp.idle_timeout_seconds)
         while not self._must_stop():
             # One timer per idle period, not one per change: a change only moves the deadline.
@@ -115,7 +118,6 @@ class WorkSessionWorkflow:
                 pass
         # Never return while an update is running, or its client sees "already completed".
         await workflow.wait_condition(workflow.all_handlers_finished)
-        del writer  # left as it is: a write it has started may finish, it is ordered
         if not self._session.is_closed:
             # the next run writes the session as soon as it starts
             workflow.continue_as_new(self._next_input(inp))

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
     workflow_cache_size: int = Field(
-        default=800, ge=1,
+        default=600, ge=1,
         description="session runs a worker keeps in memory; one not kept replays its history "
                     "on its next request (see docs/operations.md)")
     log_level: str = "info"
