@@ -70,6 +70,20 @@ class Stats:
         return out
 
 
+async def _send(stats: Stats, endpoint: str, scheduled: float, request: Any,
+                ok_404: bool = False) -> httpx.Response | None:
+    """One request, timed from its scheduled moment; a transport error (a connection the
+    overloaded server closed, a timeout) is counted under its name, never raised."""
+    try:
+        r = await request
+    except httpx.HTTPError as e:
+        stats.add(endpoint, (time.perf_counter() - scheduled) * 1000, type(e).__name__)
+        return None
+    status = 200 if ok_404 and r.status_code == 404 else r.status_code
+    stats.add(endpoint, (time.perf_counter() - scheduled) * 1000, status)
+    return r
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
@@ -113,10 +127,9 @@ class ApiLoad:
             await asyncio.gather(*(one() for _ in range(min(20, n - i))))
 
     async def _start(self, w: FieldWorker, stats: Stats, scheduled: float) -> None:
-        r = await self.http.post("/api/v1/sessions", json={"sop_id": self.sop_id},
-                                 headers=w.headers)
-        stats.add("POST /sessions", (time.perf_counter() - scheduled) * 1000, r.status_code)
-        w.session = r.json() if r.status_code == 201 else None
+        r = await _send(stats, "POST /sessions", scheduled, self.http.post(
+            "/api/v1/sessions", json={"sop_id": self.sop_id}, headers=w.headers))
+        w.session = r.json() if r is not None and r.status_code == 201 else None
         if w.session:
             self.sessions.add(w.session["id"])
 
@@ -129,10 +142,8 @@ class ApiLoad:
                     return
             s = w.session
             if rng.random() < 0.03:  # a worker finishing by hand now and then
-                r = await self.http.post(f"/api/v1/sessions/{s['id']}/complete",
-                                         headers=w.headers)
-                stats.add("POST /sessions/{id}/complete",
-                          (time.perf_counter() - scheduled) * 1000, r.status_code)
+                await _send(stats, "POST /sessions/{id}/complete", scheduled, self.http.post(
+                    f"/api/v1/sessions/{s['id']}/complete", headers=w.headers))
                 w.session = None
                 return
             step = s["current_step"]
@@ -142,34 +153,31 @@ class ApiLoad:
             else:
                 body = {"result": "failed" if fail else "passed"}
             cid = str(uuid.uuid4())
-            try:
-                r = await self.http.post(f"/api/v1/sessions/{s['id']}/checks", headers=w.headers,
-                                         json={"step_id": step["id"], "check_id": cid, **body})
-                status: int | str = r.status_code
-            except httpx.HTTPError as e:
-                status = type(e).__name__
-            stats.add("POST /sessions/{id}/checks", (time.perf_counter() - scheduled) * 1000,
-                      status)
-            if status == 200:
+            r = await _send(stats, "POST /sessions/{id}/checks", scheduled, self.http.post(
+                f"/api/v1/sessions/{s['id']}/checks", headers=w.headers,
+                json={"step_id": step["id"], "check_id": cid, **body}))
+            if r is not None and r.status_code == 200:
                 self.acknowledged.add(cid)
                 w.session = r.json()
-            elif status in (409, 503):
+            elif r is None or r.status_code in (409, 503):
                 # As the field app does: an unanswered check may still have landed (503 under
                 # overload), so the step it knows can be stale; read the session again.
-                r = await self.http.get("/api/v1/sessions/current", headers=w.headers)
-                w.session = r.json() if r.status_code == 200 else None
+                try:
+                    r = await self.http.get("/api/v1/sessions/current", headers=w.headers)
+                    w.session = r.json() if r.status_code == 200 else None
+                except httpx.HTTPError:
+                    w.session = None
         finally:
             self.idle.put_nowait(w)
 
     async def current(self, stats: Stats, scheduled: float, rng: random.Random) -> None:
         w = rng.choice(self.all)
-        r = await self.http.get("/api/v1/sessions/current", headers=w.headers)
-        status = r.status_code if r.status_code != 404 else 200  # between two sessions
-        stats.add("GET /sessions/current", (time.perf_counter() - scheduled) * 1000, status)
+        await _send(stats, "GET /sessions/current", scheduled,  # 404: between two sessions
+                    self.http.get("/api/v1/sessions/current", headers=w.headers), ok_404=True)
 
     async def listing(self, stats: Stats, scheduled: float) -> None:
-        r = await self.http.get("/api/v1/sessions?limit=20", headers=self.supervisor)
-        stats.add("GET /sessions", (time.perf_counter() - scheduled) * 1000, r.status_code)
+        await _send(stats, "GET /sessions", scheduled,
+                    self.http.get("/api/v1/sessions?limit=20", headers=self.supervisor))
 
 
 class RawLoad:
