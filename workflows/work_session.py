@@ -276,11 +276,9 @@ class WorkSessionWorkflow:
                                         retry_policy=PERSIST_RETRY)
 
     async def _persist(self) -> None:
-        """Runs from before COMMITTED_WRITES_PATCH: write the change from inside the update."""
-        info = workflow.info()
-        req = PersistSession(state=self._session.state, workflow_id=info.workflow_id,
-                             run_id=info.run_id,
-                             run_position=info.get_current_history_length())
+        """Runs from before COMMITTED_WRITES_PATCH: write the change from inside the update
+        (`_changed` has set its position, the history length)."""
+        req = self._change()
         if workflow.patched(LOCAL_PERSIST_PATCH):
             # Fast path: a local activity runs inside the same workflow task, saving a
             # round trip per change. If it fails twice, fall back to a regular activity that

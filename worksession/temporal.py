@@ -37,12 +37,6 @@ DEV_SERVER_STORE_FLAGS = ["--sqlite-pragma", "journal_mode=wal",
                           "--sqlite-pragma", "synchronous=normal"]
 
 
-def dev_server_flags() -> list[str]:
-    """`--search-attribute` flags for `temporal server start-dev`."""
-    return [f"--search-attribute={k.name}={k.indexed_value_type.name.capitalize()}"
-            for k in search_attributes.ALL]
-
-
 async def register_search_attributes(client: Client, namespace: str) -> list[str]:
     """Idempotent: adds only the attributes the namespace lacks; returns what it added."""
     try:
