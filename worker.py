@@ -16,6 +16,7 @@ import workflows
 from activities.session_store import SessionStore
 from persistence.db import Database
 from workflows.work_session import WorkSessionWorkflow
+from worksession import aio
 from worksession.settings import Settings
 from worksession.temporal import connect
 
@@ -65,7 +66,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(run_worker(Settings()))
+    aio.run(run_worker(Settings()))
 
 
 if __name__ == "__main__":

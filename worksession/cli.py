@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from uuid import UUID, uuid4
 
+from worksession import aio
 from worksession.settings import Settings
 
 
@@ -65,7 +66,7 @@ def _dev(args: argparse.Namespace) -> int:
     from worksession.dev import DevStackError, run_dev
 
     try:
-        return asyncio.run(run_dev(args.data_dir, args.port, args.temporal_port, args.ui_port))
+        return aio.run(run_dev(args.data_dir, args.port, args.temporal_port, args.ui_port))
     except DevStackError as e:
         return _fail(str(e))
 
