@@ -31,6 +31,10 @@ class RawSessionFloor:
             self.checks.append(check_id)
         return len(self.checks)
 
+    @workflow.query
+    def state(self) -> list[str]:
+        return self.checks
+
     @workflow.signal
     def finish(self) -> None:
         self.done = True
