@@ -10,9 +10,11 @@ from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from domain.errors import Unavailable
+from persistence import sqlite_driver
 
 LOCK_TIMEOUT_MS = 10_000
 # PostgreSQL errors that say "not now" rather than "wrong": a lock or statement timeout, a
@@ -29,7 +31,8 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": lock_timeout_ms / 1000}
+            kwargs["async_creator"] = sqlite_driver.creator(make_url(url).database or "",
+                                                            lock_timeout_ms / 1000)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True,
                           pool_timeout=connect_timeout,

@@ -381,3 +381,25 @@ async def test_an_entry_appended_with_a_non_utc_aware_time_verifies(fresh_db: Da
         await append(conn, entry(1), datetime(2025, 6, 1, 12, 0, tzinfo=cest))
     assert await check(fresh_db) == (1, None)
 
+
+
+async def test_a_log_longer_than_one_fetch_verifies_to_its_end_and_a_late_edit_is_found(
+        fresh_db: Database) -> None:
+    """`verify` streams the log; on SQLite a statement brings back its rows a chunk at a time
+    (persistence/sqlite_driver.py). Every entry past the first chunks must still be read."""
+    from persistence.sqlite_driver import CHUNK
+    n = 2 * CHUNK + 345
+    async with fresh_db.write() as conn:  # one transaction: 2,000 separate ones are slow here
+        for i in range(1, n + 1):
+            assert await append(conn, entry(i), T0 + timedelta(seconds=i))
+    assert await check(fresh_db) == (n, None)
+    assert len(await rows(fresh_db)) == n  # a plain (unstreamed) read of more than a chunk
+
+    late = 2 * CHUNK + 100
+    async with fresh_db.write() as conn:
+        await conn.execute(update(audit_log).where(audit_log.c.seq == late)
+                           .values(outcome="rejected" if entry(late).outcome == "accepted"
+                                   else "accepted"))
+    found, broken = await check(fresh_db)
+    assert names_seq(broken, late), broken
+    assert found == late
