@@ -27,7 +27,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from benchmarks.load import RESULTS, DevStack, _versions
+from benchmarks.load import RESULTS, DevStack, _versions, confirm_steps, confirmed_sop
 from benchmarks.raw_floor import RawSessionFloor
 from worksession.tokens import load_or_create_dev_secret, mint
 
@@ -75,11 +75,8 @@ async def run(n: int) -> dict[str, Any]:
         secret = load_or_create_dev_secret(stack.data_dir)
         sup = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
         async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
-            steps = [{"title": f"Step {i + 1}", "check": {"kind": "confirm", "prompt": "Done?"}}
-                     for i in range(40)]
-            sop = (await http.post("/api/v1/sops", headers=sup, json={
-                "title": "CPU probe", "tasks": [{"title": "A", "steps": steps}]})).json()
-            await http.post(f"/api/v1/sops/{sop['id']}/confirm", headers=sup)
+            sop = await confirmed_sop(http, sup, "CPU probe",
+                                      [{"title": "A", "steps": confirm_steps(40)}])
             workers = [{"Authorization": f"Bearer {mint(secret, 'worker', uuid.uuid4())}"}
                        for _ in range(n)]
             sessions: list[dict[str, Any]] = [{} for _ in range(n)]

@@ -101,6 +101,21 @@ class DevStack(DevProcess):
         return self.ports["temporal"]
 
 
+async def confirmed_sop(http: httpx.AsyncClient, supervisor: dict[str, str], title: str,
+                        tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """An SOP created and confirmed: what every benchmark needs before its first session."""
+    r = await http.post("/api/v1/sops", headers=supervisor, json={"title": title, "tasks": tasks})
+    r.raise_for_status()
+    sop: dict[str, Any] = r.json()
+    (await http.post(f"/api/v1/sops/{sop['id']}/confirm", headers=supervisor)).raise_for_status()
+    return sop
+
+
+def confirm_steps(n: int) -> list[dict[str, Any]]:
+    return [{"title": f"Step {i + 1}", "check": {"kind": "confirm", "prompt": "Done?"}}
+            for i in range(n)]
+
+
 @dataclass
 class FieldWorker:
     headers: dict[str, str]
@@ -242,10 +257,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 {"kind": "measurement", "prompt": "Voltage", "unit": "V", "min": 0, "max": 0.5}
                 if i % 3 == 2 else {"kind": "confirm", "prompt": "Done?"})}
                 for i in range(STEPS)]
-            sop = (await http.post("/api/v1/sops", headers=sup, json={
-                "title": "Benchmark SOP", "tasks": [{"title": "A", "steps": steps[:4]},
-                                                    {"title": "B", "steps": steps[4:]}]})).json()
-            await http.post(f"/api/v1/sops/{sop['id']}/confirm", headers=sup)
+            sop = await confirmed_sop(http, sup, "Benchmark SOP", [
+                {"title": "A", "steps": steps[:4]}, {"title": "B", "steps": steps[4:]}])
             client = await Client.connect(f"127.0.0.1:{stack.temporal_port}",
                                           data_converter=pydantic_data_converter)
             queue = f"raw-floor-{uuid.uuid4()}"

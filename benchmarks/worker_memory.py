@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.load import confirm_steps, confirmed_sop
 from faults.stack import Stack
 
 
@@ -31,11 +32,8 @@ async def run(sessions: int) -> dict[str, Any]:
         assert stack.worker is not None and stack.worker.pid is not None
         sup = {"Authorization": f"Bearer {stack.token('supervisor')}"}
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
-            steps = [{"title": f"Step {i}", "check": {"kind": "confirm", "prompt": "ok?"}}
-                     for i in range(8)]
-            sop = (await http.post("/api/v1/sops", headers=sup, json={
-                "title": "Memory probe", "tasks": [{"title": "A", "steps": steps}]})).json()
-            await http.post(f"/api/v1/sops/{sop['id']}/confirm", headers=sup)
+            sop = await confirmed_sop(http, sup, "Memory probe",
+                                      [{"title": "A", "steps": confirm_steps(8)}])
             idle = rss_mb(stack.worker.pid)
             gate = asyncio.Semaphore(20)
 
