@@ -50,11 +50,17 @@ class WorkflowRunning(Exception):
         self.session_id = session_id
 
 
+# The run's tunables default to what SessionInput says (one place for each number).
+_DEFAULTS = SessionInput.model_fields
+
+
 class SessionWorkflows:
     def __init__(self, client: Client, task_queue: str, timeout: float,
                  idle_timeout: timedelta, escalate_after_failures: int,
-                 continue_as_new_after_updates: int = 1000,
-                 write_behind: timedelta = timedelta(minutes=10)) -> None:
+                 continue_as_new_after_updates: int = _DEFAULTS[
+                     "continue_as_new_after_updates"].default,
+                 write_behind: timedelta = timedelta(
+                     seconds=_DEFAULTS["write_behind_seconds"].default)) -> None:
         self.client = client
         self.write_behind = write_behind
         self.continue_as_new_after_updates = continue_as_new_after_updates
