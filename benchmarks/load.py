@@ -292,8 +292,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             if x < 0.95:
                                 return api.current(stats, scheduled, rng)
                             return api.listing(stats, scheduled)
+                        # The floor of a current-session read under this same load: a raw
+                        # query now and then while the API phase runs.
+                        floor, done = Stats(), asyncio.Event()
+                        prober = asyncio.create_task(_raw_queries_meanwhile(raw, floor, done))
                         elapsed = await open_model(rate / 0.8, seconds, api_request)
+                        done.set()
+                        await prober
                         entry["api"] = stats.summary(elapsed)
+                        entry["raw_query_during_api_load"] = floor.summary(elapsed).get(
+                            "raw query", {})
                         api_saturated = entry["api_saturated"] = _saturated(elapsed, seconds)
                     if not raw_saturated:
                         raw_stats = Stats()
@@ -329,6 +337,27 @@ def _print_rate(entry: dict[str, Any]) -> None:
           f"p99 {c.get('p99_ms')} {c.get('throughput_per_s')}/s err {c.get('errors')}"
           f"{mark('api')} | raw p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} "
           f"{r.get('throughput_per_s')}/s{mark('raw')}", flush=True)
+    if entry["api"]:
+        q = entry.get("raw_query_during_api_load", {})
+        print(f"          GET /sessions/current p50 "
+              f"{entry['api'].get('GET /sessions/current', {}).get('p50_ms')}, a raw query "
+              f"meanwhile p50 {q.get('p50_ms')} (n={q.get('ok')})", flush=True)
+
+
+async def _raw_queries_meanwhile(raw: RawLoad, stats: Stats, done: asyncio.Event,
+                                 every_s: float = 0.4) -> None:
+    while not done.is_set():
+        await asyncio.sleep(every_s)
+        h = await raw.idle.get()
+        t = time.perf_counter()
+        try:
+            await h.query(RawSessionFloor.state)
+            status: int | str = 200
+        except Exception as e:
+            status = type(e).__name__
+        finally:
+            raw.idle.put_nowait(h)
+        stats.add("raw query", (time.perf_counter() - t) * 1000, status)
 
 
 async def _current_floor(api: ApiLoad, raw: RawLoad, n: int = 100) -> dict[str, Any]:
@@ -433,6 +462,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "raw_saturated": any(e.get("raw_saturated") for e in result["rates"]),
         "max_sustained_rate_p99_under_250ms": max(ok_rates) if ok_rates else None,
         "current_p50_ms": first["api"].get("GET /sessions/current", {}).get("p50_ms"),
+        "raw_query_p50_ms_same_load": first.get("raw_query_during_api_load", {}).get("p50_ms"),
     }
 
 
