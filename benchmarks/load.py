@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 STEPS = 8
 # The full sweep goes on past the API's knee until the raw floor saturates too: a peak read
 # at the top of the sweep while still keeping up would only be a lower bound.
-FULL_RATES = [10, 20, 40, 60, 80, 100, 130, 170, 220, 280, 360]
+FULL_RATES = [10, 20, 30, 40, 50, 60, 80, 100, 130, 170, 220, 280, 360]
 # A phase is saturated when its backlog takes longer than this to drain after the last
 # scheduled send: the offered rate was not sustained. Neither side is pushed past its first
 # saturated rate (more would only pile up work that slows the phases after it).
