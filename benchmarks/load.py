@@ -218,15 +218,25 @@ class RawLoad:
             self.idle.put_nowait(h)
 
     async def check(self, stats: Stats, scheduled: float) -> None:
+        await self._timed(stats, "raw update", scheduled, lambda h: h.execute_update(
+            RawSessionFloor.check, str(uuid.uuid4())))
+
+    async def query(self, stats: Stats) -> None:
+        await self._timed(stats, "raw query", time.perf_counter(),
+                          lambda h: h.query(RawSessionFloor.state))
+
+    async def _timed(self, stats: Stats, name: str, since: float, call: Any) -> None:
+        """One call on an idle floor workflow, timed from `since`; a failure is counted
+        under its name, never raised."""
         h = await self.idle.get()
         try:
-            await h.execute_update(RawSessionFloor.check, str(uuid.uuid4()))
+            await call(h)
             status: int | str = 200
         except Exception as e:
             status = type(e).__name__
         finally:
             self.idle.put_nowait(h)
-        stats.add("raw update", (time.perf_counter() - scheduled) * 1000, status)
+        stats.add(name, (time.perf_counter() - since) * 1000, status)
 
 
 async def open_model(rate: float, seconds: float, make: Any) -> float:
@@ -348,16 +358,7 @@ async def _raw_queries_meanwhile(raw: RawLoad, stats: Stats, done: asyncio.Event
                                  every_s: float = 0.4) -> None:
     while not done.is_set():
         await asyncio.sleep(every_s)
-        h = await raw.idle.get()
-        t = time.perf_counter()
-        try:
-            await h.query(RawSessionFloor.state)
-            status: int | str = 200
-        except Exception as e:
-            status = type(e).__name__
-        finally:
-            raw.idle.put_nowait(h)
-        stats.add("raw query", (time.perf_counter() - t) * 1000, status)
+        await raw.query(stats)
 
 
 async def _current_floor(api: ApiLoad, raw: RawLoad, n: int = 100) -> dict[str, Any]:
@@ -367,11 +368,7 @@ async def _current_floor(api: ApiLoad, raw: RawLoad, n: int = 100) -> dict[str, 
     rng = random.Random(11)
     for _ in range(n):
         await api.current(current, time.perf_counter(), rng)
-        h = await raw.idle.get()
-        t = time.perf_counter()
-        await h.query(RawSessionFloor.state)
-        query.add("raw query", (time.perf_counter() - t) * 1000, 200)
-        raw.idle.put_nowait(h)
+        await raw.query(query)
     out = {"GET /sessions/current": current.summary(1)["GET /sessions/current"],
            "raw query": query.summary(1)["raw query"]}
     for v in out.values():
