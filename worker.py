@@ -37,17 +37,13 @@ def _workflow_bytecode() -> None:
 
 
 def build_worker(client: Client, db: Database, task_queue: str,
-                 cache_size: int = Settings.model_fields["workflow_cache_size"].default,
-                 without_patches: frozenset[str] = frozenset()) -> Worker:
-    """`without_patches`: for tests, new runs take the old branch of these patches, as runs
-    started before the patch did."""
+                 cache_size: int = Settings.model_fields["workflow_cache_size"].default
+                 ) -> Worker:
     _workflow_bytecode()
     store = SessionStore(db)
     return Worker(client, task_queue=task_queue, workflows=[WorkSessionWorkflow],
-                  activities=[store.persist_session], max_cached_workflows=cache_size,
-                  workflow_runner=SANDBOX,
-                  patch_activation_callback=(lambda p: p.patch_id not in without_patches)
-                  if without_patches else None)
+                  activities=[store.write_changes], max_cached_workflows=cache_size,
+                  workflow_runner=SANDBOX)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:

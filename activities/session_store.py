@@ -1,32 +1,32 @@
-"""Writes a session and all its checks to the read model in one transaction (session-007)."""
+"""The run's own write of the changes it holds (see workflows/work_session.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from temporalio import activity
 
-from persistence import sessions
+from domain.changes import SessionChange
 from persistence.db import Database
-from workflows.messages import PERSIST_ACTIVITY, PersistSession
+from persistence.uow import UnitOfWork
+from workflows.messages import WRITE_CHANGES_ACTIVITY
 
 
 class SessionStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    @activity.defn(name=PERSIST_ACTIVITY)
-    async def persist_session(self, req: PersistSession) -> bool:
-        """Idempotent and ordered: a retry or a late duplicate never overwrites newer state.
+    @activity.defn(name=WRITE_CHANGES_ACTIVITY)
+    async def write_changes(self, changes: list[SessionChange]) -> int:
+        """Each change with its audit entries, in one transaction; a change already written
+        (by the API, or by an earlier attempt) is skipped. Returns how many were new.
 
         A cancelled attempt (the worker shutting down, a timeout) lets its transaction run to
         its end: a cancellation reaching SQLAlchemy in the middle of a statement leaves the
         connection out of the pool still holding its transaction (on SQLite, the write lock,
         so every later write waits out the busy timeout)."""
-        return await asyncio.shield(asyncio.ensure_future(self._save(req)))
+        return await asyncio.shield(asyncio.ensure_future(self._write(changes)))
 
-    async def _save(self, req: PersistSession) -> bool:
-        async with self._db.write() as conn:
-            return await sessions.save(self._db, conn, req.state, req.workflow_id, req.run_id,
-                                       datetime.now(UTC), run_position=req.run_position)
+    async def _write(self, changes: list[SessionChange]) -> int:
+        async with UnitOfWork.begin(self._db) as uow:
+            return sum([await uow.sessions.write_change(c) for c in changes])

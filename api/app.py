@@ -15,8 +15,8 @@ from api import problems
 from api.routers import audit, health, ops, sessions, sops
 from api.web import mount_web
 from application.context import Context
+from orchestration.client import SessionWorkflows
 from persistence.db import Database
-from workflows.client import SessionWorkflows
 from worksession.settings import Settings
 from worksession.temporal import connect
 
@@ -91,7 +91,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
         temporal = client or await connect(settings, lazy=True)
         app.state.ctx = Context(db=database, workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
-            settings.idle_timeout, settings.escalate_after_failures))
+            settings.idle_timeout, settings.escalate_after_failures,
+            write_behind=settings.write_behind))
         try:
             yield
         finally:

@@ -206,10 +206,11 @@ class SessionSummary(BaseModel):
 class AuditEntryOut(BaseModel):
     """Exactly the fields the hash covers, serialised as hashed: `hash` is
     sha256(prev_hash + JSON of every other field, keys sorted, separators (",", ":"),
-    UTF-8 unescaped)."""
+    UTF-8 unescaped). `prev_hash` is the previous entry's hash in the same chain."""
 
     id: UUID
-    seq: int
+    chain: str = Field(description="session:<session id> or sop:<SOP family id>")
+    seq: int = Field(description="position in the chain, from 1")
     at: str = Field(description="ISO 8601 UTC, as hashed (e.g. 2026-11-25T21:00:00+00:00)")
     actor_id: UUID | None
     actor_role: str | None
@@ -218,7 +219,6 @@ class AuditEntryOut(BaseModel):
     outcome: str
     detail: dict[str, Any] | None
     request_id: str | None
-    dedup_key: str | None
     hash: str
     prev_hash: str
 

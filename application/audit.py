@@ -1,42 +1,39 @@
-"""Recording and reading the audit log."""
+"""Reading and checking the audit log. Entries are written with what they record, by the use
+case that records it (persistence.sessions.write_change, the SOP catalog)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from application.authz import Actor, authorize
 from application.context import Context
-from persistence import audit
-from persistence.audit import AuditEntry
-
-
-async def record(ctx: Context, actor: Actor | None, action: str, outcome: str,
-                 session_id: UUID | None = None, detail: dict[str, Any] | None = None,
-                 request_id: str | None = None, dedup_key: str | None = None,
-                 along_with: Callable[[AsyncConnection], Awaitable[Any]] | None = None
-                 ) -> None:
-    """Append one entry; `along_with` writes what the entry records in the same
-    transaction, so the read model and the log never tell different stories."""
-    entry = AuditEntry(action=action, outcome=outcome, session_id=session_id, detail=detail,
-                       actor_id=actor.id if actor else None,
-                       actor_role=actor.role.value if actor else None, request_id=request_id)
-    async with ctx.db.write() as conn:
-        if along_with is not None:
-            await along_with(conn)
-        await audit.append(conn, entry, ctx.clock(), dedup_key=dedup_key)
+from persistence.audit import anchor_digest
+from persistence.db import Database
+from persistence.uow import UnitOfWork
 
 
 async def list_entries(ctx: Context, actor: Actor, session_id: UUID | None, limit: int,
                        offset: int) -> tuple[list[dict], int]:
     authorize(actor, "audit.read")
-    async with ctx.db.read() as conn:
-        return await audit.list_page(conn, session_id, limit, offset)
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.audit.list_page(session_id, limit, offset)
 
 
-async def verify(ctx: Context) -> tuple[int, str | None]:
-    async with ctx.db.read() as conn:
-        return await audit.verify(conn)
+async def verify(db: Database, anchor: dict[str, Any] | None = None
+                 ) -> tuple[int, list[str]]:
+    """(entries checked, problems): every chain, every session's record of its chain, and
+    with an anchor, that no anchored entry was lost or rewritten."""
+    problems = []
+    if anchor is not None and anchor_digest(anchor.get("chains", [])) != anchor.get("digest"):
+        problems.append("the anchor's digest does not match its chains: the anchor file was "
+                        "altered")
+    async with UnitOfWork.begin(db, read_only=True, snapshot=True) as uow:  # a live log
+        n, found = await uow.audit.verify(anchor)
+    return n, problems + found
+
+
+async def anchor(db: Database) -> dict[str, Any]:
+    async with UnitOfWork.begin(db, read_only=True, snapshot=True) as uow:
+        return await uow.audit.anchor(datetime.now(UTC))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from domain.errors import NotFound
 from domain.sop import SessionPlan, SopStatus
-from persistence import sessions, sops
+from orchestration.client import SessionWorkflows
 from persistence.db import Database
-from workflows.client import SessionWorkflows
+from persistence.uow import UnitOfWork
 
 
 def utcnow() -> datetime:
@@ -26,23 +25,15 @@ class PlanCache:
 
     plans: dict[UUID, SessionPlan] = field(default_factory=dict)
 
-    async def get(self, conn: AsyncConnection, sop_id: UUID) -> SessionPlan:
+    async def get(self, uow: UnitOfWork, sop_id: UUID) -> SessionPlan:
         plan = self.plans.get(sop_id)
         if plan is None:
-            sop = await sops.get(conn, sop_id)
+            sop = await uow.sops.get(sop_id)
             if sop is None:
                 raise NotFound("SOP not found")
             plan = sop.plan()
             if sop.status is not SopStatus.DRAFT:
                 self.plans[sop_id] = plan
-        return plan
-
-    async def of(self, db: Database, sop_id: UUID) -> SessionPlan:
-        """The plan, reading the database only when it is not cached."""
-        plan = self.plans.get(sop_id)
-        if plan is None:
-            async with db.read() as conn:
-                plan = await self.get(conn, sop_id)
         return plan
 
 
@@ -55,14 +46,8 @@ class OwnerCache:
     limit: int = 100_000
     owners: dict[UUID, UUID] = field(default_factory=dict)
 
-    async def get(self, db: Database, session_id: UUID) -> UUID | None:
-        owner = self.owners.get(session_id)
-        if owner is None:
-            async with db.read() as conn:
-                owner = await sessions.owner(conn, session_id)
-            if owner is not None:
-                self.remember(session_id, owner)
-        return owner
+    def known(self, session_id: UUID) -> UUID | None:
+        return self.owners.get(session_id)
 
     def remember(self, session_id: UUID, owner: UUID) -> None:
         if len(self.owners) >= self.limit:
@@ -77,3 +62,18 @@ class Context:
     plans: PlanCache = field(default_factory=PlanCache)
     owners: OwnerCache = field(default_factory=OwnerCache)
     clock: Callable[[], datetime] = utcnow
+
+    @asynccontextmanager
+    async def uow(self, *, read_only: bool = False) -> AsyncIterator[UnitOfWork]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        async with UnitOfWork.begin(self.db, read_only=read_only) as uow:
+            yield uow
+
+    async def owner(self, session_id: UUID) -> UUID | None:
+        owner = self.owners.known(session_id)
+        if owner is None:
+            async with self.uow(read_only=True) as uow:
+                owner = await uow.sessions.owner(session_id)
+            if owner is not None:
+                self.owners.remember(session_id, owner)
+        return owner

@@ -17,10 +17,9 @@ from application.authz import Actor, authorize, ensure_visible
 from application.context import Context
 from domain.errors import Conflict, NotFound
 from domain.work_session import WorkSession
-from persistence import sessions
+from orchestration import ops
+from orchestration.client import WorkflowRunning
 from persistence.sessions import SessionRow
-from workflows import ops
-from workflows.client import WorkflowRunning
 from workflows.messages import workflow_id_for
 
 WORKFLOW_NOT_RUNNING = "workflow_not_running"
@@ -35,13 +34,13 @@ async def stuck_sessions(ctx: Context, actor: Actor | None) -> list[dict[str, An
         ops.find_stuck(ctx.workflows.client, ctx.workflows.task_queue))]
     try:
         titles = {}
-        async with ctx.db.read() as conn:
+        async with ctx.uow(read_only=True) as uow:
             for s in found:
                 if s["session_id"]:
-                    row = await sessions.get(conn, UUID(s["session_id"]), with_checks=False)
+                    row = await uow.sessions.get(UUID(s["session_id"]), with_checks=False)
                     titles[s["session_id"]] = row.state.sop_title if row else None
-            candidates = await sessions.active_not_updated_since(
-                conn, ctx.clock() - ORPHAN_GRACE)
+            candidates = await uow.sessions.active_not_updated_since(
+                ctx.clock() - ORPHAN_GRACE)
     except Exception:  # the database may be the very thing that is down
         titles, candidates = {}, []
     for s in found:
@@ -74,9 +73,9 @@ def _orphan(row: SessionRow) -> dict[str, Any]:
 
 
 async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> dict[str, Any]:
-    async with ctx.db.read() as conn:
-        row = await sessions.get(conn, session_id)
-        plan = await ctx.plans.get(conn, row.state.sop_id) if row else None
+    async with ctx.uow(read_only=True) as uow:
+        row = await uow.sessions.get(session_id)
+        plan = await ctx.plans.get(uow, row.state.sop_id) if row else None
     if actor is not None:  # CONTRACT precedence: 404 (may not see it), then 403
         ensure_visible(actor, row.state.worker_id if row else None)
         authorize(actor, "ops")
@@ -87,15 +86,16 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
             await ctx.workflows.running_session_id(row.state.worker_id) is None:
         # Read again now that no run is seen: a run closes only after its last state is
         # saved, so a row still active now really has no run (terminated or lost).
-        async with ctx.db.read() as conn:
-            row = await sessions.get(conn, session_id)
+        async with ctx.uow(read_only=True) as uow:
+            row = await uow.sessions.get(session_id)
         assert row is not None
         if row.state.status.value in ("in_progress", "paused"):
             try:
-                run_id = await ctx.workflows.start(plan, row.state)
+                run_id = await ctx.workflows.start(plan, row.state, None)
             except WorkflowRunning as e:
+                held = e.running.session_id if e.running else None
                 raise Conflict(f"session {session_id} is not stuck: its worker's workflow "
-                               f"now holds session {e.session_id}") from None
+                               f"now holds session {held}") from None
             return {"session_id": str(session_id), "kind": WORKFLOW_NOT_RUNNING,
                     "action": f"started a new run {run_id} from the database copy "
                               f"({len(row.state.checks)} checks, step "
@@ -104,7 +104,7 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
     if stuck is None or stuck.session_id != str(session_id):
         raise Conflict(f"session {session_id} is not stuck: its workflow is making progress "
                        "(or is closed); nothing to retry")
-    if stuck.kind in (ops.NO_WORKER, ops.UPDATE_WAITING):
+    if stuck.kind == ops.NO_WORKER:
         raise Conflict(f"session {session_id} is waiting, which a retry cannot fix: "
                        f"{stuck.reason}")
     done = await ctx.workflows.bounded(ops.retry(client, stuck))

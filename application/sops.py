@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from application import audit
 from application.authz import Actor, allowed, authorize
 from application.context import Context
+from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
 from domain.sop import CheckKind, CheckSpec, Sop, SopStatus, SopStep, SopTask
-from persistence import sessions, sops
+from persistence.uow import UnitOfWork
 
 
 def _tasks(content: dict[str, Any]) -> list[SopTask]:
@@ -29,31 +27,40 @@ def _tasks(content: dict[str, Any]) -> list[SopTask]:
     ]
 
 
-async def _visible(conn: AsyncConnection, actor: Actor, sop_id: UUID, *,
-                   for_update: bool = False) -> Sop:
-    sop = await sops.get(conn, sop_id, for_update=for_update)
+async def _visible(uow: UnitOfWork, actor: Actor, sop_id: UUID, *,
+                   lock: str | None = None) -> Sop:
+    sop = await uow.sops.get(sop_id, lock=lock)
     if sop is None or (sop.status is not SopStatus.CONFIRMED
                        and not allowed(actor, "sop.read_drafts")):
         raise NotFound("SOP not found")
     return sop
 
 
-async def create_sop(ctx: Context, actor: Actor, content: dict[str, Any]) -> Sop:
+def _facts(actor: Actor, action: str, sop: Sop, request_id: str | None,
+           **detail: Any) -> AuditFacts:
+    return AuditFacts(action, actor.id, actor.role.value,
+                      {"sop_id": str(sop.id), "version": sop.version, **detail}, request_id)
+
+
+async def create_sop(ctx: Context, actor: Actor, content: dict[str, Any],
+                     request_id: str | None = None) -> Sop:
     authorize(actor, "sop.write")
     now = ctx.clock()
     sop = Sop(id=uuid4(), family_id=uuid4(), version=1, status=SopStatus.DRAFT,
               title=content["title"], description=content.get("description"),
               tasks=_tasks(content), created_at=now, updated_at=now)
     sop.validate()
-    async with ctx.db.write() as conn:
-        await sops.add(conn, sop, created_by=actor.id)
+    async with ctx.uow() as uow:
+        await uow.sops.add(sop, created_by=actor.id)
+        await uow.audit.append_to_sop_family(
+            sop.family_id, _facts(actor, "sop_create", sop, request_id, title=sop.title), now)
     return sop
 
 
 async def get_sop(ctx: Context, actor: Actor, sop_id: UUID) -> Sop:
     authorize(actor, "sop.read")
-    async with ctx.db.read() as conn:
-        return await _visible(conn, actor, sop_id)
+    async with ctx.uow(read_only=True) as uow:
+        return await _visible(uow, actor, sop_id)
 
 
 async def list_sops(ctx: Context, actor: Actor, status: SopStatus | None, limit: int,
@@ -63,37 +70,43 @@ async def list_sops(ctx: Context, actor: Actor, status: SopStatus | None, limit:
         if status not in (None, SopStatus.CONFIRMED):
             return [], 0
         status = SopStatus.CONFIRMED
-    async with ctx.db.read() as conn:
-        return await sops.list_page(conn, status, limit, offset)
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.sops.list_page(status, limit, offset)
 
 
-async def update_sop(ctx: Context, actor: Actor, sop_id: UUID, content: dict[str, Any]) -> Sop:
-    async with ctx.db.write() as conn:
-        sop = await _visible(conn, actor, sop_id, for_update=True)
-        authorize(actor, "sop.write")
+# The catalog changes below take an SOP that `gate` let the caller change (404, then 403).
+async def update_sop(ctx: Context, actor: Actor, sop_id: UUID, content: dict[str, Any],
+                     request_id: str | None = None) -> Sop:
+    async with ctx.uow() as uow:
+        sop = await _visible(uow, actor, sop_id, lock="update")
         sop.ensure_editable()
         sop.title, sop.description = content["title"], content.get("description")
         sop.tasks = _tasks(content)
         sop.updated_at = ctx.clock()
         sop.validate()
-        await sops.replace_content(conn, sop)
+        await uow.sops.replace_content(sop)
+        await uow.audit.append_to_sop_family(
+            sop.family_id, _facts(actor, "sop_edit", sop, request_id, title=sop.title),
+            sop.updated_at)
     return sop
 
 
-async def confirm_sop(ctx: Context, actor: Actor, sop_id: UUID) -> Sop:
-    async with ctx.db.write() as conn:
-        sop = await _visible(conn, actor, sop_id, for_update=True)
-        authorize(actor, "sop.write")
+async def confirm_sop(ctx: Context, actor: Actor, sop_id: UUID,
+                      request_id: str | None = None) -> Sop:
+    async with ctx.uow() as uow:
+        sop = await _visible(uow, actor, sop_id, lock="update")
         sop.confirm(ctx.clock())
-        await sops.save_status(conn, sop)
+        await uow.sops.save_status(sop)
+        await uow.audit.append_to_sop_family(
+            sop.family_id, _facts(actor, "sop_confirm", sop, request_id), ctx.clock())
     return sop
 
 
-async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID) -> Sop:
+async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID,
+                     request_id: str | None = None) -> Sop:
     """A new draft copying a confirmed SOP: same family, version + 1."""
-    async with ctx.db.write() as conn:
-        base = await _visible(conn, actor, sop_id, for_update=True)
-        authorize(actor, "sop.write")
+    async with ctx.uow() as uow:
+        base = await _visible(uow, actor, sop_id, lock="update")
         base.ensure_revisable()
         now = ctx.clock()
         content = {"tasks": [{"title": t.title, "steps": [
@@ -102,42 +115,46 @@ async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID) -> Sop:
                        "unit": s.check.unit, "min": s.check.min, "max": s.check.max}}
             for s in t.steps]} for t in base.tasks]}
         sop = Sop(id=uuid4(), family_id=base.family_id,
-                  version=await sops.latest_version(conn, base.family_id) + 1,
+                  version=await uow.sops.latest_version(base.family_id) + 1,
                   status=SopStatus.DRAFT, title=base.title, description=base.description,
                   tasks=_tasks(content), created_at=now, updated_at=now)
-        await sops.add(conn, sop, created_by=actor.id)
+        await uow.sops.add(sop, created_by=actor.id)
+        await uow.audit.append_to_sop_family(
+            sop.family_id, _facts(actor, "sop_revise", sop, request_id,
+                                  revises=str(base.id)), now)
     return sop
 
 
 async def delete_sop(ctx: Context, actor: Actor, sop_id: UUID,
                      request_id: str | None = None) -> None:
     """session-006: refused (400) while sessions are in progress or paused; an SOP that
-    sessions still refer to is archived, never lost."""
-    async with ctx.db.write() as conn:
-        sop = await _visible(conn, actor, sop_id, for_update=True)
-        authorize(actor, "sop.write")
-        active = await sessions.active_for_sop(conn, sop_id)
+    sessions still refer to is archived, never lost. The SOP row is held exclusively while
+    active sessions are looked for: a start racing it either is seen here or sees the SOP
+    archived (it holds the row in share mode while it writes its session)."""
+    async with ctx.uow() as uow:
+        sop = await _visible(uow, actor, sop_id, lock="update")
+        active = await uow.sessions.active_for_sop(sop_id)
         if active:
             raise SopHasActiveSessions(
                 f"{len(active)} session(s) of this SOP are in progress or paused: complete "
                 f"or cancel them first",
                 active_sessions=[{"id": str(a.id), "worker_id": str(a.worker_id),
                                   "started_at": a.started_at.isoformat()} for a in active])
-        if await sops.is_referenced(conn, sop_id):
+        if await uow.sops.is_referenced(sop_id):
             sop.status = SopStatus.ARCHIVED
             sop.updated_at = ctx.clock()
-            await sops.save_status(conn, sop)
+            await uow.sops.save_status(sop)
             outcome = "archived"
         else:
-            await sops.delete_sop(conn, sop_id)
+            await uow.sops.delete_sop(sop_id)
             outcome = "deleted"
-    await audit.record(ctx, actor, "sop_delete", "accepted",
-                       detail={"sop_id": str(sop_id), "result": outcome},
-                       request_id=request_id)
+        await uow.audit.append_to_sop_family(
+            sop.family_id, _facts(actor, "sop_delete", sop, request_id, result=outcome),
+            ctx.clock())
 
 
 async def gate(ctx: Context, actor: Actor, sop_id: UUID) -> None:
     """CONTRACT.md precedence for SOP changes: 404 (may not see it), then 403."""
-    async with ctx.db.read() as conn:
-        await _visible(conn, actor, sop_id)
+    async with ctx.uow(read_only=True) as uow:
+        await _visible(uow, actor, sop_id)
     authorize(actor, "sop.write")

@@ -48,14 +48,6 @@ class CheckSubmission:
     evidence_uri: str | None = None
 
 
-@dataclass(frozen=True)
-class WorkSessionCompleted:
-    session_id: UUID
-    worker_id: UUID
-    completed_at: datetime
-    manual: bool
-
-
 @dataclass
 class SessionState:
     """Everything about a session except the SOP's steps: what the read model stores."""
@@ -87,7 +79,6 @@ class SessionState:
 class WorkSession:
     plan: SessionPlan
     state: SessionState
-    events: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     # ---- creation --------------------------------------------------------------------------
     @classmethod
@@ -212,7 +203,6 @@ class WorkSession:
         self.state.completed_at = now
         self.state.current_step_id = None
         self._changed()
-        self.events.append(WorkSessionCompleted(self.state.id, self.state.worker_id, now, manual))
 
     def pause(self, now: datetime, reason: str | None = None) -> None:
         self._ensure_status(SessionStatus.IN_PROGRESS, doing="pause")

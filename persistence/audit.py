@@ -1,35 +1,34 @@
-"""Append-only audit log with one global hash chain:
-hash = sha256(prev_hash + canonical JSON of the entry without its hash)."""
+"""The audit log: one hash chain per session (`session:<id>`) and one per SOP family
+(`sop:<family_id>`), no log-wide lock or chain (CONTRACT.md v1.1).
+
+hash = sha256(prev_hash + canonical JSON of the entry without its hash), the entry being
+exactly what GET /api/v1/audit shows, so anyone can re-check a chain from the API alone.
+A session's chain has its head on the session's row (moved by persistence.sessions in the
+same transaction as the entry); an SOP family's, in `audit_chains`."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from domain.changes import AuditFacts
 from persistence.db import dialect_insert
-from persistence.tables import audit_chain, audit_log
-
-GENESIS = "0" * 64
+from persistence.tables import GENESIS, audit_chains, audit_log, work_sessions
 
 
-@dataclass
-class AuditEntry:
-    action: str
-    outcome: str
-    actor_id: UUID | None = None
-    actor_role: str | None = None
-    session_id: UUID | None = None
-    detail: dict[str, Any] | None = None
-    request_id: str | None = None
+def session_chain(session_id: UUID) -> str:
+    return f"session:{session_id}"
+
+
+def sop_chain(family_id: UUID) -> str:
+    return f"sop:{family_id}"
 
 
 def canonical(entry: dict[str, Any]) -> str:
@@ -41,96 +40,166 @@ def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(body)).encode()).hexdigest()
 
 
-def _body(seq: int, id_: UUID, at: datetime, e: Mapping[str, Any], prev_hash: str) -> dict:
-    """What the hash covers: every stored column but the hash itself."""
+def hashed_body(row: Any) -> dict[str, Any]:
+    """The entry as the API shows it, without its hash: what the hash covers."""
     def uid(v: Any) -> str | None:
         return None if v is None else str(v)
 
     return {
-        "seq": seq, "id": str(id_), "at": at.isoformat(),
-        "actor_id": uid(e["actor_id"]), "actor_role": e["actor_role"], "action": e["action"],
-        "session_id": uid(e["session_id"]), "outcome": e["outcome"], "detail": e["detail"],
-        "request_id": e["request_id"], "dedup_key": e["dedup_key"], "prev_hash": prev_hash,
+        "id": str(row["id"]), "at": row["at"].astimezone(UTC).isoformat(),
+        "actor_id": uid(row["actor_id"]), "actor_role": row["actor_role"],
+        "action": row["action"], "session_id": uid(row["session_id"]),
+        "outcome": row["outcome"], "detail": row["detail"], "request_id": row["request_id"],
+        "chain": row["chain"], "seq": row["seq"], "prev_hash": row["prev_hash"],
     }
 
 
-async def append(conn: AsyncConnection, entry: AuditEntry, now: datetime,
-                 dedup_key: str | None = None) -> bool:
-    """Append one entry to the chain. With a `dedup_key` already in the log, append nothing
-    (returns False). The chain head is held from the first statement (PostgreSQL's row lock;
-    SQLite's write transaction, BEGIN IMMEDIATE, holds the only write lock), so appends are
-    serial and the dedup look-up, the unique index itself, is race-free. Three statements,
-    built once: this runs on every accepted change."""
-    conn_sqlite = conn.dialect.name == "sqlite"
-    head = (await conn.execute(_HEAD if conn_sqlite else _HEAD_FOR_UPDATE)).first()
-    if head is None:
-        raise RuntimeError("audit chain head is missing: run `worksession migrate`")
-    seq, prev = head.last_seq + 1, head.last_hash
-    id_ = uuid4()
-    now = now.astimezone(UTC)  # stored and read back as UTC: hash what will be read
-    body = _body(seq, id_, now, {**asdict(entry), "dedup_key": dedup_key}, prev)
-    digest = entry_hash(prev, body)
-    row = dict(seq=seq, id=id_, at=now, actor_id=entry.actor_id, actor_role=entry.actor_role,
-               action=entry.action, session_id=entry.session_id, outcome=entry.outcome,
-               detail=entry.detail, request_id=entry.request_id, dedup_key=dedup_key,
-               prev_hash=prev, hash=digest)
-    if dedup_key is None:
-        await conn.execute(_INSERT, row)
-    elif (await conn.execute(_insert_once(conn_sqlite), row)).rowcount == 0:
-        return False  # already in the log: the head stays as it was
-    await conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
-    return True
+def link(chain: str, seq: int, prev_hash: str, facts: AuditFacts, at: datetime,
+         session_id: UUID | None, dedup_key: str | None = None) -> dict[str, Any]:
+    """The row of entry `seq` of `chain`, after `prev_hash`, with its hash."""
+    row: dict[str, Any] = {
+        "id": uuid4(), "chain": chain, "seq": seq, "at": at.astimezone(UTC),
+        "actor_id": facts.actor_id, "actor_role": facts.actor_role, "action": facts.action,
+        "session_id": session_id, "outcome": facts.outcome, "detail": facts.detail,
+        "request_id": facts.request_id, "dedup_key": dedup_key, "prev_hash": prev_hash,
+        "legacy": None}
+    row["hash"] = entry_hash(prev_hash, hashed_body(row))
+    return row
 
 
-_HEAD = select(audit_chain.c.last_seq, audit_chain.c.last_hash).where(audit_chain.c.id == 1)
-_HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_INSERT = audit_log.insert()
-_MOVE_HEAD = (update(audit_chain).where(audit_chain.c.id == 1)
-              .values(last_seq=bindparam("seq"), last_hash=bindparam("hash")))
+class AuditLog:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._sqlite = conn.dialect.name == "sqlite"
+
+    async def insert(self, rows: list[dict[str, Any]]) -> None:
+        await self.conn.execute(audit_log.insert(), rows)
+
+    async def insert_once(self, row: dict[str, Any]) -> bool:
+        """Insert unless an entry with the row's dedup_key is there; whether it was new."""
+        stmt = dialect_insert(self._sqlite, audit_log).on_conflict_do_nothing(
+            index_elements=[audit_log.c.dedup_key])
+        return (await self.conn.execute(stmt, row)).rowcount > 0
+
+    async def append_to_sop_family(self, family_id: UUID, facts: AuditFacts,
+                                   at: datetime) -> None:
+        """One entry on the family's chain; its head row is held until the transaction
+        ends (catalog actions are rare: one family's queue at most)."""
+        chain = sop_chain(family_id)
+        await self.conn.execute(
+            dialect_insert(self._sqlite, audit_chains).on_conflict_do_nothing(
+                index_elements=[audit_chains.c.chain]),
+            {"chain": chain, "seq": 0, "hash": GENESIS})
+        head = (await self.conn.execute(
+            select(audit_chains.c.seq, audit_chains.c.hash)
+            .where(audit_chains.c.chain == chain).with_for_update())).one()
+        row = link(chain, head.seq + 1, head.hash, facts, at, None)
+        await self.insert([row])
+        await self.conn.execute(audit_chains.update().where(audit_chains.c.chain == chain)
+                                .values(seq=row["seq"], hash=row["hash"]))
+
+    async def list_page(self, session_id: UUID | None, limit: int,
+                        offset: int) -> tuple[list[dict], int]:
+        """Oldest first: a session's entries in their chain's order."""
+        c = audit_log.c
+        cond = c.session_id == session_id if session_id else and_(True)
+        total = (await self.conn.execute(select(func.count()).select_from(audit_log)
+                                         .where(cond))).scalar_one()
+        order = (c.chain, c.seq) if session_id else (c.at, c.chain, c.seq)
+        rows = (await self.conn.execute(select(audit_log).where(cond).order_by(*order)
+                                        .limit(limit).offset(offset))).mappings().all()
+        return [dict(r) for r in rows], total
+
+    # ---- verification ----------------------------------------------------------------------
+    async def heads(self) -> dict[str, tuple[int, str]]:
+        """Every chain's head as the database records it apart from the log itself."""
+        out = {session_chain(r.id): (r.audit_seq, r.audit_hash) for r in await self.conn.execute(
+            select(work_sessions.c.id, work_sessions.c.audit_seq, work_sessions.c.audit_hash)
+            .where(work_sessions.c.audit_seq > 0))}
+        out.update({r.chain: (r.seq, r.hash)
+                    for r in await self.conn.execute(select(audit_chains))})
+        return out
+
+    async def _chains(self) -> AsyncIterator[tuple[str, list[Any]]]:
+        result = await self.conn.stream(select(audit_log).order_by(audit_log.c.chain,
+                                                                   audit_log.c.seq))
+        chain: str | None = None
+        rows: list[Any] = []
+        async for row in result.mappings():
+            if row["chain"] != chain and chain is not None:
+                yield chain, rows
+                rows = []
+            chain = row["chain"]
+            rows.append(row)
+        if chain is not None:
+            yield chain, rows
+
+    async def verify(self, anchor: dict[str, Any] | None = None) -> tuple[int, list[str]]:
+        """Walk every chain. Returns (entries checked, problems found). Each chain must link
+        from seq 1, every hash must match its entry, and each chain must end where its head
+        says (a session's row, an SOP family's head row); with an `anchor`, every anchored
+        chain must still hold the anchored entry, unchanged.
+
+        Read it in a snapshot (`UnitOfWork.begin(..., snapshot=True)`) on a live database:
+        otherwise an entry appended while it runs may show as one beyond its head."""
+        heads = await self.heads()
+        anchored = {c["chain"]: c for c in (anchor or {}).get("chains", [])}
+        problems: list[str] = []
+        n = 0
+        seen: set[str] = set()
+        async for chain, rows in self._chains():
+            seen.add(chain)
+            prev, ok = GENESIS, True
+            hashes: dict[int, str] = {}
+            for expected, row in enumerate(rows, start=1):
+                n += 1
+                where = f"{chain} seq {row['seq']} ({row['id']})"
+                if row["seq"] != expected:
+                    problems.append(f"{chain}: expected seq {expected}, found {row['seq']} "
+                                    f"(entry missing)")
+                    ok = False
+                    break
+                if row["prev_hash"] != prev:
+                    problems.append(f"{where}: prev_hash does not match the previous entry")
+                    ok = False
+                    break
+                if entry_hash(prev, hashed_body(row)) != row["hash"]:
+                    problems.append(f"{where}: content does not match its hash")
+                    ok = False
+                    break
+                prev = row["hash"]
+                hashes[row["seq"]] = prev
+            if not ok:
+                continue
+            length = len(rows)
+            head = heads.get(chain)
+            if head is None:
+                problems.append(f"{chain}: {length} entries but no head records the chain")
+            elif head != (length, prev):
+                problems.append(f"{chain}: its head says {head[0]} entries ending in "
+                                f"{head[1][:12]}…, the log has {length} ending in {prev[:12]}… "
+                                f"(entries removed or added at the end)")
+            if chain in anchored:
+                a = anchored[chain]
+                if hashes.get(a["seq"]) != a["hash"]:
+                    problems.append(f"{chain}: the anchor holds entry {a['seq']} "
+                                    f"({a['hash'][:12]}…), the log does not")
+        for chain, (seq, _) in heads.items():
+            if chain not in seen and seq > 0:
+                problems.append(f"{chain}: its head says {seq} entries, the log has none")
+        for chain in anchored.keys() - seen:
+            problems.append(f"{chain}: anchored, but the log has no entry of it")
+        return n, problems
+
+    async def anchor(self, now: datetime) -> dict[str, Any]:
+        """The head of every chain, as the log holds it, with one digest over them: kept
+        outside the database, it proves later that no chain lost or rewrote an entry."""
+        chains = []
+        async for chain, rows in self._chains():
+            chains.append({"chain": chain, "seq": rows[-1]["seq"], "hash": rows[-1]["hash"]})
+        return {"at": now.astimezone(UTC).isoformat(), "chains": chains,
+                "digest": anchor_digest(chains)}
 
 
-@functools.cache
-def _insert_once(is_sqlite: bool) -> Any:
-    stmt = dialect_insert(is_sqlite, audit_log)
-    return stmt.on_conflict_do_nothing(index_elements=[audit_log.c.dedup_key])
-
-
-async def list_page(conn: AsyncConnection, session_id: UUID | None, limit: int,
-                    offset: int) -> tuple[list[dict], int]:
-    cond = and_(True, audit_log.c.session_id == session_id) if session_id else and_(True)
-    total = (await conn.execute(select(func.count()).select_from(audit_log)
-                                .where(cond))).scalar_one()
-    rows = (await conn.execute(select(audit_log).where(cond).order_by(audit_log.c.seq)
-                               .limit(limit).offset(offset))).mappings().all()
-    return [dict(r) for r in rows], total
-
-
-async def verify(conn: AsyncConnection) -> tuple[int, str | None]:
-    """Walk the whole chain. Returns (entries checked, description of the first break).
-
-    The head is read first: entries appended while this runs (seq beyond it) are left for
-    the next run, so a live system is never reported broken."""
-    head = (await conn.execute(select(audit_chain))).first()
-    if head is None:
-        return 0, "the chain head (audit_chain row) is missing"
-    prev = GENESIS
-    expected_seq = 1
-    n = 0
-    result = await conn.stream(select(audit_log).where(audit_log.c.seq <= head.last_seq)
-                               .order_by(audit_log.c.seq))
-    async for row in result.mappings():
-        n += 1
-        if row["seq"] != expected_seq:
-            return n, f"entry seq {row['seq']}: expected seq {expected_seq} (entry missing)"
-        if row["prev_hash"] != prev:
-            return n, f"entry seq {row['seq']} ({row['id']}): prev_hash does not match the " \
-                      f"previous entry's hash"
-        body = _body(row["seq"], row["id"], row["at"], row, row["prev_hash"])
-        if entry_hash(prev, body) != row["hash"]:
-            return n, f"entry seq {row['seq']} ({row['id']}): content does not match its hash"
-        prev = row["hash"]
-        expected_seq += 1
-    if head.last_seq != expected_seq - 1 or head.last_hash != prev:
-        return n, f"chain head says {head.last_seq} entries ending in {head.last_hash[:12]}…, " \
-                  f"the log has {expected_seq - 1} (entries removed at the end)"
-    return n, None
+def anchor_digest(chains: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(canonical(chains).encode()).hexdigest()

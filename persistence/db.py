@@ -65,8 +65,12 @@ class Database:
             self._sqlite_writer.release()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """`snapshot`: every statement sees the database as of the first (PostgreSQL's
+        REPEATABLE READ; a SQLite read transaction always does)."""
         async with self._connect(write=False) as conn:
+            if snapshot and not self.is_sqlite:
+                await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield conn
 
     @asynccontextmanager

@@ -23,6 +23,8 @@ from sqlalchemy import (
     text,
 )
 
+GENESIS = "0" * 64  # prev_hash of a chain's first entry
+
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -118,11 +120,14 @@ work_sessions = Table(
     Column("approved_at", TZ),
     Column("workflow_id", String(200), nullable=False),
     Column("run_id", String(64)),
+    # Names the stored state: it grows with every change, across runs, reopening and
+    # approval. A write of a change replaces the row only when its version is higher.
     Column("version", Integer, nullable=False),
-    # Where in its run's history the stored state was written (the history length then):
-    # orders the writes of one run, including one from a workflow task that was later lost.
-    Column("run_position", Integer, nullable=False, server_default=text("0")),
     Column("updated_at", TZ, nullable=False),
+    # The head of the session's audit chain (`session:<id>`): the session's own record of
+    # how long its chain is, moved in the transaction of every entry appended to it.
+    Column("audit_seq", Integer, nullable=False, server_default=text("0")),
+    Column("audit_hash", String(64), nullable=False, server_default=text(f"'{GENESIS}'")),
     # Second line of defence behind Temporal's workflow ID: one active session per worker.
     Index("uq_work_sessions_one_active_per_worker", "worker_id", unique=True,
           sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
@@ -149,8 +154,10 @@ session_checks = Table(
 
 audit_log = Table(
     "audit_log", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("id", Uuid, nullable=False, unique=True),
+    Column("id", Uuid, primary_key=True),
+    # `session:<id>` or `sop:<family_id>`; seq counts from 1 within it.
+    Column("chain", String(80), nullable=False),
+    Column("seq", Integer, nullable=False),
     Column("at", TZ, nullable=False),
     Column("actor_id", Uuid),
     Column("actor_role", String(16)),
@@ -158,19 +165,23 @@ audit_log = Table(
     Column("session_id", Uuid),
     Column("outcome", String(16), nullable=False),
     Column("detail", JSON),
-    Column("request_id", String(64)),
-    # Set where one logical action may be reported more than once (a resent check).
+    Column("request_id", String(128)),
+    # Names the accepted change an entry records, so that writing it twice stores it once.
     Column("dedup_key", String(200), unique=True),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    Index("ix_audit_log_session", "session_id", "seq"),
+    # Entries from before per-chain hashing (migration 0003): their seq and hashes in the
+    # old single chain, kept as they were recorded.
+    Column("legacy", JSON),
+    Index("uq_audit_log_chain_seq", "chain", "seq", unique=True),
+    Index("ix_audit_log_session", "session_id", "chain", "seq"),
+    Index("ix_audit_log_at", "at"),  # the whole log, oldest first
 )
 
-# One row: the head of the global audit hash chain. Updating it first serialises appends
-# on both SQLite (write lock) and PostgreSQL (row lock).
-audit_chain = Table(
-    "audit_chain", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("last_seq", Integer, nullable=False),
-    Column("last_hash", String(64), nullable=False),
+# Heads of the SOP families' audit chains (a session's chain has its head on its row).
+audit_chains = Table(
+    "audit_chains", metadata,
+    Column("chain", String(80), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
 )

@@ -5,6 +5,7 @@ worker, and the API app served in-process over HTTP semantics (httpx ASGI transp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -49,25 +50,33 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def fresh_database(label: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database (a SQLite file, or a PostgreSQL database when
+    WORKSESSION_TEST_DATABASE=postgresql), removed afterwards."""
     if os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql":
         import asyncpg
 
-        name = f"worksession_test_{uuid.uuid4().hex[:12]}"
-        dsn = PG_ADMIN_URL.replace("postgresql+asyncpg", "postgresql")
-        admin = await asyncpg.connect(dsn + "/postgres")
+        name = f"worksession_{label}_{uuid.uuid4().hex[:12]}"
+        dsn = PG_ADMIN_URL.replace("postgresql+asyncpg", "postgresql") + "/postgres"
+        admin = await asyncpg.connect(dsn)
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.close()
         try:
             yield f"{PG_ADMIN_URL}/{name}"
         finally:
-            admin = await asyncpg.connect(dsn + "/postgres")
+            admin = await asyncpg.connect(dsn)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
     else:
-        with tempfile.TemporaryDirectory(prefix="worksession-test-") as d:
+        with tempfile.TemporaryDirectory(prefix=f"worksession-{label}-") as d:
             yield f"sqlite+aiosqlite:///{Path(d) / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    async with fresh_database("test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -220,3 +229,10 @@ async def eventually(predicate: Any, within: float = 10.0) -> Any:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.1)
+
+
+async def on(ctx: Any, actor: Any, session_id: Any, permission: str = "session.work") -> Any:
+    """A use case's access to a session, decided as the API's `gate` decides it."""
+    from application.sessions import gate
+
+    return await gate(ctx, actor, UUID(str(session_id)), permission)

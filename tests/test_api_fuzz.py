@@ -24,16 +24,14 @@ WORKSESSION_FUZZ_STATS=FILE writes the (who, operation, status, count) seen to F
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import socket
-import tempfile
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from persistence.db import Database
 from persistence.migrate import upgrade_async
-from tests.conftest import PG_ADMIN_URL, SECRET, sop_body
+from tests.conftest import SECRET, fresh_database, sop_body
 from worker import build_worker
 from worksession.settings import Settings
 from worksession.tokens import mint
@@ -84,28 +82,6 @@ SUPERVISOR_ID, WORKER_ID, ADMIN_ID = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
 
 # ---- the server under test ------------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """A database of the fuzz run's own (same engine as the rest of the suite)."""
-    if os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql":
-        import asyncpg
-
-        name = f"worksession_fuzz_{uuid.uuid4().hex[:12]}"
-        dsn = PG_ADMIN_URL.replace("postgresql+asyncpg", "postgresql") + "/postgres"
-        admin = await asyncpg.connect(dsn)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-        try:
-            yield f"{PG_ADMIN_URL}/{name}"
-        finally:
-            admin = await asyncpg.connect(dsn)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
-    else:
-        with tempfile.TemporaryDirectory(prefix="worksession-fuzz-") as d:
-            yield f"sqlite+aiosqlite:///{Path(d) / 'fuzz.db'}"
-
-
 class _Server(uvicorn.Server):
     """uvicorn, telling the test thread when it listens."""
 
@@ -142,7 +118,7 @@ class FuzzServer:
             self.ready.set()
 
     async def _main(self) -> None:
-        async with fresh_database() as url:
+        async with fresh_database("fuzz") as url:
             await upgrade_async(url)
             client = await Client.connect(self.temporal_target,
                                           data_converter=pydantic_data_converter)

@@ -37,7 +37,6 @@ from domain.work_session import (
     CheckSubmission,
     SessionStatus,
     WorkSession,
-    WorkSessionCompleted,
 )
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
@@ -335,7 +334,7 @@ def test_repeated_check_id_after_the_session_closed_records_nothing() -> None:
     last_cid, last_step = cids[-1]
     assert s.add_check(sub(last_step, PASSED, check_id=last_cid), by=WORKER, now=at(9)) is None
     assert s.state.version == version and len(s.state.checks) == 3
-    assert s.events == [WorkSessionCompleted(s.state.id, WORKER, at(5), False)]
+    assert s.state.completed_at == at(5)
 
 
 def test_repeated_check_id_with_other_content_is_invalid() -> None:
@@ -429,27 +428,6 @@ def test_manual_completion_only_when_in_progress(make: Callable[[], WorkSession]
     with pytest.raises(WrongState):
         s.complete(at(99), manual=True)
     assert s.state == before
-
-
-# ---- completion event ----------------------------------------------------------------------
-def test_work_session_completed_event_emitted_on_last_passed_check() -> None:
-    s = started()
-    assert s.events == []
-    pass_current(s, at(1))
-    pass_current(s, at(2))
-    assert s.events == []
-    pass_current(s, at(3))
-    assert s.events == [WorkSessionCompleted(s.state.id, WORKER, at(3), manual=False)]
-
-
-def test_work_session_completed_event_emitted_on_manual_completion() -> None:
-    s = started()
-    s.complete(at(4), manual=True)
-    assert s.events == [WorkSessionCompleted(s.state.id, WORKER, at(4), manual=True)]
-
-
-def test_cancel_emits_no_completed_event() -> None:
-    assert cancelled().events == []
 
 
 # ---- pause / resume ------------------------------------------------------------------------
@@ -582,12 +560,10 @@ LOCKED_MODIFICATIONS: dict[str, Callable[[WorkSession], Any]] = {
 def test_locked_session_refuses_every_modification(action: Callable[[WorkSession], Any]) -> None:
     s = approved()
     before = s.copy().state
-    events = list(s.events)
     with pytest.raises(SessionLocked) as exc:
         action(s)
     assert isinstance(exc.value, Conflict)
     assert s.state == before
-    assert s.events == events
 
 
 # ---- reopen --------------------------------------------------------------------------------
@@ -656,13 +632,12 @@ def test_reopen_only_closed_sessions(make: Callable[[], WorkSession]) -> None:
     assert s.state == before
 
 
-def test_reopened_session_can_complete_again_and_emits_a_second_event() -> None:
+def test_reopened_session_can_complete_again() -> None:
     s = completed()
     s.reopen(at(20), step_id=step_ids(s)[-1])
     pass_current(s, at(30))
     assert s.state.status is SessionStatus.COMPLETED
     assert s.state.completed_at == at(30)
-    assert [e.completed_at for e in s.events] == [T0, at(30)]
 
 
 # ---- version -------------------------------------------------------------------------------

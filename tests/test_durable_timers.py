@@ -14,10 +14,10 @@ from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
 from domain.sop import CheckResult
-from persistence import sessions as repo
-from tests.conftest import make_confirmed_sop
+from orchestration.client import SessionWorkflows
+from persistence.sessions import SessionRepository
+from tests.conftest import make_confirmed_sop, on
 from worker import build_worker
-from workflows.client import SessionWorkflows
 from worksession.binaries import temporal_test_server
 from worksession.temporal import register_search_attributes
 
@@ -48,7 +48,7 @@ async def test_idle_session_pauses_itself_after_the_idle_timeout(skipping_env, d
         await skipping_env.sleep(timedelta(hours=7))
         assert (await ctx.workflows.query(actor.id))["status"] == "in_progress"
         # activity resets the clock
-        view = await uc.submit_check(ctx, actor, uuid.UUID(view["id"]),
+        view = await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
                                      step_id=uuid.UUID(view["current_step_id"]),
                                      result=CheckResult.FAILED, value=None, notes=None,
                                      evidence_uri=None, check_id=None)
@@ -59,11 +59,11 @@ async def test_idle_session_pauses_itself_after_the_idle_timeout(skipping_env, d
         assert live["status"] == "paused" and live["paused_reason"] == "idle"
         assert live["current_step_id"] == view["current_step_id"]
         async with db.read() as conn:
-            row = await repo.get(conn, uuid.UUID(view["id"]))
+            row = await SessionRepository(conn).get(uuid.UUID(view["id"]))
         assert row.state.status.value == "paused" and row.state.paused_reason == "idle"
-        resumed = await uc.resume_session(ctx, actor, uuid.UUID(view["id"]))
+        resumed = await uc.resume_session(ctx, await on(ctx, actor, uuid.UUID(view["id"])))
         assert resumed["status"] == "in_progress" and resumed["paused_reason"] is None
-        await uc.cancel_session(ctx, actor, uuid.UUID(view["id"]), "done testing")
+        await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(view["id"])), "done testing")
 
 
 async def test_repeated_failed_checks_mark_the_session_as_needing_attention(
@@ -77,13 +77,15 @@ async def test_repeated_failed_checks_mark_the_session_as_needing_attention(
         sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
         for n in range(3):
             assert view["needs_attention"] is False, n
-            view = await uc.submit_check(ctx, actor, sid, step_id=step,
+            view = await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=step,
                                          result=CheckResult.FAILED, value=None, notes=None,
                                          evidence_uri=None, check_id=None)
         assert view["needs_attention"] is True
         async with db.read() as conn:
-            assert (await repo.get(conn, sid)).state.needs_attention is True
-        view = await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+            assert (await SessionRepository(conn).get(sid)).state.needs_attention is True
+        view = await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=step, result=CheckResult.PASSED,
                                      value=None, notes=None, evidence_uri=None, check_id=None)
         assert view["needs_attention"] is False
-        await uc.cancel_session(ctx, actor, sid, "done testing")
+        await uc.cancel_session(ctx, await on(ctx, actor, sid), "done testing")

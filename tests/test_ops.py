@@ -22,12 +22,12 @@ from application.authz import Actor, Role
 from application.context import Context
 from domain.errors import Unavailable
 from domain.sop import CheckResult
-from persistence import sessions as repo
+from orchestration import ops
+from orchestration.client import SessionWorkflows
 from persistence.db import Database
-from tests.conftest import eventually, make_confirmed_sop
+from persistence.sessions import SessionRepository
+from tests.conftest import eventually, make_confirmed_sop, on
 from worker import build_worker
-from workflows import ops
-from workflows.client import SessionWorkflows
 from workflows.messages import workflow_id_for
 
 BIN = Path(sys.executable).parent
@@ -76,8 +76,10 @@ async def cli(temporal_env, database_url: str, task_queue: str, *args: str):
 async def outage_stack(client, database_url, http, supervisor):
     queue = f"ops-{uuid.uuid4()}"
     worker_db = Database(database_url, lock_timeout_ms=300)
+    # A run writes what its API could not after a second (write_behind), not ten minutes.
     ctx = Context(db=Database(database_url, lock_timeout_ms=300), workflows=SessionWorkflows(
-        client, queue, timeout=3, idle_timeout=timedelta(hours=8), escalate_after_failures=3))
+        client, queue, timeout=3, idle_timeout=timedelta(hours=8), escalate_after_failures=3,
+        write_behind=timedelta(seconds=1)))
     sop = await make_confirmed_sop(http, supervisor)
     async with build_worker(client, worker_db, queue):
         yield ctx, queue, sop
@@ -99,7 +101,8 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
     async with WriteOutage(database_url):
         t0 = asyncio.get_running_loop().time()
         with pytest.raises(Unavailable):
-            await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+            await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=step, result=CheckResult.PASSED,
                                   value=None, notes=None, evidence_uri=None,
                                   check_id=check_id)
         assert asyncio.get_running_loop().time() - t0 < 6  # bounded, never hangs
@@ -116,7 +119,6 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
         # the check the client was told to resend is held by the run, which answered it
         # (nothing waits inside the workflow): only the read model lacks it
         run = client.get_workflow_handle(workflow_id_for(actor.id))
-        assert await run.query("pending_updates") == []
         assert [c["id"] for c in (await run.query("session"))["checks"]] == [str(check_id)]
         code, out, err = await cli(temporal_env, database_url, queue, "stuck", "--json")
         assert code == 0, err
@@ -133,19 +135,20 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
 
     async def recorded():
         async with db.read() as conn:
-            row = await repo.get(conn, sid)
+            row = await SessionRepository(conn).get(sid)
         return row if len(row.state.checks) == 1 else None
 
     row = await eventually(recorded, within=3)  # sooner than the next automatic attempt
     assert [c.id for c in row.state.checks] == [check_id]
     # the client's resend is answered from the session as it is now, recorded once
-    again = await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+    again = await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=step, result=CheckResult.PASSED,
                                   value=None, notes=None, evidence_uri=None, check_id=check_id)
     assert [c["id"] for c in again["checks"]] == [str(check_id)]
     assert await ops.diagnose(client, workflow_id_for(actor.id)) is None
     code, _, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
     assert code == 1 and "is not stuck" in err  # safe to run twice
-    await uc.cancel_session(ctx, actor, sid, "test over")
+    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
 
 
 async def test_ops_endpoints_are_for_admins_only(http, worker_user, supervisor, admin):
@@ -163,13 +166,15 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
     actor = Actor(uuid.uuid4(), Role.WORKER)
     view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
-    view = await uc.submit_check(ctx, actor, sid, step_id=step, result=CheckResult.PASSED,
+    view = await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=step, result=CheckResult.PASSED,
                                  value=None, notes=None, evidence_uri=None, check_id=None)
     await client.get_workflow_handle(workflow_id_for(actor.id)).terminate("operator mistake")
 
     # a check now must not be answered from a copy as if it had been recorded
     with pytest.raises(Unavailable):
-        await uc.submit_check(ctx, actor, sid, step_id=uuid.UUID(view["current_step_id"]),
+        await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=uuid.UUID(view["current_step_id"]),
                               value=0.1, result=None, notes=None, evidence_uri=None,
                               check_id=None)
     later = Context(db=ctx.db, workflows=ctx.workflows,
@@ -179,13 +184,14 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
     assert listed[str(sid)]["kind"] == "workflow_not_running"
     done = await ops_uc.retry_session(ctx, None, sid)
     assert "started a new run" in done["action"] and "step 2 of 3" in done["action"]
-    view = await uc.submit_check(ctx, actor, sid, step_id=uuid.UUID(view["current_step_id"]),
+    view = await uc.submit_check(
+        ctx, await on(ctx, actor, sid), step_id=uuid.UUID(view["current_step_id"]),
                                  value=0.1, result=None, notes=None, evidence_uri=None,
                                  check_id=None)
     assert len(view["checks"]) == 2 and view["current_step"]["index"] == 2
     async with db.read() as conn:
-        assert len((await repo.get(conn, sid)).state.checks) == 2
-    await uc.cancel_session(ctx, actor, sid, "test over")
+        assert len((await SessionRepository(conn).get(sid)).state.checks) == 2
+    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
 
 
 async def test_a_write_cancelled_midway_never_leaves_the_database_locked(database_url, db,
@@ -197,36 +203,37 @@ async def test_a_write_cancelled_midway_never_leaves_the_database_locked(databas
     import random
 
     from activities.session_store import SessionStore
+    from domain.changes import AuditFacts, SessionChange
     from domain.work_session import WorkSession
-    from persistence import sops
-    from workflows.messages import PersistSession
+    from persistence.sops import SopRepository
 
     sop = await make_confirmed_sop(http, supervisor)
     async with db.read() as conn:
-        plan = (await sops.get(conn, uuid.UUID(sop["id"]))).plan()
+        plan = (await SopRepository(conn).get(uuid.UUID(sop["id"]))).plan()
     quick = Database(database_url, lock_timeout_ms=500)
     store = SessionStore(quick)
     rng = random.Random(7)
     try:
         for i in range(150):
             session = WorkSession.start(uuid.uuid4(), uuid.uuid4(), plan, datetime.now(UTC))
-            req = PersistSession(state=session.state, workflow_id=f"wf-{i}", run_id="r",
-                                 run_position=1)
-            write = asyncio.create_task(store.persist_session(req))
+            change = SessionChange.of(session.state, 0, [AuditFacts(
+                "session_start", session.state.worker_id, "worker")], session.state.started_at,
+                f"wf-{i}", "r")
+            write = asyncio.create_task(store.write_changes([change]))
             await asyncio.sleep(rng.random() * 0.005)
             write.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await write
             async with quick.write() as conn:  # raises Unavailable if still locked
-                await conn.exec_driver_sql("UPDATE audit_chain SET id = id WHERE id = 1")
+                await conn.exec_driver_sql("UPDATE sops SET title = title")
             # and the cancelled write was not lost half-way: all of it or nothing
             async with quick.read() as conn:
-                row = await repo.get(conn, session.state.id)
+                row = await SessionRepository(conn).get(session.state.id)
             assert row is None or row.state.id == session.state.id
         # the cancelled writes went on to their end
         async def all_written():
             async with quick.read() as conn:
-                return await repo.get(conn, session.state.id)
+                return await SessionRepository(conn).get(session.state.id)
         assert await eventually(all_written, within=5)
     finally:
         await quick.dispose()

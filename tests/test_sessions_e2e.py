@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta
 
-from persistence import sessions as session_repo
+from persistence.sessions import SessionRepository
 from tests.conftest import (
     check,
     eventually,
@@ -287,7 +287,7 @@ async def test_sop_delete_racing_session_starts_never_leaves_a_session_on_an_arc
         started = [r for i, r in enumerate(rs) if i != 1 and r.status_code == 201]
         status = (await http.get(f"/api/v1/sops/{sop['id']}", headers=supervisor.h))
         async with db.read() as conn:
-            active = await session_repo.active_for_sop(conn, uuid.UUID(sop["id"]))
+            active = await SessionRepository(conn).active_for_sop(uuid.UUID(sop["id"]))
         if delete.status_code == 204:
             assert active == [] and started == []
             assert status.status_code == 404 or status.json()["status"] == "archived"
@@ -349,9 +349,10 @@ async def test_supervisor_finds_running_sessions_by_search_attributes(
     attrs = found[0].typed_search_attributes
     from workflows import search_attributes as sa
     assert attrs.get(sa.SESSION_ID) == s["id"]
-    await eventually(lambda: _attr(client, s["workflow_id"], sa.CURRENT_STEP_ID,
-                                   s["current_step_id"]))
     handle = client.get_workflow_handle(s["workflow_id"])
+    # a passed check that only moves the step upserts no search attribute (contract v1.1)
+    assert not [e async for e in handle.fetch_history_events()
+                if e.HasField("upsert_workflow_search_attributes_event_attributes")]
     desc = await handle.describe()
     summary = desc.static_summary
     summary = summary() if callable(summary) else summary
@@ -373,13 +374,12 @@ async def test_supervisor_finds_running_sessions_by_search_attributes(
         assert r.status_code == 200, r.text
     assert r.json()["needs_attention"] is True
     await eventually(lambda: _attr(client, s["workflow_id"], sa.NEEDS_ATTENTION, True))
-    assert await _attr(client, s["workflow_id"], sa.CURRENT_STEP_ID, s["current_step_id"])
     assert await _attr(client, s["workflow_id"], sa.SESSION_STATUS, "in_progress")
 
     r = await http.post(f"/api/v1/sessions/{s['id']}/complete", headers=worker_user.h)
     assert r.status_code == 200
     done = await eventually(lambda: _closed_with(client, s["workflow_id"], "completed"))
-    assert done.typed_search_attributes.get(sa.CURRENT_STEP_ID) is None
+    assert done.typed_search_attributes.get(sa.SESSION_ID) == s["id"]
 
 
 async def _attr(client, workflow_id, key, value):

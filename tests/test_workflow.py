@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,14 @@ from temporalio.worker import Replayer
 from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
-from domain.errors import Conflict
 from domain.sop import CheckResult
-from persistence import sessions as repo
-from tests.conftest import eventually, make_confirmed_sop, sop_body
+from orchestration.client import SessionWorkflows
+from persistence.audit import AuditLog
+from persistence.sessions import SessionRepository
+from tests.conftest import eventually, make_confirmed_sop, on, sop_body
 from worker import SANDBOX, build_worker
-from workflows.client import SessionWorkflows
 from workflows.messages import workflow_id_for
-from workflows.work_session import COMMITTED_WRITES_PATCH, WorkSessionWorkflow
+from workflows.work_session import WorkSessionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -40,7 +40,7 @@ async def pass_current(ctx: Context, actor: Actor, view: dict, check_id=None) ->
     step = view["current_step"]
     kind = step["check"]["kind"]
     return await uc.submit_check(
-        ctx, actor, uuid.UUID(view["id"]), step_id=uuid.UUID(step["id"]),
+        ctx, await on(ctx, actor, uuid.UUID(view["id"])), step_id=uuid.UUID(step["id"]),
         result=CheckResult.PASSED if kind == "confirm" else None,
         value=0.1 if kind == "measurement" else None, notes=None, evidence_uri=None,
         check_id=check_id)
@@ -48,7 +48,7 @@ async def pass_current(ctx: Context, actor: Actor, view: dict, check_id=None) ->
 
 async def stored_check_ids(db, session_id: str) -> list[str]:
     async with db.read() as conn:
-        row = await repo.get(conn, uuid.UUID(session_id))
+        row = await SessionRepository(conn).get(uuid.UUID(session_id))
     return [str(c.id) for c in row.state.checks]
 
 
@@ -94,7 +94,8 @@ async def test_continue_as_new_keeps_checks_and_idempotency(http, client, db, su
     assert len(live["checks"]) == 3 and live["current_step"]["index"] == 3
     # the first check_id, resent after the rollover, is still recognised
     again = await uc.submit_check(
-        ctx, actor, uuid.UUID(view["id"]), step_id=uuid.UUID(live["checks"][0]["step_id"]),
+        ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+        step_id=uuid.UUID(live["checks"][0]["step_id"]),
         result=CheckResult.PASSED, value=None, notes=None, evidence_uri=None,
         check_id=first_check)
     assert len(again["checks"]) == 3
@@ -103,11 +104,13 @@ async def test_continue_as_new_keeps_checks_and_idempotency(http, client, db, su
     assert desc.run_id != first_run
 
 
-async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model(
+async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model_once(
         http, client, db, supervisor, worker):
     """The API writes each change it answers; one that died between the update and its
-    write (or lost its database) leaves that to the run, which writes the session itself
-    once a change has gone unwritten for `write_behind`."""
+    write leaves that to the run, which writes what it holds once a change has waited
+    `write_behind`: the check, and its audit entry with the worker and request id the API
+    had sent. A resend afterwards records nothing twice."""
+    from domain.changes import AuditFacts
     from workflows.messages import SessionCommand, SubmitCheck
 
     sop = await make_confirmed_sop(http, supervisor, sop_body((3,), measurement_at=None))
@@ -116,25 +119,42 @@ async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model(
     view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     sid = uuid.UUID(view["id"])
     cid = uuid.uuid4()
+    facts = AuditFacts("check_submitted", actor.id, "worker", {"check_id": str(cid)},
+                       "req-died-before-its-write")
     # the update alone, as an API that dies before its write leaves it
     change = await ctx.workflows.submit_check(actor.id, SubmitCheck(
-        actor_id=actor.id, session_id=sid, check_id=cid,
-        step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.PASSED))
-    assert [c.id for c in change.state.checks] == [cid]
+        session_id=sid, check_id=cid, step_id=uuid.UUID(view["current_step_id"]),
+        result=CheckResult.PASSED, audit=facts))
+    assert [c.id for c in change.checks] == [cid]
 
     async def written():
         return await stored_check_ids(db, view["id"]) == [str(cid)] or None
 
     await eventually(written, within=10)
-    # a closing run writes the closed session before it ends, whatever the API did
-    done = await ctx.workflows.command(actor.id, "complete",
-                                       SessionCommand(actor_id=actor.id, session_id=sid))
+    entries = await audit_of(db, sid)
+    assert [(e["action"], e["actor_id"], e["request_id"]) for e in entries] == [
+        ("session_start", actor.id, None),
+        ("check_submitted", actor.id, "req-died-before-its-write")]
+    # the device resends: the same session, nothing recorded twice
+    again = await pass_current(ctx, actor, view, check_id=cid)
+    assert [c["id"] for c in again["checks"]] == [str(cid)]
+    assert len(await audit_of(db, sid)) == 2
+    # a closing run writes what it holds before it ends, whatever the API did
+    done = await ctx.workflows.command(actor.id, "complete", SessionCommand(
+        session_id=sid, audit=AuditFacts("session_complete", actor.id, "worker")))
     assert done.state.status.value == "completed"
     await asyncio.wait_for(client.get_workflow_handle(workflow_id_for(actor.id)).result(), 10)
     async with db.read() as conn:
-        row = await repo.get(conn, sid)
-    assert row.state.status.value == "completed" and row.state.version == done.state.version
+        row = await SessionRepository(conn).get(sid)
+    assert row.state.status.value == "completed" and row.state.version == done.version
     assert [c.id for c in row.state.checks] == [cid]
+    assert [e["action"] for e in await audit_of(db, sid)] == [
+        "session_start", "check_submitted", "session_complete"]
+
+
+async def audit_of(db, session_id: uuid.UUID) -> list[dict]:
+    async with db.read() as conn:
+        return (await AuditLog(conn).list_page(session_id, 100, 0))[0]
 
 
 async def test_concurrent_resends_of_one_check_across_a_worker_restart_apply_once(
@@ -159,102 +179,6 @@ async def test_concurrent_resends_of_one_check_across_a_worker_restart_apply_onc
     assert await stored_check_ids(db, view["id"]) == [str(cid)]
 
 
-async def _write_a_lost_workflow_task(ctx: Context, actor: Actor, view: dict,
-                                      check_id: uuid.UUID) -> None:
-    """What the read model holds when a workflow task's local activity wrote the next check
-    and the task was then lost (a SIGKILLed Temporal server): the database one change ahead
-    of the run, under the run's own id."""
-    from datetime import UTC
-
-    from domain.work_session import CheckSubmission, WorkSession
-
-    desc = await ctx.workflows.client.get_workflow_handle(view["workflow_id"]).describe()
-    # the lost task's position: the history so far, then its own scheduled and started events
-    position = desc.raw_description.workflow_execution_info.history_length + 2
-    async with ctx.db.write() as conn:
-        row = await repo.get(conn, uuid.UUID(view["id"]))
-        session = WorkSession(plan=await ctx.plans.get(conn, row.state.sop_id), state=row.state)
-        session.add_check(CheckSubmission(check_id=check_id,
-                                          step_id=uuid.UUID(view["current_step"]["id"]),
-                                          result=CheckResult.PASSED, value=None, notes=None,
-                                          evidence_uri=None),
-                          by=actor.id, now=datetime(2026, 1, 1, tzinfo=UTC))
-        assert await repo.save(ctx.db, conn, session.state, row.workflow_id, row.run_id,
-                               datetime.now(UTC), run_position=position)
-
-
-async def stored_checks(db, session_id: str) -> list[tuple[str, datetime]]:
-    async with db.read() as conn:
-        row = await repo.get(conn, uuid.UUID(session_id))
-    return [(str(c.id), c.checked_at) for c in row.state.checks]
-
-
-@pytest.fixture
-async def local_persist_worker(client, db):
-    """Runs as they were started before COMMITTED_WRITES_PATCH: each change is written from
-    a local activity inside its update, before the workflow task commits. Those runs go on
-    after a deploy until they close, and only they can leave a lost task's write behind."""
-    async with build_worker(client, db, f"local-persist-{uuid.uuid4()}",
-                            without_patches=frozenset({COMMITTED_WRITES_PATCH})) as w:
-        yield w
-
-
-async def _last_check_lost(http, client, db, supervisor, worker
-                           ) -> tuple[dict, Context, Actor, dict, uuid.UUID]:
-    """A 3-step session (of a run from before COMMITTED_WRITES_PATCH) two checks in whose
-    last check only a lost workflow task wrote."""
-    sop = await make_confirmed_sop(http, supervisor, sop_body((2, 1), measurement_at=None))
-    ctx = own_context(client, db, worker.task_queue)
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
-    view = await pass_current(ctx, actor, await pass_current(ctx, actor, view))
-    lost = uuid.uuid4()
-    await _write_a_lost_workflow_task(ctx, actor, view, lost)
-    return sop, ctx, actor, view, lost
-
-
-async def test_a_resend_after_a_lost_workflow_task_reaches_the_run_and_the_copies_agree(
-        http, client, db, supervisor, local_persist_worker):
-    sop, ctx, actor, view, last = await _last_check_lost(http, client, db, supervisor,
-                                                         local_persist_worker)
-    assert (await uc.get_session(ctx, actor, uuid.UUID(view["id"])))["status"] == "completed"
-    # a supervisor cannot lock it while its run is still going
-    boss = Actor(uuid.uuid4(), Role.SUPERVISOR)
-    with pytest.raises(Conflict, match="still running"):
-        await uc.approve_session(ctx, boss, uuid.UUID(view["id"]))
-
-    # the device got no answer and resends: the run applies it, as if for the first time
-    done = await uc.submit_check(
-        ctx, actor, uuid.UUID(view["id"]), step_id=uuid.UUID(view["current_step"]["id"]),
-        result=CheckResult.PASSED, value=None, notes=None, evidence_uri=None, check_id=last)
-    assert done["status"] == "completed" and done["checks"][-1]["id"] == str(last)
-    # the run got it and closed
-    result = await asyncio.wait_for(
-        client.get_workflow_handle(workflow_id_for(actor.id)).result(), 10)
-    # the read model now holds what the run's history holds, timestamps included
-    assert await stored_checks(db, view["id"]) == [
-        (c["id"], datetime.fromisoformat(c["checked_at"])) for c in result["checks"]]
-    assert (await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))["status"] == "in_progress"
-    assert (await uc.approve_session(ctx, boss, uuid.UUID(view["id"])))["locked"] is True
-
-
-async def test_a_change_lost_with_its_workflow_task_is_replaced_by_what_the_run_did_instead(
-        http, client, db, supervisor, local_persist_worker):
-    _, ctx, actor, view, lost = await _last_check_lost(http, client, db, supervisor,
-                                                       local_persist_worker)
-
-    # the run never saw that check: the worker pauses instead, and that is what is stored
-    paused = await uc.pause_session(ctx, actor, uuid.UUID(view["id"]))
-    assert paused["status"] == "paused" and len(paused["checks"]) == 2
-    stored = await uc.get_session(ctx, actor, uuid.UUID(view["id"]))
-    assert stored["status"] == "paused"
-    assert [c["id"] for c in stored["checks"]] == [c["id"] for c in paused["checks"]]
-    await uc.resume_session(ctx, actor, uuid.UUID(view["id"]))
-    done = await pass_current(ctx, actor, view, check_id=lost)
-    assert done["status"] == "completed"
-    assert await stored_check_ids(db, view["id"]) == [c["id"] for c in done["checks"]]
-
-
 def _histories() -> list[Path]:
     return sorted(HISTORIES.glob("*.json"))
 
@@ -270,7 +194,7 @@ async def test_recorded_history_replays_without_nondeterminism(path: Path):
 def test_histories_are_recorded_for_every_path():
     assert {p.stem.split(".")[0].split("-", 1)[1] for p in _histories()} >= {
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
-        "continue-as-new", "reopen"}
+        "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
@@ -296,7 +220,7 @@ async def test_record_histories(http, client, db, supervisor, worker):
     a = Actor(uuid.uuid4(), Role.WORKER)
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
     step = uuid.UUID(v["current_step_id"])
-    v = await uc.submit_check(ctx, a, uuid.UUID(v["id"]), step_id=step,
+    v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])), step_id=step,
                               result=CheckResult.FAILED, value=None, notes="stuck",
                               evidence_uri=None, check_id=None)
     for _ in range(3):
@@ -307,25 +231,26 @@ async def test_record_histories(http, client, db, supervisor, worker):
     a = Actor(uuid.uuid4(), Role.WORKER)
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
     v = await pass_current(ctx, a, v)
-    v = await uc.complete_session(ctx, a, uuid.UUID(v["id"]))
+    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("manual-complete", a, [v["run_id"]])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
-    await uc.pause_session(ctx, a, uuid.UUID(v["id"]))
-    await uc.resume_session(ctx, a, uuid.UUID(v["id"]))
-    v = await uc.cancel_session(ctx, a, uuid.UUID(v["id"]), "machine down")
+    await uc.pause_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    await uc.resume_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    v = await uc.cancel_session(ctx, await on(ctx, a, uuid.UUID(v["id"])), "machine down")
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("pause-resume-cancel", a, [v["run_id"]])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
     first = v["run_id"]
-    v = await uc.complete_session(ctx, a, uuid.UUID(v["id"]))
+    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
-    v = await uc.reopen_session(ctx, sup, uuid.UUID(v["id"]), "missed step", None)
-    v = await uc.complete_session(ctx, a, uuid.UUID(v["id"]))
+    v = await uc.reopen_session(ctx, await on(ctx, sup, uuid.UUID(v["id"]), "session.override"),
+                                "missed step", None)
+    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("reopen", a, [first, v["run_id"]])
 
@@ -338,64 +263,96 @@ async def test_record_histories(http, client, db, supervisor, worker):
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("continue-as-new", a, [first])
 
+    a = Actor(uuid.uuid4(), Role.WORKER)
+    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
+    for _ in range(3):
+        v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
+                                  step_id=uuid.UUID(v["current_step_id"]),
+                                  result=CheckResult.FAILED, value=None, notes=None,
+                                  evidence_uri=None, check_id=None)
+    assert v["needs_attention"] is True
+    v = await pass_current(ctx, a, v)
+    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    await client.get_workflow_handle(workflow_id_for(a.id)).result()
+    await record("escalation", a, [v["run_id"]])
+
+    quick = own_context(client, db, worker.task_queue, write_behind=timedelta(seconds=1))
+    quick.workflows.idle_timeout = timedelta(seconds=3)
+    a = Actor(uuid.uuid4(), Role.WORKER)
+    v = await uc.start_session(quick, a, uuid.UUID(sop["id"]))
+    v = await pass_current(quick, a, v)
+
+    async def idle_paused():
+        return (await quick.workflows.query(a.id))["status"] == "paused"
+    await eventually(idle_paused, within=15)
+    v = await uc.resume_session(quick, await on(quick, a, uuid.UUID(v["id"])))
+    v = await uc.cancel_session(quick, await on(quick, a, uuid.UUID(v["id"])), "done")
+    await client.get_workflow_handle(workflow_id_for(a.id)).result()
+    await record("idle-pause-and-write-behind", a, [v["run_id"]])
+
 
 async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one(
         http, client, db, supervisor, worker):
     """The workflow ID is per worker: a request that read "X is active" just before X closed
     and Y started must not cancel (or check) Y."""
-    from workflows.client import RunClosed
+    from domain.changes import AuditFacts
+    from orchestration.client import RunClosed
     from workflows.messages import SessionCommand
 
     sop = await make_confirmed_sop(http, supervisor)
     ctx = own_context(client, db, worker.task_queue)
     actor = Actor(uuid.uuid4(), Role.WORKER)
     x = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
-    await uc.complete_session(ctx, actor, uuid.UUID(x["id"]))
+    await uc.complete_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])))
     y = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     with pytest.raises(RunClosed):
         await ctx.workflows.command(actor.id, "cancel", SessionCommand(
-            actor_id=actor.id, session_id=uuid.UUID(x["id"]), reason="late"))
+            session_id=uuid.UUID(x["id"]), reason="late",
+            audit=AuditFacts("session_cancel", actor.id, "worker")))
     live = await ctx.workflows.query(actor.id)
     assert live["id"] == y["id"] and live["status"] == "in_progress"
     # and through the use case the late cancel is judged on X's stored copy: 409
     from domain.errors import WrongState
     with pytest.raises(WrongState):
-        await uc.cancel_session(ctx, actor, uuid.UUID(x["id"]), "late")
-    await uc.cancel_session(ctx, actor, uuid.UUID(y["id"]), "test over")
+        await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])), "late")
+    await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(y["id"])), "test over")
 
 
-async def test_a_start_whose_answer_was_lost_is_pointed_at_only_once_recorded(
+async def test_a_start_whose_answer_was_lost_is_named_at_once_and_recorded_by_its_run(
         http, client, db, supervisor):
-    """A start's transaction can fail after its run began (a database outage): the run then
-    records its session by itself. A second start meanwhile gets 503, never a 409 naming a
-    session nobody can read; once recorded, the 409 names it."""
-    from domain.errors import ActiveSessionExists, Unavailable
+    """A start's write can fail after its run began (the API died, or its database): the
+    run holds the start's change. A second start answers 409 at once naming that session,
+    and asks the run to write it now, with the first start's audit entry."""
+    from domain.changes import AuditFacts, SessionChange
+    from domain.errors import ActiveSessionExists
     from domain.work_session import WorkSession
-    from persistence import sops as sop_repo
+    from persistence.sops import SopRepository
 
     sop = await make_confirmed_sop(http, supervisor)
     queue = f"lost-start-{uuid.uuid4()}"
     ctx = own_context(client, db, queue)
     actor = Actor(uuid.uuid4(), Role.WORKER)
     async with db.read() as conn:
-        plan = (await sop_repo.get(conn, uuid.UUID(sop["id"]))).plan()
+        plan = (await SopRepository(conn).get(uuid.UUID(sop["id"]))).plan()
     started = WorkSession.start(uuid.uuid4(), actor.id, plan, ctx.clock())
-    await ctx.workflows.start(plan, started.state)  # no row: its transaction "failed"
+    facts = AuditFacts("session_start", actor.id, "worker", {"sop_id": sop["id"]}, "req-1")
+    await ctx.workflows.start(plan, started.state, SessionChange.of(  # and no write
+        started.state, 0, [facts], started.state.started_at, workflow_id_for(actor.id), None))
 
-    with pytest.raises(Unavailable, match="still being recorded"):
-        await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
-    async with build_worker(client, db, queue):  # the run can now save its session
-        await eventually_stored(db, started.state.id)
+    async with build_worker(client, db, queue):
         with pytest.raises(ActiveSessionExists) as e:
             await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
         assert e.value.extra["existing_session_id"] == str(started.state.id)
-        await uc.cancel_session(ctx, actor, started.state.id, "test over")
+        await eventually_stored(db, started.state.id)
+        assert [(x["action"], x["request_id"]) for x in await audit_of(db, started.state.id)
+                ] == [("session_start", "req-1")]
+        await uc.cancel_session(ctx, await on(ctx, actor, started.state.id), "test over")
 
 
 async def eventually_stored(db, session_id: uuid.UUID) -> None:
     async def stored() -> bool:
         async with db.read() as conn:
-            return await repo.get(conn, session_id, with_checks=False) is not None
+            return await SessionRepository(conn).get(session_id, with_checks=False) is not None
     await eventually(stored)
 
 

@@ -7,11 +7,12 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from domain.changes import AuditFacts, SessionChange
 from domain.sop import CheckResult, SessionPlan
 from domain.work_session import SessionState
 
 TASK_QUEUE_DEFAULT = "work-sessions"
-PERSIST_ACTIVITY = "persist_session"
+WRITE_CHANGES_ACTIVITY = "write_changes"
 # Update failure type when a command names another session than the run holds: the
 # worker's workflow ID now runs a newer session, so the named one is closed.
 SESSION_MISMATCH = "session-mismatch"
@@ -25,44 +26,32 @@ def workflow_id_for(worker_id: UUID) -> str:
 class SessionInput(BaseModel):
     plan: SessionPlan
     state: SessionState
+    # Changes this run holds that it has not written itself yet (the start's or reopening's
+    # own change; what the run before a continue-as-new had not written).
+    unwritten: list[SessionChange] = []
     idle_timeout_seconds: float = 8 * 3600
     escalate_after_failures: int = 3
     # Temporal caps one run at 2,000 updates; roll over well before that.
     continue_as_new_after_updates: int = 1000
-    # How long a change may go unwritten by the run itself (the API writes each one it
-    # answers, and a device resends what got no 200; this bounds the lag when an API died
-    # before its write and the device never resent). Each expiry costs a workflow task and an
-    # activity: at one minute, every check of a session worked at field pace had one.
+    # How long a change may go unwritten by the run itself. The API writes each change it
+    # answers and a device resends what got no answer, so this bounds the read model's lag
+    # only when an API died before its write and the device never came back. Each expiry
+    # costs a timer and an activity per session.
     write_behind_seconds: float = 600.0
 
 
 class SubmitCheck(BaseModel):
-    actor_id: UUID
-    session_id: UUID | None = None  # the session the client means (None: whatever runs)
+    session_id: UUID  # the session the client means
     check_id: UUID
     step_id: UUID
     result: CheckResult | None = None
     value: float | None = None
     notes: str | None = None
     evidence_uri: str | None = None
+    audit: AuditFacts
 
 
 class SessionCommand(BaseModel):
-    actor_id: UUID
-    session_id: UUID | None = None
+    session_id: UUID
     reason: str | None = None
-
-
-class PersistSession(BaseModel):
-    """A session state to write to the read model, and where it stands in its run. Both the
-    persist activity's input and every worker action's answer (which the API writes)."""
-
-    state: SessionState
-    workflow_id: str
-    run_id: str
-    # Where the state's last change stands in its run (see persistence.sessions.save): the
-    # number of changes the run has made, or in runs from before COMMITTED_WRITES_PATCH the
-    # history length then (0 in histories from before that).
-    run_position: int = 0
-    # The run wrote it itself before answering (runs from before COMMITTED_WRITES_PATCH).
-    written: bool = False
+    audit: AuditFacts

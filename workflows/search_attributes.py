@@ -1,4 +1,5 @@
-"""Custom search attributes supervisors filter on in the Temporal UI."""
+"""Custom search attributes supervisors filter on in the Temporal UI. They change only when
+the status or needs-attention do (contract v1.1): the current step is in the details."""
 
 from __future__ import annotations
 
@@ -17,33 +18,25 @@ SESSION_ID = SearchAttributeKey.for_keyword("SessionId")
 WORKER_ID = SearchAttributeKey.for_keyword("WorkerId")
 SOP_ID = SearchAttributeKey.for_keyword("SopId")
 SESSION_STATUS = SearchAttributeKey.for_keyword("SessionStatus")
-CURRENT_STEP_ID = SearchAttributeKey.for_keyword("CurrentStepId")
 NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
 
-ALL = [SESSION_ID, WORKER_ID, SOP_ID, SESSION_STATUS, CURRENT_STEP_ID, NEEDS_ATTENTION]
+ALL = [SESSION_ID, WORKER_ID, SOP_ID, SESSION_STATUS, NEEDS_ATTENTION]
 
 
 def initial(state: SessionState) -> TypedSearchAttributes:
-    pairs = [
+    return TypedSearchAttributes([
         SearchAttributePair(SESSION_ID, str(state.id)),
         SearchAttributePair(WORKER_ID, str(state.worker_id)),
         SearchAttributePair(SOP_ID, str(state.sop_id)),
         SearchAttributePair(SESSION_STATUS, state.status.value),
         SearchAttributePair(NEEDS_ATTENTION, state.needs_attention),
-    ]
-    if state.current_step_id is not None:
-        pairs.append(SearchAttributePair(CURRENT_STEP_ID, str(state.current_step_id)))
-    return TypedSearchAttributes(pairs)
+    ])
 
 
-def changes(state: SessionState, current: TypedSearchAttributes | None = None
-            ) -> list[SearchAttributeUpdate]:
-    """The session's changing attributes; with `current`, only those that differ from it
-    (each upsert is an event in the history and a write to the server's visibility store)."""
+def changes(state: SessionState, current: TypedSearchAttributes) -> list[SearchAttributeUpdate]:
+    """The session's changing attributes that differ from `current`."""
     wanted: list[tuple[SearchAttributeKey[Any], Any]] = [
         (SESSION_STATUS, state.status.value),
-        (CURRENT_STEP_ID, None if state.current_step_id is None else str(state.current_step_id)),
         (NEEDS_ATTENTION, state.needs_attention),
     ]
-    return [key.value_unset() if value is None else key.value_set(value)
-            for key, value in wanted if current is None or current.get(key) != value]
+    return [key.value_set(value) for key, value in wanted if current.get(key) != value]

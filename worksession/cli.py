@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> None:
 
     aud = sub.add_parser("audit", help="audit log tools")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
-    aud_sub.add_parser("verify", help="check every link of the audit hash chain")
+    ver = aud_sub.add_parser("verify", help="check every audit chain, and each session's "
+                             "record of its chain")
+    ver.add_argument("--anchor", type=Path, default=None,
+                     help="an anchor file: also prove no chain lost or rewrote an entry")
+    anc = aud_sub.add_parser("anchor", help="write the head of every chain, with one digest "
+                             "over them, to keep outside the database")
+    anc.add_argument("--out", type=Path, default=None, help="file (default: standard output)")
 
     ops_p = sub.add_parser("ops", help="find and retry stuck sessions")
     ops_sub = ops_p.add_subparsers(dest="ops_command", required=True)
@@ -136,32 +142,42 @@ def _setup_temporal(_: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(_: argparse.Namespace) -> int:
-    from persistence.audit import verify
+def _audit(args: argparse.Namespace) -> int:
+    from application import audit
     from persistence.db import Database
 
-    async def run() -> tuple[int, str | None]:
+    async def run() -> int:
         db = Database(Settings().db_url)
         try:
-            async with db.read() as conn:
-                return await verify(conn)
+            if args.audit_command == "anchor":
+                text = json.dumps(await audit.anchor(db), indent=2) + "\n"
+                if args.out:
+                    args.out.write_text(text)
+                else:
+                    print(text, end="")
+                return 0
+            anchor = json.loads(args.anchor.read_text()) if args.anchor else None
+            n, problems = await audit.verify(db, anchor)
         finally:
             await db.dispose()
+        for p in problems:
+            print(f"BROKEN: {p}")
+        if problems:
+            print(f"audit log BROKEN: {len(problems)} problem(s) in {n} entries")
+            return 1
+        print(f"audit log intact: {n} entries verified"
+              + (f", anchor of {len(anchor['chains'])} chains held" if anchor else ""))
+        return 0
 
-    n, broken = asyncio.run(run())
-    if broken:
-        print(f"audit chain BROKEN after {n} entries: {broken}")
-        return 1
-    print(f"audit chain intact: {n} entries verified")
-    return 0
+    return asyncio.run(run())
 
 
 def _ops(args: argparse.Namespace) -> int:
     from application import ops
     from application.context import Context
     from domain.errors import DomainError
+    from orchestration.client import SessionWorkflows
     from persistence.db import Database
-    from workflows.client import SessionWorkflows
     from worksession.temporal import connect
 
     async def run() -> int:
@@ -170,7 +186,8 @@ def _ops(args: argparse.Namespace) -> int:
         try:
             ctx = Context(db=db, workflows=SessionWorkflows(
                 await connect(settings), settings.task_queue, settings.request_timeout_seconds,
-                settings.idle_timeout, settings.escalate_after_failures))
+                settings.idle_timeout, settings.escalate_after_failures,
+                write_behind=settings.write_behind))
             if args.ops_command == "stuck":
                 found = await ops.stuck_sessions(ctx, None)
                 if args.json:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
+    # How long a run lets a change it took go unwritten by itself (docs/architecture.md).
+    write_behind: timedelta = timedelta(minutes=10)
     workflow_cache_size: int = Field(
         default=600, ge=1,
         description="session runs a worker keeps in memory; one not kept replays its history "

@@ -11,6 +11,7 @@ from api.deps import Ctx, CurrentActor, PageParams, problems
 from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
+from persistence.audit import hashed_body
 
 router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=PrecedenceRoute)
 
@@ -19,4 +20,4 @@ router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=Precedenc
 async def list_audit(actor: CurrentActor, ctx: Ctx, paging: PageParams,
                      session_id: UUID | None = Query(None)) -> dict[str, Any]:
     items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset)
-    return paging.page([{**i, "at": i["at"].isoformat()} for i in items], total)
+    return paging.page([{**i, "at": hashed_body(i)["at"]} for i in items], total)

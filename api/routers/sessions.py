@@ -1,9 +1,9 @@
-"""Work-session endpoints. 404 and 403 are decided (by `gate`) before the body is read."""
+"""Work-session endpoints: thin. 404 and 403 are decided once, by `gate`, before the body is
+read; the use case gets the decision (`Access`)."""
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
 
@@ -27,10 +27,8 @@ router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"], route_class=Pre
 
 
 def gate(permission: str) -> Any:
-    async def dependency(session_id: str, actor: CurrentActor, ctx: Ctx) -> UUID:
-        sid = parse_id(session_id, "session")
-        await uc.gate(ctx, actor, sid, permission)
-        return sid
+    async def dependency(session_id: str, actor: CurrentActor, ctx: Ctx) -> uc.Access:
+        return await uc.gate(ctx, actor, parse_id(session_id, "session"), permission)
     return Depends(dependency)
 
 
@@ -62,16 +60,16 @@ async def list_sessions(actor: CurrentActor, ctx: Ctx, paging: PageParams,
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=problems(404))
-async def get_session(session_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return await uc.get_session(ctx, actor, parse_id(session_id, "session"))
+async def get_session(ctx: Ctx, access: uc.Access = gate("session.read")) -> dict[str, Any]:
+    return await uc.get_session(ctx, access)
 
 
 @router.post("/{session_id}/checks", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def submit_check(body: CheckIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                       sid: UUID = gate("session.work")) -> dict[str, Any]:
+async def submit_check(body: CheckIn, ctx: Ctx, rid: RequestId,
+                       access: uc.Access = gate("session.work")) -> dict[str, Any]:
     return await uc.submit_check(
-        ctx, actor, sid, step_id=body.step_id,
+        ctx, access, step_id=body.step_id,
         result=CheckResult(body.result) if body.result else None, value=body.value,
         notes=body.notes, evidence_uri=body.evidence_uri, check_id=body.check_id,
         request_id=rid)
@@ -79,41 +77,41 @@ async def submit_check(body: CheckIn, actor: CurrentActor, ctx: Ctx, rid: Reques
 
 @router.post("/{session_id}/complete", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def complete_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                           sid: UUID = gate("session.work")) -> dict[str, Any]:
-    return await uc.complete_session(ctx, actor, sid, rid)
+async def complete_session(ctx: Ctx, rid: RequestId,
+                           access: uc.Access = gate("session.work")) -> dict[str, Any]:
+    return await uc.complete_session(ctx, access, rid)
 
 
 @router.post("/{session_id}/pause", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def pause_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                        sid: UUID = gate("session.work")) -> dict[str, Any]:
-    return await uc.pause_session(ctx, actor, sid, rid)
+async def pause_session(ctx: Ctx, rid: RequestId,
+                        access: uc.Access = gate("session.work")) -> dict[str, Any]:
+    return await uc.pause_session(ctx, access, rid)
 
 
 @router.post("/{session_id}/resume", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def resume_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                         sid: UUID = gate("session.work")) -> dict[str, Any]:
-    return await uc.resume_session(ctx, actor, sid, rid)
+async def resume_session(ctx: Ctx, rid: RequestId,
+                         access: uc.Access = gate("session.work")) -> dict[str, Any]:
+    return await uc.resume_session(ctx, access, rid)
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def cancel_session(body: CancelIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                         sid: UUID = gate("session.work")) -> dict[str, Any]:
-    return await uc.cancel_session(ctx, actor, sid, body.reason, rid)
+async def cancel_session(body: CancelIn, ctx: Ctx, rid: RequestId,
+                         access: uc.Access = gate("session.work")) -> dict[str, Any]:
+    return await uc.cancel_session(ctx, access, body.reason, rid)
 
 
 @router.post("/{session_id}/approve", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def approve_session(actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                          sid: UUID = gate("session.override")) -> dict[str, Any]:
-    return await uc.approve_session(ctx, actor, sid, rid)
+async def approve_session(ctx: Ctx, rid: RequestId,
+                          access: uc.Access = gate("session.override")) -> dict[str, Any]:
+    return await uc.approve_session(ctx, access, rid)
 
 
 @router.post("/{session_id}/reopen", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def reopen_session(body: ReopenIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
-                         sid: UUID = gate("session.override")) -> dict[str, Any]:
-    return await uc.reopen_session(ctx, actor, sid, body.reason, body.step_id, rid)
+async def reopen_session(body: ReopenIn, ctx: Ctx, rid: RequestId,
+                         access: uc.Access = gate("session.override")) -> dict[str, Any]:
+    return await uc.reopen_session(ctx, access, body.reason, body.step_id, rid)

@@ -41,9 +41,9 @@ def sop_out(sop: Sop) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=SopOut, responses=problems(403))
-async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx,
+async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
                      _: Actor = require("sop.write")) -> dict[str, Any]:
-    return sop_out(await uc.create_sop(ctx, actor, body.model_dump()))
+    return sop_out(await uc.create_sop(ctx, actor, body.model_dump(), rid))
 
 
 @router.get("", response_model=Page[SopOut], responses=problems())
@@ -59,20 +59,22 @@ async def get_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.put("/{sop_id}", response_model=SopOut, responses=problems(403, 404, 409))
-async def update_sop(sop_id: Writable, body: SopIn, actor: CurrentActor,
-                     ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.update_sop(ctx, actor, sop_id, body.model_dump()))
+async def update_sop(sop_id: Writable, body: SopIn, actor: CurrentActor, ctx: Ctx,
+                     rid: RequestId) -> dict[str, Any]:
+    return sop_out(await uc.update_sop(ctx, actor, sop_id, body.model_dump(), rid))
 
 
 @router.post("/{sop_id}/confirm", response_model=SopOut, responses=problems(403, 404, 409))
-async def confirm_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.confirm_sop(ctx, actor, sop_id))
+async def confirm_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx,
+                      rid: RequestId) -> dict[str, Any]:
+    return sop_out(await uc.confirm_sop(ctx, actor, sop_id, rid))
 
 
 @router.post("/{sop_id}/revisions", status_code=201, response_model=SopOut,
              responses=problems(403, 404, 409))
-async def revise_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return sop_out(await uc.revise_sop(ctx, actor, sop_id))
+async def revise_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx,
+                     rid: RequestId) -> dict[str, Any]:
+    return sop_out(await uc.revise_sop(ctx, actor, sop_id, rid))
 
 
 @router.delete("/{sop_id}", status_code=204, response_class=Response,

@@ -4,6 +4,7 @@ Temporal's failures back into domain errors. Every call is bounded in time."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,13 +24,13 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from domain.changes import SessionChange
 from domain.errors import DomainError, Unavailable, error_from_payload
 from domain.sop import SessionPlan
 from domain.work_session import SessionState
 from workflows import search_attributes
 from workflows.messages import (
     SESSION_MISMATCH,
-    PersistSession,
     SessionCommand,
     SessionInput,
     SubmitCheck,
@@ -45,9 +46,17 @@ class RunClosed(Exception):
 class WorkflowRunning(Exception):
     """The worker's workflow ID is taken by a run that is still open."""
 
-    def __init__(self, session_id: UUID | None) -> None:
-        super().__init__(f"running session {session_id}")
-        self.session_id = session_id
+    def __init__(self, running: Running | None) -> None:
+        super().__init__(f"running {running}")
+        self.running = running
+
+
+@dataclass(frozen=True)
+class Running:
+    """The open run of a worker's workflow, and the session it holds."""
+
+    session_id: UUID | None
+    run_id: str
 
 
 # The run's tunables default to what SessionInput says (one place for each number).
@@ -69,10 +78,12 @@ class SessionWorkflows:
         self.idle_timeout = idle_timeout
         self.escalate_after_failures = escalate_after_failures
 
-    async def start(self, plan: SessionPlan, state: SessionState) -> str:
-        """Start the worker's session workflow; returns its run id. Raises WorkflowRunning
-        when the worker's workflow ID is taken by an open run."""
-        inp = SessionInput(plan=plan, state=state,
+    async def start(self, plan: SessionPlan, state: SessionState,
+                    change: SessionChange | None) -> str:
+        """Start the worker's session workflow, holding `change` (the start's or reopening's
+        own) until it has written it; returns its run id. Raises WorkflowRunning when the
+        worker's workflow ID is taken by an open run."""
+        inp = SessionInput(plan=plan, state=state, unwritten=[change] if change else [],
                            idle_timeout_seconds=self.idle_timeout.total_seconds(),
                            escalate_after_failures=self.escalate_after_failures,
                            continue_as_new_after_updates=self.continue_as_new_after_updates,
@@ -90,11 +101,11 @@ class SessionWorkflows:
                                f"{plan.sop_id}",
                 rpc_timeout=timedelta(seconds=self.timeout)))
         except WorkflowAlreadyStartedError:
-            raise WorkflowRunning(await self.running_session_id(state.worker_id)) from None
+            raise WorkflowRunning(await self.running(state.worker_id)) from None
         assert handle.result_run_id is not None
         return handle.result_run_id
 
-    async def running_session_id(self, worker_id: UUID) -> UUID | None:
+    async def running(self, worker_id: UUID) -> Running | None:
         try:
             desc = await self._bounded(self.client.get_workflow_handle(
                 workflow_id_for(worker_id)).describe())
@@ -105,11 +116,16 @@ class SessionWorkflows:
         if desc.status != WorkflowExecutionStatus.RUNNING:
             return None
         value = desc.typed_search_attributes.get(search_attributes.SESSION_ID)
-        return UUID(value) if value else None
+        return Running(UUID(value) if value else None, desc.run_id)
 
-    async def wait_closed(self, worker_id: UUID, within: float) -> bool:
-        """Wait for the worker's current run to finish closing (after its final update)."""
-        handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
+    async def running_session_id(self, worker_id: UUID) -> UUID | None:
+        running = await self.running(worker_id)
+        return running.session_id if running else None
+
+    async def wait_closed(self, worker_id: UUID, run_id: str, within: float) -> bool:
+        """Wait for that run of the worker's workflow to close (it does within milliseconds
+        of its final update, once its final write is done)."""
+        handle = self.client.get_workflow_handle(workflow_id_for(worker_id), run_id=run_id)
         deadline = asyncio.get_running_loop().time() + within
         while asyncio.get_running_loop().time() < deadline:
             desc = await self._bounded(handle.describe())
@@ -118,7 +134,13 @@ class SessionWorkflows:
             await asyncio.sleep(0.05)
         return False
 
-    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> PersistSession:
+    async def terminate(self, worker_id: UUID, run_id: str, reason: str) -> None:
+        """End a run that must not go on (a start that lost its race with an SOP delete):
+        nothing it holds is recorded anywhere."""
+        await self._bounded(self.client.get_workflow_handle(
+            workflow_id_for(worker_id), run_id=run_id).terminate(reason=reason))
+
+    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> SessionChange | None:
         # Idempotency lives in the workflow's state (it survives continue-as-new and worker
         # restarts), not in the update ID: Temporal would answer a reused update ID with the
         # first attempt's (by now stale) result, and a repeat must see the session as it is
@@ -126,16 +148,17 @@ class SessionWorkflows:
         return await self._update(worker_id, WorkSessionWorkflow.submit_check, cmd,
                                   f"check-{cmd.check_id}-{uuid4().hex[:8]}")
 
-    async def command(self, worker_id: UUID, name: str, cmd: SessionCommand) -> PersistSession:
+    async def command(self, worker_id: UUID, name: str,
+                      cmd: SessionCommand) -> SessionChange | None:
         return await self._update(worker_id, getattr(WorkSessionWorkflow, name), cmd,
                                   f"{name}-{uuid4()}")
 
     async def ask_to_write(self, worker_id: UUID) -> bool:
-        """Ask the worker's run to write its session to the read model itself now. Best
-        effort: a run writes an unwritten change within `write_behind`, and when it closes."""
+        """Ask the worker's run to write what it holds now. Best effort: a run writes an
+        unwritten change within `write_behind` anyway, and before it closes."""
         try:
             await self._bounded(self.client.get_workflow_handle(workflow_id_for(worker_id))
-                                .signal(WorkSessionWorkflow.write_read_model))
+                                .signal(WorkSessionWorkflow.write_now))
         except (Unavailable, RPCError):
             return False
         return True

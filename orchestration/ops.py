@@ -22,12 +22,9 @@ from workflows import search_attributes as sa
 ACTIVITY_FAILING = "activity_failing"
 WORKFLOW_TASK_FAILING = "workflow_task_failing"
 NO_WORKER = "no_worker"
-UPDATE_WAITING = "update_waiting"
 
 # A workflow task nobody picked up for this long means no worker polls the queue.
 NO_WORKER_AFTER = timedelta(seconds=30)
-# A worker action admitted this long ago and still not answered is stuck for its client.
-UPDATE_WAIT_AFTER = timedelta(seconds=30)
 
 
 @dataclass
@@ -90,24 +87,7 @@ async def diagnose(client: Client, workflow_id: str, run_id: str | None = None,
                          f"no worker has picked up its work for {(now - first).seconds} s: "
                          f"is a worker polling task queue {desc.task_queue!r}?",
                          task.attempt, first, None)
-    waiting = await _oldest_pending_update(handle)
-    if waiting is not None and now - waiting[1] > UPDATE_WAIT_AFTER:
-        name, since = waiting
-        return stuck(UPDATE_WAITING,
-                     f"a worker action ({name}) has waited {(now - since).seconds} s for an "
-                     f"answer", 1, since, None)
     return None
-
-
-async def _oldest_pending_update(handle: object) -> tuple[str, datetime] | None:
-    try:
-        pending = await handle.query("pending_updates")  # type: ignore[attr-defined]
-    except Exception:  # an older run without the query, or no worker to answer it
-        return None
-    if not pending:
-        return None
-    oldest = min(pending, key=lambda p: p["since"])
-    return oldest["name"], datetime.fromisoformat(oldest["since"])
 
 
 def _when(t: datetime | None, now: datetime) -> str:

@@ -1,0 +1,62 @@
+"""A change of a session as the read model and the audit log record it.
+
+Whoever took the change (the session's workflow run, or the service for approval) describes
+it once, with the facts of its audit entries; whichever side then writes it (the API before
+it answers, or the run when the API could not) writes the same thing, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from domain.work_session import Check, SessionState
+
+SYSTEM = "system"  # actor_role of the changes the service makes by itself
+
+
+@dataclass(frozen=True)
+class AuditFacts:
+    """Who did what, as one audit entry says it (the chain, seq and hashes are added when it
+    is written)."""
+
+    action: str
+    actor_id: UUID | None
+    actor_role: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+    outcome: str = "accepted"
+
+    def rejected(self, **detail: Any) -> AuditFacts:
+        return replace(self, outcome="rejected", detail={**self.detail, **detail})
+
+
+@dataclass
+class SessionChange:
+    """One accepted change: the session after it (its fields only: earlier checks are already
+    recorded), the checks it added, and its audit entries. `state.version` names it: versions
+    only grow over a session's life, across runs, reopening and approval included."""
+
+    state: SessionState  # with `checks` empty
+    checks: list[Check]
+    first_check_seq: int  # where `checks` stand among the session's checks
+    entries: list[AuditFacts]
+    at: datetime
+    workflow_id: str
+    run_id: str | None
+
+    @classmethod
+    def of(cls, state: SessionState, checks_before: int, entries: list[AuditFacts],
+           at: datetime, workflow_id: str, run_id: str | None) -> SessionChange:
+        """The change that brought `state` about; `checks_before`: its checks until then."""
+        return cls(state=replace(state, checks=[]), checks=state.checks[checks_before:],
+                   first_check_seq=checks_before, entries=entries, at=at,
+                   workflow_id=workflow_id, run_id=run_id)
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+    def added_check(self, check_id: UUID) -> bool:
+        return any(c.id == check_id for c in self.checks)
