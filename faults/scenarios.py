@@ -39,7 +39,7 @@ from temporalio.client import WorkflowQueryFailedError
 
 from faults.stack import Stack, StackError, WriteOutage
 from persistence.db import Database
-from persistence.tables import session_checks, work_sessions
+from persistence.tables import audit_log, session_checks, work_sessions
 
 SCENARIOS = {
     "worker_kill": "a",
@@ -544,8 +544,13 @@ async def verify(world: World) -> None:
                 session_checks.c.session_id.in_([r["id"] for r in srows]))
                 .order_by(session_checks.c.session_id, session_checks.c.seq))
             ).mappings().all()
+            arows = (await conn.execute(select(
+                audit_log.c.session_id, audit_log.c.action, audit_log.c.outcome,
+                audit_log.c.dedup_key).where(
+                audit_log.c.session_id.in_([r["id"] for r in srows])))).mappings().all()
     finally:
         await db.dispose()
+    _judge_changes(fig, srows, arows)
     db_checks: dict[str, list[tuple[str, str, str]]] = {str(r["id"]): [] for r in srows}
     for c in crows:
         db_checks[str(c["session_id"])].append((str(c["id"]), str(c["step_id"]), c["result"]))
@@ -677,6 +682,34 @@ async def verify(world: World) -> None:
     fig.extra["audit_chain"] = "intact" if code == 0 else "BROKEN"
     if code != 0:
         fig.fail(f"worksession audit verify: {(out + err).strip()[-300:]}")
+
+
+def _judge_changes(fig: Figures, srows: list[Any], arows: list[Any]) -> None:
+    """Every accepted change has exactly one audit entry: each change's entries carry its
+    version in their dedup key; no key twice, one start per session, and the stored session
+    is the newest change its chain records."""
+    keys: dict[str, list[str]] = {str(r["id"]): [] for r in srows}
+    starts: Counter[str] = Counter()
+    for a in arows:
+        sid = str(a["session_id"])
+        if a["outcome"] == "accepted" and a["dedup_key"]:
+            keys[sid].append(a["dedup_key"])
+            starts[sid] += a["action"] == "session_start"
+    bad = []
+    for row in srows:
+        sid, ks = str(row["id"]), keys[str(row["id"])]
+        versions = {int(k.split("@")[1].split("#")[0]) for k in ks}
+        if len(ks) != len(set(ks)):
+            bad.append(f"session {sid}: an accepted change has two audit entries")
+        if starts[sid] != 1:
+            bad.append(f"session {sid}: {starts[sid]} accepted start entries")
+        if not versions or max(versions) != row["version"]:
+            bad.append(f"session {sid}: stored version {row['version']}, its chain's newest "
+                       f"change {max(versions, default=None)}")
+    fig.disagreements += len(bad)
+    fig.notes += bad[:5]
+    fig.extra["accepted_changes"] = sum(len({k.split("#")[0] for k in ks})
+                                        for ks in keys.values())
 
 
 def judge(fig: Figures, name: str) -> None:

@@ -213,6 +213,9 @@ class Stack:
             "WORKSESSION_API_HOST": HOST,
             "WORKSESSION_API_PORT": str(self.api_port),
             "WORKSESSION_LOG_LEVEL": "warning",
+            # A run writes what its API could not within seconds, not ten minutes, so that
+            # an outage shows stuck sessions (and their recovery) within a scenario's time.
+            "WORKSESSION_WRITE_BEHIND": "PT5S",
             "PYTHONUNBUFFERED": "1",
         })
         return env
