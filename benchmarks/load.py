@@ -3,10 +3,13 @@ Temporal floor in the same run.
 
     .venv/bin/python -m benchmarks.load --quick      # about a minute
     .venv/bin/python -m benchmarks.load              # the full sweep (several minutes)
+    .venv/bin/python -m benchmarks.load --skip-sweep # whole sessions only (2 x 30 s and setup)
 
-Open model: requests are scheduled at a fixed arrival rate and latency is measured from each
-request's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
-omission). Results go to benchmarks/results/<stamp>.json and a PNG plot."""
+Whole sessions first, closed loop: a few devices each start a session, pass every step and
+start the next, on the API and straight to Temporal (`RawSession`). Then the open-model sweep:
+requests are scheduled at a fixed arrival rate and latency is measured from each request's
+*scheduled* send time, so a slow server cannot hide its queueing (no coordinated omission).
+Results go to benchmarks/results/<stamp>.json and a PNG plot of the sweep."""
 
 from __future__ import annotations
 
@@ -22,23 +25,28 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from benchmarks.raw_floor import RawSessionFloor
+from benchmarks.raw_floor import RawSession, RawSessionFloor
 from worksession.devproc import DevProcess
 from worksession.tokens import load_or_create_dev_secret, mint
 
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 STEPS = 8
+# The whole-session phase: the issue's 10-step SOP, 20 devices in a closed loop.
+SESSION_STEPS = 10
+SESSION_DEVICES = 20
+CHECKS = "POST /sessions/{id}/checks"
 # The full sweep goes on past the API's knee until the raw floor saturates too: a peak read
 # at the top of the sweep while still keeping up would only be a lower bound.
 FULL_RATES = [10, 20, 30, 40, 50, 60, 80, 100, 130, 170, 220, 280, 360]
@@ -46,6 +54,7 @@ FULL_RATES = [10, 20, 30, 40, 50, 60, 80, 100, 130, 170, 220, 280, 360]
 # scheduled send: the offered rate was not sustained. Neither side is pushed past its first
 # saturated rate (more would only pile up work that slows the phases after it).
 DRAIN_ALLOWANCE_S = 2.0
+T = TypeVar("T")
 
 
 def pct(xs: list[float], p: float) -> float | None:
@@ -91,6 +100,18 @@ async def _send(stats: Stats, endpoint: str, scheduled: float, request: Any,
     return r
 
 
+async def _timed(stats: Stats, name: str, since: float, call: Awaitable[T]) -> T | None:
+    """A Temporal call timed from `since`; a failure is counted under its name and answered
+    with None, never raised."""
+    try:
+        out = await call
+    except Exception as e:
+        stats.add(name, (time.perf_counter() - since) * 1000, type(e).__name__)
+        return None
+    stats.add(name, (time.perf_counter() - since) * 1000, 200)
+    return out
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
@@ -123,6 +144,32 @@ def confirm_steps(n: int) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
+async def benchmark_sop(http: httpx.AsyncClient, supervisor: dict[str, str], title: str,
+                        n: int) -> dict[str, Any]:
+    """`n` steps in two tasks, every third a measurement in 0–0.5 V: the SOP `check_body`
+    builds its checks for."""
+    steps = [{"title": f"Step {i + 1}", "check": (
+        {"kind": "measurement", "prompt": "Voltage", "unit": "V", "min": 0, "max": 0.5}
+        if i % 3 == 2 else {"kind": "confirm", "prompt": "Done?"})} for i in range(n)]
+    return await confirmed_sop(http, supervisor, title, [
+        {"title": "A", "steps": steps[:n // 2]}, {"title": "B", "steps": steps[n // 2:]}])
+
+
+def check_body(step: dict[str, Any], fail: bool = False) -> dict[str, Any]:
+    """A check on the current `step` of a `benchmark_sop` session, with a fresh check_id: a
+    measurement inside the range passes it, one outside fails it."""
+    if step["check"]["kind"] == "measurement":
+        body: dict[str, Any] = {"value": 0.9 if fail else 0.2}
+    else:
+        body = {"result": "failed" if fail else "passed"}
+    return {"step_id": step["id"], "check_id": str(uuid.uuid4()), **body}
+
+
+def bearer(secret: bytes, role: str, sub: uuid.UUID | None = None) -> dict[str, str]:
+    """Headers of `sub` (a new identity if None) in `role`, signed with the stack's secret."""
+    return {"Authorization": f"Bearer {mint(secret, role, sub)}"}
+
+
 @dataclass
 class FieldWorker:
     headers: dict[str, str]
@@ -132,7 +179,7 @@ class FieldWorker:
 class ApiLoad:
     def __init__(self, http: httpx.AsyncClient, secret: bytes, sop_id: str) -> None:
         self.http, self.secret, self.sop_id = http, secret, sop_id
-        self.supervisor = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
+        self.supervisor = bearer(secret, "supervisor")
         self.idle: asyncio.Queue[FieldWorker] = asyncio.Queue()
         self.all: list[FieldWorker] = []
         self.acknowledged: set[str] = set()
@@ -140,8 +187,7 @@ class ApiLoad:
 
     async def add_workers(self, n: int, stats: Stats) -> None:
         async def one() -> None:
-            token = mint(self.secret, "worker", uuid.uuid4())
-            w = FieldWorker({"Authorization": f"Bearer {token}"})
+            w = FieldWorker(bearer(self.secret, "worker"))
             await self._start(w, stats, time.perf_counter())
             self.all.append(w)
             self.idle.put_nowait(w)
@@ -171,18 +217,11 @@ class ApiLoad:
                     f"/api/v1/sessions/{s['id']}/complete", headers=w.headers))
                 w.session = None
                 return
-            step = s["current_step"]
-            fail = rng.random() < 0.1
-            if step["check"]["kind"] == "measurement":
-                body: dict[str, Any] = {"value": 0.9 if fail else 0.2}
-            else:
-                body = {"result": "failed" if fail else "passed"}
-            cid = str(uuid.uuid4())
-            r = await _send(stats, "POST /sessions/{id}/checks", scheduled, self.http.post(
-                f"/api/v1/sessions/{s['id']}/checks", headers=w.headers,
-                json={"step_id": step["id"], "check_id": cid, **body}))
+            body = check_body(s["current_step"], fail=rng.random() < 0.1)
+            r = await _send(stats, CHECKS, scheduled, self.http.post(
+                f"/api/v1/sessions/{s['id']}/checks", headers=w.headers, json=body))
             if r is not None and r.status_code == 200:
-                self.acknowledged.add(cid)
+                self.acknowledged.add(body["check_id"])
                 w.session = r.json()
             elif r is None or r.status_code in (409, 503):
                 # As the field app does: an unanswered check may still have landed (503 under
@@ -194,6 +233,24 @@ class ApiLoad:
                     w.session = None
         finally:
             self.idle.put_nowait(w)
+
+    async def whole_session(self, w: FieldWorker, stats: Stats) -> bool:
+        """One session of a device in a closed loop: started, then every step passed in order
+        (the last check completes it), each request timed from its own send. True once
+        completed; after a failed request the device carries on as a new worker, since the
+        session it leaves open would refuse its next start."""
+        await self._start(w, stats, time.perf_counter())
+        while w.session is not None and w.session["status"] == "in_progress":
+            body = check_body(w.session["current_step"])
+            r = await _send(stats, CHECKS, time.perf_counter(), self.http.post(
+                f"/api/v1/sessions/{w.session['id']}/checks", headers=w.headers, json=body))
+            w.session = r.json() if r is not None and r.status_code == 200 else None
+            if w.session is not None:
+                self.acknowledged.add(body["check_id"])
+        if w.session is None:
+            w.headers = bearer(self.secret, "worker")
+            return False
+        return True
 
     async def current(self, stats: Stats, scheduled: float, rng: random.Random) -> None:
         w = rng.choice(self.all)
@@ -218,25 +275,34 @@ class RawLoad:
             self.idle.put_nowait(h)
 
     async def check(self, stats: Stats, scheduled: float) -> None:
-        await self._timed(stats, "raw update", scheduled, lambda h: h.execute_update(
+        await self._on_idle(stats, "raw update", scheduled, lambda h: h.execute_update(
             RawSessionFloor.check, str(uuid.uuid4())))
 
     async def query(self, stats: Stats) -> None:
-        await self._timed(stats, "raw query", time.perf_counter(),
-                          lambda h: h.query(RawSessionFloor.state))
+        await self._on_idle(stats, "raw query", time.perf_counter(),
+                            lambda h: h.query(RawSessionFloor.state))
 
-    async def _timed(self, stats: Stats, name: str, since: float, call: Any) -> None:
-        """One call on an idle floor workflow, timed from `since`; a failure is counted
-        under its name, never raised."""
+    async def _on_idle(self, stats: Stats, name: str, since: float, call: Any) -> None:
+        """One call on an idle floor workflow, timed from `since`."""
         h = await self.idle.get()
         try:
-            await call(h)
-            status: int | str = 200
-        except Exception as e:
-            status = type(e).__name__
+            await _timed(stats, name, since, call(h))
         finally:
             self.idle.put_nowait(h)
-        stats.add(name, (time.perf_counter() - since) * 1000, status)
+
+    async def session(self, stats: Stats, steps: int) -> bool:
+        """One whole session straight to Temporal: a start, then an update per step, each timed
+        from its own send; the workflow completes by itself after the last. True once every
+        update was answered."""
+        h = await _timed(stats, "raw start", time.perf_counter(), self.client.start_workflow(
+            RawSession.run, steps, id=f"raw-session-{uuid.uuid4()}", task_queue=self.queue))
+        if h is None:
+            return False
+        for _ in range(steps):
+            update = h.execute_update(RawSession.check, str(uuid.uuid4()))
+            if await _timed(stats, "raw update", time.perf_counter(), update) is None:
+                return False
+        return True
 
 
 async def open_model(rate: float, seconds: float, make: Any) -> float:
@@ -254,39 +320,62 @@ async def open_model(rate: float, seconds: float, make: Any) -> float:
     return time.perf_counter() - t0
 
 
+async def closed_loop(devices: int, seconds: float,
+                      session: Callable[[int], Awaitable[bool]]) -> tuple[int, float]:
+    """Each device i runs session(i) after session(i) until `seconds` are up; returns the
+    sessions completed and the time taken. A device starts none after that but finishes the
+    one it is in: no open sessions are left to weigh on the phases after."""
+    t0 = time.perf_counter()
+
+    async def device(i: int) -> int:
+        completed = 0
+        while time.perf_counter() - t0 < seconds:
+            completed += await session(i)
+        return completed
+    done = await asyncio.gather(*(device(i) for i in range(devices)))
+    return sum(done), time.perf_counter() - t0
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    rates = args.rates or ([10, 20, 40] if args.quick else FULL_RATES)
+    sweep = args.rates or ([10, 20, 40] if args.quick else FULL_RATES)
+    rates = [] if args.skip_sweep else sweep
     seconds = args.seconds or (12 if args.quick else 30)
+    session_seconds = args.session_seconds or (10 if args.quick else 30)
     rng = random.Random(7)
+    mode = "sessions" if args.skip_sweep else "quick" if args.quick else "full"
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-"))
     result: dict[str, Any] = {
-        "started_at": datetime.now(UTC).isoformat(), "mode": "quick" if args.quick else "full",
+        "started_at": datetime.now(UTC).isoformat(), "mode": mode,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "versions": _versions(), "settings": {"rates_per_s": rates, "seconds_per_rate": seconds,
-                                              "sop_steps": STEPS}, "rates": []}
+        "versions": _versions(), "settings": {
+            "rates_per_s": rates, "seconds_per_rate": seconds,
+            "sop_steps": STEPS, "session_devices": args.session_devices,
+            "session_seconds": session_seconds, "session_sop_steps": SESSION_STEPS},
+        "rates": []}
     with DevStack(tmp) as stack:
         secret = load_or_create_dev_secret(stack.data_dir)
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
         async with httpx.AsyncClient(base_url=stack.api, timeout=30, limits=limits) as http:
-            sup = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
-            steps = [{"title": f"Step {i + 1}", "check": (
-                {"kind": "measurement", "prompt": "Voltage", "unit": "V", "min": 0, "max": 0.5}
-                if i % 3 == 2 else {"kind": "confirm", "prompt": "Done?"})}
-                for i in range(STEPS)]
-            sop = await confirmed_sop(http, sup, "Benchmark SOP", [
-                {"title": "A", "steps": steps[:4]}, {"title": "B", "steps": steps[4:]}])
+            sup = bearer(secret, "supervisor")
+            sop = await benchmark_sop(http, sup, "Benchmark SOP", STEPS)
+            session_sop = await benchmark_sop(http, sup, "Session benchmark SOP",
+                                              SESSION_STEPS)
             client = await Client.connect(f"127.0.0.1:{stack.temporal_port}",
                                           data_converter=pydantic_data_converter)
             queue = f"raw-floor-{uuid.uuid4()}"
             api, raw = ApiLoad(http, secret, sop["id"]), RawLoad(client, queue)
-            pool = max(60, int(max(rates) * 0.6))
+            sessions_api = ApiLoad(http, secret, session_sop["id"])
+            pool = max(60, int(max(rates, default=0) * 0.6))
             await api.add_workers(pool, Stats())
-            async with Worker(client, task_queue=queue, workflows=[RawSessionFloor]):
+            async with Worker(client, task_queue=queue,
+                              workflows=[RawSessionFloor, RawSession]):
                 await raw.add(pool)
                 # Before the sweep, with the stack warm and otherwise idle: an overloaded
                 # rate leaves work behind that would slow these down.
                 result["current_vs_raw_query"] = await _current_floor(api, raw)
+                result["session_workload"] = await _session_workload(
+                    sessions_api, raw, args.session_devices, session_seconds)
                 api_saturated = raw_saturated = False
                 for rate in rates:
                     if api_saturated and raw_saturated:
@@ -322,14 +411,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                             seconds)
                     result["rates"].append(entry)
                     _print_rate(entry)
-            result["persistence"] = await _persisted(stack, api.acknowledged)
-            print(f"checks acknowledged {len(api.acknowledged)}, persisted "
+            acknowledged = api.acknowledged | sessions_api.acknowledged
+            result["persistence"] = await _persisted(stack, acknowledged)
+            print(f"checks acknowledged {len(acknowledged)}, persisted "
                   f"{result['persistence']['persisted']}, lost "
                   f"{result['persistence']['lost']}", flush=True)
-            result["scale"] = {}
-            result["scale"]["worker_rss_mb"] = await _memory(api, stack, args.open_sessions)
-            result["scale"]["list_latency"] = await _list_latency(stack, http, sup, secret,
-                                                                  args.list_rows)
+            if not args.skip_sweep:
+                result["scale"] = {
+                    "worker_rss_mb": await _memory(api, stack, args.open_sessions),
+                    "list_latency": await _list_latency(stack, http, sup, secret,
+                                                        args.list_rows)}
     result["summary"] = _summary(result)
     return result
 
@@ -339,7 +430,7 @@ def _saturated(elapsed: float, seconds: float) -> bool:
 
 
 def _print_rate(entry: dict[str, Any]) -> None:
-    c = entry["api"].get("POST /sessions/{id}/checks", {})
+    c = entry["api"].get(CHECKS, {})
     r = entry["raw"].get("raw update", {})
     def mark(side: str) -> str:
         return " SATURATED" if entry.get(f"{side}_saturated") else ""
@@ -376,6 +467,45 @@ async def _current_floor(api: ApiLoad, raw: RawLoad, n: int = 100) -> dict[str, 
     print(f"one at a time: GET /sessions/current p50 {out['GET /sessions/current']['p50_ms']} "
           f"ms, raw query p50 {out['raw query']['p50_ms']} ms", flush=True)
     return out
+
+
+async def _session_workload(api: ApiLoad, raw: RawLoad, devices: int,
+                            seconds: float) -> dict[str, Any]:
+    """Whole sessions, closed loop, as devices work: each starts a session, passes every step
+    and starts the next, first through the API (each device its own worker), then straight to
+    Temporal (`RawSession`). What a session costs end to end, start and completion included,
+    which the sweep's checks on long-open sessions do not show."""
+    workers = [FieldWorker(bearer(api.secret, "worker")) for _ in range(devices)]
+    api_stats, raw_stats = Stats(), Stats()
+    api_run = await closed_loop(devices, seconds,
+                                lambda i: api.whole_session(workers[i], api_stats))
+    raw_run = await closed_loop(devices, seconds,
+                                lambda i: raw.session(raw_stats, SESSION_STEPS))
+    a = _session_side(*api_run, api_stats, "POST /sessions", CHECKS)
+    r = _session_side(*raw_run, raw_stats, "raw start", "raw update")
+    for side, x in (("api", a), ("raw", r)):
+        print(f"sessions {side} {devices} devices: {x['sessions']} in {x['seconds']} s, "
+              f"{x['sessions_per_s']}/s, checks {x['checks_per_s']}/s, start p50 "
+              f"{x['start_p50_ms']} p99 {x['start_p99_ms']}, check p50 {x['check_p50_ms']} "
+              f"p99 {x['check_p99_ms']} ms, err {x['errors']}", flush=True)
+    return {"devices": devices, "sop_steps": SESSION_STEPS, "api": a, "raw": r,
+            "ratios_api_over_raw": {
+                "sessions_per_s": _ratio(a["sessions_per_s"], r["sessions_per_s"]),
+                "check_p50": _ratio(a["check_p50_ms"], r["check_p50_ms"]),
+                "check_p99": _ratio(a["check_p99_ms"], r["check_p99_ms"])}}
+
+
+def _session_side(sessions: int, elapsed: float, stats: Stats, start: str,
+                  check: str) -> dict[str, Any]:
+    """One side of the session phase: its sessions and its start and check requests."""
+    summary = stats.summary(elapsed)
+    st, ch = summary.get(start, {}), summary.get(check, {})
+    return {"sessions": sessions, "seconds": round(elapsed, 2),
+            "sessions_per_s": round(sessions / elapsed, 2),
+            "checks_per_s": ch.get("throughput_per_s", 0), "start_p50_ms": st.get("p50_ms"),
+            "start_p99_ms": st.get("p99_ms"), "check_p50_ms": ch.get("p50_ms"),
+            "check_p99_ms": ch.get("p99_ms"),
+            "errors": {ep: v["errors"] for ep, v in summary.items() if v["errors"]}}
 
 
 async def _persisted(stack: DevStack, acknowledged: set[str]) -> dict[str, int]:
@@ -418,7 +548,7 @@ async def _list_latency(stack: DevStack, http: httpx.AsyncClient, sup: dict[str,
     db.commit()
     total = db.execute("SELECT count(*) FROM work_sessions").fetchone()[0]
     db.close()
-    wh = {"Authorization": f"Bearer {mint(secret, 'worker', worker)}"}
+    wh = bearer(secret, "worker", worker)
     out: dict[str, Any] = {"sessions_stored": total}
     for name, url, headers in (("supervisor first page", "/api/v1/sessions?limit=20", sup),
                                ("supervisor page 100", "/api/v1/sessions?limit=20&offset=2000",
@@ -438,8 +568,18 @@ async def _list_latency(stack: DevStack, http: httpx.AsyncClient, sup: dict[str,
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    ratios = result["session_workload"]["ratios_api_over_raw"]
+    sessions = {"session_throughput_ratio": ratios["sessions_per_s"],
+                "session_check_p50_ratio": ratios["check_p50"],
+                "session_check_p99_ratio": ratios["check_p99"],
+                "sessions_per_s_api": result["session_workload"]["api"]["sessions_per_s"],
+                "sessions_per_s_raw": result["session_workload"]["raw"]["sessions_per_s"]}
+    return sessions | (_sweep_summary(result) if result["rates"] else {})
+
+
+def _sweep_summary(result: dict[str, Any]) -> dict[str, Any]:
     def check(entry: dict[str, Any]) -> dict[str, Any]:
-        return entry["api"].get("POST /sessions/{id}/checks", {})
+        return entry["api"].get(CHECKS, {})
 
     def rawu(entry: dict[str, Any]) -> dict[str, Any]:
         return entry["raw"].get("raw update", {})
@@ -489,7 +629,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for key, label, style in (("p50_ms", "p50", "-"), ("p95_ms", "p95", "--"),
                               ("p99_ms", "p99", ":")):
-        ax.plot(rates, _series(result, "api", "POST /sessions/{id}/checks", key), style,
+        ax.plot(rates, _series(result, "api", CHECKS, key), style,
                 marker="o", color="tab:blue", label=f"API check {label}")
         ax.plot(rates, _series(result, "raw", "raw update", key), style, marker="s",
                 color="tab:gray", label=f"raw Temporal update {label}")
@@ -511,15 +651,24 @@ def main() -> None:
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--open-sessions", type=int, default=2000)
     ap.add_argument("--list-rows", type=int, default=100_000)
+    ap.add_argument("--session-devices", type=int, default=SESSION_DEVICES)
+    ap.add_argument("--session-seconds", type=float,
+                    help="of the whole-session phase, per side (default 30, --quick 10)")
+    ap.add_argument("--skip-sweep", action="store_true",
+                    help="only the whole-session phase and the cheap parts: no sweep, no "
+                         "memory or list-latency measurement")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = asyncio.run(run(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.out or RESULTS / f"{result['mode']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, Path(f"{stem}.png"))
+    files = f"{stem}.json"
+    if result["rates"]:  # the plot is of the sweep
+        plot(result, Path(f"{stem}.png"))
+        files += f", {stem}.png"
     print(json.dumps(result["summary"], indent=2))
-    print(f"results: {stem}.json, {stem}.png")
+    print(f"results: {files}")
 
 
 if __name__ == "__main__":
