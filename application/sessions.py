@@ -8,6 +8,7 @@ is audited, accepted or rejected."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -161,9 +162,13 @@ async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
         async with ctx.uow(read_only=True) as uow:
             row = await uow.sessions.get(running.session_id, with_checks=False)
         if row is None:
-            # A start whose answer was lost (the API died, or its database write failed,
-            # after the run began), or one still being written: the run writes it now.
+            # A start still being written (another request's), or one whose answer was
+            # lost (its API died, or its write failed, after the run began): the run is
+            # asked to write it now. Named once the worker can read it, not before.
             await ctx.workflows.ask_to_write(worker)
+            if not await _recorded(ctx, running.session_id, CLOSING_RUN_WAIT_SECONDS):
+                raise Unavailable("a session started for you is still being recorded; "
+                                  "resend the request in a moment")
         if row is None or row.state.status in ACTIVE_STATUSES:
             raise ActiveSessionExists(
                 "the worker already has a session in progress: complete or cancel it first",
@@ -173,6 +178,18 @@ async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
             break
     raise Unavailable("the worker's previous session is still closing; resend the request "
                       "in a moment")
+
+
+async def _recorded(ctx: Context, session_id: UUID, within: float) -> bool:
+    """Wait (bounded) for a session to be in the database."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with ctx.uow(read_only=True) as uow:
+            if await uow.sessions.owner(session_id) is not None:
+                return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
 
 
 # ---- worker actions on a session ---------------------------------------------------------

@@ -318,13 +318,14 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
     await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(y["id"])), "test over")
 
 
-async def test_a_start_whose_answer_was_lost_is_named_at_once_and_recorded_by_its_run(
+async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
         http, client, db, supervisor):
     """A start's write can fail after its run began (the API died, or its database): the
-    run holds the start's change. A second start answers 409 at once naming that session,
-    and asks the run to write it now, with the first start's audit entry."""
+    run holds the start's change. A second start asks the run to write it now; while it
+    cannot (here: no worker) it answers 503, never a 409 naming a session nobody can read;
+    once the run wrote it, with the first start's audit entry, the 409 names it."""
     from domain.changes import AuditFacts, SessionChange
-    from domain.errors import ActiveSessionExists
+    from domain.errors import ActiveSessionExists, Unavailable
     from domain.work_session import WorkSession
     from persistence.sops import SopRepository
 
@@ -339,6 +340,8 @@ async def test_a_start_whose_answer_was_lost_is_named_at_once_and_recorded_by_it
     await ctx.workflows.start(plan, started.state, SessionChange.of(  # and no write
         started.state, 0, [facts], started.state.started_at, workflow_id_for(actor.id), None))
 
+    with pytest.raises(Unavailable, match="still being recorded"):
+        await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     async with build_worker(client, db, queue):
         with pytest.raises(ActiveSessionExists) as e:
             await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))

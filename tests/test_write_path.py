@@ -280,25 +280,31 @@ async def test_approval_whose_write_fails_changes_nothing_and_a_retry_locks_once
         "session_approve"]
 
 
+@pytest.mark.parametrize("locked", [False, True], ids=["wrong state", "locked"])
 async def test_a_rejected_attempt_whose_entry_fails_is_answered_503_and_records_nothing(
-        http, supervisor, ctx, db, monkeypatch):
-    sop = await make_confirmed_sop(http, supervisor, sop_body((2,), measurement_at=None))
+        locked, http, supervisor, ctx, db, monkeypatch):
+    sop = await make_confirmed_sop(http, supervisor, sop_body((1,), measurement_at=None))
     actor = worker_actor()
     view = await started(ctx, sop, actor)
     sid = uuid.UUID(view["id"])
+    if locked:
+        await completed(ctx, actor, view)
+        boss = Actor(supervisor.id, Role.SUPERVISOR)
+        await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override"))
     _, before = await assert_consistent(db, sid)
     access = await on(ctx, actor, sid)
     with database_fails_in_the_api(monkeypatch, SessionRepository, "record_rejection"):
         with pytest.raises(Unavailable):
-            await uc.resume_session(ctx, access)  # in progress: a wrong-state 409 to record
+            await uc.resume_session(ctx, access)  # in progress, or locked: a 409 to record
     _, entries = await assert_consistent(db, sid)
     assert entries == before
     with pytest.raises(DomainError):
         await uc.resume_session(ctx, access)
     _, entries = await assert_consistent(db, sid)
     assert [(e["action"], e["outcome"]) for e in entries[len(before):]] == [
-        ("session_resume", "rejected")]
-    await uc.cancel_session(ctx, access, "test over")
+        ("modification_rejected" if locked else "session_resume", "rejected")]
+    if not locked:
+        await uc.cancel_session(ctx, access, "test over")
 
 
 SOP_ACTIONS = ["create", "edit", "confirm", "revise", "delete"]
