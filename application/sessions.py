@@ -107,11 +107,11 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
     authorize(actor, "session.start")
     facts = _facts(actor, "session_start", request_id, sop_id=str(sop_id))
     async with ctx.uow(read_only=True) as uow:
-        sop = await uow.sops.get(sop_id)
+        sop = await uow.sops.get(sop_id, with_content=False)
         if sop is None:
             raise NotFound("SOP not found")
         sop.ensure_startable()
-        plan = await ctx.plans.get(uow, sop_id)
+        plan = await ctx.plans.get(uow, sop_id)  # a confirmed SOP's plan is cached
         existing = await uow.sessions.active_for_worker(actor.id, with_checks=False)
     try:
         if existing is not None:
@@ -129,7 +129,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
                 ctx.clock())
         raise
     async with ctx.uow() as uow:
-        held = await uow.sops.get(sop_id, lock="share")
+        held = await uow.sops.get(sop_id, lock="share", with_content=False)
         if held is None or held.status is not SopStatus.CONFIRMED:
             lost = True
         else:

@@ -22,14 +22,12 @@ class SopRepository:
             updated_at=sop.updated_at, confirmed_at=sop.confirmed_at, created_by=created_by))
         await self._insert_content(sop)
 
-
     async def replace_content(self, sop: Sop) -> None:
         await self.conn.execute(update(sops).where(sops.c.id == sop.id).values(
             title=sop.title, description=sop.description, updated_at=sop.updated_at))
         await self.conn.execute(delete(sop_steps).where(sop_steps.c.sop_id == sop.id))
         await self.conn.execute(delete(sop_tasks).where(sop_tasks.c.sop_id == sop.id))
         await self._insert_content(sop)
-
 
     async def _insert_content(self, sop: Sop) -> None:
         tasks = [{"id": t.id, "sop_id": sop.id, "position": t.position, "title": t.title}
@@ -44,14 +42,15 @@ class SopRepository:
         if steps:
             await self.conn.execute(sop_steps.insert(), steps)
 
-
     async def save_status(self, sop: Sop) -> None:
         await self.conn.execute(update(sops).where(sops.c.id == sop.id).values(
             status=sop.status.value, updated_at=sop.updated_at, confirmed_at=sop.confirmed_at))
 
-
-    async def get(self, sop_id: UUID, *, lock: str | None = None) -> Sop | None:
-        """`lock` (PostgreSQL; SQLite's write transaction already serialises writers):
+    async def get(self, sop_id: UUID, *, lock: str | None = None,
+                  with_content: bool = True) -> Sop | None:
+        """`with_content=False`: the SOP without its tasks and steps (a session start needs
+        its status only; its plan is cached).
+        `lock` (PostgreSQL; SQLite's write transaction already serialises writers):
         "share" for a session start, which holds the SOP as it is without making other
         starts of it wait; "update" for a catalog change, which waits for those starts and
         makes later ones wait (FOR NO KEY UPDATE, so foreign-key checks of session rows are
@@ -64,8 +63,7 @@ class SopRepository:
         row = (await self.conn.execute(stmt)).mappings().first()
         if row is None:
             return None
-        return (await self._hydrate([row]))[0]
-
+        return (await self._hydrate([row], with_content))[0]
 
     async def list_page(self, status: SopStatus | None, limit: int,
                         offset: int) -> tuple[list[Sop], int]:
@@ -78,15 +76,21 @@ class SopRepository:
             .limit(limit).offset(offset))).mappings().all()
         return await self._hydrate(rows), total
 
-
-    async def _hydrate(self, rows: list) -> list[Sop]:
-        ids = [r["id"] for r in rows]
-        if not ids:
+    async def _hydrate(self, rows: list, with_content: bool = True) -> list[Sop]:
+        if not rows:
             return []
+        tasks = await self._content([r["id"] for r in rows]) if with_content else {}
+        return [Sop(id=r["id"], family_id=r["family_id"], version=r["version"],
+                    status=SopStatus(r["status"]), title=r["title"], description=r["description"],
+                    tasks=tasks.get(r["id"], []), created_at=r["created_at"],
+                    updated_at=r["updated_at"], confirmed_at=r["confirmed_at"]) for r in rows]
+
+    async def _content(self, ids: list[UUID]) -> dict[UUID, list[SopTask]]:
+        """The tasks of each SOP, with their steps."""
         task_rows = (await self.conn.execute(select(sop_tasks).where(sop_tasks.c.sop_id.in_(ids))
-                                        .order_by(sop_tasks.c.position))).mappings().all()
+                                             .order_by(sop_tasks.c.position))).mappings().all()
         step_rows = (await self.conn.execute(select(sop_steps).where(sop_steps.c.sop_id.in_(ids))
-                                        .order_by(sop_steps.c.position))).mappings().all()
+                                             .order_by(sop_steps.c.position))).mappings().all()
         steps_by_task: dict[UUID, list[SopStep]] = {}
         for s in step_rows:
             steps_by_task.setdefault(s["task_id"], []).append(SopStep(
@@ -99,22 +103,16 @@ class SopRepository:
             tasks_by_sop.setdefault(t["sop_id"], []).append(SopTask(
                 id=t["id"], title=t["title"], position=t["position"],
                 steps=steps_by_task.get(t["id"], [])))
-        return [Sop(id=r["id"], family_id=r["family_id"], version=r["version"],
-                    status=SopStatus(r["status"]), title=r["title"], description=r["description"],
-                    tasks=tasks_by_sop.get(r["id"], []), created_at=r["created_at"],
-                    updated_at=r["updated_at"], confirmed_at=r["confirmed_at"]) for r in rows]
-
+        return tasks_by_sop
 
     async def latest_version(self, family_id: UUID) -> int:
         return (await self.conn.execute(select(func.max(sops.c.version))
                                    .where(sops.c.family_id == family_id))).scalar_one() or 0
 
-
     async def is_referenced(self, sop_id: UUID) -> bool:
         row = (await self.conn.execute(select(work_sessions.c.id)
                                   .where(work_sessions.c.sop_id == sop_id).limit(1))).first()
         return row is not None
-
 
     async def delete_sop(self, sop_id: UUID) -> None:
         await self.conn.execute(delete(sops).where(sops.c.id == sop_id))
