@@ -146,4 +146,4 @@ async def retry(client: Client, stuck: Stuck) -> str:
                 identity="worksession-ops"))
         return (f"reset the workflow to its last good point (event {last_good}); "
                 f"new run {resp.run_id}")
-    raise RuntimeError(stuck.reason)  # no_worker, update_waiting: nothing to re-run
+    raise RuntimeError(stuck.reason)  # no_worker: nothing to re-run

@@ -139,6 +139,15 @@ async def completed(ctx: Context, actor: Actor, view: dict) -> dict:
     return view
 
 
+async def a_completed_session(http, supervisor, ctx: Context, steps: int
+                              ) -> tuple[Actor, Actor, dict]:
+    """A worker's session of `steps` steps, completed and its run closed; and a supervisor."""
+    sop = await make_confirmed_sop(http, supervisor, sop_body((steps,), measurement_at=None))
+    actor = worker_actor()
+    view = await completed(ctx, actor, await started(ctx, sop, actor))
+    return actor, Actor(supervisor.id, Role.SUPERVISOR), view
+
+
 # ---- the run takes the change: the API's write fails, the run's write records it ----------
 # Each path brings a session to where it can take the change, and gives the action taking it.
 RUN_PATHS: dict[str, Callable[[Context, Actor, dict], Awaitable[tuple[dict, Callable]]]] = {}
@@ -243,9 +252,7 @@ async def test_a_start_whose_write_failed_is_recorded_by_its_run_with_its_entry(
 
 async def test_a_reopen_whose_write_failed_is_recorded_by_its_new_run(
         http, supervisor, ctx, db, monkeypatch):
-    sop = await make_confirmed_sop(http, supervisor, sop_body((2,), measurement_at=None))
-    actor, boss = worker_actor(), Actor(supervisor.id, Role.SUPERVISOR)
-    view = await completed(ctx, actor, await started(ctx, sop, actor))
+    actor, boss, view = await a_completed_session(http, supervisor, ctx, steps=2)
     sid = uuid.UUID(view["id"])
     row, before = await assert_consistent(db, sid)
     with database_fails_in_the_api(monkeypatch, SessionRepository, "write_change"):
@@ -263,9 +270,7 @@ async def test_a_reopen_whose_write_failed_is_recorded_by_its_new_run(
 # ---- changes no run takes: all or nothing, and a retry records them once --------------------
 async def test_approval_whose_write_fails_changes_nothing_and_a_retry_locks_once(
         http, supervisor, ctx, db, monkeypatch):
-    sop = await make_confirmed_sop(http, supervisor, sop_body((1,), measurement_at=None))
-    actor, boss = worker_actor(), Actor(supervisor.id, Role.SUPERVISOR)
-    view = await completed(ctx, actor, await started(ctx, sop, actor))
+    actor, boss, view = await a_completed_session(http, supervisor, ctx, steps=1)
     sid = uuid.UUID(view["id"])
     row, before = await assert_consistent(db, sid)
     access = await on(ctx, boss, sid, "session.override")
@@ -376,9 +381,7 @@ async def test_an_idle_pause_is_recorded_by_the_run_with_a_system_entry(http, su
 # ---- late writes -------------------------------------------------------------------------
 async def test_a_late_write_from_a_closed_run_after_approval_changes_neither_version_nor_lock(
         http, supervisor, ctx, db, client):
-    sop = await make_confirmed_sop(http, supervisor, sop_body((2,), measurement_at=None))
-    actor, boss = worker_actor(), Actor(supervisor.id, Role.SUPERVISOR)
-    view = await completed(ctx, actor, await started(ctx, sop, actor))
+    actor, boss, view = await a_completed_session(http, supervisor, ctx, steps=2)
     sid = uuid.UUID(view["id"])
     approved = await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override"))
     row, before = await assert_consistent(db, sid)
