@@ -33,8 +33,8 @@ from persistence.sessions import SessionRow
 from persistence.uow import UnitOfWork
 from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
 
-# How long a start or reopen waits for the worker's previous run to close once the database
-# says its session is closed (it closes within milliseconds; this is a generous bound).
+# How long a start, reopen or approval waits for a run to close once the database says its
+# session is closed (it closes within milliseconds of its final write; a generous bound).
 CLOSING_RUN_WAIT_SECONDS = 5.0
 
 
@@ -321,6 +321,13 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
 
     async def reopen() -> dict[str, Any]:
         async with ctx.uow(read_only=True) as uow:
+            row = await uow.sessions.get(access.session_id, with_checks=False)
+            assert row is not None
+            plan = await ctx.plans.get(uow, row.state.sop_id)
+        # the domain's refusals first; then decide on the record its closed run completed
+        WorkSession(plan=plan, state=row.state).copy().reopen(ctx.clock(), step_id)
+        await _ensure_run_closed(ctx, row)
+        async with ctx.uow(read_only=True) as uow:
             row = await uow.sessions.get(access.session_id)
             assert row is not None
             session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
@@ -340,9 +347,11 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             now = await uow.sessions.get(access.session_id, with_checks=False,
                                          for_update=True)
             assert now is not None
-            if now.state.version == version:
+            # unchanged, or changed only by the new run itself (its worker was quick)
+            ours = now.state.version == version or now.run_id == change.run_id
+            if ours:
                 await uow.sessions.write_change(change)
-        if now.state.version != version:  # approved (or reopened) meanwhile: not this one
+        if not ours:  # approved (or reopened) meanwhile: not this one
             await ctx.workflows.terminate(worker, change.run_id,
                                           "the session changed while it was reopened")
             WorkSession(plan=session.plan, state=now.state).copy().reopen(ctx.clock(),

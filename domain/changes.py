@@ -1,8 +1,8 @@
 """A change of a session as the read model and the audit log record it.
 
 Whoever took the change (the session's workflow run, or the service for approval) describes
-it once, with the facts of its audit entries; whichever side then writes it (the API before
-it answers, or the run when the API could not) writes the same thing, once."""
+it once, with the facts of its audit entries; whichever side writes it (the API before it
+answers, the run for all it holds) writes the same thing, and it is stored once."""
 
 from __future__ import annotations
 

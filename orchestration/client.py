@@ -135,8 +135,8 @@ class SessionWorkflows:
         return False
 
     async def terminate(self, worker_id: UUID, run_id: str, reason: str) -> None:
-        """End a run that must not go on (a start that lost its race with an SOP delete):
-        nothing it holds is recorded anywhere."""
+        """End a run that must not go on: a start that lost its race with an SOP delete, a
+        reopen that lost to an approval. Nothing it took is recorded."""
         await self._bounded(self.client.get_workflow_handle(
             workflow_id_for(worker_id), run_id=run_id).terminate(reason=reason))
 

@@ -84,7 +84,7 @@ class AuditLog:
     async def append_to_sop_family(self, family_id: UUID, facts: AuditFacts,
                                    at: datetime) -> None:
         """One entry on the family's chain; its head row is held until the transaction
-        ends (catalog actions are rare: one family's queue at most)."""
+        ends (catalog actions and refused starts of the family queue on it, nothing else)."""
         chain = sop_chain(family_id)
         await self.conn.execute(
             dialect_insert(self._sqlite, audit_chains).on_conflict_do_nothing(

@@ -3,9 +3,9 @@ change at a time with the change's audit entries, by `write_change` alone.
 
 One ordering rule: the row takes a change only when the change's `version` is higher than
 the stored one, so no late, repeated or stale write ever replaces a newer state or rolls the
-version back (approval included: it is a change like the others). Checks and audit entries
-are added by id, whatever order changes arrive in; an entry already written (its dedup key
-names the change) makes the whole change a no-op."""
+version back (approval included: it is a change like the others), and a locked row takes no
+change at all. Checks are added by id, whatever order changes arrive in; an entry already
+written (its dedup key names the change) makes the whole change a no-op."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ class SessionRepository:
             await self.conn.execute(_insert_row_once(self._sqlite), {
                 "id": st.id, **_state_values(change), "audit_seq": 0, "audit_hash": GENESIS})
             head = (await self.conn.execute(_head(self._sqlite), {"id": st.id})).one()
+        if head.locked:
+            # An approved session never changes again (CONTRACT.md): whatever arrives after
+            # the lock is a run's that should not exist (a reopen that lost to an approval).
+            return False
         seq, prev = head.audit_seq, head.audit_hash
         rows = []
         for i, facts in enumerate(change.entries):
@@ -182,7 +186,7 @@ class SessionRepository:
 @functools.cache
 def _head(is_sqlite: bool) -> Any:
     c = work_sessions.c
-    stmt = select(c.version, c.audit_seq, c.audit_hash).where(c.id == bindparam("id"))
+    stmt = select(c.version, c.locked, c.audit_seq, c.audit_hash).where(c.id == bindparam("id"))
     return stmt if is_sqlite else stmt.with_for_update(key_share=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from application.context import Context
 from domain.changes import SessionChange
 from domain.errors import ActiveSessionExists, DomainError, Unavailable
 from domain.sop import CheckResult, SopStatus
+from domain.work_session import SessionStatus
 from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
@@ -403,9 +405,16 @@ async def test_a_late_write_from_a_closed_run_after_approval_changes_neither_ver
     lost.entries = [type(e)(e.action, e.actor_id, e.actor_role, {"late": True}, "late")
                     for e in lost.entries]
     lost.state.version = row.state.version - 1
+    # and one newer than the approval, from a run that should not exist (a reopen that
+    # lost to the approval, its run not ended): a locked session takes no change at all
+    rogue = SessionChange.of(dataclasses.replace(
+        late[-1].state, version=row.state.version + 1, status=SessionStatus.IN_PROGRESS),
+        0, late[-1].entries, late[-1].at, late[-1].workflow_id, "a-reopen-that-lost")
     async with db.write() as conn:
-        await SessionRepository(conn).write_change(lost)
-    now, _ = await record(db, sid)
+        assert not await SessionRepository(conn).write_change(lost)
+        assert not await SessionRepository(conn).write_change(rogue)
+    now, entries = await record(db, sid)
+    assert entries == before
     assert now.state.version == row.state.version and now.state.locked
     assert now.state.approved_by == boss.id
     assert approved["status"] == now.state.status.value == "completed"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -60,7 +61,9 @@ class WorkSessionWorkflow:
         # Handlers can run before `run` starts: everything they need is built here.
         self._input = inp
         self._session = WorkSession(plan=inp.plan, state=inp.state)
-        self._unwritten: list[SessionChange] = list(inp.unwritten)
+        # The start's (or reopening's) own change is made before its run has an id.
+        self._unwritten: list[SessionChange] = [
+            c if c.run_id else replace(c, run_id=workflow.info().run_id) for c in inp.unwritten]
         self._write_now = False
         self._updates_this_run = 0
         self._last_touch = workflow.now()
