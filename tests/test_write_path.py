@@ -494,3 +494,36 @@ async def test_two_starts_racing_after_a_cancel_answer_at_once_naming_the_winner
         assert lost[0].extra["existing_session_id"] == won[0]["id"] != first["id"]
         assert took < uc.CLOSING_RUN_WAIT_SECONDS
         await uc.cancel_session(ctx, await on(ctx, actor, won[0]["id"]), "test over")
+
+
+# ---- the contract's promise about the log ------------------------------------------------
+async def test_a_client_rechecks_a_sessions_chain_from_the_audit_api_alone(
+        http, supervisor, worker_user, confirmed_sop):
+    """CONTRACT.md: hash = sha256(prev_hash + canonical JSON of the entry without its hash),
+    keys sorted, separators `,` and `:`, UTF-8 unescaped; prev_hash the previous entry's in
+    the same chain, 64 zeros first. Written out here from what GET /api/v1/audit returns."""
+    import hashlib
+    import json
+
+    from tests.conftest import pass_step, start
+
+    s = await start(http, worker_user, confirmed_sop)
+    r = await http.post(f"/api/v1/sessions/{s['id']}/checks", headers=worker_user.h, json={
+        "step_id": s["current_step_id"], "result": "failed", "notes": "Prüfung ✓ «1»"})
+    assert r.status_code == 200, r.text
+    s = await pass_step(http, worker_user, r.json())
+    assert (await http.post(f"/api/v1/sessions/{s['id']}/resume",
+                            headers=worker_user.h)).status_code == 409  # a refusal, audited
+    entries = (await http.get(f"/api/v1/audit?session_id={s['id']}&limit=100",
+                              headers=supervisor.h)).json()["items"]
+    assert [e["action"] for e in entries] == [
+        "session_start", "check_submitted", "check_submitted", "session_resume"]
+    prev = "0" * 64
+    for seq, e in enumerate(entries, start=1):
+        assert (e["chain"], e["seq"], e["prev_hash"]) == (f"session:{s['id']}", seq, prev)
+        body = {k: v for k, v in e.items() if k != "hash"}
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert hashlib.sha256((prev + text).encode()).hexdigest() == e["hash"]
+        prev = e["hash"]
+    await http.post(f"/api/v1/sessions/{s['id']}/cancel", headers=worker_user.h,
+                    json={"reason": "test over"})
