@@ -44,15 +44,12 @@ class Access:
 
     actor: Actor
     session_id: UUID
-    owner_id: UUID
 
 
 async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> Access:
-    owner = await ctx.owner(session_id)
-    ensure_visible(actor, owner)
+    ensure_visible(actor, await ctx.owner(session_id))
     authorize(actor, permission)
-    assert owner is not None
-    return Access(actor, session_id, owner)
+    return Access(actor, session_id)
 
 
 def _facts(actor: Actor, action: str, request_id: str | None, **detail: Any) -> AuditFacts:
