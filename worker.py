@@ -6,6 +6,8 @@ import asyncio
 import compileall
 import contextlib
 import logging
+import signal
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
@@ -24,6 +26,8 @@ from worksession.temporal import connect
 # save about 60 KB per cached run, but it also switches off the restrictions on the workflow's
 # own code (clock, randomness), measured: tests/test_workflow.py keeps that from coming back.
 SANDBOX = SandboxedWorkflowRunner()
+# A write takes milliseconds; a stuck one is cut off by its 15 s timeout anyway.
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 
 
 def _workflow_bytecode() -> None:
@@ -37,25 +41,32 @@ def _workflow_bytecode() -> None:
 
 
 def build_worker(client: Client, db: Database, task_queue: str,
-                 cache_size: int = Settings.model_fields["workflow_cache_size"].default
-                 ) -> Worker:
+                 cache_size: int = Settings.model_fields["workflow_cache_size"].default,
+                 graceful_shutdown: timedelta = timedelta(0)) -> Worker:
+    """`graceful_shutdown`: how long a stopping worker lets a running write finish before
+    cancelling it (it is retried, idempotent, on another worker either way)."""
     _workflow_bytecode()
     store = SessionStore(db)
     return Worker(client, task_queue=task_queue, workflows=[WorkSessionWorkflow],
                   activities=[store.write_changes], max_cached_workflows=cache_size,
-                  workflow_runner=SANDBOX)
+                  workflow_runner=SANDBOX, graceful_shutdown_timeout=graceful_shutdown)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Until `stop` is set, or SIGINT/SIGTERM: then it stops polling, lets the tasks it has
+    finish (a write in flight completes rather than being retried by another worker) and
+    exits."""
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     db = Database(settings.db_url)
     client = await connect(settings)
-    worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size)
+    worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
+                          graceful_shutdown=GRACEFUL_SHUTDOWN)
     try:
-        if stop is None:
-            await worker.run()
-        else:
-            async with worker:
-                await stop.wait()
+        async with worker:
+            await stop.wait()
     finally:
         await db.dispose()
 

@@ -1,5 +1,5 @@
-"""CPU time per operation, per process: what each request costs the `worksession dev` process
-(API and worker), the Temporal server and the client, against a raw Temporal update.
+"""CPU time per operation, per process: what each request costs the API process, the worker,
+the Temporal server and the client, against a raw Temporal update.
 
     .venv/bin/python -m benchmarks.cpu_cost            # about a minute
 
@@ -35,16 +35,19 @@ SETTLE_S = 1.0
 
 
 class Meter:
-    """CPU seconds (user + system) of the dev process, the Temporal server and this process."""
+    """CPU seconds (user + system) of the API processes, the worker, the Temporal server and
+    this process (the client, and the raw floor's worker)."""
 
-    def __init__(self, dev_pid: int) -> None:
-        dev = psutil.Process(dev_pid)
-        server = [c for c in dev.children(recursive=True) if "start-dev" in " ".join(c.cmdline())]
-        self.procs = {"dev": dev, "temporal": server[0], "client": psutil.Process()}
+    def __init__(self, stack: DevStack) -> None:
+        parts = stack.children()
+        self.procs = {"api": [psutil.Process(p) for p in parts["api"]],
+                      "worker": [psutil.Process(p) for p in parts["worker"]],
+                      "temporal": [psutil.Process(p) for p in parts["temporal"]],
+                      "client": [psutil.Process()]}
         self.idle_per_s = {k: 0.0 for k in self.procs}
 
     def read(self) -> dict[str, float]:
-        return {k: sum(p.cpu_times()[:2]) for k, p in self.procs.items()}
+        return {k: sum(sum(p.cpu_times()[:2]) for p in ps) for k, ps in self.procs.items()}
 
     async def calibrate(self, seconds: float = 3.0) -> None:
         a = self.read()
@@ -60,7 +63,7 @@ class Meter:
         b, elapsed = self.read(), time.perf_counter() - t
         out = {k: round(max(0.0, b[k] - a[k] - self.idle_per_s[k] * elapsed) * 1000 / n, 2)
                for k in a}
-        out["server_side"] = round(out["dev"] + out["temporal"], 2)
+        out["server_side"] = round(out["api"] + out["worker"] + out["temporal"], 2)
         return out
 
 
@@ -70,8 +73,7 @@ async def run(n: int) -> dict[str, Any]:
                               "versions": _versions(), "cpus": psutil.cpu_count(),
                               "unit": "ms of CPU per operation", "phases": {}}
     with DevStack(Path(tempfile.mkdtemp(prefix="ws-cpu-"))) as stack:
-        assert stack.proc is not None
-        meter = Meter(stack.proc.pid)
+        meter = Meter(stack)
         secret = load_or_create_dev_secret(stack.data_dir)
         sup = {"Authorization": f"Bearer {mint(secret, 'supervisor', uuid.uuid4())}"}
         async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
@@ -141,8 +143,9 @@ async def run(n: int) -> dict[str, Any]:
                 for h in handles:
                     await h.signal(RawSessionFloor.finish)
     for name, figures in result["phases"].items():
-        print(f"{name:45s} dev {figures['dev']:6.2f}  temporal {figures['temporal']:6.2f}  "
-              f"client {figures['client']:6.2f}  ms CPU/op", flush=True)
+        print(f"{name:45s} api {figures['api']:6.2f}  worker {figures['worker']:6.2f}  "
+              f"temporal {figures['temporal']:6.2f}  client {figures['client']:6.2f}  ms CPU/op",
+              flush=True)
     return result
 
 

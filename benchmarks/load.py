@@ -351,9 +351,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": _versions(), "settings": {
             "rates_per_s": rates, "seconds_per_rate": seconds,
             "sop_steps": STEPS, "session_devices": args.session_devices,
-            "session_seconds": session_seconds, "session_sop_steps": SESSION_STEPS},
+            "session_seconds": session_seconds, "session_sop_steps": SESSION_STEPS,
+            "api_processes": args.api_processes},
         "rates": []}
-    with DevStack(tmp) as stack:
+    with DevStack(tmp, api_processes=args.api_processes) as stack:
         secret = load_or_create_dev_secret(stack.data_dir)
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
         async with httpx.AsyncClient(base_url=stack.api, timeout=30, limits=limits) as http:
@@ -519,12 +520,13 @@ async def _persisted(stack: DevStack, acknowledged: set[str]) -> dict[str, int]:
 
 
 async def _memory(api: ApiLoad, stack: DevStack, target: int) -> dict[str, Any]:
-    """Resident memory of the dev process (worker and API together) with N open sessions."""
+    """Resident memory of the worker process, and of the API's, with N open sessions."""
     have = sum(1 for w in api.all if w.session and w.session["status"] == "in_progress")
     await api.add_workers(max(0, target - have), Stats())
     await asyncio.sleep(2)
-    return {"open_sessions": target, "rss_mb": round(stack.rss_mb(), 1),
-            "note": "worksession dev process: worker and API together"}
+    return {"open_sessions": target, "rss_mb": round(stack.rss_mb("worker"), 1),
+            "api_rss_mb": round(stack.rss_mb("api"), 1),
+            "note": "worker process (rss_mb) and API processes (api_rss_mb), apart"}
 
 
 async def _list_latency(stack: DevStack, http: httpx.AsyncClient, sup: dict[str, str],
@@ -657,6 +659,8 @@ def main() -> None:
     ap.add_argument("--skip-sweep", action="store_true",
                     help="only the whole-session phase and the cheap parts: no sweep, no "
                          "memory or list-latency measurement")
+    ap.add_argument("--api-processes", type=int, default=1,
+                    help="`worksession dev --api-processes`")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = asyncio.run(run(args))

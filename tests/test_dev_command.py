@@ -33,6 +33,43 @@ def temporal_children(data_dir: Path) -> list[str]:
     return [line for line in out.splitlines() if str(data_dir) in line and "start-dev" in line]
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid`, with its command line."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return {p: _cmdline(p) for p in found}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pids: dict[int, str]) -> list[str]:
+    """Those still running the same command (a pid may have been reused since)."""
+    return [cmd for p, cmd in pids.items() if _cmdline(p) == cmd and cmd]
+
+
+def kinds(pids: dict[int, str]) -> list[str]:
+    def kind(cmd: str) -> str:
+        if "start-dev" in cmd:
+            return "temporal"
+        words = cmd.split()
+        return words[words.index("worksession.cli") + 1] if "worksession.cli" in words else cmd
+    return sorted(kind(c) for c in pids.values())
+
+
 @pytest.fixture
 def dev(tmp_path: Path):
     d = Dev(tmp_path)
@@ -45,6 +82,10 @@ def dev(tmp_path: Path):
 def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(dev: Dev):
     banner = dev.start()
     assert f"{dev.api}/docs" in banner and f":{dev.ports['ui']}" in banner
+    assert dev.proc is not None
+    # as production runs it: the worker and the API each in a process of their own
+    stack = descendants(dev.proc.pid)
+    assert kinds(stack) == ["api", "temporal", "worker"], stack
     tokens = re.findall(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)$", banner, re.M)
     assert len(tokens) == 2
     worker, supervisor = ({"Authorization": f"Bearer {t}"} for t in tokens)
@@ -72,10 +113,11 @@ def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(dev: Dev
     assert session["workflow_id"] in listed.stdout, listed.stdout + listed.stderr
 
     assert dev.stop(signal.SIGINT) == 0
-    assert temporal_children(dev.data_dir) == []
+    assert temporal_children(dev.data_dir) == [] and alive(stack) == []
 
     # an immediate restart on the same ports keeps everything
     dev.start()
+    stack = descendants(dev.proc.pid)
     with httpx.Client(base_url=dev.api, timeout=15) as api:
         assert api.get("/readyz").status_code == 200
         again = api.get("/api/v1/sessions/current", headers=worker)
@@ -88,7 +130,7 @@ def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(dev: Dev
                             "--data-dir", str(dev.data_dir)], capture_output=True, text=True)
     assert token.returncode == 0 and token.stdout.startswith("ey")
     assert dev.stop(signal.SIGTERM) == 0
-    assert temporal_children(dev.data_dir) == []
+    assert temporal_children(dev.data_dir) == [] and alive(stack) == []
 
 
 def test_dev_refuses_a_busy_port_with_one_line(tmp_path: Path):
@@ -114,3 +156,39 @@ def test_api_refuses_to_start_without_a_strong_secret(tmp_path: Path):
         r = subprocess.run([str(BIN / "worksession"), "api"], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=30)
         assert r.returncode != 0 and expected in r.stderr
+
+
+def test_dev_supervises_its_processes_and_runs_several_api_processes(tmp_path: Path):
+    """A worker that dies is started again and the stack goes on; with --api-processes 2
+    both API processes serve the one port; SIGTERM leaves none of them behind."""
+    d = Dev(tmp_path, api_processes=2)
+    try:
+        banner = d.start()
+        assert "2 API processes" in banner
+        assert d.proc is not None
+        stack = descendants(d.proc.pid)
+        assert kinds(stack) == ["api", "api", "temporal", "worker"], stack
+        tokens = re.findall(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)$", banner, re.M)
+        worker, supervisor = ({"Authorization": f"Bearer {t}"} for t in tokens)
+        (victim,) = [p for p, c in stack.items() if kinds({p: c}) == ["worker"]]
+        os.kill(victim, signal.SIGKILL)
+        with httpx.Client(base_url=d.api, timeout=15) as api:
+            sop = api.post("/api/v1/sops", json=sop_body(), headers=supervisor).json()
+            api.post(f"/api/v1/sops/{sop['id']}/confirm", headers=supervisor)
+            session = api.post("/api/v1/sessions", json={"sop_id": sop["id"]}, headers=worker)
+            assert session.status_code == 201, session.text
+            # a check needs a worker: answered once the new one polls
+            s = session.json()
+            check = api.post(f"/api/v1/sessions/{s['id']}/checks", headers=worker,
+                             json={"step_id": s["current_step_id"], "result": "passed"})
+            assert check.status_code == 200, check.text
+        restarted = descendants(d.proc.pid)
+        assert kinds(restarted) == ["api", "api", "temporal", "worker"], restarted
+        assert victim not in restarted
+        assert "the worker exited (-9); starting it again" in d.log.read_text()
+        assert d.stop(signal.SIGTERM) == 0
+        assert alive(restarted) == [] and temporal_children(d.data_dir) == []
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -1,25 +1,24 @@
 """`worksession dev`: a Temporal dev server (persisted to SQLite under the data dir), the
-worker and the API, in one command; SIGINT/SIGTERM stop all of it and leave no child."""
+worker and the API, each in its own process as production runs them, supervised by this one;
+SIGINT/SIGTERM stop all of it in order (API, worker, Temporal) and leave no child."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
-from collections.abc import Iterator
+import sys
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
-import uvicorn
+import httpx
 from temporalio.client import Client
 
-from api.app import create_app
-from persistence.db import Database
 from persistence.migrate import upgrade_async
-from worker import build_worker
 from worksession.binaries import temporal_cli
 from worksession.settings import Settings
 from worksession.temporal import (
@@ -32,18 +31,15 @@ from worksession.tokens import load_or_create_dev_secret, mint
 
 HOST = "127.0.0.1"
 TEMPORAL_START_TIMEOUT = 60.0
+CHILD_START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+# A child that dies is started again after this pause, doubled while it keeps dying soon
+# after its start (up to the maximum); one that ran a minute starts again at once.
+RESTART_PAUSE, RESTART_PAUSE_MAX, STEADY_S = 1.0, 30.0, 60.0
 
 
 class DevStackError(Exception):
     pass
-
-
-class _Server(uvicorn.Server):
-    """Signals are handled by the dev stack, which stops every part in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _listening(port: int) -> bool:
@@ -53,9 +49,60 @@ def _listening(port: int) -> bool:
 
 
 def _die_with_parent() -> None:
-    """Linux: the Temporal server gets SIGTERM if this process dies, even by SIGKILL."""
+    """Linux: a child gets SIGTERM if this process dies, even by SIGKILL."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """One supervised process of the stack: started, restarted when it dies on its own,
+    stopped with SIGTERM (SIGKILL after STOP_TIMEOUT)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str],
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        self.name, self.argv, self.env, self.pass_fds = name, argv, env, pass_fds
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, pass_fds=self.pass_fds, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent)
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    @property
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    async def _supervise(self) -> None:
+        pause = RESTART_PAUSE
+        while True:
+            assert self.proc is not None
+            started = asyncio.get_running_loop().time()
+            code = await self.proc.wait()
+            if self.stopping:
+                return
+            if asyncio.get_running_loop().time() - started > STEADY_S:
+                pause = RESTART_PAUSE
+            print(f"worksession dev: the {self.name} exited ({code}); starting it again in "
+                  f"{pause:.0f} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_PAUSE_MAX)
+            if self.stopping:
+                return
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, pass_fds=self.pass_fds,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await _stop_process(self.proc)
 
 
 async def _wait_for_temporal(proc: asyncio.subprocess.Process, settings: Settings,
@@ -77,7 +124,24 @@ async def _wait_for_temporal(proc: asyncio.subprocess.Process, settings: Setting
             await asyncio.sleep(0.25)
 
 
-async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -> int:
+def _listen(port: int) -> socket.socket:
+    """The API's socket, bound here once and shared by every API process (each accepts on
+    it): a busy port is found before anything starts, and no process races another to bind."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError:
+        sock.close()
+        raise DevStackError(f"port {port} (API) is already in use; stop what listens there "
+                            "or pick another with --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
+                  api_processes: int = 1) -> int:
     for name, p in (("API", port), ("Temporal", temporal_port), ("Temporal UI", ui_port)):
         if _listening(p):
             raise DevStackError(f"port {p} ({name}) is already in use; stop what listens "
@@ -87,6 +151,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
     secret = load_or_create_dev_secret(data_dir)
     settings = Settings(data_dir=data_dir, temporal_address=f"{HOST}:{temporal_port}",
                         temporal_ui_url=f"http://{HOST}:{ui_port}", api_port=port)
+    sock = _listen(port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,50 +160,70 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int) -
 
     log = data_dir / "temporal.log"
     with log.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
+        temporal = await asyncio.create_subprocess_exec(
             temporal_cli(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"),
             "--ip", HOST, "--port", str(temporal_port), "--ui-port", str(ui_port),
             "--log-level", "warn", "--ui-disable-news-fetch", *DEV_SERVER_STORE_FLAGS,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True, preexec_fn=_die_with_parent)
-    db: Database | None = None
+    env = {**os.environ, "WORKSESSION_DATA_DIR": str(data_dir),
+           "WORKSESSION_TEMPORAL_ADDRESS": settings.temporal_address,
+           "WORKSESSION_TEMPORAL_UI_URL": settings.temporal_ui_url,
+           "WORKSESSION_API_HOST": HOST, "WORKSESSION_API_PORT": str(port),
+           "WORKSESSION_JWT_SECRET": secret.decode(),
+           "WORKSESSION_LOG_LEVEL": os.environ.get("WORKSESSION_LOG_LEVEL", "warning")}
+    cli = [sys.executable, "-m", "worksession.cli"]
+    worker = Child("worker", [*cli, "worker"], env)
+    apis = [Child(f"API process {i + 1}" if api_processes > 1 else "API",
+                  [*cli, "api", "--fd", str(sock.fileno())], env, (sock.fileno(),))
+            for i in range(api_processes)]
+    children: list[Child] = []
     try:
-        client = await _until_stopped(stop, _wait_for_temporal(proc, settings, log))
+        client = await _until_stopped(stop, _wait_for_temporal(temporal, settings, log))
         if client is None:
             return 0
         await register_search_attributes(client, settings.temporal_namespace)
         await upgrade_async(settings.db_url)
-        db = Database(settings.db_url)
-        app = create_app(settings, jwt_secret=secret, client=client, db=db)
-        server = _Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning",
-                                        lifespan="on"))
-        worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size)
-        async with worker:
-            serving = asyncio.create_task(server.serve())
-            while not server.started and not serving.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            if serving.done():
-                serving.result()
-                raise DevStackError(f"the API could not listen on port {port}")
-            await _until_worker_polls(client, settings.task_queue)
-            _banner(settings, data_dir, secret, port)
-            await _until_stopped(stop, asyncio.shield(serving))
-            server.should_exit = True
-            await serving
-        print("worksession dev: stopped", flush=True)
+        for child in (worker, *apis):
+            await child.start()
+            children.append(child)
+        ready = await _until_stopped(stop, _until_ready(client, settings, children))
+        if ready is None:
+            return 0
+        _banner(settings, data_dir, secret, port, api_processes)
+        await stop.wait()
         return 0
     finally:
-        if db is not None:
-            await db.dispose()
-        await _stop_process(proc)
+        # In order: the API stops taking requests and finishes those it has, the worker
+        # finishes its tasks, then Temporal goes.
+        await asyncio.gather(*(c.stop() for c in apis))
+        await worker.stop()
+        sock.close()
+        await _stop_process(temporal)
+        print("worksession dev: stopped", flush=True)
 
 
-async def _until_worker_polls(client: Client, task_queue: str, within: float = 15) -> None:
-    """The banner promises a ready stack: wait until Temporal sees the worker polling."""
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline and not await worker_polls(  # noqa: ASYNC110
-            client, task_queue):
-        await asyncio.sleep(0.1)
+async def _until_ready(client: Client, settings: Settings, children: list[Child]) -> bool:
+    """The banner promises a ready stack: the API answers and Temporal sees the worker
+    polling. A child that dies on its way up ends the start with its exit code."""
+    deadline = asyncio.get_running_loop().time() + CHILD_START_TIMEOUT
+    api_up = polling = False
+    async with httpx.AsyncClient(base_url=f"http://{HOST}:{settings.api_port}",
+                                 timeout=2) as http:
+        while not (api_up and polling):
+            for c in children:
+                if c.exited is not None:
+                    raise DevStackError(f"the {c.name} exited ({c.exited}) while starting; "
+                                        "its output is above")
+            if asyncio.get_running_loop().time() > deadline:
+                raise DevStackError(f"the stack was not ready in {CHILD_START_TIMEOUT:.0f} s")
+            if not api_up:
+                with contextlib.suppress(httpx.HTTPError):
+                    api_up = (await http.get("/healthz")).status_code == 200
+            if not polling:
+                polling = await worker_polls(client, settings.task_queue)
+            await asyncio.sleep(0.1)
+    return True
 
 
 async def _until_stopped(stop: asyncio.Event, aw: object) -> object | None:
@@ -155,12 +240,12 @@ async def _until_stopped(stop: asyncio.Event, aw: object) -> object | None:
     return None
 
 
-async def _stop_process(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
+async def _stop_process(proc: asyncio.subprocess.Process | None) -> None:
+    if proc is None or proc.returncode is not None:
         return
     proc.terminate()
     try:
-        await asyncio.wait_for(proc.wait(), 15)
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -170,7 +255,8 @@ def _flag(name: str) -> str:
     return {"API": "port", "Temporal": "temporal-port", "Temporal UI": "ui-port"}[name]
 
 
-def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int) -> None:
+def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int,
+            api_processes: int) -> None:
     from worksession.cli import dev_users
 
     users = dev_users(data_dir)
@@ -181,8 +267,9 @@ def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int) -> Non
     # the console links to the Temporal UI on this host's port 8233 unless told otherwise
     ui = "" if settings.temporal_ui_url.endswith(":8233") else \
         f"&temporal_ui={settings.temporal_ui_url}"
+    apis = "1 API process" if api_processes == 1 else f"{api_processes} API processes"
     print(f"""
-Work Session Service is running (data in {data_dir})
+Work Session Service is running (data in {data_dir}; {apis}, 1 worker, Temporal dev server)
   API docs:     http://{HOST}:{port}/docs
   Temporal UI:  {settings.temporal_ui_url}
   Ready check:  http://{HOST}:{port}/readyz

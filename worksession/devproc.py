@@ -26,8 +26,10 @@ def _three_ports() -> dict[str, int]:
 
 
 class DevProcess:
-    def __init__(self, root: Path, ports: dict[str, int] | None = None) -> None:
+    def __init__(self, root: Path, ports: dict[str, int] | None = None,
+                 api_processes: int = 1) -> None:
         self.data_dir = root / "data"
+        self.api_processes = api_processes
         self.chosen_ports = ports is None
         self.ports = ports or _three_ports()
         self.log = root / f"dev-{time.monotonic_ns()}.log"
@@ -62,7 +64,7 @@ class DevProcess:
         self.proc = subprocess.Popen(
             [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
              "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
-             "--ui-port", str(self.ports["ui"])],
+             "--ui-port", str(self.ports["ui"]), "--api-processes", str(self.api_processes)],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -87,9 +89,29 @@ class DevProcess:
             self.proc.wait()
             return None
 
-    def rss_mb(self) -> float:
-        """Resident memory of the dev process (worker and API; not the Temporal server)."""
+    def children(self) -> dict[str, list[int]]:
+        """The stack's processes by part: `temporal`, `worker`, `api` (one or more)."""
         assert self.proc is not None
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        m = re.search(r"VmRSS:\s+(\d+)", text)
-        return int(m.group(1)) / 1024 if m else 0.0
+        parts: dict[str, list[int]] = {"temporal": [], "worker": [], "api": []}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid != self.proc.pid:
+                continue
+            if any(b"start-dev" == w for w in cmd):
+                parts["temporal"].append(int(stat.parent.name))
+            elif b"worksession.cli" in cmd:
+                parts[cmd[cmd.index(b"worksession.cli") + 1].decode()].append(
+                    int(stat.parent.name))
+        return parts
+
+    def rss_mb(self, part: str = "worker") -> float:
+        """Resident memory of that part of the stack (all its processes)."""
+        total = 0
+        for pid in self.children()[part]:
+            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+            total += int(m.group(1)) if m else 0
+        return total / 1024
