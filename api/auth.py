@@ -1,5 +1,5 @@
 """Bearer JWT authentication: an allow-list of algorithms (never the token's own `alg`),
-`exp` and `sub` required, `sub` a UUID, `role` one of the three roles."""
+`exp` and `sub` required, dates JSON numbers, `sub` a UUID, `role` one of the three roles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from uuid import UUID
 import jwt
 
 from application.authz import Actor, Role
+
+NUMERIC_DATES = ("exp", "nbf", "iat")
 
 
 class Unauthenticated(Exception):
@@ -29,6 +31,12 @@ def authenticate(authorization: str | None, secret: bytes, algorithms: list[str]
         raise Unauthenticated("token expired") from None
     except jwt.PyJWTError as e:
         raise Unauthenticated(f"invalid token: {e}") from None
+    for name in NUMERIC_DATES:
+        # PyJWT takes "9999999999" for a date; RFC 7519 (and the contract) want a number.
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, int | float)):
+            raise Unauthenticated(f"invalid token: '{name}' must be a number")
     try:
         sub = UUID(str(claims["sub"]))
     except ValueError:

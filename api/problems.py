@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Unauthenticated
+from api.front_door import NEVER_SHED
 from domain import errors as e
 
 log = logging.getLogger("worksession.api")
@@ -141,9 +142,11 @@ def install(app: FastAPI) -> None:
                        type_="/problems/unexpected", headers={"Retry-After": "5"})
 
 
-# Statuses any operation can answer whatever it does: a method the path does not serve, and a
-# body over the size limit (RequestGuard).
+# Statuses any operation can answer whatever it does: a method the path does not serve, a
+# body over the size limit, and (but for health checks) load shed (api.front_door).
 ANY_OPERATION = {"405": "Method not allowed on this path", "413": "Request body too large"}
+SHED = {"503": "Service unavailable: a dependency is down, or the service is at capacity "
+               "(`/problems/overloaded`); retry after Retry-After"}
 
 
 def document(app: FastAPI) -> None:
@@ -156,10 +159,11 @@ def document(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         ref = {"$ref": "#/components/schemas/Problem"}
-        for item in schema["paths"].values():
+        for path, item in schema["paths"].items():
             for op in item.values():
                 responses = op.setdefault("responses", {})
-                for code, description in ANY_OPERATION.items():
+                always = ANY_OPERATION if path in NEVER_SHED else ANY_OPERATION | SHED
+                for code, description in always.items():
                     responses.setdefault(code, {"description": description})
                 for code, response in responses.items():
                     if code[0] in "45":

@@ -68,35 +68,69 @@ def pct(xs: list[float], p: float) -> float | None:
 class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    # answers 503 /problems/overloaded, timed from their send (not from when they were due:
+    # a device the driver had to wait for is not the service's delay): how fast it sheds
+    shed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # (moment, latency) of every accepted answer: the overload phase's recovery, second by second
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, endpoint: str, ms: float, status: int | str) -> None:
         if status in (200, 201):
             self.latencies[endpoint].append(ms)
+            self.timeline.append((time.perf_counter(), ms))
         else:
             self.errors[endpoint][str(status)] += 1
 
     def summary(self, seconds: float) -> dict[str, Any]:
         out = {}
-        for ep in sorted(set(self.latencies) | set(self.errors)):
+        for ep in sorted(set(self.latencies) | set(self.errors) | set(self.shed)):
             xs = self.latencies[ep]
             out[ep] = {"ok": len(xs), "throughput_per_s": round(len(xs) / seconds, 2),
                        "p50_ms": _r(pct(xs, 50)), "p95_ms": _r(pct(xs, 95)),
                        "p99_ms": _r(pct(xs, 99)), "max_ms": _r(max(xs) if xs else None),
                        "errors": dict(self.errors[ep])}
+            if self.shed[ep]:
+                sh = self.shed[ep]
+                out[ep]["shed"] = {"answers": len(sh), "p50_ms": _r(pct(sh, 50)),
+                                   "p99_ms": _r(pct(sh, 99)), "max_ms": _r(max(sh))}
         return out
 
 
-async def _send(stats: Stats, endpoint: str, scheduled: float, request: Any,
+# How often a request the service shed is sent again before the driver gives up on it.
+SHED_RETRIES = 5
+_jitter = random.Random(11)
+
+
+def _overloaded(r: httpx.Response) -> bool:
+    return r.status_code == 503 and r.headers.get("content-type", "").startswith(
+        "application/problem+json") and str(r.json().get("type", "")).endswith("/overloaded")
+
+
+async def _send(stats: Stats, endpoint: str, scheduled: float,
+                request: Callable[[], Awaitable[httpx.Response]],
                 ok_404: bool = False) -> httpx.Response | None:
     """One request, timed from its scheduled moment; a transport error (a connection the
-    overloaded server closed, a timeout) is counted under its name, never raised."""
-    try:
-        r = await request
-    except httpx.HTTPError as e:
-        stats.add(endpoint, (time.perf_counter() - scheduled) * 1000, type(e).__name__)
-        return None
+    overloaded server closed, a timeout) is counted under its name, never raised. Shed
+    (503 /problems/overloaded), it is sent again unchanged, as the field app does, after
+    Retry-After plus up to as much again at random; the accepted answer is then timed from
+    the send that got it."""
+    since = scheduled
+    for attempt in range(SHED_RETRIES + 1):
+        sent = time.perf_counter()
+        try:
+            r = await request()
+        except httpx.HTTPError as e:
+            stats.add(endpoint, (time.perf_counter() - since) * 1000, type(e).__name__)
+            return None
+        if _overloaded(r) and attempt < SHED_RETRIES:
+            stats.shed[endpoint].append((time.perf_counter() - sent) * 1000)
+            wait = float(r.headers.get("retry-after", "1"))
+            await asyncio.sleep(wait * (1 + _jitter.random()))
+            since = time.perf_counter()
+            continue
+        break
     status = 200 if ok_404 and r.status_code == 404 else r.status_code
-    stats.add(endpoint, (time.perf_counter() - scheduled) * 1000, status)
+    stats.add(endpoint, (time.perf_counter() - since) * 1000, status)
     return r
 
 
@@ -195,7 +229,7 @@ class ApiLoad:
             await asyncio.gather(*(one() for _ in range(min(20, n - i))))
 
     async def _start(self, w: FieldWorker, stats: Stats, scheduled: float) -> None:
-        r = await _send(stats, "POST /sessions", scheduled, self.http.post(
+        r = await _send(stats, "POST /sessions", scheduled, lambda: self.http.post(
             "/api/v1/sessions", json={"sop_id": self.sop_id}, headers=w.headers))
         w.session = r.json() if r is not None and r.status_code == 201 else None
         if w.session:
@@ -213,12 +247,13 @@ class ApiLoad:
                 return
             s = w.session
             if rng.random() < 0.03:  # a worker finishing by hand now and then
-                await _send(stats, "POST /sessions/{id}/complete", scheduled, self.http.post(
-                    f"/api/v1/sessions/{s['id']}/complete", headers=w.headers))
+                await _send(stats, "POST /sessions/{id}/complete", scheduled,
+                            lambda: self.http.post(f"/api/v1/sessions/{s['id']}/complete",
+                                                   headers=w.headers))
                 w.session = None
                 return
             body = check_body(s["current_step"], fail=rng.random() < 0.1)
-            r = await _send(stats, CHECKS, scheduled, self.http.post(
+            r = await _send(stats, CHECKS, scheduled, lambda: self.http.post(
                 f"/api/v1/sessions/{s['id']}/checks", headers=w.headers, json=body))
             if r is not None and r.status_code == 200:
                 self.acknowledged.add(body["check_id"])
@@ -242,8 +277,10 @@ class ApiLoad:
         await self._start(w, stats, time.perf_counter())
         while w.session is not None and w.session["status"] == "in_progress":
             body = check_body(w.session["current_step"])
-            r = await _send(stats, CHECKS, time.perf_counter(), self.http.post(
-                f"/api/v1/sessions/{w.session['id']}/checks", headers=w.headers, json=body))
+            url = f"/api/v1/sessions/{w.session['id']}/checks"
+            r = await _send(stats, CHECKS, time.perf_counter(),
+                            lambda url=url, body=body: self.http.post(
+                                url, headers=w.headers, json=body))
             w.session = r.json() if r is not None and r.status_code == 200 else None
             if w.session is not None:
                 self.acknowledged.add(body["check_id"])
@@ -255,11 +292,12 @@ class ApiLoad:
     async def current(self, stats: Stats, scheduled: float, rng: random.Random) -> None:
         w = rng.choice(self.all)
         await _send(stats, "GET /sessions/current", scheduled,  # 404: between two sessions
-                    self.http.get("/api/v1/sessions/current", headers=w.headers), ok_404=True)
+                    lambda: self.http.get("/api/v1/sessions/current", headers=w.headers),
+                    ok_404=True)
 
     async def listing(self, stats: Stats, scheduled: float) -> None:
         await _send(stats, "GET /sessions", scheduled,
-                    self.http.get("/api/v1/sessions?limit=20", headers=self.supervisor))
+                    lambda: self.http.get("/api/v1/sessions?limit=20", headers=self.supervisor))
 
 
 class RawLoad:
@@ -402,7 +440,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         entry["api"] = stats.summary(elapsed)
                         entry["raw_query_during_api_load"] = floor.summary(elapsed).get(
                             "raw query", {})
-                        api_saturated = entry["api_saturated"] = _saturated(elapsed, seconds)
+                        api_saturated = entry["api_saturated"] = (
+                            _saturated(elapsed, seconds) or _shedding(entry["api"]))
                     if not raw_saturated:
                         raw_stats = Stats()
                         raw_elapsed = await open_model(
@@ -412,6 +451,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                             seconds)
                     result["rates"].append(entry)
                     _print_rate(entry)
+                if rates and not args.no_overload:
+                    peak = max(e["api"].get(CHECKS, {}).get("throughput_per_s", 0)
+                               for e in result["rates"])
+                    result["overload"] = await _overload(api, rng, peak, args.overload_seconds)
             acknowledged = api.acknowledged | sessions_api.acknowledged
             result["persistence"] = await _persisted(stack, acknowledged)
             print(f"checks acknowledged {len(acknowledged)}, persisted "
@@ -428,6 +471,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _saturated(elapsed: float, seconds: float) -> bool:
     return elapsed > seconds + DRAIN_ALLOWANCE_S
+
+
+def _shedding(summary: dict[str, Any]) -> bool:
+    """Past its peak the API sheds instead of falling behind: over 1 % of checks shed."""
+    c = summary.get(CHECKS, {})
+    return c.get("shed", {}).get("answers", 0) > 0.01 * max(1, c.get("ok", 0))
 
 
 def _print_rate(entry: dict[str, Any]) -> None:
@@ -509,14 +558,69 @@ def _session_side(sessions: int, elapsed: float, stats: Stats, start: str,
             "errors": {ep: v["errors"] for ep, v in summary.items() if v["errors"]}}
 
 
+async def _overload(api: ApiLoad, rng: random.Random, peak: float,
+                    seconds: float) -> dict[str, Any]:
+    """Past the peak: checks (as the sweep sends them) offered at twice the peak the sweep
+    found, then at half of it. What the service keeps serving (goodput), how fast it turns
+    the rest away (shed answers), how long accepted checks take, and how soon after the
+    overload the latency is back to what it was at half the peak before it."""
+    calm = max(1.0, peak / 2)
+    # Devices enough that the driver never waits for an idle one: a shed check holds its
+    # device for a Retry-After or two.
+    await api.add_workers(max(0, int(2 * peak * 4) - len(api.all)), Stats())
+
+    def checks(stats: Stats) -> Callable[[float], Awaitable[None]]:
+        return lambda scheduled: api.check(stats, scheduled, rng)
+    before = Stats()
+    await open_model(calm, min(seconds, 15), checks(before))
+    high = Stats()
+    high_s = await open_model(2 * peak, seconds, checks(high))
+    low = Stats()
+    low_t0 = time.perf_counter()
+    low_s = await open_model(calm, seconds, checks(low))
+    normal = before.summary(1).get(CHECKS, {}).get("p99_ms") or 0.0
+    h = high.summary(high_s).get(CHECKS, {})
+    out = {
+        "peak_checks_per_s": peak, "offered_per_s": round(2 * peak, 1),
+        "goodput_per_s": h.get("throughput_per_s"),
+        "goodput_over_peak": _ratio(h.get("throughput_per_s"), peak),
+        "accepted_p50_ms": h.get("p50_ms"), "accepted_p99_ms": h.get("p99_ms"),
+        "shed": h.get("shed", {}), "errors": h.get("errors"),
+        "calm_offered_per_s": round(calm, 1), "normal_p99_ms_before": normal,
+        "after": low.summary(low_s).get(CHECKS, {}),
+        "recovery_s": _recovery(low.timeline, low_t0, normal)}
+    print(f"overload: offered {out['offered_per_s']}/s (peak {peak}/s): goodput "
+          f"{out['goodput_per_s']}/s ({out['goodput_over_peak']} of peak), accepted p99 "
+          f"{out['accepted_p99_ms']} ms, shed {out['shed'].get('answers', 0)} p99 "
+          f"{out['shed'].get('p99_ms')} ms; then at {out['calm_offered_per_s']}/s back to "
+          f"normal (p99 {normal} ms) in {out['recovery_s']} s", flush=True)
+    return out
+
+
+def _recovery(timeline: list[tuple[float, float]], t0: float, normal_p99: float) -> float | None:
+    """Seconds from `t0` until every later one-second window's p99 is within normal (1.5x the
+    p99 before the overload, or 50 ms more, whichever is larger); None if it never was."""
+    bound = max(1.5 * normal_p99, normal_p99 + 50)
+    windows: dict[int, list[float]] = defaultdict(list)
+    for at, ms in timeline:
+        windows[int(at - t0)].append(ms)
+    last_bad = -1
+    for second in sorted(windows):
+        if (pct(windows[second], 99) or 0) > bound:
+            last_bad = second
+    return None if last_bad == max(windows, default=-1) else float(last_bad + 1)
+
+
 async def _persisted(stack: DevStack, acknowledged: set[str]) -> dict[str, int]:
     import sqlite3
     db = sqlite3.connect(stack.data_dir / "worksession.db")
     stored = {row[0].replace("-", "") for row in db.execute("SELECT id FROM session_checks")}
+    doubled = db.execute("SELECT count(*) FROM (SELECT id FROM session_checks GROUP BY id "
+                         "HAVING count(*) > 1)").fetchone()[0]
     db.close()
     ack = {c.replace("-", "") for c in acknowledged}
     return {"sent_acknowledged": len(ack), "persisted": len(ack & stored),
-            "lost": len(ack - stored)}
+            "lost": len(ack - stored), "duplicated": doubled}
 
 
 async def _memory(api: ApiLoad, stack: DevStack, target: int) -> dict[str, Any]:
@@ -576,7 +680,13 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
                 "session_check_p99_ratio": ratios["check_p99"],
                 "sessions_per_s_api": result["session_workload"]["api"]["sessions_per_s"],
                 "sessions_per_s_raw": result["session_workload"]["raw"]["sessions_per_s"]}
-    return sessions | (_sweep_summary(result) if result["rates"] else {})
+    overload = result.get("overload")
+    extra = {} if not overload else {
+        "overload_goodput_over_peak": overload["goodput_over_peak"],
+        "overload_accepted_p99_ms": overload["accepted_p99_ms"],
+        "overload_shed_p99_ms": overload["shed"].get("p99_ms"),
+        "overload_recovery_s": overload["recovery_s"]}
+    return sessions | (_sweep_summary(result) if result["rates"] else {}) | extra
 
 
 def _sweep_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -661,6 +771,9 @@ def main() -> None:
                          "memory or list-latency measurement")
     ap.add_argument("--api-processes", type=int, default=1,
                     help="`worksession dev --api-processes`")
+    ap.add_argument("--overload-seconds", type=float, default=30,
+                    help="each half of the overload phase (twice the peak, then half of it)")
+    ap.add_argument("--no-overload", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = asyncio.run(run(args))

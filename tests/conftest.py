@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
@@ -236,3 +238,31 @@ async def on(ctx: Any, actor: Any, session_id: Any, permission: str = "session.w
     from application.sessions import gate
 
     return await gate(ctx, actor, UUID(str(session_id)), permission)
+
+
+class WriteOutage:
+    """Blocks every write to the read model while reads go on (a lock held by another
+    session: SQLite's exclusive lock, PostgreSQL's EXCLUSIVE table locks)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> WriteOutage:
+        if self.url.startswith("sqlite"):
+            self._sqlite = sqlite3.connect(self.url.split("///", 1)[1], isolation_level=None)
+            self._sqlite.execute("BEGIN EXCLUSIVE")
+        else:
+            self._pg = await asyncpg.connect(self.url.replace("postgresql+asyncpg", "postgresql"))
+            await self._pg.execute("BEGIN; LOCK TABLE work_sessions, session_checks "
+                                   "IN EXCLUSIVE MODE")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+        if self._pg is not None:
+            await self._pg.execute("ROLLBACK")
+            await self._pg.close()

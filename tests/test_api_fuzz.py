@@ -23,12 +23,9 @@ WORKSESSION_FUZZ_STATS=FILE writes the (who, operation, status, count) seen to F
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import socket
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -41,19 +38,14 @@ import httpx
 import jsonschema_rs
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import Phase
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import FlakyStrategyDefinition
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from persistence.db import Database
-from persistence.migrate import upgrade_async
-from tests.conftest import SECRET, fresh_database, sop_body
-from worker import build_worker
+from tests.conftest import SECRET, sop_body
+from tests.live_server import LiveServer
 from worksession.settings import Settings
 from worksession.tokens import mint
 
@@ -81,77 +73,9 @@ def auth(role: str, sub: uuid.UUID | None = None) -> dict[str, str]:
 SUPERVISOR_ID, WORKER_ID, ADMIN_ID = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
 
-# ---- the server under test ------------------------------------------------------------------
-class _Server(uvicorn.Server):
-    """uvicorn, telling the test thread when it listens."""
-
-    def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
-        super().__init__(config)
-        self.started_event = started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.started_event.set()
-
-
-class FuzzServer:
-    """The API + a worker, served by uvicorn from a thread with an event loop of its own."""
-
-    def __init__(self, temporal_target: str) -> None:
-        self.temporal_target = temporal_target
-        self.task_queue = f"work-sessions-fuzz-{uuid.uuid4()}"
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes it over
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.server: uvicorn.Server | None = None
-        self.thread = threading.Thread(target=self._run, name="fuzz-api", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:  # reported to the fixture, which fails the tests
-            self.error = e
-        finally:
-            self.ready.set()
-
-    async def _main(self) -> None:
-        async with fresh_database("fuzz") as url:
-            await upgrade_async(url)
-            client = await Client.connect(self.temporal_target,
-                                          data_converter=pydantic_data_converter)
-            db = Database(url)
-            settings = Settings(database_url=url, task_queue=self.task_queue,
-                                request_timeout_seconds=10, idle_timeout=timedelta(hours=8))
-            app = create_app(settings, jwt_secret=SECRET, client=client, db=db)
-            self.server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                                 access_log=False), self.ready)
-            try:
-                async with build_worker(client, db, self.task_queue):
-                    await self.server.serve(sockets=[self.sock])
-            finally:
-                await db.dispose()
-
-    def start(self) -> None:
-        self.thread.start()
-        if not self.ready.wait(120):
-            raise TimeoutError("the fuzz API server did not start within 120 s")
-        if self.error is not None or self.server is None or not self.server.started:
-            raise RuntimeError("the fuzz API server failed to start") from self.error
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.thread.join(60)
-        self.sock.close()
-        assert not self.thread.is_alive(), "the fuzz API server did not stop"
-
-
 @pytest.fixture(scope="module")
-def fuzz_server(temporal_env: WorkflowEnvironment) -> Iterator[FuzzServer]:
-    server = FuzzServer(temporal_env.client.service_client.config.target_host)
+def fuzz_server(temporal_env: WorkflowEnvironment) -> Iterator[LiveServer]:
+    server = LiveServer(temporal_env.client.service_client.config.target_host, "fuzz")
     server.start()
     try:
         yield server
@@ -174,7 +98,7 @@ def confirmed_sop(client: httpx.Client, title: str = "Lockout/Tagout - Press 4"
 
 
 @pytest.fixture(scope="module")
-def fuzz_data(fuzz_server: FuzzServer) -> dict[str, Any]:
+def fuzz_data(fuzz_server: LiveServer) -> dict[str, Any]:
     """Real ids for the fuzzer to find: confirmed SOPs, a draft, the worker's live session and
     another worker's completed one."""
     supervisor = auth("supervisor", SUPERVISOR_ID)
@@ -279,17 +203,17 @@ def call(case: Any, who: str, base_url: str) -> None:
 
 # ---- stateless fuzzing ----------------------------------------------------------------------
 @supervisor_schema.parametrize()
-def test_fuzz_as_supervisor(case: Any, fuzz_server: FuzzServer, fuzz_data: Any) -> None:
+def test_fuzz_as_supervisor(case: Any, fuzz_server: LiveServer, fuzz_data: Any) -> None:
     call(case, "supervisor", fuzz_server.base_url)
 
 
 @worker_schema.parametrize()
-def test_fuzz_as_worker(case: Any, fuzz_server: FuzzServer, fuzz_data: Any) -> None:
+def test_fuzz_as_worker(case: Any, fuzz_server: LiveServer, fuzz_data: Any) -> None:
     call(case, "worker", fuzz_server.base_url)
 
 
 @admin_schema.parametrize()
-def test_fuzz_as_admin(case: Any, fuzz_server: FuzzServer, fuzz_data: Any) -> None:
+def test_fuzz_as_admin(case: Any, fuzz_server: LiveServer, fuzz_data: Any) -> None:
     call(case, "admin", fuzz_server.base_url)
 
 
@@ -302,7 +226,7 @@ WORKER_OPERATIONS = {
 }
 
 
-def test_stateful(fuzz_server: FuzzServer, fuzz_data: Any) -> None:
+def test_stateful(fuzz_server: LiveServer, fuzz_data: Any) -> None:
     """Chains of calls along the links schemathesis infers between operations (the document
     declares no OpenAPI links). Each call is made by the role that may make it (SOP authoring,
     reads, approve/reopen and audit: a supervisor; session work: a worker; ops: an admin).
@@ -398,7 +322,7 @@ def request_schema(name: str) -> Any:
 
 
 @pytest.fixture
-def api(fuzz_server: FuzzServer) -> Iterator[httpx.Client]:
+def api(fuzz_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fuzz_server.base_url, timeout=30) as c:
         yield c
 

@@ -8,13 +8,11 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from application import sessions as uc
@@ -26,39 +24,11 @@ from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
 from persistence.sessions import SessionRepository
-from tests.conftest import eventually, make_confirmed_sop, on
+from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on
 from worker import build_worker
 from workflows.messages import workflow_id_for
 
 BIN = Path(sys.executable).parent
-
-
-class WriteOutage:
-    """Blocks every write to the read model while reads go on (a lock held by another
-    session: SQLite's exclusive lock, PostgreSQL's EXCLUSIVE table locks)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._sqlite: sqlite3.Connection | None = None
-        self._pg: asyncpg.Connection | None = None
-
-    async def __aenter__(self) -> WriteOutage:
-        if self.url.startswith("sqlite"):
-            self._sqlite = sqlite3.connect(self.url.split("///", 1)[1], isolation_level=None)
-            self._sqlite.execute("BEGIN EXCLUSIVE")
-        else:
-            self._pg = await asyncpg.connect(self.url.replace("postgresql+asyncpg", "postgresql"))
-            await self._pg.execute("BEGIN; LOCK TABLE work_sessions, session_checks "
-                                   "IN EXCLUSIVE MODE")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sqlite is not None:
-            self._sqlite.execute("ROLLBACK")
-            self._sqlite.close()
-        if self._pg is not None:
-            await self._pg.execute("ROLLBACK")
-            await self._pg.close()
 
 
 async def cli(temporal_env, database_url: str, task_queue: str, *args: str):

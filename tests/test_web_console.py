@@ -253,6 +253,44 @@ def test_a_second_start_is_refused_with_an_explanation(
     console.assert_clean("status of 409")
 
 
+def test_a_check_the_service_sheds_is_sent_again_and_the_worker_is_told_it_is_busy(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    """The service sheds load with 503 /problems/overloaded and Retry-After (its side is
+    tests/test_front_door.py); here the first two sends of a check are answered so, as the
+    service answers them, and the console waits, says so, and sends the same check again."""
+    title = f"Busy service {uuid.uuid4().hex[:4]}"
+    confirmed_sop(stack, supervisor, title)
+    worker = new_worker(stack)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(worker))
+    page.get_by_role("button", name=f"Start {title}").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+
+    sent: list[str] = []
+
+    def shed_twice(route: Any) -> None:
+        sent.append(json.loads(route.request.post_data)["check_id"])
+        if len(sent) > 2:
+            route.continue_()
+            return
+        route.fulfill(status=503, headers={"Retry-After": "1"},
+                      content_type="application/problem+json", body=json.dumps({
+                          "type": "/problems/overloaded", "title": "Service overloaded",
+                          "status": 503, "detail": "the service is at capacity"}))
+    page.route("**/api/v1/sessions/*/checks", shed_twice)
+    card.get_by_label("Passed").check()
+    card.get_by_role("button", name="Record check").click()
+    busy = page.locator("#busy")
+    expect(busy).to_contain_text("The service is busy, retrying in")
+    expect(card).to_contain_text("Step 2 of 3")
+    expect(busy).to_be_hidden()
+    assert len(sent) == 3 and len(set(sent)) == 1, sent
+    session = stack.call(worker, "GET", "/sessions/current")
+    assert [c["id"] for c in session["checks"]] == [sent[0]]
+    console.assert_clean("status of 503")
+
+
 def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
         stack: Stack, supervisor: str, browser: Browser) -> None:
     title = f"Flaky network {uuid.uuid4().hex[:4]}"

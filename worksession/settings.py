@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
     max_body_bytes: int = 256 * 1024
+    # Load shedding (api/front_door.py): requests one API process lets in at once; the next
+    # is answered 503 at once, with this Retry-After.
+    max_in_flight: int = Field(default=32, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=1)
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
     # How long a run lets a change it took go unwritten by itself (docs/architecture.md).

@@ -1,11 +1,18 @@
 // The console's only door to the service: the public /api/v1 of CONTRACT.md, same origin.
 
 const TIMEOUT_MS = 15000;
+// A request the service shed (503 /problems/overloaded) never started: it is sent again,
+// unchanged (a check keeps its check_id), after Retry-After plus up to as much again at
+// random, so that the devices it turned away do not all come back in the same instant.
+const BUSY_ATTEMPTS = 4;
 let token = null;
 let onUnauthorized = () => {};
+let onBusy = () => {};
 
 export function setToken(value) { token = value; }
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+/** fn({ attempt, of, seconds }) while a shed request waits to be sent again; fn(null) after. */
+export function setBusyHandler(fn) { onBusy = fn; }
 
 /** The service answered with an RFC 9457 problem (or at least an error status). */
 export class ApiError extends Error {
@@ -22,6 +29,9 @@ export class ApiError extends Error {
 
   // "Try again later" errors: the request may be sent again unchanged.
   get transient() { return this.status === 503 || this.status === 502 || this.status === 504; }
+
+  // Shed at the door: the service did not start it.
+  get overloaded() { return this.status === 503 && this.code === 'overloaded'; }
 }
 
 /** The service could not be reached at all (offline, refused, timed out). */
@@ -33,6 +43,24 @@ export class NetworkError extends Error {
 }
 
 export async function api(method, path, body) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      const result = await send(method, path, body);
+      if (attempt > 1) onBusy(null);
+      return result;
+    } catch (error) {
+      if (!(error instanceof ApiError && error.overloaded) || attempt >= BUSY_ATTEMPTS) {
+        if (attempt > 1) onBusy(null);
+        throw error;
+      }
+      const seconds = error.retryAfter * (1 + Math.random());
+      onBusy({ attempt: attempt + 1, of: BUSY_ATTEMPTS, seconds });
+      await new Promise((resolve) => { setTimeout(resolve, seconds * 1000); });
+    }
+  }
+}
+
+async function send(method, path, body) {
   const headers = { Accept: 'application/json, application/problem+json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -56,6 +84,7 @@ export async function api(method, path, body) {
   }
   if (!response.ok) {
     const error = new ApiError(response.status, data);
+    error.retryAfter = Math.min(Math.max(Number(response.headers.get('retry-after')) || 1, 1), 60);
     if (response.status === 401) onUnauthorized(error);
     throw error;
   }
@@ -78,7 +107,9 @@ export function describe(error) {
   if (error instanceof NetworkError) return error.message;
   if (error instanceof ApiError) {
     let text = error.problem.detail || error.message;
-    if (error.status === 503) {
+    if (error.overloaded) {
+      text = 'The service is busy and did not take this yet. Try again in a moment.';
+    } else if (error.status === 503) {
       text = `The service cannot answer right now (${text}). Try again in a moment.`;
     }
     const fields = Array.isArray(error.problem.errors) ? error.problem.errors : [];

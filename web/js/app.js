@@ -1,6 +1,6 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
-import { setToken, setUnauthorizedHandler } from './api.js';
+import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { notice, shortId } from './ui.js';
 import { Outbox } from './outbox.js';
 import { mountWorker } from './worker.js';
@@ -13,6 +13,13 @@ const main = document.getElementById('main');
 const who = document.getElementById('who');
 const nav = document.getElementById('nav');
 const signOut = document.getElementById('sign-out');
+const busy = document.getElementById('busy');
+
+setBusyHandler((wait) => {
+  busy.hidden = !wait;
+  busy.textContent = wait ? `The service is busy, retrying in ${Math.ceil(wait.seconds)} s `
+    + `(attempt ${wait.attempt} of ${wait.of}). Nothing you entered is lost.` : '';
+});
 let running = null; // the signed-in view's outbox, stopped when the sign-in ends
 
 /** Take the token (and an optional Temporal UI address) out of the address bar. */
