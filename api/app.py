@@ -57,6 +57,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
     mount_web(app)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,
                        max_in_flight=settings.max_in_flight,
+                       admission_wait_seconds=settings.admission_wait.total_seconds(),
                        retry_after_seconds=settings.retry_after_seconds)
     problems.document(app)
     return app

@@ -3,11 +3,12 @@ before any routing, authentication or body parsing (CONTRACT.md, "Health", v1.1)
 
 - **Request id**: the client's `X-Request-ID` when it is 1-128 characters of
   `A-Z a-z 0-9 . _ : -`, else one made here; echoed in the response, kept in audit entries.
-- **Load shedding**: at most `max_in_flight` requests are in the application at once. The one
-  past that is answered at once, 503 `/problems/overloaded` with `Retry-After`, for the cost
-  of parsing its head: the queue forms here, where a refusal is cheap, and not in the event
-  loop, where every waiting request slowed the ones being served until all of them were
-  late. Health checks are neither counted nor refused.
+- **Load shedding**: at most `max_in_flight` requests are in the application at once. One
+  that finds no place waits for one at most `admission_wait_seconds`, then is answered
+  503 `/problems/overloaded` with `Retry-After`, for the cost of parsing its head: the queue
+  forms here, short and bounded, where a refusal is cheap, and not in the event loop, where
+  every waiting request slowed the ones being served until all of them were late. Health
+  checks are neither counted nor refused.
 - **Body bound**: a body over `max_body` bytes is 413, once the upload is read and thrown
   away (bounded), so that a client still sending can read the answer instead of having its
   connection reset.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections import deque
 from typing import Any
 
 from api import problems
@@ -36,12 +38,11 @@ def request_id(sent: bytes | None) -> str:
 
 class FrontDoor:
     def __init__(self, app: Any, *, max_body: int, max_in_flight: int,
-                 retry_after_seconds: int) -> None:
+                 admission_wait_seconds: float, retry_after_seconds: int) -> None:
         self.app = app
         self.max_body = max_body
-        self.max_in_flight = max_in_flight
+        self.places = Places(max_in_flight, admission_wait_seconds)
         self.retry_after = str(retry_after_seconds)
-        self.in_flight = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -55,16 +56,15 @@ class FrontDoor:
             send = _without_body(send)
         if scope["path"] in NEVER_SHED:
             return await self._admitted(scope, receive, send, headers)
-        if self.in_flight >= self.max_in_flight:
+        if not await self.places.take():
             return await self._answer(send, problems.problem(
                 503, "the service is at capacity; retry after the time in Retry-After",
                 type_="/problems/overloaded", title="Service overloaded",
                 headers={"Retry-After": self.retry_after}))
-        self.in_flight += 1
         try:
             await self._admitted(scope, receive, send, headers)
         finally:
-            self.in_flight -= 1
+            self.places.give_back()
 
     async def _admitted(self, scope: Any, receive: Any, send: Any,
                         headers: dict[bytes, bytes]) -> None:
@@ -107,6 +107,46 @@ class FrontDoor:
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
+
+
+class Places:
+    """`limit` places inside. One that is free is taken at once; when none is, a request
+    waits for one in arrival order, at most `wait` seconds (a burst is smoothed, not shed:
+    a place frees every few milliseconds at the peak), then is refused."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        self.limit, self.wait = limit, wait
+        self.taken = 0
+        self.waiting: deque[asyncio.Future[bool]] = deque()
+
+    async def take(self) -> bool:
+        if self.taken < self.limit and not self.waiting:
+            self.taken += 1
+            return True
+        loop = asyncio.get_running_loop()
+        place = loop.create_future()
+        self.waiting.append(place)
+        timer = loop.call_later(self.wait, lambda: place.done() or place.set_result(False))
+        try:
+            got = await place
+        except BaseException:  # the client went away while it waited
+            if place.done() and not place.cancelled() and place.result():
+                self.give_back()
+            raise
+        finally:
+            timer.cancel()
+            if place in self.waiting:
+                self.waiting.remove(place)
+        return got
+
+    def give_back(self) -> None:
+        """The place goes to the longest waiting request, else it is free."""
+        while self.waiting:
+            place = self.waiting.popleft()
+            if not place.done():
+                place.set_result(True)
+                return
+        self.taken -= 1
 
 
 async def _drain(receive: Any, budget: int) -> None:

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -32,12 +33,14 @@ from workflows.work_session import WorkSessionWorkflow
 
 SESSIONS = "/api/v1/sessions"
 LIMIT = 2  # requests let in at once by the server under test
+WAIT = 1.5  # how long one waits there for a place before it is shed
 
 
 @pytest.fixture(scope="module")
 def small_door(temporal_env: WorkflowEnvironment) -> Iterator[LiveServer]:
     server = LiveServer(temporal_env.client.service_client.config.target_host, "door",
-                        max_in_flight=LIMIT, retry_after_seconds=2)
+                        max_in_flight=LIMIT, admission_wait=timedelta(seconds=WAIT),
+                        retry_after_seconds=2)
     server.start()
     try:
         yield server
@@ -91,6 +94,34 @@ async def test_a_flood_is_shed_at_once_while_health_and_admitted_checks_go_on(
             assert current.json()["id"] == s["id"]
         listed = await http.get(SESSIONS, headers=supervisor.h, params={"limit": 100})
         assert listed.status_code == 200 and listed.json()["total"] == LIMIT
+
+
+async def test_a_request_that_finds_no_place_waits_for_one_before_it_is_shed(
+        small_door: LiveServer, supervisor: User, temporal_env: WorkflowEnvironment):
+    """A burst is smoothed, not shed: a request arriving while every place is taken gets
+    the first one that frees within the admission wait, in arrival order."""
+    async with httpx.AsyncClient(base_url=small_door.base_url, timeout=60) as http:
+        sop = await make_confirmed_sop(http, supervisor)
+        workers = [User(uuid.uuid4(), "worker") for _ in range(LIMIT)]
+        sessions = [await start(http, w, sop) for w in workers]
+        outage = WriteOutage(small_door.database_url)
+        await outage.__aenter__()
+        try:
+            admitted = [asyncio.create_task(http.post(
+                f"{SESSIONS}/{s['id']}/checks", headers=w.h,
+                json={"step_id": s["current_step_id"], "result": "passed"}))
+                for w, s in zip(workers, sessions, strict=True)]
+            for s in sessions:
+                run = temporal_env.client.get_workflow_handle(s["workflow_id"])
+                await eventually(lambda run=run: _holds_a_check(run))
+            waiting = asyncio.create_task(http.get(SESSIONS, headers=supervisor.h))
+            await asyncio.sleep(WAIT / 3)
+            assert not waiting.done()
+        finally:
+            await outage.__aexit__(None, None, None)  # the held checks finish, places free
+        listed = await waiting
+        assert listed.status_code == 200, listed.text
+        assert [r.status_code for r in await asyncio.gather(*admitted)] == [200] * LIMIT
 
 
 def test_a_body_over_the_limit_is_a_413_the_client_can_read(small_door: LiveServer,

@@ -28,8 +28,10 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = 10.0
     max_body_bytes: int = 256 * 1024
     # Load shedding (api/front_door.py): requests one API process lets in at once; the next
-    # is answered 503 at once, with this Retry-After.
-    max_in_flight: int = Field(default=32, ge=1)
+    # waits for a place at most `admission_wait`, then is answered 503 with this Retry-After.
+    # Sizing: docs/deployment.md.
+    max_in_flight: int = Field(default=12, ge=1)
+    admission_wait: timedelta = timedelta(milliseconds=100)
     retry_after_seconds: int = Field(default=1, ge=1)
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
