@@ -54,6 +54,13 @@ class FrontDoor:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
             send = _without_body(send)
+        declared = headers.get(b"content-length")
+        try:
+            too_big = declared is not None and int(declared) > self.max_body
+        except ValueError:
+            too_big = True
+        if too_big:  # refused before it takes a place: a slow upload holds none
+            return await self._refuse_body(send, receive, headers, 0)
         if scope["path"] in NEVER_SHED:
             return await self._admitted(scope, receive, send, headers)
         if not await self.places.take():
@@ -68,14 +75,7 @@ class FrontDoor:
 
     async def _admitted(self, scope: Any, receive: Any, send: Any,
                         headers: dict[bytes, bytes]) -> None:
-        declared = headers.get(b"content-length")
-        try:
-            too_big = declared is not None and int(declared) > self.max_body
-        except ValueError:
-            too_big = True
-        if too_big:
-            return await self._refuse_body(send, receive, headers, 0)
-        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+        if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
             # A streamed body of unknown length: read it here, bounded, then replay it.
             chunks: list[bytes] = []
             size, more = 0, True

@@ -57,6 +57,23 @@ async def _holds_a_check(run: Any) -> bool:
     return len((await run.query(WorkSessionWorkflow.session))["checks"]) == 1
 
 
+async def _fill_every_place(http: httpx.AsyncClient, workers: list[User],
+                            sessions: list[dict[str, Any]],
+                            temporal_env: WorkflowEnvironment) -> list[asyncio.Task[Any]]:
+    """With the database's writes held: a check per session, each taken by its run and then
+    waiting on the database, so that they hold every place there is."""
+    admitted = [asyncio.create_task(http.post(
+        f"{SESSIONS}/{s['id']}/checks", headers=w.h,
+        json={"step_id": s["current_step_id"], "result": "passed"}))
+        for w, s in zip(workers, sessions, strict=True)]
+    # all inside: their runs hold the check (asked of Temporal, not of the API)
+    for s in sessions:
+        run = temporal_env.client.get_workflow_handle(s["workflow_id"])
+        await eventually(lambda run=run: _holds_a_check(run))
+    assert not any(t.done() for t in admitted)
+    return admitted
+
+
 async def test_a_flood_is_shed_at_once_while_health_and_admitted_checks_go_on(
         small_door: LiveServer, supervisor: User, temporal_env: WorkflowEnvironment):
     async with httpx.AsyncClient(base_url=small_door.base_url, timeout=60) as http:
@@ -64,17 +81,7 @@ async def test_a_flood_is_shed_at_once_while_health_and_admitted_checks_go_on(
         workers = [User(uuid.uuid4(), "worker") for _ in range(LIMIT)]
         sessions = [await start(http, w, sop) for w in workers]
         async with WriteOutage(small_door.database_url):
-            # The admitted checks are taken by their runs and then wait on the database:
-            # they hold every place there is.
-            admitted = [asyncio.create_task(http.post(
-                f"{SESSIONS}/{s['id']}/checks", headers=w.h,
-                json={"step_id": s["current_step_id"], "result": "passed"}))
-                for w, s in zip(workers, sessions, strict=True)]
-            # both inside: their runs hold the check (asked of Temporal, not of the API)
-            for s in sessions:
-                run = temporal_env.client.get_workflow_handle(s["workflow_id"])
-                await eventually(lambda run=run: _holds_a_check(run))
-            assert not any(t.done() for t in admitted)
+            admitted = await _fill_every_place(http, workers, sessions, temporal_env)
             flood = await asyncio.gather(*(
                 http.post(SESSIONS, headers=w.h, json={"sop_id": sop["id"]})
                 for w in [User(uuid.uuid4(), "worker") for _ in range(30)]))
@@ -107,13 +114,7 @@ async def test_a_request_that_finds_no_place_waits_for_one_before_it_is_shed(
         outage = WriteOutage(small_door.database_url)
         await outage.__aenter__()
         try:
-            admitted = [asyncio.create_task(http.post(
-                f"{SESSIONS}/{s['id']}/checks", headers=w.h,
-                json={"step_id": s["current_step_id"], "result": "passed"}))
-                for w, s in zip(workers, sessions, strict=True)]
-            for s in sessions:
-                run = temporal_env.client.get_workflow_handle(s["workflow_id"])
-                await eventually(lambda run=run: _holds_a_check(run))
+            admitted = await _fill_every_place(http, workers, sessions, temporal_env)
             waiting = asyncio.create_task(http.get(SESSIONS, headers=supervisor.h))
             await asyncio.sleep(WAIT / 3)
             assert not waiting.done()

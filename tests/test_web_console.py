@@ -164,6 +164,20 @@ def confirmed_sop(stack: Stack, supervisor: str, title: str) -> dict[str, Any]:
     return stack.call(supervisor, "POST", f"/sops/{sop['id']}/confirm")
 
 
+def started_on_a_phone(stack: Stack, supervisor: str, browser: Browser,
+                       title: str) -> tuple[str, Page, Console, Any]:
+    """A new worker on a phone, signed in, with a session of a new three-step SOP at step
+    1: the worker's token, the page, its console and the step card."""
+    confirmed_sop(stack, supervisor, title)
+    worker = new_worker(stack)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(worker))
+    page.get_by_role("button", name=f"Start {title}").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+    return worker, page, console, card
+
+
 def outbox(page: Page) -> list[dict[str, Any]]:
     return page.evaluate("""() => Object.keys(localStorage)
         .filter(k => k.startsWith('worksession.outbox.'))
@@ -258,14 +272,8 @@ def test_a_check_the_service_sheds_is_sent_again_and_the_worker_is_told_it_is_bu
     """The service sheds load with 503 /problems/overloaded and Retry-After (its side is
     tests/test_front_door.py); here the first two sends of a check are answered so, as the
     service answers them, and the console waits, says so, and sends the same check again."""
-    title = f"Busy service {uuid.uuid4().hex[:4]}"
-    confirmed_sop(stack, supervisor, title)
-    worker = new_worker(stack)
-    page, console = open_page(browser, PHONE)
-    sign_in(page, stack.console_link(worker))
-    page.get_by_role("button", name=f"Start {title}").click()
-    card = page.locator(".step-card")
-    expect(card).to_contain_text("Step 1 of 3")
+    worker, page, console, card = started_on_a_phone(stack, supervisor, browser,
+                                                     f"Busy service {uuid.uuid4().hex[:4]}")
 
     sent: list[str] = []
 
@@ -293,14 +301,8 @@ def test_a_check_the_service_sheds_is_sent_again_and_the_worker_is_told_it_is_bu
 
 def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
         stack: Stack, supervisor: str, browser: Browser) -> None:
-    title = f"Flaky network {uuid.uuid4().hex[:4]}"
-    confirmed_sop(stack, supervisor, title)
-    worker = new_worker(stack)
-    page, console = open_page(browser, PHONE)
-    sign_in(page, stack.console_link(worker))
-    page.get_by_role("button", name=f"Start {title}").click()
-    card = page.locator(".step-card")
-    expect(card).to_contain_text("Step 1 of 3")
+    worker, page, console, card = started_on_a_phone(stack, supervisor, browser,
+                                                     f"Flaky network {uuid.uuid4().hex[:4]}")
     pending = page.locator("#pending")
 
     # 1. The API cannot be reached at all: the check waits on the phone, then goes by itself.
