@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -139,6 +140,24 @@ def test_a_body_over_the_limit_is_a_413_the_client_can_read(small_door: LiveServ
         assert caught.value.code == 413
         assert caught.value.headers["content-type"] == "application/problem+json"
         assert json.loads(caught.value.read())["status"] == 413
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending_its_body(
+        small_door: LiveServer, supervisor: User):
+    """As curl does for a large body: headers only, then it waits. The answer is the 413,
+    at once; the body is never asked for."""
+    host, port = small_door.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall((f"POST /api/v1/sops HTTP/1.1\r\nHost: {host}\r\n"
+                      f"Authorization: {supervisor.h['Authorization']}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 5000000\r\n"
+                      "Expect: 100-continue\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large", answer[:300]
+    assert b"application/problem+json" in answer.split(b"\r\n\r\n", 1)[0]
 
 
 @pytest.mark.parametrize("sent,kept", [
