@@ -27,7 +27,13 @@ from domain.errors import (
     Unavailable,
 )
 from domain.sop import CheckResult, SessionPlan, SopStatus
-from domain.work_session import ACTIVE_STATUSES, CheckSubmission, SessionStatus, WorkSession
+from domain.work_session import (
+    ACTIVE_STATUSES,
+    CheckSubmission,
+    SessionFilter,
+    SessionStatus,
+    WorkSession,
+)
 from orchestration.client import RunClosed, WorkflowRunning
 from persistence.sessions import SessionRow
 from persistence.uow import UnitOfWork
@@ -388,10 +394,12 @@ async def get_session(ctx: Context, access: Access) -> dict[str, Any]:
         return await _render(ctx, uow, row)
 
 
-async def list_sessions(ctx: Context, actor: Actor, status: SessionStatus | None, limit: int,
+async def list_sessions(ctx: Context, actor: Actor, f: SessionFilter, limit: int,
                         offset: int) -> tuple[list[dict], int]:
+    """A worker's list is their own whatever the filter says (another worker's id selects
+    nothing)."""
     authorize(actor, "session.read")
-    worker = None if allowed(actor, "session.read_all") else actor.id
+    owner = None if allowed(actor, "session.read_all") else actor.id
     async with ctx.uow(read_only=True) as uow:
-        return await uow.sessions.list_page(worker, status, limit, offset)
+        return await uow.sessions.list_page(owner, f, limit, offset)
 

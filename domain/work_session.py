@@ -75,6 +75,27 @@ class SessionState:
     version: int = 0
 
 
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which sessions a list shows; every field set narrows it (all combine with AND).
+    `started_after` is inclusive, `started_before` exclusive."""
+
+    status: SessionStatus | None = None
+    sop_id: UUID | None = None
+    sop_family_id: UUID | None = None
+    worker_id: UUID | None = None
+    needs_attention: bool | None = None
+    locked: bool | None = None
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.started_after and self.started_before and \
+                self.started_after >= self.started_before:
+            raise InvalidInput("started_after must be earlier than started_before", errors=[
+                {"field": "started_before", "message": "not after started_after"}])
+
+
 @dataclass
 class WorkSession:
     plan: SessionPlan

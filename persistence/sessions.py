@@ -20,10 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.changes import AuditFacts, SessionChange
 from domain.sop import CheckResult
-from domain.work_session import ACTIVE_STATUSES, Check, SessionState, SessionStatus
+from domain.work_session import (
+    ACTIVE_STATUSES,
+    Check,
+    SessionFilter,
+    SessionState,
+    SessionStatus,
+)
 from persistence.audit import AuditLog, link, session_chain
 from persistence.db import dialect_insert
-from persistence.tables import GENESIS, session_checks, work_sessions
+from persistence.tables import GENESIS, session_checks, sops, work_sessions
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
@@ -146,14 +152,27 @@ class SessionRepository:
                       checked_at=r["checked_at"], checked_by=r["checked_by"], value=r["value"],
                       notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
 
-    async def list_page(self, worker_id: UUID | None, status: SessionStatus | None,
+    async def list_page(self, owner: UUID | None, f: SessionFilter,
                         limit: int, offset: int) -> tuple[list[dict], int]:
+        """One page of the sessions `f` selects, newest first, and how many it selects;
+        `owner` (a worker's own list) narrows it like any other filter."""
         c = work_sessions.c
-        conds = []
-        if worker_id is not None:
-            conds.append(c.worker_id == worker_id)
-        if status is not None:
-            conds.append(c.status == status.value)
+        conds: list[Any] = [c.worker_id == w for w in (owner, f.worker_id) if w is not None]
+        if f.status is not None:
+            conds.append(c.status == f.status.value)
+        if f.sop_id is not None:
+            conds.append(c.sop_id == f.sop_id)
+        if f.sop_family_id is not None:
+            conds.append(c.sop_id.in_(select(sops.c.id).where(
+                sops.c.family_id == f.sop_family_id).scalar_subquery()))
+        if f.needs_attention is not None:
+            conds.append(c.needs_attention.is_(f.needs_attention))
+        if f.locked is not None:
+            conds.append(c.locked.is_(f.locked))
+        if f.started_after is not None:
+            conds.append(c.started_at >= f.started_after)
+        if f.started_before is not None:
+            conds.append(c.started_at < f.started_before)
         where = and_(True, *conds)
         total = (await self.conn.execute(select(func.count()).select_from(work_sessions)
                                          .where(where))).scalar_one()
