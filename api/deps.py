@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -12,7 +16,7 @@ from api.auth import Unauthenticated, authenticate
 from api.schemas import Problem
 from application.authz import Actor, authorize
 from application.context import Context
-from domain.errors import NotFound, Unavailable
+from domain.errors import InvalidInput, NotFound, Unavailable
 
 _bearer = HTTPBearer(auto_error=False, description="JWT: sub = user UUID, role, exp")
 
@@ -46,6 +50,38 @@ def parse_id(value: str, what: str) -> UUID:
         return UUID(value)
     except ValueError:
         raise NotFound(f"{what} not found: {value!r} is not a UUID") from None
+
+
+def instant_query(description: str) -> Any:
+    return Query(None, description=f"{description}; ISO 8601 (`2026-11-27`, "
+                 "`2026-11-27T06:00:00Z`, `…+01:00`); without a time zone it is UTC",
+                 json_schema_extra={"format": "date-time"})
+
+
+_LOST_PLUS = re.compile(r" (\d\d(?::?\d\d)?)$")
+
+
+def parse_instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:  # an offset's "+" left unencoded in a URL arrives as a space
+        at = datetime.fromisoformat(_LOST_PLUS.sub(r"+\1", value.upper()))
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except (ValueError, OverflowError):  # overflow: year 1 or 9999 moved to UTC
+        raise InvalidInput(f"{name} is not an ISO 8601 date or time: {value!r}", errors=[
+            {"field": f"query.{name}", "message": "not an ISO 8601 date or time"}]) from None
+
+
+def refuse_unknown_parameters(request: Request, dependency: Callable[..., Any],
+                              *others: str) -> None:
+    """A misspelt filter is refused rather than ignored: ignored, it would show everything
+    as if it had matched. Known: `dependency`'s query parameters and `others`."""
+    known = {*inspect.signature(dependency).parameters, *others} - {"request"}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InvalidInput(f"unknown parameter: {', '.join(unknown)}", errors=[
+            {"field": f"query.{name}", "message": "not a parameter of this request"}
+            for name in unknown])
 
 
 class Paging:

@@ -166,6 +166,15 @@ class CheckOut(BaseModel):
 SessionStatusName = Literal["in_progress", "paused", "completed", "cancelled"]
 
 
+class StepTimeOut(BaseModel):
+    step_id: UUID
+    started_at: datetime
+    passed_at: datetime | None
+    active_seconds: float = Field(description="time on the step, paused time not counted; "
+                                  "up to now while it is the current step")
+    attempts: int = Field(description="checks submitted on it")
+
+
 class SessionOut(BaseModel):
     id: UUID
     status: SessionStatusName
@@ -189,6 +198,43 @@ class SessionOut(BaseModel):
     approved_at: datetime | None
     workflow_id: str | None
     run_id: str | None
+    step_times: list[StepTimeOut] = Field(
+        description="one entry per step the session reached, in SOP order")
+
+
+class SessionCounts(BaseModel):
+    started: int
+    completed: int
+    cancelled: int
+    in_progress: int = Field(description="in progress or paused")
+    median_seconds: float | None = Field(
+        description="completed sessions: time from start to completion, pauses not counted")
+    p90_seconds: float | None
+
+
+class StepStatsOut(BaseModel):
+    step_id: UUID
+    title: str
+    reached: int
+    passed: int
+    first_try_pass_rate: float | None = Field(
+        description="of the sessions that checked this step, the share whose first check "
+        "passed; null when none did")
+    failed_checks: int
+    median_seconds: float | None = Field(
+        description="of the sessions that passed it: time on it until passed, pauses not "
+        "counted")
+    p90_seconds: float | None
+
+
+class SopStatsOut(BaseModel):
+    """Percentiles interpolate linearly between the closest ranks (as PostgreSQL's
+    percentile_cont): the median of 10, 20, 30, 40 is 25."""
+
+    sop_id: UUID
+    version: int
+    sessions: SessionCounts
+    steps: list[StepStatsOut] = Field(description="every step, in SOP order")
 
 
 class SessionSummary(BaseModel):

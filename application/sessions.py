@@ -29,10 +29,12 @@ from domain.errors import (
 from domain.sop import CheckResult, SessionPlan, SopStatus
 from domain.work_session import (
     ACTIVE_STATUSES,
+    BEGINNING,
     CheckSubmission,
     SessionFilter,
     SessionStatus,
     WorkSession,
+    brought_up_to,
 )
 from orchestration.client import RunClosed, WorkflowRunning
 from persistence.sessions import SessionRow
@@ -64,7 +66,8 @@ def _facts(actor: Actor, action: str, request_id: str | None, **detail: Any) -> 
 
 async def _render(ctx: Context, uow: UnitOfWork, row: SessionRow) -> dict[str, Any]:
     session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id), state=row.state)
-    return session.view(run_id=row.run_id, workflow_id=row.workflow_id)
+    return session.view(run_id=row.run_id, workflow_id=row.workflow_id,
+                        now=ctx.clock())
 
 
 async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
@@ -122,7 +125,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
                 "you already have a session in progress: complete or cancel it first",
                 existing_session_id=str(existing.state.id))
         session = WorkSession.start(uuid4(), actor.id, plan, ctx.clock())
-        change = SessionChange.of(session.state, 0, [facts], session.state.started_at,
+        change = SessionChange.of(session.state, BEGINNING, [facts], session.state.started_at,
                                   workflow_id_for(actor.id), None)
         change.run_id = await _start_run(ctx, plan, session.state, change)
     except ActiveSessionExists as e:
@@ -219,7 +222,8 @@ async def _act(ctx: Context, access: Access, facts: AuditFacts,
                 raise Unavailable("this session's workflow is not running; operators can "
                                   "restart it with `worksession ops retry`. Resend later.")
             offline(stored.copy())  # locked, wrong state, or an idempotent repeat
-            return stored.view(run_id=row.run_id, workflow_id=row.workflow_id)
+            return stored.view(run_id=row.run_id, workflow_id=row.workflow_id,
+                               now=ctx.clock())
 
     return await _audited(ctx, access.session_id, facts, decide)
 
@@ -295,11 +299,12 @@ async def approve_session(ctx: Context, access: Access,
             assert row is not None
             session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
                                   state=row.state)
-            checks = len(session.state.checks)
+            before = session.mark()
             session.approve(access.actor.id, ctx.clock())
             await uow.sessions.write_change(SessionChange.of(
-                session.state, checks, [facts], ctx.clock(), row.workflow_id, row.run_id))
-            return session.view(run_id=row.run_id, workflow_id=row.workflow_id)
+                session.state, before, [facts], ctx.clock(), row.workflow_id, row.run_id))
+            return session.view(run_id=row.run_id, workflow_id=row.workflow_id,
+                                now=ctx.clock())
 
     return await _audited(ctx, access.session_id, facts, approve)
 
@@ -335,7 +340,7 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             assert row is not None
             session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
                                   state=row.state)
-            checks, version = len(session.state.checks), session.state.version
+            before = session.mark()
             session.reopen(ctx.clock(), step_id)
             worker = session.state.worker_id
             other = await uow.sessions.active_for_worker(worker, with_checks=False)
@@ -343,7 +348,7 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             raise ActiveSessionExists(
                 "the worker has another active session: it must be completed or cancelled "
                 "first", existing_session_id=str(other.state.id))
-        change = SessionChange.of(session.state, checks, [facts], ctx.clock(),
+        change = SessionChange.of(session.state, before, [facts], ctx.clock(),
                                   row.workflow_id, None)
         change.run_id = await _start_run(ctx, session.plan, session.state, change)
         async with ctx.uow() as uow:
@@ -351,7 +356,7 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
                                          for_update=True)
             assert now is not None
             # unchanged, or changed only by the new run itself (its worker was quick)
-            ours = now.state.version == version or now.run_id == change.run_id
+            ours = now.state.version == before.version or now.run_id == change.run_id
             if ours:
                 await uow.sessions.write_change(change)
         if not ours:  # approved (or reopened) meanwhile: not this one
@@ -360,7 +365,8 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             WorkSession(plan=session.plan, state=now.state).copy().reopen(ctx.clock(),
                                                                          step_id)
             raise Conflict("the session changed while it was being reopened; try again")
-        return session.view(run_id=change.run_id, workflow_id=row.workflow_id)
+        return session.view(run_id=change.run_id, workflow_id=row.workflow_id,
+                            now=ctx.clock())
 
     return await _audited(ctx, access.session_id, facts, reopen)
 
@@ -375,7 +381,7 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     try:
         view = await ctx.workflows.query(actor.id)
         if SessionStatus(view["status"]) in ACTIVE_STATUSES:
-            return view
+            return brought_up_to(view, ctx.clock())
     except RunClosed:
         pass
     # No open run holds an active session; the database may still (a run terminated by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -10,6 +11,7 @@ from application.context import Context
 from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
 from domain.sop import CheckKind, CheckSpec, Sop, SopStatus, SopStep, SopTask
+from persistence.session_stats import Percentiles, StepStats
 from persistence.uow import UnitOfWork
 
 
@@ -72,6 +74,43 @@ async def list_sops(ctx: Context, actor: Actor, status: SopStatus | None, limit:
         status = SopStatus.CONFIRMED
     async with ctx.uow(read_only=True) as uow:
         return await uow.sops.list_page(status, limit, offset)
+
+
+async def sop_stats(ctx: Context, actor: Actor, sop_id: UUID, since: datetime | None,
+                    until: datetime | None) -> dict[str, Any]:
+    """How the sessions of one SOP version went (contract v1.1), from the read model:
+    sessions by status and their active time (completed ones, pauses not counted); per
+    step in SOP order, how many reached and passed it, the share passed at the first
+    check, failed checks, and the time until passed (of those passed)."""
+    async with ctx.uow(read_only=True) as uow:
+        sop = await _visible(uow, actor, sop_id)
+        authorize(actor, "session.read_all")
+        stats = await uow.stats.of(sop_id, since, until)
+    by_status = stats.sessions
+    return {
+        "sop_id": str(sop.id), "version": sop.version,
+        "sessions": {
+            "started": sum(by_status.values()),
+            "completed": by_status.get("completed", 0),
+            "cancelled": by_status.get("cancelled", 0),
+            "in_progress": by_status.get("in_progress", 0) + by_status.get("paused", 0),
+            "median_seconds": _seconds(stats.session_seconds.median),
+            "p90_seconds": _seconds(stats.session_seconds.p90)},
+        "steps": [_step_stats(step.id, step.title, stats.steps.get(step.id, StepStats()))
+                  for task in sop.tasks for step in task.steps],
+    }
+
+
+def _step_stats(step_id: UUID, title: str, s: StepStats) -> dict[str, Any]:
+    seconds = s.seconds or Percentiles()
+    return {"step_id": str(step_id), "title": title, "reached": s.reached, "passed": s.passed,
+            "first_try_pass_rate": round(s.first_try_passed / s.tried, 4) if s.tried else None,
+            "failed_checks": s.failed_checks, "median_seconds": _seconds(seconds.median),
+            "p90_seconds": _seconds(seconds.p90)}
+
+
+def _seconds(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 # The catalog changes below take an SOP that `gate` let the caller change (404, then 403).

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from domain.work_session import Check, SessionState
+from domain.work_session import Check, Mark, SessionState, StepTime
 
 SYSTEM = "system"  # actor_role of the changes the service makes by itself
 
@@ -38,21 +38,24 @@ class SessionChange:
     recorded), the checks it added, and its audit entries. `state.version` names it: versions
     only grow over a session's life, across runs, reopening and approval included."""
 
-    state: SessionState  # with `checks` empty
+    state: SessionState  # with `checks` and `step_times` empty
     checks: list[Check]
     first_check_seq: int  # where `checks` stand among the session's checks
     entries: list[AuditFacts]
     at: datetime
     workflow_id: str
     run_id: str | None
+    step_times: list[StepTime] = field(default_factory=list)  # those it changed
 
     @classmethod
-    def of(cls, state: SessionState, checks_before: int, entries: list[AuditFacts],
+    def of(cls, state: SessionState, before: Mark, entries: list[AuditFacts],
            at: datetime, workflow_id: str, run_id: str | None) -> SessionChange:
-        """The change that brought `state` about; `checks_before`: its checks until then."""
-        return cls(state=replace(state, checks=[]), checks=state.checks[checks_before:],
-                   first_check_seq=checks_before, entries=entries, at=at,
-                   workflow_id=workflow_id, run_id=run_id)
+        """The change that brought `state` about from where it stood `before`."""
+        return cls(state=replace(state, checks=[], step_times=[]),
+                   checks=state.checks[before.checks:], first_check_seq=before.checks,
+                   entries=entries, at=at, workflow_id=workflow_id, run_id=run_id,
+                   step_times=[replace(t) for t in state.step_times
+                               if t.changed_in > before.version])
 
     @property
     def version(self) -> int:

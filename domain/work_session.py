@@ -49,6 +49,36 @@ class CheckSubmission:
 
 
 @dataclass
+class StepTime:
+    """Time on one step of a session (`step_times`), kept as the session changes. While the
+    step is current, `since` is when its current stretch began and `paused_mark` the
+    session's `paused_seconds` then; when it stops being current (passed, or the session
+    closed) that stretch is added to `active_seconds`. A reopening starts a new stretch."""
+
+    step_id: UUID
+    started_at: datetime
+    passed_at: datetime | None = None
+    attempts: int = 0
+    failed_checks: int = 0
+    first_passed: bool | None = None  # whether the first check on it passed
+    active_seconds: float = 0.0
+    since: datetime | None = None
+    paused_mark: float = 0.0
+    changed_in: int = 0  # the session's version when it last changed
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a session stood before an action: what the change it makes adds is after it."""
+
+    checks: int
+    version: int
+
+
+BEGINNING = Mark(checks=0, version=-1)  # before a session's start
+
+
+@dataclass
 class SessionState:
     """Everything about a session except the SOP's steps: what the read model stores."""
 
@@ -73,6 +103,18 @@ class SessionState:
     approved_by: UUID | None = None
     approved_at: datetime | None = None
     version: int = 0
+    step_times: list[StepTime] = field(default_factory=list)
+
+    def active_seconds(self, t: StepTime, now: datetime | None) -> float:
+        """Time on the step, paused time not counted: up to `now` while it is current (up
+        to its last change when `now` is None)."""
+        if t.since is None or now is None:
+            return t.active_seconds
+        paused = self.paused_seconds
+        if self.paused_at is not None:
+            paused += max(0.0, (now - self.paused_at).total_seconds())
+        stretch = (now - t.since).total_seconds() - (paused - t.paused_mark)
+        return t.active_seconds + max(0.0, stretch)
 
 
 @dataclass(frozen=True)
@@ -89,12 +131,6 @@ class SessionFilter:
     started_after: datetime | None = None
     started_before: datetime | None = None
 
-    def __post_init__(self) -> None:
-        if self.started_after and self.started_before and \
-                self.started_after >= self.started_before:
-            raise InvalidInput("started_after must be earlier than started_before", errors=[
-                {"field": "started_before", "message": "not after started_after"}])
-
 
 @dataclass
 class WorkSession:
@@ -110,7 +146,9 @@ class WorkSession:
             sop_version=plan.sop_version, status=SessionStatus.IN_PROGRESS,
             current_step_id=plan.steps[0].id, started_at=now,
         )
-        return cls(plan=plan, state=state)
+        session = cls(plan=plan, state=state)
+        session._begin_step(plan.steps[0].id, now)
+        return session
 
     def copy(self) -> WorkSession:
         """A copy to try an action on. Checks are immutable and the plan is never changed,
@@ -120,7 +158,11 @@ class WorkSession:
         return WorkSession(plan=self.plan, state=replace(
             s, checks=list(s.checks),
             unchecked_step_ids=None if s.unchecked_step_ids is None
-            else list(s.unchecked_step_ids)))
+            else list(s.unchecked_step_ids),
+            step_times=[replace(t) for t in s.step_times]))
+
+    def mark(self) -> Mark:
+        return Mark(len(self.state.checks), self.state.version)
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -162,6 +204,28 @@ class WorkSession:
     def _changed(self) -> None:
         self.state.version += 1
 
+    # ---- step times: every rule that moves the current step ends or begins one -------------
+    def _step_time(self, step_id: UUID, now: datetime) -> StepTime:
+        t = next((t for t in self.state.step_times if t.step_id == step_id), None)
+        if t is None:  # first reached (or a run from before step times were kept)
+            t = StepTime(step_id=step_id, started_at=now)
+            self.state.step_times.append(t)
+        t.changed_in = self.state.version + 1  # every rule ends with `_changed`
+        return t
+
+    def _begin_step(self, step_id: UUID, now: datetime) -> None:
+        t = self._step_time(step_id, now)
+        t.since, t.paused_mark, t.passed_at = now, self.state.paused_seconds, None
+
+    def _end_step(self, now: datetime, passed: bool) -> None:
+        if self.state.current_step_id is None:
+            return
+        t = self._step_time(self.state.current_step_id, now)
+        t.active_seconds = self.state.active_seconds(t, now)
+        t.since = None
+        if passed:
+            t.passed_at = now
+
     # ---- rules -----------------------------------------------------------------------------
     def add_check(self, sub: CheckSubmission, by: UUID, now: datetime,
                   escalate_after_failures: int = 0) -> Check | None:
@@ -186,6 +250,11 @@ class WorkSession:
                       checked_by=by, value=sub.value, notes=sub.notes,
                       evidence_uri=sub.evidence_uri)
         self.state.checks.append(check)
+        t = self._step_time(step.id, now)
+        t.attempts += 1
+        t.failed_checks += result is CheckResult.FAILED
+        if t.first_passed is None:
+            t.first_passed = result is CheckResult.PASSED
         self._changed()
         if result is CheckResult.PASSED:
             self.state.needs_attention = False  # the step that needed attention is done
@@ -207,10 +276,12 @@ class WorkSession:
     def advance_to_next_step(self, now: datetime) -> None:
         assert self.state.current_step_id is not None
         nxt = self.plan.step_after(self.state.current_step_id)
+        self._end_step(now, passed=True)
         if nxt is None:
             self.complete(now)
         else:
             self.state.current_step_id = nxt.id
+            self._begin_step(nxt.id, now)
             self._changed()
 
     def complete(self, now: datetime, manual: bool = False) -> None:
@@ -220,6 +291,7 @@ class WorkSession:
         if manual:
             passed = self.passed_step_ids()
             self.state.unchecked_step_ids = [s.id for s in self.plan.steps if s.id not in passed]
+        self._end_step(now, passed=False)
         self.state.status = SessionStatus.COMPLETED
         self.state.completed_at = now
         self.state.current_step_id = None
@@ -245,6 +317,7 @@ class WorkSession:
         self._ensure_status(*ACTIVE_STATUSES, doing="cancel")
         if self.state.status is SessionStatus.PAUSED:
             self.resume(now)
+        self._end_step(now, passed=False)
         self.state.status = SessionStatus.CANCELLED
         self.state.cancelled_at = now
         self.state.cancel_reason = reason
@@ -273,6 +346,7 @@ class WorkSession:
             target = step_id
         self.state.status = SessionStatus.IN_PROGRESS
         self.state.current_step_id = target
+        self._begin_step(target, now)
         self.state.completed_at = None
         self.state.cancelled_at = None
         self.state.cancel_reason = None
@@ -281,8 +355,10 @@ class WorkSession:
         self._changed()
 
     # ---- presentation ----------------------------------------------------------------------
-    def view(self, run_id: str | None = None, workflow_id: str | None = None) -> dict[str, Any]:
-        """The session in the contract's shape (JSON-safe)."""
+    def view(self, run_id: str | None = None, workflow_id: str | None = None,
+             now: datetime | None = None) -> dict[str, Any]:
+        """The session in the contract's shape (JSON-safe); `now` counts the current step's
+        time up to that moment."""
         s, plan = self.state, self.plan
         current = next_step = None
         if s.current_step_id is not None:
@@ -298,6 +374,7 @@ class WorkSession:
             if i + 1 < len(plan.steps):
                 nxt = plan.steps[i + 1]
                 next_step = {"id": str(nxt.id), "title": nxt.title}
+        order = {step.id: i for i, step in enumerate(plan.steps)}
         view: dict[str, Any] = {
             "id": str(s.id), "status": s.status.value,
             "sop": {"id": str(s.sop_id), "title": s.sop_title, "version": s.sop_version},
@@ -316,8 +393,27 @@ class WorkSession:
             "locked": s.locked, "approved_by": _str(s.approved_by),
             "approved_at": _iso(s.approved_at),
             "workflow_id": workflow_id, "run_id": run_id,
+            "step_times": [{
+                "step_id": str(t.step_id), "started_at": _iso(t.started_at),
+                "passed_at": _iso(t.passed_at),
+                "active_seconds": round(s.active_seconds(t, now), 3), "attempts": t.attempts,
+            } for t in sorted(s.step_times, key=lambda t: order.get(t.step_id, 0))],
+            "as_of": _iso(now),
         }
         return view
+
+
+def brought_up_to(view: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A view made earlier (`as_of`, a live run's query answer: its clock stands at its last
+    change) with the current step's time counted up to `now`."""
+    as_of = view.get("as_of")
+    if as_of and view["status"] == SessionStatus.IN_PROGRESS.value:
+        extra = max(0.0, (now - datetime.fromisoformat(as_of)).total_seconds())
+        for t in view["step_times"]:
+            if t["step_id"] == view["current_step_id"]:
+                t["active_seconds"] = round(t["active_seconds"] + extra, 3)
+    view["as_of"] = _iso(now)
+    return view
 
 
 def check_spec_view(spec: Any) -> dict[str, Any]:

@@ -26,14 +26,17 @@ from domain.work_session import (
     SessionFilter,
     SessionState,
     SessionStatus,
+    StepTime,
 )
 from persistence.audit import AuditLog, link, session_chain
 from persistence.db import dialect_insert
-from persistence.tables import GENESIS, session_checks, sops, work_sessions
+from persistence.tables import GENESIS, session_checks, session_steps, sops, work_sessions
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
 _STATE_FIELDS = [k for k in work_sessions.c.keys() if k not in ("id", "audit_seq", "audit_hash")]
+# A step time's fields as the table keeps them (`changed_in` is the row's `version`).
+_STEP_FIELDS = [k for k in session_steps.c.keys() if k not in ("session_id", "version")]
 
 
 @dataclass
@@ -94,6 +97,9 @@ class SessionRepository:
             await self.conn.execute(_checks_insert(self._sqlite), [
                 _check_row(st.id, change.first_check_seq + i, k)
                 for i, k in enumerate(change.checks)])
+        if change.step_times:  # each replaced only by a newer change, as the row is
+            await self.conn.execute(_steps_upsert(self._sqlite), [
+                _step_row(st.id, st.version, t) for t in change.step_times])
         chain_head = {"audit_seq": seq, "audit_hash": prev}
         if head.version < st.version:
             await self.conn.execute(_UPDATE_ALL, {"sid": st.id, **_state_values(change),
@@ -141,8 +147,10 @@ class SessionRepository:
         row = (await self.conn.execute(stmt)).mappings().first()
         if row is None:
             return None
-        checks = await self._checks(row["id"]) if with_checks else []
-        return SessionRow(_state(row, checks), row["workflow_id"], row["run_id"])
+        state = _state(row, await self._checks(row["id"]) if with_checks else [])
+        if with_checks:
+            state.step_times = await self._step_times(row["id"])
+        return SessionRow(state, row["workflow_id"], row["run_id"])
 
     async def _checks(self, session_id: UUID) -> list[Check]:
         rows = (await self.conn.execute(select(session_checks)
@@ -151,6 +159,12 @@ class SessionRepository:
         return [Check(id=r["id"], step_id=r["step_id"], result=CheckResult(r["result"]),
                       checked_at=r["checked_at"], checked_by=r["checked_by"], value=r["value"],
                       notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
+
+    async def _step_times(self, session_id: UUID) -> list[StepTime]:
+        rows = (await self.conn.execute(select(session_steps).where(
+            session_steps.c.session_id == session_id))).mappings().all()
+        return [StepTime(**{k: r[k] for k in _STEP_FIELDS}, changed_in=r["version"])
+                for r in rows]
 
     async def list_page(self, owner: UUID | None, f: SessionFilter,
                         limit: int, offset: int) -> tuple[list[dict], int]:
@@ -216,6 +230,15 @@ def _insert_row_once(is_sqlite: bool) -> Any:
 
 
 @functools.cache
+def _steps_upsert(is_sqlite: bool) -> Any:
+    stmt = dialect_insert(is_sqlite, session_steps)
+    return stmt.on_conflict_do_update(
+        index_elements=[session_steps.c.session_id, session_steps.c.step_id],
+        set_={k: stmt.excluded[k] for k in [*_STEP_FIELDS, "version"] if k != "step_id"},
+        where=session_steps.c.version < stmt.excluded.version)
+
+
+@functools.cache
 def _checks_insert(is_sqlite: bool) -> Any:
     return dialect_insert(is_sqlite, session_checks).on_conflict_do_nothing(
         index_elements=[session_checks.c.session_id, session_checks.c.id])
@@ -236,6 +259,11 @@ def _state_values(change: SessionChange) -> dict[str, Any]:
         else [str(i) for i in st.unchecked_step_ids],
         updated_at=change.at)
     return values
+
+
+def _step_row(session_id: UUID, version: int, t: StepTime) -> dict[str, Any]:
+    return {"session_id": session_id, "version": version,
+            **{k: getattr(t, k) for k in _STEP_FIELDS}}
 
 
 def _check_row(session_id: UUID, seq: int, k: Check) -> dict[str, Any]:

@@ -135,6 +135,7 @@ work_sessions = Table(
     Index("ix_work_sessions_started", "started_at"),
     Index("ix_work_sessions_status_started", "status", "started_at"),
     Index("ix_work_sessions_sop_status", "sop_id", "status"),
+    Index("ix_work_sessions_sop_started", "sop_id", "started_at"),
 )
 
 session_checks = Table(
@@ -150,6 +151,24 @@ session_checks = Table(
     Column("evidence_uri", String(2048)),
     Column("checked_at", TZ, nullable=False),
     Column("checked_by", Uuid, nullable=False),
+)
+
+# Time on each step a session reached (`step_times`), as its changes arrive: a row is
+# replaced only by a newer change of its session (`version`), like the session's row.
+session_steps = Table(
+    "session_steps", metadata,
+    Column("session_id", Uuid, ForeignKey("work_sessions.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("step_id", Uuid, primary_key=True),
+    Column("started_at", TZ, nullable=False),
+    Column("passed_at", TZ),
+    Column("attempts", Integer, nullable=False),
+    Column("failed_checks", Integer, nullable=False),
+    Column("first_passed", Boolean),
+    Column("active_seconds", Float, nullable=False),
+    Column("since", TZ),
+    Column("paused_mark", Float, nullable=False),
+    Column("version", Integer, nullable=False),
 )
 
 audit_log = Table(

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.audit import AuditLog
 from persistence.db import Database
+from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
 from persistence.sops import SopRepository
 
@@ -18,6 +19,7 @@ class UnitOfWork:
         self.sessions = SessionRepository(conn)
         self.sops = SopRepository(conn)
         self.audit = AuditLog(conn)
+        self.stats = SopStatsQuery(conn)
 
     @classmethod
     @asynccontextmanager

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 from domain.changes import AuditFacts, SessionChange
 from domain.sop import CheckResult
-from domain.work_session import CheckSubmission, WorkSession
+from domain.work_session import BEGINNING, CheckSubmission, Mark, WorkSession
 from workflows.messages import workflow_id_for
 
 
@@ -38,11 +38,11 @@ async def seed(ctx: Any, sop_id: str | UUID, worker_id: UUID, started_at: dateti
     async with ctx.uow(read_only=True) as uow:
         plan = await ctx.plans.get(uow, UUID(str(sop_id)))
     session = WorkSession.start(uuid4(), worker_id, plan, started_at)
-    await _write(ctx, session, 0, "session_start", started_at)
+    await _write(ctx, session, BEGINNING, "session_start", started_at)
     now = started_at
     for step in script:
         now += timedelta(seconds=step.after)
-        before = len(session.state.checks)
+        before = session.mark()
         if step.action in ("passed", "failed"):
             current = session.state.current_step_id
             assert current is not None
@@ -71,10 +71,10 @@ async def seed(ctx: Any, sop_id: str | UUID, worker_id: UUID, started_at: dateti
     return session
 
 
-async def _write(ctx: Any, session: WorkSession, checks_before: int, action: str,
+async def _write(ctx: Any, session: WorkSession, before: Mark, action: str,
                  at: datetime) -> None:
     st = session.state
-    change = SessionChange.of(st, checks_before,
+    change = SessionChange.of(st, before,
                               [AuditFacts(action, st.worker_id, "worker", {}, None)], at,
                               workflow_id_for(st.worker_id), "seeded")
     async with ctx.uow() as uow:

@@ -57,7 +57,7 @@ from application.audit import anchor as take_anchor
 from application.audit import verify as verify_log
 from domain.changes import SYSTEM, AuditFacts, SessionChange
 from domain.sop import CheckKind, CheckResult, CheckSpec, Sop, SopStatus, SopStep, SopTask
-from domain.work_session import CheckSubmission, SessionStatus, WorkSession
+from domain.work_session import BEGINNING, CheckSubmission, Mark, SessionStatus, WorkSession
 from persistence.audit import AuditLog
 from persistence.db import Database
 from persistence.migrate import upgrade
@@ -140,7 +140,7 @@ class Run:
         self.worker = uuid4()
         self.at = at
         self.session = WorkSession.start(uuid4(), self.worker, sop.plan(), at)
-        self.start = self._change(0, [self._facts("session_start", sop_id=str(sop.id))])
+        self.start = self._change(BEGINNING, [self._facts("session_start", sop_id=str(sop.id))])
 
     @property
     def id(self) -> UUID:
@@ -156,15 +156,15 @@ class Run:
     def _tick(self) -> None:
         self.at += timedelta(seconds=41, microseconds=271_828)
 
-    def _change(self, checks_before: int, entries: list[AuditFacts]) -> SessionChange:
-        return SessionChange.of(self.session.state, checks_before, entries, self.at,
+    def _change(self, before: Mark, entries: list[AuditFacts]) -> SessionChange:
+        return SessionChange.of(self.session.state, before, entries, self.at,
                                 f"work-session-{self.worker}", "run-1")
 
     def check(self, passed: bool = True, escalate_after: int = 0) -> SessionChange:
         """A check of the current step; a failure that escalates adds the system's entry."""
         self._tick()
         st = self.session.state
-        before, attention = len(st.checks), st.needs_attention
+        before, attention = self.session.mark(), st.needs_attention
         step = self.session.plan.step(st.current_step_id)  # type: ignore[arg-type]
         assert step is not None
         if step.check.kind is CheckKind.MEASUREMENT:
@@ -186,7 +186,7 @@ class Run:
 
     def pause(self) -> SessionChange:
         self._tick()
-        before = len(self.session.state.checks)
+        before = self.session.mark()
         self.session.pause(self.at, reason="break")
         return self._change(before, [self._facts("session_pause", reason="break")])
 

@@ -858,3 +858,70 @@ def test_reopen_locked_session_with_unknown_step_is_invalid_before_locked() -> N
     s = approved()
     with pytest.raises(InvalidInput):
         s.reopen(at(200), step_id=uuid4())
+
+
+# ---- step times (contract v1.1) ------------------------------------------------------------
+def times(s: WorkSession, now: datetime | None = None) -> list[tuple[Any, ...]]:
+    return [(UUID(t["step_id"]), t["started_at"], t["passed_at"], t["active_seconds"],
+             t["attempts"]) for t in s.view(now=now)["step_times"]]
+
+
+def test_step_times_count_time_on_each_step_without_the_pauses():
+    s = started()
+    stop, volt, try_start = step_ids(s)
+    assert times(s, at(7)) == [(stop, at(0).isoformat(), None, 7.0, 0)]
+    s.add_check(sub(stop, FAILED), WORKER, at(10))
+    s.pause(at(15))
+    assert times(s, at(100)) == [(stop, at(0).isoformat(), None, 15.0, 1)]  # paused since 15
+    s.resume(at(115))
+    s.add_check(sub(stop, PASSED), WORKER, at(130))  # 130 s on it, 100 of them paused
+    s.add_check(sub(volt, value=0.2), WORKER, at(142))
+    assert times(s, at(150)) == [
+        (stop, at(0).isoformat(), at(130).isoformat(), 30.0, 2),
+        (volt, at(130).isoformat(), at(142).isoformat(), 12.0, 1),
+        (try_start, at(142).isoformat(), None, 8.0, 0)]
+    s.add_check(sub(try_start, PASSED), WORKER, at(160))
+    assert s.state.status is SessionStatus.COMPLETED
+    assert [t[3] for t in times(s, at(9999))] == [30.0, 12.0, 18.0]  # closed: time stops
+
+
+def test_a_cancelled_or_manually_completed_session_stops_the_clock_of_its_step():
+    s = started()
+    s.pause(at(10))
+    s.cancel("shift ended", at(70))
+    assert times(s, at(500))[0][2:] == (None, 10.0, 0)
+    s = started()
+    s.complete(at(25), manual=True)
+    assert times(s, at(500))[0][2:] == (None, 25.0, 0)
+
+
+def test_reopening_at_a_step_starts_a_new_stretch_on_it():
+    s = started()
+    stop, volt, try_start = step_ids(s)
+    s.add_check(sub(stop, PASSED), WORKER, at(20))
+    s.cancel("wrong press", at(50))
+    s.reopen(at(1000), stop)
+    assert times(s, at(1005)) == [(stop, at(0).isoformat(), None, 25.0, 1),
+                                  (volt, at(20).isoformat(), None, 30.0, 0)]
+    s.add_check(sub(stop, PASSED), WORKER, at(1010))
+    assert times(s, at(1010))[0] == (stop, at(0).isoformat(), at(1010).isoformat(), 30.0, 2)
+
+
+def test_a_change_carries_only_the_step_times_it_changed():
+    from domain.changes import SessionChange
+
+    s = started()
+    stop, volt, try_start = step_ids(s)
+    before = s.mark()
+    s.add_check(sub(stop, FAILED), WORKER, at(5))
+    change = SessionChange.of(s.state, before, [], at(5), "wf", "run")
+    assert [(t.step_id, t.attempts, t.failed_checks, t.first_passed)
+            for t in change.step_times] == [(stop, 1, 1, False)]
+    before = s.mark()
+    s.add_check(sub(stop, PASSED), WORKER, at(9))
+    change = SessionChange.of(s.state, before, [], at(9), "wf", "run")
+    assert [t.step_id for t in change.step_times] == [stop, volt]
+    assert change.state.step_times == [] and change.state.checks == []
+    before = s.mark()
+    s.pause(at(12))  # the formula reads the session's pause: no step time changes
+    assert SessionChange.of(s.state, before, [], at(12), "wf", "run").step_times == []

@@ -174,7 +174,7 @@ async def test_a_write_cancelled_midway_never_leaves_the_database_locked(databas
 
     from activities.session_store import SessionStore
     from domain.changes import AuditFacts, SessionChange
-    from domain.work_session import WorkSession
+    from domain.work_session import BEGINNING, WorkSession
     from persistence.sops import SopRepository
 
     sop = await make_confirmed_sop(http, supervisor)
@@ -186,7 +186,7 @@ async def test_a_write_cancelled_midway_never_leaves_the_database_locked(databas
     try:
         for i in range(150):
             session = WorkSession.start(uuid.uuid4(), uuid.uuid4(), plan, datetime.now(UTC))
-            change = SessionChange.of(session.state, 0, [AuditFacts(
+            change = SessionChange.of(session.state, BEGINNING, [AuditFacts(
                 "session_start", session.state.worker_id, "worker")], session.state.started_at,
                 f"wf-{i}", "r")
             write = asyncio.create_task(store.write_changes([change]))

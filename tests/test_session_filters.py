@@ -80,6 +80,7 @@ async def test_each_filter_selects_its_sessions(http, supervisor, fleet):
         f"{family}&started_after=2026-03-02T07:00:00&started_before=2026-03-02T09:30:00%2B00:00":
             (1, 2, 3),
         f"{family}&started_after=2026-03-03": (),
+        f"{family}&started_after=2026-03-02T09:00Z&started_before=2026-03-02T09:00Z": (),
         f"sop_id={f['b']['id']}&worker_id={f['w'][2].id}&status=completed": (4,),
     }
     for query, expected in cases.items():
@@ -124,7 +125,6 @@ async def test_a_worker_sees_only_their_own_whatever_they_send(http, fleet):
     ("started_after=yesterday", "query.started_after"),
     ("started_before=2026-13-01", "query.started_before"),
     ("started_before=0001-01-01T00:00:00%2B05:00", "query.started_before"),
-    ("started_after=2026-03-02&started_before=2026-03-01", "started_before"),
     ("needs_atention=true", "query.needs_atention"),  # misspelt: refused, not ignored
     ("limit=0", "query.limit"),
 ])

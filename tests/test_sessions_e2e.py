@@ -395,3 +395,33 @@ async def _closed_with(client, workflow_id, status):
         assert w.typed_search_attributes.get(sa.SESSION_STATUS) == status
         return w
     return None
+
+
+async def test_step_times_in_the_session_as_stored_and_as_live(http, worker_user, confirmed_sop):
+    """Contract v1.1 `step_times`: one entry per step reached, in SOP order, the same in
+    the stored session and in the live run's answer."""
+    s = await start(http, worker_user, confirmed_sop)
+    steps = step_ids(confirmed_sop)
+    await check(http, worker_user, s["id"], steps[0], result="failed")
+    s = await pass_step(http, worker_user, s)
+    passed_at = s["checks"][-1]["checked_at"]
+    await asyncio.sleep(0.3)
+    stored = (await http.get(f"/api/v1/sessions/{s['id']}", headers=worker_user.h)).json()
+    live = (await http.get("/api/v1/sessions/current", headers=worker_user.h)).json()
+    for view in (stored, live):
+        first, second = view["step_times"]
+        assert (first["step_id"], first["started_at"], first["passed_at"], first["attempts"]) \
+            == (steps[0], s["started_at"], passed_at, 2)
+        took = (datetime.fromisoformat(passed_at)
+                - datetime.fromisoformat(s["started_at"])).total_seconds()
+        assert first["active_seconds"] == round(took, 3)  # never paused
+        assert (second["step_id"], second["started_at"], second["passed_at"],
+                second["attempts"]) == (steps[1], passed_at, None, 0)
+        assert second["active_seconds"] >= 0.3  # counted up to now while current
+    r = await http.post(f"/api/v1/sessions/{s['id']}/cancel", json={"reason": "end"},
+                        headers=worker_user.h)
+    assert [t["step_id"] for t in r.json()["step_times"]] == steps[:2]
+    frozen = r.json()["step_times"][1]["active_seconds"]
+    await asyncio.sleep(0.2)
+    again = (await http.get(f"/api/v1/sessions/{s['id']}", headers=worker_user.h)).json()
+    assert again["step_times"][1]["active_seconds"] == frozen  # closed: the clock stopped

@@ -326,7 +326,7 @@ async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
     once the run wrote it, with the first start's audit entry, the 409 names it."""
     from domain.changes import AuditFacts, SessionChange
     from domain.errors import ActiveSessionExists, Unavailable
-    from domain.work_session import WorkSession
+    from domain.work_session import BEGINNING, WorkSession
     from persistence.sops import SopRepository
 
     sop = await make_confirmed_sop(http, supervisor)
@@ -338,7 +338,8 @@ async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
     started = WorkSession.start(uuid.uuid4(), actor.id, plan, ctx.clock())
     facts = AuditFacts("session_start", actor.id, "worker", {"sop_id": sop["id"]}, "req-1")
     await ctx.workflows.start(plan, started.state, SessionChange.of(  # and no write
-        started.state, 0, [facts], started.state.started_at, workflow_id_for(actor.id), None))
+        started.state, BEGINNING, [facts], started.state.started_at,
+        workflow_id_for(actor.id), None))
 
     with pytest.raises(Unavailable, match="still being recorded"):
         await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))

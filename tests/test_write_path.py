@@ -28,7 +28,7 @@ from application.context import Context
 from domain.changes import SessionChange
 from domain.errors import ActiveSessionExists, DomainError, Unavailable
 from domain.sop import CheckResult, SopStatus
-from domain.work_session import SessionStatus
+from domain.work_session import BEGINNING, SessionStatus
 from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
@@ -400,8 +400,8 @@ async def test_a_late_write_from_a_closed_run_after_approval_changes_neither_ver
     assert late and max(c.version for c in late) < row.state.version
     assert await SessionStore(db).write_changes(late) == 0
     # and one that never reached the database, as old as the run's start
-    lost = SessionChange.of(late[0].state, 0, late[0].entries, late[0].at, late[0].workflow_id,
-                            late[0].run_id)
+    lost = SessionChange.of(late[0].state, BEGINNING, late[0].entries, late[0].at,
+                            late[0].workflow_id, late[0].run_id)
     lost.entries = [type(e)(e.action, e.actor_id, e.actor_role, {"late": True}, "late")
                     for e in lost.entries]
     lost.state.version = row.state.version - 1
@@ -409,7 +409,7 @@ async def test_a_late_write_from_a_closed_run_after_approval_changes_neither_ver
     # lost to the approval, its run not ended): a locked session takes no change at all
     rogue = SessionChange.of(dataclasses.replace(
         late[-1].state, version=row.state.version + 1, status=SessionStatus.IN_PROGRESS),
-        0, late[-1].entries, late[-1].at, late[-1].workflow_id, "a-reopen-that-lost")
+        BEGINNING, late[-1].entries, late[-1].at, late[-1].workflow_id, "a-reopen-that-lost")
     async with db.write() as conn:
         assert not await SessionRepository(conn).write_change(lost)
         assert not await SessionRepository(conn).write_change(rogue)

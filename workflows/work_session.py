@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from domain.changes import SYSTEM, AuditFacts, SessionChange
     from domain.errors import DomainError
-    from domain.work_session import CheckSubmission, SessionStatus, WorkSession
+    from domain.work_session import CheckSubmission, Mark, SessionStatus, WorkSession
     from workflows import search_attributes
     from workflows.messages import (
         SESSION_MISMATCH,
@@ -174,7 +174,8 @@ class WorkSessionWorkflow:
     @workflow.query
     def session(self) -> dict[str, Any]:
         info = workflow.info()
-        return self._session.view(run_id=info.run_id, workflow_id=info.workflow_id)
+        return self._session.view(run_id=info.run_id, workflow_id=info.workflow_id,
+                                  now=workflow.now())
 
     # ---- machinery -----------------------------------------------------------------------
     def _dry_run(self, cmd: SubmitCheck | SessionCommand,
@@ -193,11 +194,11 @@ class WorkSessionWorkflow:
                action: Callable[[WorkSession], Any]) -> SessionChange | None:
         self._ensure_same_session(cmd)
         state = self._session.state
-        version, checks, attention = state.version, len(state.checks), state.needs_attention
+        before, attention = self._session.mark(), state.needs_attention
         domain_rule(lambda: action(self._session))
         self._updates_this_run += 1
         self._last_touch = workflow.now()
-        if state.version == version:  # a resent check: answer with the change that took it
+        if state.version == before.version:  # a resent check: answer with the change that took it
             return next((c for c in self._unwritten if isinstance(cmd, SubmitCheck)
                          and c.added_check(cmd.check_id)), None)
         entries = [cmd.audit]
@@ -205,20 +206,20 @@ class WorkSessionWorkflow:
             entries.append(AuditFacts("session_escalated", None, SYSTEM, {
                 "step_id": str(state.current_step_id),
                 "failed_checks_in_a_row": self._input.escalate_after_failures}))
-        return self._record(checks, entries)
+        return self._record(before, entries)
 
     def _pause_when_idle(self) -> None:
         self._last_touch = workflow.now()
         if self._session.state.status is SessionStatus.IN_PROGRESS:
-            checks = len(self._session.state.checks)
+            before = self._session.mark()
             self._session.pause(workflow.now(), reason="idle")
-            self._record(checks, [AuditFacts("session_pause", None, SYSTEM,
+            self._record(before, [AuditFacts("session_pause", None, SYSTEM,
                                              {"reason": "idle"})])
             self._write_now = True  # no API writes what the run did by itself
 
-    def _record(self, checks_before: int, entries: list[AuditFacts]) -> SessionChange:
+    def _record(self, before: Mark, entries: list[AuditFacts]) -> SessionChange:
         info = workflow.info()
-        change = SessionChange.of(self._session.state, checks_before, entries,
+        change = SessionChange.of(self._session.state, before, entries,
                                   workflow.now(), info.workflow_id, info.run_id)
         self._unwritten.append(change)
         if len(self._unwritten) >= MAX_UNWRITTEN:

@@ -3,15 +3,23 @@ read; the use case gets the decision (`Access`)."""
 
 from __future__ import annotations
 
-import inspect
-import re
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
+from api.deps import (
+    Ctx,
+    CurrentActor,
+    PageParams,
+    RequestId,
+    instant_query,
+    parse_id,
+    parse_instant,
+    problems,
+    refuse_unknown_parameters,
+    require,
+)
 from api.routing import PrecedenceRoute
 from api.schemas import (
     CancelIn,
@@ -24,7 +32,6 @@ from api.schemas import (
 )
 from application import sessions as uc
 from application.authz import Actor
-from domain.errors import InvalidInput
 from domain.sop import CheckResult
 from domain.work_session import SessionFilter, SessionStatus
 
@@ -57,10 +64,6 @@ async def current_session(actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
     return await uc.current_session(ctx, actor)
 
 
-_INSTANT = ("ISO 8601 (`2026-11-27`, `2026-11-27T06:00:00Z`, `…+01:00`); "
-            "without a time zone it is UTC")
-
-
 async def session_filter(
     request: Request,
     status: SessionStatus | None = Query(None),
@@ -70,38 +73,15 @@ async def session_filter(
                                    "this says: another worker's id selects nothing"),
     needs_attention: bool | None = Query(None),
     locked: bool | None = Query(None),
-    started_after: str | None = Query(None, description="started at or after; " + _INSTANT),
-    started_before: str | None = Query(None, description="started before; " + _INSTANT),
+    started_after: str | None = instant_query("started at or after"),
+    started_before: str | None = instant_query("started before"),
 ) -> SessionFilter:
-    """A misspelt filter is refused rather than ignored: ignored, it would show every
-    session as if it had matched."""
-    unknown = sorted(set(request.query_params) - _LIST_PARAMS)
-    if unknown:
-        raise InvalidInput(f"unknown filter: {', '.join(unknown)}", errors=[
-            {"field": f"query.{name}", "message": "not a filter of this list"}
-            for name in unknown])
+    refuse_unknown_parameters(request, session_filter, "limit", "offset")
     return SessionFilter(
         status=status, sop_id=sop_id, sop_family_id=sop_family_id, worker_id=worker_id,
         needs_attention=needs_attention, locked=locked,
-        started_after=_instant(started_after, "started_after"),
-        started_before=_instant(started_before, "started_before"))
-
-
-_LIST_PARAMS = {*inspect.signature(session_filter).parameters, "limit", "offset"} - {"request"}
-
-
-_LOST_PLUS = re.compile(r" (\d\d(?::?\d\d)?)$")
-
-
-def _instant(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:  # an offset's "+" left unencoded in a URL arrives as a space
-        at = datetime.fromisoformat(_LOST_PLUS.sub(r"+\1", value))
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    except (ValueError, OverflowError):  # overflow: year 1 or 9999 moved to UTC
-        raise InvalidInput(f"{name} is not an ISO 8601 date or time: {value!r}", errors=[
-            {"field": f"query.{name}", "message": "not an ISO 8601 date or time"}]) from None
+        started_after=parse_instant(started_after, "started_after"),
+        started_before=parse_instant(started_before, "started_before"))
 
 
 @router.get("", response_model=Page[SessionSummary], responses=problems())

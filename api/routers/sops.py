@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.deps import Ctx, CurrentActor, PageParams, RequestId, parse_id, problems, require
+from api.deps import (
+    Ctx,
+    CurrentActor,
+    PageParams,
+    RequestId,
+    instant_query,
+    parse_id,
+    parse_instant,
+    problems,
+    refuse_unknown_parameters,
+    require,
+)
 from api.routing import PrecedenceRoute
-from api.schemas import Page, SopIn, SopOut
+from api.schemas import Page, SopIn, SopOut, SopStatsOut
 from application import sops as uc
 from application.authz import Actor
 from domain.sop import Sop, SopStatus
@@ -56,6 +68,21 @@ async def list_sops(actor: CurrentActor, ctx: Ctx, paging: PageParams,
 @router.get("/{sop_id}", response_model=SopOut, responses=problems(404))
 async def get_sop(sop_id: str, actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
     return sop_out(await uc.get_sop(ctx, actor, parse_id(sop_id, "SOP")))
+
+
+async def _stats_window(request: Request,
+                        since: str | None = instant_query("sessions started at or after"),
+                        until: str | None = instant_query("sessions started before"),
+                        ) -> tuple[datetime | None, datetime | None]:
+    refuse_unknown_parameters(request, _stats_window)
+    return parse_instant(since, "since"), parse_instant(until, "until")
+
+
+@router.get("/{sop_id}/stats", response_model=SopStatsOut, responses=problems(403, 404))
+async def sop_stats(sop_id: str, actor: CurrentActor, ctx: Ctx,
+                    window: tuple[datetime | None, datetime | None] = Depends(_stats_window),
+                    ) -> dict[str, Any]:
+    return await uc.sop_stats(ctx, actor, parse_id(sop_id, "SOP"), *window)
 
 
 @router.put("/{sop_id}", response_model=SopOut, responses=problems(403, 404, 409))
