@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,19 @@ from worksession.temporal import connect
 
 log = logging.getLogger("worksession.api")
 
+PLANNER_STATISTICS_EVERY_SECONDS = 6 * 3600
+
+
+async def _keep_planner_statistics(db: Database) -> None:
+    """Soon after start, then every six hours (the data's shape changes slowly)."""
+    await asyncio.sleep(30)
+    while True:
+        try:
+            await db.refresh_planner_statistics()
+        except Exception:  # the service works without; the next round tries again
+            log.warning("could not refresh the database's planner statistics", exc_info=True)
+        await asyncio.sleep(PLANNER_STATISTICS_EVERY_SECONDS)
+
 
 def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,
                db: Database | None = None) -> FastAPI:
@@ -35,10 +49,14 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
             write_behind=settings.write_behind))
+        statistics = asyncio.create_task(_keep_planner_statistics(database)) if own_db \
+            else None
         try:
             yield
         finally:
             app.state.ctx = None
+            if statistics is not None:
+                statistics.cancel()
             if own_db:
                 await database.dispose()
 

@@ -64,9 +64,11 @@ class Context:
     clock: Callable[[], datetime] = utcnow
 
     @asynccontextmanager
-    async def uow(self, *, read_only: bool = False) -> AsyncIterator[UnitOfWork]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
-        async with UnitOfWork.begin(self.db, read_only=read_only) as uow:
+    async def uow(self, *, read_only: bool = False,
+                  snapshot: bool = False) -> AsyncIterator[UnitOfWork]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+        `snapshot` (read only): all its reads see one moment."""
+        async with UnitOfWork.begin(self.db, read_only=read_only, snapshot=snapshot) as uow:
             yield uow
 
     async def owner(self, session_id: UUID) -> UUID | None:

@@ -82,7 +82,7 @@ async def sop_stats(ctx: Context, actor: Actor, sop_id: UUID, since: datetime | 
     sessions by status and their active time (completed ones, pauses not counted); per
     step in SOP order, how many reached and passed it, the share passed at the first
     check, failed checks, and the time until passed (of those passed)."""
-    async with ctx.uow(read_only=True) as uow:
+    async with ctx.uow(read_only=True, snapshot=True) as uow:  # counts and ranks agree
         sop = await _visible(uow, actor, sop_id)
         authorize(actor, "session.read_all")
         stats = await uow.stats.of(sop_id, since, until)

@@ -105,6 +105,14 @@ class SessionState:
     version: int = 0
     step_times: list[StepTime] = field(default_factory=list)
 
+    @property
+    def duration_seconds(self) -> float | None:
+        """From start to close, pauses not counted; None while open."""
+        closed_at = self.completed_at or self.cancelled_at
+        if closed_at is None:
+            return None
+        return (closed_at - self.started_at).total_seconds() - self.paused_seconds
+
     def active_seconds(self, t: StepTime, now: datetime | None) -> float:
         """Time on the step, paused time not counted: up to `now` while it is current (up
         to its last change when `now` is None)."""

@@ -1,6 +1,7 @@
 """SOP statistics from the read model (contract v1.1 `GET /sops/{id}/stats`), in SQL that
-SQLite and PostgreSQL both run: counts and sums by aggregate, percentiles by ranking with a
-window function and fetching only the rows next to each percentile's rank.
+SQLite and PostgreSQL both run: counts by aggregate over a covering index, and each
+percentile by reading the two values next to its rank in an index kept in order of time
+(`ORDER BY … LIMIT 2 OFFSET rank`), so no query sorts and none joins.
 
 A percentile interpolates linearly between the two values closest to its rank (as
 PostgreSQL's `percentile_cont` and numpy's default): the median of 10, 20, 30, 40 is 25."""
@@ -13,7 +14,7 @@ from fractions import Fraction
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import case, func, literal, or_, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.tables import session_steps, work_sessions
@@ -52,56 +53,42 @@ class SopStatsQuery:
                  until: datetime | None) -> SopStats:
         """The sessions of one SOP version started in [since, until)."""
         s, st = work_sessions.c, session_steps.c
-        where = [s.sop_id == sop_id]
-        if since is not None:
-            where.append(s.started_at >= since)
-        if until is not None:
-            where.append(s.started_at < until)
+        sessions = [s.sop_id == sop_id, *_window(s.started_at, since, until)]
+        steps_of = [st.sop_id == sop_id, *_window(st.session_started_at, since, until)]
         by_status = dict((await self.conn.execute(
-            select(s.status, func.count()).where(*where).group_by(s.status))).all())
-        joined = session_steps.join(work_sessions, s.id == st.session_id)
+            select(s.status, func.count()).where(*sessions).group_by(s.status))).all())
         steps: dict[UUID, StepStats] = {}
         for r in (await self.conn.execute(
                 select(st.step_id, func.count(), func.count(st.passed_at),
                        func.sum(case((st.first_passed, 1), else_=0)),
                        func.count(st.first_passed), func.sum(st.failed_checks))
-                .select_from(joined).where(*where).group_by(st.step_id))).all():
+                .where(*steps_of).group_by(st.step_id))).all():
             steps[r[0]] = StepStats(*(int(x or 0) for x in r[1:]))
-        passed = (select(st.step_id.label("key"), st.active_seconds.label("value"))
-                  .select_from(joined).where(*where, st.passed_at.is_not(None)))
-        for key, pct in (await self._percentiles(passed)).items():
-            steps[key].seconds = pct
-        completed = (select(s.id.label("key"), func.sum(st.active_seconds).label("value"))
-                     .select_from(joined).where(*where, s.status == "completed")
-                     .group_by(s.id))
-        per_session = completed.subquery()
-        whole = await self._percentiles(select(literal(0).label("key"), per_session.c.value))
-        return SopStats(sessions=by_status, session_seconds=whole.get(0, Percentiles()),
-                        steps=steps)
+        for step_id, step in steps.items():
+            step.seconds = await self._percentiles(
+                select(st.active_seconds).where(*steps_of, st.step_id == step_id,
+                                                st.passed_at.is_not(None))
+                .order_by(st.active_seconds), step.passed)
+        durations = await self._percentiles(
+            select(s.duration_seconds).where(*sessions, s.status == "completed")
+            .order_by(s.duration_seconds), by_status.get("completed", 0))
+        return SopStats(sessions=by_status, session_seconds=durations, steps=steps)
 
-    async def _percentiles(self, values: Any) -> dict[Any, Percentiles]:
-        """Median and p90 of `values` (columns `key`, `value`) per key. Only the rows next
-        to each rank are read: row r (from 0) of n is next to percentile p when
-        |r - (n-1)p| < 1, tested in integers (p = num/den) so both databases agree."""
-        v = values.subquery()
-        ranked = select(
-            v.c.key, v.c.value,
-            (func.row_number().over(partition_by=v.c.key, order_by=v.c.value) - 1).label("r"),
-            func.count().over(partition_by=v.c.key).label("n")).subquery()
-        near = or_(*(func.abs(ranked.c.r * p.denominator - (ranked.c.n - 1) * p.numerator)
-                     < p.denominator for p in PERCENTILES.values()))
-        rows: dict[Any, tuple[int, dict[int, float]]] = {}
-        for key, value, r, n in (await self.conn.execute(
-                select(ranked.c.key, ranked.c.value, ranked.c.r, ranked.c.n).where(near))):
-            rows.setdefault(key, (n, {}))[1][r] = value
-        return {key: Percentiles(**{name: _interpolate(n, ranks, p)
-                                    for name, p in PERCENTILES.items()})
-                for key, (n, ranks) in rows.items()}
+    async def _percentiles(self, ordered: Any, n: int) -> Percentiles:
+        """Median and p90 of the `n` values `ordered` selects in order."""
+        if n == 0:
+            return Percentiles()
+        out = {}
+        for name, p in PERCENTILES.items():
+            h = (n - 1) * p
+            lo = int(h)  # floor: h >= 0
+            pair = (await self.conn.execute(ordered.limit(2).offset(lo))).scalars().all()
+            low = pair[0]
+            high = pair[1] if len(pair) > 1 else low
+            out[name] = low + float(h - lo) * (high - low)
+        return Percentiles(**out)
 
 
-def _interpolate(n: int, ranks: dict[int, float], p: Fraction) -> float:
-    h = (n - 1) * p
-    lo = int(h)  # floor: h >= 0
-    low = ranks[lo]
-    high = ranks.get(lo + 1, low)
-    return low + float(h - lo) * (high - low)
+def _window(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    return [c for c in (None if since is None else column >= since,
+                        None if until is None else column < until) if c is not None]

@@ -36,7 +36,8 @@ ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
 _STATE_FIELDS = [k for k in work_sessions.c.keys() if k not in ("id", "audit_seq", "audit_hash")]
 # A step time's fields as the table keeps them (`changed_in` is the row's `version`).
-_STEP_FIELDS = [k for k in session_steps.c.keys() if k not in ("session_id", "version")]
+_STEP_FIELDS = [k for k in session_steps.c.keys()
+                if k not in ("session_id", "version", "sop_id", "session_started_at")]
 
 
 @dataclass
@@ -99,7 +100,7 @@ class SessionRepository:
                 for i, k in enumerate(change.checks)])
         if change.step_times:  # each replaced only by a newer change, as the row is
             await self.conn.execute(_steps_upsert(self._sqlite), [
-                _step_row(st.id, st.version, t) for t in change.step_times])
+                _step_row(st, t) for t in change.step_times])
         chain_head = {"audit_seq": seq, "audit_hash": prev}
         if head.version < st.version:
             await self.conn.execute(_UPDATE_ALL, {"sid": st.id, **_state_values(change),
@@ -180,9 +181,9 @@ class SessionRepository:
             conds.append(c.sop_id.in_(select(sops.c.id).where(
                 sops.c.family_id == f.sop_family_id).scalar_subquery()))
         if f.needs_attention is not None:
-            conds.append(c.needs_attention.is_(f.needs_attention))
+            conds.append(c.needs_attention == f.needs_attention)  # `IS` would use no index
         if f.locked is not None:
-            conds.append(c.locked.is_(f.locked))
+            conds.append(c.locked == f.locked)
         if f.started_after is not None:
             conds.append(c.started_at >= f.started_after)
         if f.started_before is not None:
@@ -257,13 +258,13 @@ def _state_values(change: SessionChange) -> dict[str, Any]:
         status=st.status.value, workflow_id=change.workflow_id, run_id=change.run_id,
         unchecked_step_ids=None if st.unchecked_step_ids is None
         else [str(i) for i in st.unchecked_step_ids],
-        updated_at=change.at)
+        duration_seconds=st.duration_seconds, updated_at=change.at)
     return values
 
 
-def _step_row(session_id: UUID, version: int, t: StepTime) -> dict[str, Any]:
-    return {"session_id": session_id, "version": version,
-            **{k: getattr(t, k) for k in _STEP_FIELDS}}
+def _step_row(st: SessionState, t: StepTime) -> dict[str, Any]:
+    return {"session_id": st.id, "version": st.version, "sop_id": st.sop_id,
+            "session_started_at": st.started_at, **{k: getattr(t, k) for k in _STEP_FIELDS}}
 
 
 def _check_row(session_id: UUID, seq: int, k: Check) -> dict[str, Any]:

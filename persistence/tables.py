@@ -114,6 +114,8 @@ work_sessions = Table(
     Column("cancelled_at", TZ),
     Column("cancel_reason", String(500)),
     Column("unchecked_step_ids", JSON),
+    # From start to close, pauses not counted; null while open.
+    Column("duration_seconds", Float),
     Column("needs_attention", Boolean, nullable=False, server_default=text("false")),
     Column("locked", Boolean, nullable=False, server_default=text("false")),
     Column("approved_by", Uuid),
@@ -134,8 +136,12 @@ work_sessions = Table(
     Index("ix_work_sessions_worker_started", "worker_id", "started_at"),
     Index("ix_work_sessions_started", "started_at"),
     Index("ix_work_sessions_status_started", "status", "started_at"),
-    Index("ix_work_sessions_sop_status", "sop_id", "status"),
+    # an SOP's sessions by status, and its completed ones in order of duration (statistics)
+    Index("ix_work_sessions_sop_status", "sop_id", "status", "duration_seconds", "started_at"),
+    # the session list's filters, each with the list's order
     Index("ix_work_sessions_sop_started", "sop_id", "started_at"),
+    Index("ix_work_sessions_attention_sop", "needs_attention", "sop_id", "started_at"),
+    Index("ix_work_sessions_locked_started", "locked", "started_at"),
 )
 
 session_checks = Table(
@@ -154,12 +160,16 @@ session_checks = Table(
 )
 
 # Time on each step a session reached (`step_times`), as its changes arrive: a row is
-# replaced only by a newer change of its session (`version`), like the session's row.
+# replaced only by a newer change of its session (`version`), like the session's row. The
+# session's SOP and start are repeated here (they never change) so that an SOP's statistics
+# read this table alone, through its two indexes.
 session_steps = Table(
     "session_steps", metadata,
     Column("session_id", Uuid, ForeignKey("work_sessions.id", ondelete="CASCADE"),
            primary_key=True),
     Column("step_id", Uuid, primary_key=True),
+    Column("sop_id", Uuid, nullable=False),
+    Column("session_started_at", TZ, nullable=False),
     Column("started_at", TZ, nullable=False),
     Column("passed_at", TZ),
     Column("attempts", Integer, nullable=False),
@@ -169,6 +179,13 @@ session_steps = Table(
     Column("since", TZ),
     Column("paused_mark", Float, nullable=False),
     Column("version", Integer, nullable=False),
+    # per step: how many reached, passed, passed first time, failed (covering)
+    Index("ix_session_steps_sop_step", "sop_id", "step_id", "failed_checks", "first_passed",
+          "passed_at", "session_started_at"),
+    # per step: the passed ones in order of time, for percentiles by rank
+    Index("ix_session_steps_sop_step_time", "sop_id", "step_id", "active_seconds",
+          "session_started_at", sqlite_where=text("passed_at IS NOT NULL"),
+          postgresql_where=text("passed_at IS NOT NULL")),
 )
 
 audit_log = Table(

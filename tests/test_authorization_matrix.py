@@ -169,6 +169,10 @@ def verify_started(w: World, caller: str, r: httpx.Response) -> None:
         assert me is not None and r.json()["worker_id"] == str(me.id), r.json()
 
 
+def verify_stats(w: World, caller: str, r: httpx.Response) -> None:
+    assert r.json()["sessions"]["in_progress"] >= 1, r.json()  # the owner's session
+
+
 SID = f"{SESSIONS}/{{id}}"
 SOP_ID = f"{SOPS}/{{id}}"
 
@@ -186,6 +190,10 @@ TABLE: list[Row] = [
     Row("POST", f"{SOP_ID}/revisions", by_role(403, 201), target="sop",
         variant="confirmed SOP"),
     Row("POST", f"{SOP_ID}/revisions", by_role(404, 409), target="draft", variant="draft SOP"),
+    Row("GET", f"{SOP_ID}/stats", by_role(403, 200), target="sop", variant="confirmed SOP",
+        verify=verify_stats, changes=False),
+    Row("GET", f"{SOP_ID}/stats", by_role(404, 200), target="draft", variant="draft SOP",
+        changes=False),
     # the confirmed SOP has the owner's session in progress: deleting it is refused (400)
     Row("DELETE", SOP_ID, by_role(403, 400), target="sop", variant="confirmed SOP"),
     Row("DELETE", SOP_ID, by_role(404, 204), target="draft", variant="draft SOP"),
