@@ -54,6 +54,31 @@ def hashed_body(row: Any) -> dict[str, Any]:
     }
 
 
+def shown(row: Any) -> dict[str, Any]:
+    """The entry as the API shows it: what its hash covers, and the hash."""
+    return {**hashed_body(row), "hash": row["hash"]}
+
+
+def verify_chain(chain: str, entries: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """(entries checked, problems) of one chain's entries as shown (`shown`), from its first:
+    each links to the one before and matches its hash. Stops at the first broken entry."""
+    prev = GENESIS
+    for expected, e in enumerate(entries, start=1):
+        where = f"{chain} seq {e.get('seq')} ({e.get('id')})"
+        if e.get("chain") != chain:
+            return expected, [f"{where}: on chain {e.get('chain')}, not {chain}"]
+        if e.get("seq") != expected:
+            return expected, [f"{chain}: expected seq {expected}, found {e.get('seq')} "
+                              f"(entry missing)"]
+        if e.get("prev_hash") != prev:
+            return expected, [f"{where}: prev_hash does not match the previous entry"]
+        body = {k: v for k, v in e.items() if k != "hash"}
+        if entry_hash(prev, body) != e.get("hash"):
+            return expected, [f"{where}: content does not match its hash"]
+        prev = e["hash"]
+    return len(entries), []
+
+
 def link(chain: str, seq: int, prev_hash: str, facts: AuditFacts, at: datetime,
          session_id: UUID | None, dedup_key: str | None = None) -> dict[str, Any]:
     """The row of entry `seq` of `chain`, after `prev_hash`, with its hash."""
@@ -110,6 +135,13 @@ class AuditLog:
                                         .limit(limit).offset(offset))).mappings().all()
         return [dict(r) for r in rows], total
 
+    async def of_session(self, session_id: UUID) -> list[dict[str, Any]]:
+        """Every entry of one session, in its chain's order, as the API shows them."""
+        c = audit_log.c
+        rows = (await self.conn.execute(select(audit_log).where(c.session_id == session_id)
+                                        .order_by(c.chain, c.seq))).mappings().all()
+        return [shown(r) for r in rows]
+
     # ---- verification ----------------------------------------------------------------------
     async def heads(self) -> dict[str, tuple[int, str]]:
         """Every chain's head as the database records it apart from the log itself."""
@@ -149,28 +181,14 @@ class AuditLog:
         seen: set[str] = set()
         async for chain, rows in self._chains():
             seen.add(chain)
-            prev, ok = GENESIS, True
-            hashes: dict[int, str] = {}
-            for expected, row in enumerate(rows, start=1):
-                n += 1
-                where = f"{chain} seq {row['seq']} ({row['id']})"
-                if row["seq"] != expected:
-                    problems.append(f"{chain}: expected seq {expected}, found {row['seq']} "
-                                    f"(entry missing)")
-                    ok = False
-                    break
-                if row["prev_hash"] != prev:
-                    problems.append(f"{where}: prev_hash does not match the previous entry")
-                    ok = False
-                    break
-                if entry_hash(prev, hashed_body(row)) != row["hash"]:
-                    problems.append(f"{where}: content does not match its hash")
-                    ok = False
-                    break
-                prev = row["hash"]
-                hashes[row["seq"]] = prev
-            if not ok:
+            entries = [shown(r) for r in rows]
+            checked, found = verify_chain(chain, entries)
+            n += checked
+            if found:
+                problems += found
                 continue
+            prev = entries[-1]["hash"]
+            hashes = {e["seq"]: e["hash"] for e in entries}
             length = len(rows)
             head = heads.get(chain)
             if head is None:

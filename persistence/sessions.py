@@ -123,6 +123,12 @@ class SessionRepository:
                                                "audit_hash": row["hash"]})
 
     # ---- reads -----------------------------------------------------------------------------
+    async def chain_head(self, session_id: UUID) -> tuple[int, str]:
+        """(seq, hash) of the last entry of the session's chain, as its row records them."""
+        head = (await self.conn.execute(_head(is_sqlite=True),  # the form that locks nothing
+                                        {"id": session_id})).one()
+        return head.audit_seq, head.audit_hash
+
     async def owner(self, session_id: UUID) -> UUID | None:
         """The session's worker, or None when there is no such session."""
         return (await self.conn.execute(select(work_sessions.c.worker_id).where(

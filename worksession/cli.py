@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 from worksession import aio
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> None:
                              "record of its chain")
     ver.add_argument("--anchor", type=Path, default=None,
                      help="an anchor file: also prove no chain lost or rewrote an entry")
+    ver.add_argument("--file", type=Path, default=None,
+                     help="check a session export (`audit export`) instead of the database: "
+                          "needs no database, on any machine")
+    exp = aud_sub.add_parser("export", help="write one session, its checks and its audit "
+                             "chain as one JSON document (`audit verify --file` checks it)")
+    exp.add_argument("--session", type=UUID, required=True, help="the session's id")
+    exp.add_argument("--out", type=Path, default=None, help="file (default: standard output)")
     anc = aud_sub.add_parser("anchor", help="write the head of every chain, with one digest "
                              "over them, to keep outside the database")
     anc.add_argument("--out", type=Path, default=None, help="file (default: standard output)")
@@ -158,27 +166,50 @@ def _setup_temporal(_: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from application import audit
+    from domain.errors import NotFound
     from persistence.db import Database
 
+    def write(doc: dict[str, Any]) -> int:
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        if args.out:
+            args.out.write_text(text, encoding="utf-8")
+        else:
+            print(text, end="")
+        return 0
+
     async def run() -> int:
-        db = Database(Settings().db_url)
-        try:
-            if args.audit_command == "anchor":
-                text = json.dumps(await audit.anchor(db), indent=2) + "\n"
-                if args.out:
-                    args.out.write_text(text)
-                else:
-                    print(text, end="")
-                return 0
-            anchor = json.loads(args.anchor.read_text()) if args.anchor else None
-            n, problems = await audit.verify(db, anchor)
-        finally:
-            await db.dispose()
+        anchor = None
+        if args.audit_command == "verify" and args.file:
+            try:
+                n, problems = audit.verify_export(json.loads(args.file.read_text("utf-8")))
+            except (OSError, ValueError) as e:
+                print(f"cannot read {args.file}: {e}")
+                return 2
+        else:
+            db = Database(Settings().db_url)
+            try:
+                if args.audit_command == "anchor":
+                    return write(await audit.anchor(db))
+                if args.audit_command == "export":
+                    try:
+                        return write(await audit.export_session(db, args.session))
+                    except NotFound as e:
+                        print(e)
+                        return 2
+                anchor = json.loads(args.anchor.read_text()) if args.anchor else None
+                n, problems = await audit.verify(db, anchor)
+            finally:
+                await db.dispose()
         for p in problems:
             print(f"BROKEN: {p}")
+        what = "session export" if args.audit_command == "verify" and args.file \
+            else "audit log"
         if problems:
-            print(f"audit log BROKEN: {len(problems)} problem(s) in {n} entries")
+            print(f"{what} BROKEN: {len(problems)} problem(s) in {n} entries")
             return 1
+        if args.audit_command == "verify" and args.file:
+            print(f"session export intact: {n} entries verified, every check recorded once")
+            return 0
         print(f"audit log intact: {n} entries verified"
               + (f", anchor of {len(anchor['chains'])} chains held" if anchor else ""))
         return 0

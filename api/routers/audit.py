@@ -1,23 +1,70 @@
-"""Audit log endpoint."""
+"""Audit log endpoint: a page of entries as JSON, or one session's whole chain as CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import Ctx, CurrentActor, PageParams, problems
+from api.deps import Ctx, CurrentActor, PageParams, problems, require
 from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
-from persistence.audit import hashed_body
+from application.authz import Actor
+from domain.errors import InvalidInput
+from persistence.audit import canonical, hashed_body
 
 router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=PrecedenceRoute)
 
+CSV = "text/csv"
+COLUMNS = list(AuditEntryOut.model_fields)
 
-@router.get("", response_model=Page[AuditEntryOut], responses=problems(403))
-async def list_audit(actor: CurrentActor, ctx: Ctx, paging: PageParams,
-                     session_id: UUID | None = Query(None)) -> dict[str, Any]:
+
+@router.get("", response_model=Page[AuditEntryOut], responses={**problems(403), 200: {
+    "description": "JSON: a page of entries, oldest first. CSV (`Accept: text/csv`, with "
+                   "`session_id`): the session's whole chain, unpaged, one entry per row, "
+                   "`detail` as the canonical JSON its hash covers.",
+    "content": {CSV: {"schema": {"type": "string"}}}}})
+async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: PageParams,
+                     session_id: UUID | None = Query(None),
+                     _: Actor = require("audit.read")) -> Any:
+    if prefers_csv(request.headers.get("accept", "")):
+        if session_id is None:
+            raise InvalidInput("the CSV export is one session's chain: add session_id=",
+                               errors=[{"field": "query.session_id",
+                                        "message": "required with Accept: text/csv"}])
+        return Response(as_csv(await uc.of_session(ctx, actor, session_id)),
+                        media_type=f"{CSV}; charset=utf-8", headers={
+                            "Content-Disposition":
+                                f'attachment; filename="audit-session-{session_id}.csv"'})
     items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset)
     return paging.page([{**i, "at": hashed_body(i)["at"]} for i in items], total)
+
+
+def prefers_csv(accept: str) -> bool:
+    """CSV when the Accept header asks for it at least as much as for JSON."""
+    weights: dict[str, float] = {}
+    for part in accept.lower().split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        weight = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    weight = float(p[2:])
+                except ValueError:
+                    weight = 0.0
+        weights[media] = max(weight, weights.get(media, 0.0))
+    return weights.get(CSV, 0.0) > 0 and weights[CSV] >= weights.get("application/json", 0.0)
+
+
+def as_csv(entries: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(COLUMNS)
+    for e in entries:
+        w.writerow(["" if e[k] is None else canonical(e[k]) if k == "detail" else e[k]
+                    for k in COLUMNS])
+    return out.getvalue()

@@ -1,0 +1,148 @@
+"""Audit export: one session's chain as CSV through HTTP, and `worksession audit export` /
+`audit verify --file` (a JSON document checked on a machine with no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistence.audit import entry_hash
+from tests.conftest import check, pass_step, start
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def finished(http: Any, worker_user: Any, confirmed_sop: dict[str, Any]) -> dict[str, Any]:
+    """A completed session: a failed check, three passed ones (one with notes in several
+    scripts and a comma), and a refused check on the closed session."""
+    s = await start(http, worker_user, confirmed_sop)
+    r = await check(http, worker_user, s["id"], s["current_step_id"], result="failed",
+                    notes='Hebel klemmt, "rot" ✓ 電圧')
+    assert r.status_code == 200, r.text
+    for _ in range(3):
+        s = await pass_step(http, worker_user, s)
+    assert s["status"] == "completed"
+    r = await check(http, worker_user, s["id"], s["checks"][0]["step_id"])
+    assert r.status_code == 409
+    return s
+
+
+async def entries_as_json(http: Any, user: Any, session_id: str) -> list[dict[str, Any]]:
+    r = await http.get(f"/api/v1/audit?session_id={session_id}&limit=100", headers=user.h)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+async def test_csv_is_the_sessions_whole_chain_and_rechecks_from_its_cells(
+        http, supervisor, finished):
+    r = await http.get(f"/api/v1/audit?session_id={finished['id']}&limit=2",
+                       headers={**supervisor.h, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert r.headers["content-disposition"] == \
+        f'attachment; filename="audit-session-{finished["id"]}.csv"'
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    expected = await entries_as_json(http, supervisor, finished["id"])
+    assert len(rows) == len(expected) == 6  # the start, 4 checks (the last completes), a refusal
+    prev = "0" * 64
+    for row, entry in zip(rows, expected, strict=True):
+        body = {k: (None if row[k] == "" else int(row[k]) if k == "seq"
+                    else json.loads(row[k]) if k == "detail" else row[k])
+                for k in row if k != "hash"}
+        assert body == {k: v for k, v in entry.items() if k != "hash"}
+        assert row["prev_hash"] == prev and entry_hash(prev, body) == row["hash"]
+        prev = row["hash"]
+    assert [row["action"] for row in rows][-1] == "check_submitted"
+    assert rows[-1]["outcome"] == "rejected"
+
+
+async def test_csv_is_asked_for_by_accept_and_refused_as_json_asks(http, supervisor,
+                                                                   worker_user, finished):
+    url = f"/api/v1/audit?session_id={finished['id']}"
+    for accept in ("application/json", "*/*", "text/csv;q=0.5, application/json"):
+        r = await http.get(url, headers={**supervisor.h, "Accept": accept})
+        assert r.headers["content-type"].startswith("application/json"), accept
+    r = await http.get(url, headers={**supervisor.h, "Accept": "text/csv, */*;q=0.1"})
+    assert r.headers["content-type"].startswith("text/csv")
+    r = await http.get("/api/v1/audit", headers={**supervisor.h, "Accept": "text/csv"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.session_id"
+    r = await http.get(url, headers={**worker_user.h, "Accept": "text/csv"})
+    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
+    r = await http.get("/api/v1/audit", headers={**worker_user.h, "Accept": "text/csv"})
+    assert r.status_code == 403  # 403 before 422
+
+
+async def cli(*args: str, url: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worksession.cli", "audit", *args, cwd=REPO,
+        env={**os.environ, "WORKSESSION_DATABASE_URL": url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+NO_DATABASE = "postgresql+asyncpg://nobody@127.0.0.1:1/none"  # verify --file needs none
+
+
+async def test_export_then_verify_on_a_machine_without_the_database(
+        db, http, supervisor, finished, tmp_path):
+    out = tmp_path / "session.json"
+    code, text = await cli("export", "--session", finished["id"], "--out", str(out),
+                           url=db.url)
+    assert code == 0, text
+    doc = json.loads(out.read_text("utf-8"))
+    assert doc["session"]["id"] == finished["id"] and doc["session"]["status"] == "completed"
+    def same(c: dict[str, Any]) -> dict[str, Any]:  # the API writes UTC as Z
+        return {**c, "checked_at": datetime.fromisoformat(c["checked_at"])}
+
+    assert [same(c) for c in doc["session"]["checks"]] == [same(c) for c in finished["checks"]]
+    assert [t["step_id"] for t in doc["session"]["step_times"]] == \
+        [t["step_id"] for t in finished["step_times"]]
+    assert doc["audit"] == await entries_as_json(http, supervisor, finished["id"])
+    assert doc["head"] == {"seq": 6, "hash": doc["audit"][-1]["hash"]}
+
+    code, text = await cli("verify", "--file", str(out), url=NO_DATABASE)
+    assert code == 0, text
+    assert "session export intact: 6 entries verified, every check recorded once" in text
+
+    def tampered(change: Any) -> Path:
+        d = json.loads(out.read_text("utf-8"))
+        change(d)
+        path = tmp_path / f"tampered-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(d), "utf-8")
+        return path
+
+    def rewrite_value(d: dict[str, Any]) -> None:
+        d["audit"][2]["detail"]["value"] = 0.01
+
+    chain = f"session:{finished['id']}"
+    for change, says in (
+            (rewrite_value, f"{chain} seq 3 ("),
+            (lambda d: d["audit"].pop(), "the session records 6 entries"),
+            (lambda d: d["audit"].pop(1), f"{chain}: expected seq 2, found 3"),
+            (lambda d: d["session"]["checks"].append(d["session"]["checks"][0]),
+             "the session holds it 2 time(s), its chain records it 1 time(s)"),
+            (lambda d: d["session"]["checks"].pop(0),
+             "the session holds it 0 time(s), its chain records it 1 time(s)"),
+            (lambda d: d.update(format="something else"), "not a session export"),
+            (lambda d: d.update(audit=[1, 2]), "not in the export's shape")):
+        code, text = await cli("verify", "--file", str(tampered(change)), url=NO_DATABASE)
+        assert code == 1, (says, text)
+        assert says in text and "session export BROKEN" in text, text
+
+
+async def test_export_of_an_unknown_session_says_so(db, tmp_path):
+    code, text = await cli("export", "--session", "00000000-0000-0000-0000-000000000000",
+                           url=db.url)
+    assert code == 2 and "is not recorded" in text, text
