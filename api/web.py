@@ -8,6 +8,7 @@ beside the packages (the project is installed editable, or run from a checkout);
 from __future__ import annotations
 
 import logging
+import mimetypes
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 log = logging.getLogger("worksession.api")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+mimetypes.add_type("application/manifest+json", ".webmanifest")
 PREFIX = "/app"
 
 # Same-origin only: the console talks to this API and nothing else; no inline script.

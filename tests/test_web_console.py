@@ -149,10 +149,11 @@ def assert_phone_friendly(page: Page) -> None:
 
 def sign_in(page: Page, link: str) -> None:
     page.goto(link)
-    # the token left the address bar and lives in sessionStorage
+    # the token left the address bar and lives in localStorage (an installed app opened
+    # again with no network still has it)
     expect(page.locator("#who")).not_to_be_empty()
     assert "token=" not in page.url
-    assert page.evaluate("sessionStorage.getItem('worksession.token')")
+    assert page.evaluate("localStorage.getItem('worksession.token')")
 
 
 def new_worker(stack: Stack) -> str:
@@ -373,7 +374,7 @@ def test_a_supervisor_approves_a_session_and_then_sees_it_locked(
     sign_in(page, stack.link("supervisor"))
     expect(page.get_by_role("heading", name="Work sessions")).to_be_visible()
     page.get_by_label("Status").select_option("completed")
-    page.get_by_label("SOP title").fill(session["sop"]["title"])
+    page.get_by_label("SOP", exact=True).select_option(f"sop:{session['sop']['id']}")
     row = page.locator("table.sessions tbody tr")
     expect(row).to_have_count(1)
     row.get_by_role("button", name=f"Open {session['sop']['title']}").click()
@@ -468,4 +469,163 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
     assert sop["tasks"][0]["steps"][1]["check"] == {
         "kind": "measurement", "prompt": "Line pressure", "unit": "bar", "min": 0, "max": 0.2}
     assert sop["tasks"][1]["steps"][0]["check"]["kind"] == "confirm"
+    console.assert_clean()
+
+
+def sessions_of(stack: Stack, sop: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """`n` completed sessions of `sop`, each by a new worker, oldest first."""
+    done = []
+    for _ in range(n):
+        worker = new_worker(stack)
+        s = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
+        done.append(stack.call(worker, "POST", f"/sessions/{s['id']}/complete"))
+    return done
+
+
+def needing_attention(stack: Stack, sop: dict[str, Any]) -> dict[str, Any]:
+    """A session whose first step failed three times in a row (`worksession dev` escalates
+    after three)."""
+    worker = new_worker(stack)
+    s = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
+    for _ in range(3):
+        s = stack.call(worker, "POST", f"/sessions/{s['id']}/checks",
+                       {"step_id": s["current_step_id"], "result": "failed"})
+    assert s["needs_attention"] is True
+    return s
+
+
+def test_needs_attention_finds_a_session_beyond_the_first_page_and_the_list_keeps_up(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    sop = confirmed_sop(stack, supervisor, f"Attention {uuid.uuid4().hex[:6]}")
+    stuck = needing_attention(stack, sop)  # the oldest: not on the first page
+    sessions_of(stack, sop, 22)
+    page, console = open_page(browser, DESK)
+    sign_in(page, stack.link("supervisor"))
+    page.get_by_label("SOP", exact=True).select_option(f"family:{sop['family_id']}")
+    rows = page.locator("table.sessions tbody tr")
+    expect(rows).to_have_count(20)
+    expect(page.locator(".pager")).to_contain_text("1–20 of 23")
+    expect(rows.filter(has_text="Needs attention")).to_have_count(0)
+
+    page.get_by_label("Needs attention only").check()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Needs attention")
+    expect(page.locator(".pager")).to_contain_text("1–1 of 1")
+    assert f"sop_family_id={sop['family_id']}" in page.url and "needs_attention=true" in page.url
+
+    page.reload()  # the address carries the filters: a bookmark or a link shows the same
+    expect(page.get_by_label("Needs attention only")).to_be_checked()
+    expect(rows).to_have_count(1)
+    rows.first.get_by_role("button").click()
+    expect(page.locator("dl.facts")).to_contain_text(stuck["id"])
+    expect(page.locator("table.step-times")).to_contain_text("current step")
+    page.get_by_role("button", name="All sessions").click()
+    expect(rows).to_have_count(1)
+
+    needing_attention(stack, sop)  # a second one, while the supervisor watches
+    expect(rows).to_have_count(2, timeout=15_000)  # the list refreshes itself
+    expect(page.get_by_label("Needs attention only")).to_be_checked()
+    console.assert_clean()
+
+
+def test_sop_statistics_chart_shows_each_steps_time_and_first_try_rate(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    title = f"Statistics {uuid.uuid4().hex[:6]}"
+    sop = confirmed_sop(stack, supervisor, title)
+    for first_voltage in (0.9, 0.2, 0.1):  # the measurement fails first once in three
+        worker = new_worker(stack)
+        s = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
+        voltages = [first_voltage, 0.2]
+        while s["status"] == "in_progress":
+            step = s["current_step"]
+            body = {"value": voltages.pop(0)} if step["check"]["kind"] == "measurement" \
+                else {"result": "passed"}
+            s = stack.call(worker, "POST", f"/sessions/{s['id']}/checks",
+                           {"step_id": step["id"], **body})
+        assert s["status"] == "completed"
+    stats = stack.call(supervisor, "GET", f"/sops/{sop['id']}/stats")
+    assert [x["first_try_pass_rate"] for x in stats["steps"]] == [1.0, 0.6667, 1.0]
+
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.link("supervisor"))
+    page.get_by_role("button", name="SOPs").click()
+    page.get_by_role("button", name=f"Statistics of {title} v1").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"Statistics: {title}")
+    expect(page.locator("dl.facts")).to_contain_text("Completed3")
+    rate = page.locator("svg.chart-rate")
+    expect(rate).to_have_attribute("role", "img")
+    bars = rate.locator("rect.bar-rate")
+    expect(bars).to_have_count(3)
+    widths = [float(bars.nth(i).get_attribute("width") or 0) for i in range(3)]
+    assert widths[0] == widths[2] > 0 and abs(widths[1] / widths[0] - 0.6667) < 0.001
+    time_rows = page.locator("svg.chart-time g.chart-row")
+    expect(time_rows).to_have_count(3)
+    for i, step in enumerate(stats["steps"]):
+        row = time_rows.nth(i)
+        assert row.get_attribute("data-step") == step["step_id"]
+        assert float(row.locator("rect.bar-median").get_attribute("data-value") or -1) == \
+            step["median_seconds"]
+        assert float(row.locator("rect.bar-p90").get_attribute("data-value") or -1) == \
+            step["p90_seconds"]
+    # the text alternative: what a screen reader reads, and the same figures as a table
+    assert "Step 2, Measure residual voltage: 67 %" in (rate.locator("desc").text_content() or "")
+    page.get_by_text("The same figures as a table").click()
+    expect(page.locator("details.stats-table tbody tr").nth(1)).to_contain_text("67 %")
+    assert_phone_friendly(page)
+    page.screenshot(path=str(DOCS / "screenshot-sop-statistics.png"), full_page=True)
+    console.assert_clean()
+
+
+def test_the_workers_page_opens_with_no_network_and_delivers_its_check_once(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    manifest = httpx.get(f"{stack.api}/app/manifest.webmanifest", timeout=10)
+    assert manifest.headers["content-type"].startswith("application/manifest+json")
+    assert manifest.json()["start_url"] == "/app/" and manifest.json()["display"] == "standalone"
+
+    worker, page, console, card = started_on_a_phone(stack, supervisor, browser,
+                                                     f"Basement {uuid.uuid4().hex[:4]}")
+    assert page.evaluate("navigator.serviceWorker.ready.then(r => !!r.active)")
+    page.reload()  # now under the service worker: what the page reads is kept
+    expect(card).to_contain_text("Step 1 of 3")
+    assert page.evaluate("!!navigator.serviceWorker.controller")
+
+    page.context.set_offline(True)
+    page.reload()  # opened again in the basement
+    expect(card).to_contain_text("Step 1 of 3")
+    expect(card).to_contain_text("Stop the press")
+    offline = page.locator("#offline")
+    expect(offline).to_contain_text("No connection: this is what this device last saw")
+    card.get_by_label("Passed").check()
+    card.get_by_role("button", name="Record check").click()
+    pending = page.locator("#pending")
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    expect(pending).to_contain_text("kept on this device since")
+    expect(pending).to_contain_text("when the connection returns")
+    assert_phone_friendly(page)
+    page.screenshot(path=str(DOCS / "screenshot-worker-offline.png"), full_page=True)
+    [waiting] = outbox(page)
+
+    page.context.set_offline(False)  # the `online` event: sent now, once
+    expect(card).to_contain_text("Step 2 of 3", timeout=15_000)
+    expect(pending).to_be_hidden()
+    expect(offline).to_be_hidden()
+    session = stack.call(worker, "GET", "/sessions/current")
+    assert [c["id"] for c in session["checks"]] == [waiting["body"]["check_id"]]
+    console.assert_clean("net::ERR_INTERNET_DISCONNECTED", "net::ERR_FAILED")
+
+
+def test_sign_out_forgets_what_the_device_kept_of_the_worker(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    worker, page, console, card = started_on_a_phone(stack, supervisor, browser,
+                                                     f"Shared phone {uuid.uuid4().hex[:4]}")
+    page.evaluate("navigator.serviceWorker.ready")
+    page.reload()
+    expect(card).to_contain_text("Step 1 of 3")
+    caches = page.evaluate("caches.keys()")
+    assert any(k.startswith("worksession-api-") for k in caches), caches
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.wait_for_function("""async () => !(await caches.keys())
+        .some(k => k.startsWith('worksession-api-'))""")
+    assert page.evaluate("localStorage.getItem('worksession.token')") is None
     console.assert_clean()

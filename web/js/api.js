@@ -8,11 +8,17 @@ const BUSY_ATTEMPTS = 4;
 let token = null;
 let onUnauthorized = () => {};
 let onBusy = () => {};
+let onOfflineCopy = () => {};
 
 export function setToken(value) { token = value; }
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 /** fn({ attempt, of, seconds }) while a shed request waits to be sent again; fn(null) after. */
 export function setBusyHandler(fn) { onBusy = fn; }
+/**
+ * fn(savedAt) after each answer: the ISO time an answer was fetched when it is the copy this
+ * device kept (the service worker answers with it when the network does not), else null.
+ */
+export function setOfflineCopyHandler(fn) { onOfflineCopy = fn; }
 
 /** The service answered with an RFC 9457 problem (or at least an error status). */
 export class ApiError extends Error {
@@ -77,6 +83,7 @@ async function send(method, path, body) {
   } finally {
     clearTimeout(timer);
   }
+  onOfflineCopy(response.headers.get('x-worksession-saved-at'));
   if (response.status === 204) return null;
   let data = null;
   if ((response.headers.get('content-type') || '').includes('json')) {

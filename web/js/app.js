@@ -1,6 +1,6 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
-import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
+import { setBusyHandler, setOfflineCopyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { notice, shortId } from './ui.js';
 import { Outbox } from './outbox.js';
 import { mountWorker } from './worker.js';
@@ -20,6 +20,20 @@ setBusyHandler((wait) => {
   busy.textContent = wait ? `The service is busy, retrying in ${Math.ceil(wait.seconds)} s `
     + `(attempt ${wait.attempt} of ${wait.of}). Nothing you entered is lost.` : '';
 });
+const offline = document.getElementById('offline');
+setOfflineCopyHandler((savedAt) => {
+  offline.hidden = !savedAt;
+  offline.textContent = savedAt ? `No connection: this is what this device last saw, at ${
+    new Date(savedAt).toLocaleTimeString()}. Checks you record are kept here and sent when the `
+    + 'connection returns.' : '';
+});
+
+// The worker's page opens with no network once it has been opened (sw.js). Served by the
+// API itself, so 127.0.0.1/localhost or https: a plain-http LAN address gets no worker.
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js', { scope: './' }).catch(() => {});
+}
+
 let running = null; // the signed-in view's outbox, stopped when the sign-in ends
 
 /** Take the token (and an optional Temporal UI address) out of the address bar. */
@@ -27,9 +41,9 @@ function readFragment() {
   const hash = new URLSearchParams(location.hash.slice(1));
   const token = hash.get('token');
   if (!token) return;
-  sessionStorage.setItem(TOKEN_KEY, token.trim());
+  localStorage.setItem(TOKEN_KEY, token.trim());
   const ui = hash.get('temporal_ui');
-  if (ui && safeHttpUrl(ui)) sessionStorage.setItem(TEMPORAL_UI_KEY, ui.replace(/\/+$/, ''));
+  if (ui && safeHttpUrl(ui)) localStorage.setItem(TEMPORAL_UI_KEY, ui.replace(/\/+$/, ''));
   history.replaceState(null, '', location.pathname + location.search);
 }
 
@@ -45,7 +59,7 @@ function safeHttpUrl(text) {
 /** The Temporal UI: from the sign-in link, else <meta name="temporal-ui">, else this host:8233. */
 export function temporalUi() {
   const meta = document.querySelector('meta[name="temporal-ui"]')?.content?.trim();
-  const stored = sessionStorage.getItem(TEMPORAL_UI_KEY);
+  const stored = localStorage.getItem(TEMPORAL_UI_KEY);
   const base = stored || (meta && safeHttpUrl(meta) ? meta : null)
     || `${location.protocol}//${location.hostname}:8233`;
   const namespace = document.querySelector('meta[name="temporal-namespace"]')?.content || 'default';
@@ -66,7 +80,7 @@ function claimsOf(token) {
 }
 
 function showSignIn(message) {
-  sessionStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(TOKEN_KEY);
   setToken(null);
   running?.stop();
   running = null;
@@ -89,7 +103,7 @@ function showSignIn(message) {
         input.focus();
         return;
       }
-      sessionStorage.setItem(TOKEN_KEY, token);
+      localStorage.setItem(TOKEN_KEY, token);
       start();
     },
   },
@@ -104,7 +118,7 @@ function showSignIn(message) {
 }
 
 function start() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = localStorage.getItem(TOKEN_KEY);
   if (!token) return showSignIn();
   const claims = claimsOf(token);
   if (!claims) return showSignIn('That sign-in link is damaged. Ask for a new one.');
@@ -113,7 +127,7 @@ function start() {
   }
   setToken(token);
   setUnauthorizedHandler(() => {
-    if (sessionStorage.getItem(TOKEN_KEY)) {
+    if (localStorage.getItem(TOKEN_KEY)) {
       showSignIn('Your sign-in is no longer valid. Open a new sign-in link.');
     }
   });
@@ -134,7 +148,10 @@ function start() {
 }
 
 signOut.addEventListener('click', () => {
-  sessionStorage.removeItem(TOKEN_KEY);
+  // what this device kept of the worker's sessions goes with the sign-in
+  const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
+  if (sub) navigator.serviceWorker?.controller?.postMessage({ forget: sub });
+  localStorage.removeItem(TOKEN_KEY);
   setToken(null);
   location.reload();
 });

@@ -77,7 +77,7 @@ function toBody(model) {
   return { body, problems };
 }
 
-export function mountSopEditor(root, { onChange }) {
+export function mountSopEditor(root, { onChange, onStats }) {
   // ---- the list --------------------------------------------------------------------------
 
   async function showList(message) {
@@ -103,7 +103,8 @@ export function mountSopEditor(root, { onChange }) {
       h('div', { class: 'actions' },
         sop.status === 'draft'
           ? h('button', { type: 'button', class: 'secondary', onclick: () => edit(sop), 'aria-label': `Edit ${sop.title}` }, 'Edit')
-          : h('button', { type: 'button', class: 'secondary', onclick: () => view(sop), 'aria-label': `View ${sop.title}` }, 'View'))))));
+          : [h('button', { type: 'button', class: 'secondary', onclick: () => view(sop), 'aria-label': `View ${sop.title}` }, 'View'),
+            h('button', { type: 'button', class: 'secondary', onclick: () => onStats(sop, showList), 'aria-label': `Statistics of ${sop.title} v${sop.version}` }, 'Statistics')])))));
     if (page.total > page.items.length) {
       root.append(h('p', { class: 'hint' }, `Showing the first ${page.items.length} of ${page.total}.`));
     }

@@ -7,6 +7,7 @@ import {
   when,
 } from './ui.js';
 import { mountSopEditor } from './editor.js';
+import { showSopStats } from './stats.js';
 
 const STATUSES = ['in_progress', 'paused', 'completed', 'cancelled'];
 
@@ -28,9 +29,32 @@ function explain(error) {
   return describe(error);
 }
 
+// The session list's filters: the API's query parameters, kept in the page's address so a
+// filtered list can be bookmarked or sent. `started_before` is the day after the "to" date.
+const FILTERS = ['status', 'sop_id', 'sop_family_id', 'worker_id', 'needs_attention', 'locked',
+  'started_after', 'started_before', 'limit', 'offset'];
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DAY = /^\d{4}-\d{2}-\d{2}$/;
+export const REFRESH_MS = 5000;
+
+function filtersFromAddress() {
+  const q = new URLSearchParams(location.search);
+  const f = Object.fromEntries(FILTERS.map((k) => [k, q.get(k) || '']));
+  f.limit = [20, 50, 100].includes(Number(f.limit)) ? Number(f.limit) : 20;
+  f.offset = Math.max(0, Number(f.offset) || 0);
+  return f;
+}
+
+function dayShift(day, days) {
+  const d = new Date(`${day}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + days);
+  return d.toISOString().slice(0, 10);
+}
+
 export function mountSupervisor(root, { nav, temporalUi }) {
-  const filters = { status: '', sop: '', worker: '', attention: false, offset: 0, limit: 20 };
+  const filters = filtersFromAddress();
   const sops = new Map(); // id -> SOP, for step titles in timelines
+  let refresher = null; // the session list's timer, stopped when another view opens
   const tabs = {
     sessions: h('button', { type: 'button', onclick: () => showSessions() }, 'Sessions'),
     sops: h('button', { type: 'button', onclick: () => showSops() }, 'SOPs'),
@@ -38,6 +62,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
   clear(nav).append(tabs.sessions, tabs.sops);
 
   function setTab(name) {
+    clearInterval(refresher);
+    refresher = null;
     for (const [key, button] of Object.entries(tabs)) {
       if (key === name) button.setAttribute('aria-current', 'page');
       else button.removeAttribute('aria-current');
@@ -49,6 +75,13 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     return sops.get(id);
   }
 
+  /** Confirmed and archived SOPs, for the SOP filter (sessions exist of those only). */
+  async function catalog() {
+    const [confirmed, archived] = await Promise.all([
+      get('/sops?status=confirmed&limit=100'), get('/sops?status=archived&limit=100')]);
+    return [...confirmed.items, ...archived.items];
+  }
+
   // ---- sessions list -----------------------------------------------------------------------
 
   async function showSessions() {
@@ -56,87 +89,145 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     clear(root);
     const messages = h('div');
     const tableArea = h('div');
+    const updated = h('p', { class: 'hint updated' });
     const status = h('select', { name: 'status' },
       h('option', { value: '' }, 'All'),
       STATUSES.map((s) => h('option', { value: s, selected: filters.status === s }, statusWord(s))));
-    const sop = h('input', { type: 'search', name: 'sop', value: filters.sop, autocomplete: 'off' });
-    const worker = h('input', { type: 'search', name: 'worker', value: filters.worker, autocomplete: 'off' });
-    const attention = h('input', { type: 'checkbox', name: 'attention', checked: filters.attention, id: 'f-attention' });
+    const sop = h('select', { name: 'sop' }, h('option', { value: '' }, 'All SOPs'));
+    const worker = h('input', {
+      type: 'search', name: 'worker', value: filters.worker_id, autocomplete: 'off',
+      spellcheck: 'false', placeholder: 'a worker\'s full ID',
+    });
+    const attention = h('input', {
+      type: 'checkbox', name: 'attention', checked: filters.needs_attention === 'true', id: 'f-attention',
+    });
+    const approval = h('select', { name: 'locked' },
+      [['', 'Any'], ['false', 'Not approved'], ['true', 'Approved and locked']]
+        .map(([v, text]) => h('option', { value: v, selected: filters.locked === v }, text)));
+    const from = h('input', { type: 'date', name: 'from', value: filters.started_after });
+    const to = h('input', {
+      type: 'date', name: 'to', value: filters.started_before ? dayShift(filters.started_before, -1) : '',
+    });
     const limit = h('select', { name: 'limit' },
       [20, 50, 100].map((n) => h('option', { value: n, selected: filters.limit === n }, String(n))));
-    status.addEventListener('change', () => { filters.status = status.value; filters.offset = 0; load(); });
-    limit.addEventListener('change', () => { filters.limit = Number(limit.value); filters.offset = 0; load(); });
-    sop.addEventListener('input', () => { filters.sop = sop.value; draw(); });
-    worker.addEventListener('input', () => { filters.worker = worker.value; draw(); });
-    attention.addEventListener('change', () => { filters.attention = attention.checked; draw(); });
+    const workerField = field('Worker ID', worker, 'Paste the whole ID', { hintFirst: false });
+
+    function apply() {
+      const id = worker.value.trim();
+      const badWorker = id !== '' && !UUID.test(id);
+      if (badWorker) worker.setAttribute('aria-invalid', 'true');
+      else worker.removeAttribute('aria-invalid');
+      workerField.querySelector('.hint').textContent = badWorker
+        ? 'Not a worker ID: paste the whole ID (a UUID).' : 'Paste the whole ID';
+      const [kind, value] = sop.value ? sop.value.split(':') : ['', ''];
+      Object.assign(filters, {
+        status: status.value,
+        sop_id: kind === 'sop' ? value : '',
+        sop_family_id: kind === 'family' ? value : '',
+        worker_id: badWorker ? filters.worker_id : id,
+        needs_attention: attention.checked ? 'true' : '',
+        locked: approval.value,
+        started_after: DAY.test(from.value) ? from.value : '',
+        started_before: DAY.test(to.value) ? dayShift(to.value, 1) : '',
+        limit: Number(limit.value),
+        offset: 0,
+      });
+      load();
+    }
+    for (const control of [status, sop, attention, approval, from, to, limit]) {
+      control.addEventListener('change', apply);
+    }
+    worker.addEventListener('change', apply);
 
     root.append(
       h('h1', {}, 'Work sessions'),
-      h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter sessions', onsubmit: (e) => e.preventDefault() },
+      h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter sessions', onsubmit: (e) => { e.preventDefault(); apply(); } },
         field('Status', status),
-        field('SOP title', sop),
-        field('Worker ID', worker),
+        field('SOP', sop),
+        workerField,
+        field('Approval', approval),
+        field('Started from', from),
+        field('Started to', to),
         h('div', { class: 'field check-field' }, attention, h('label', { for: 'f-attention' }, 'Needs attention only')),
         field('Per page', limit),
-        h('button', { type: 'button', class: 'secondary', onclick: () => load() }, 'Refresh')),
-      messages, tableArea);
+        h('button', { type: 'submit', class: 'secondary' }, 'Refresh')),
+      messages, tableArea, updated);
+
+    catalog().then((items) => {
+      const families = new Map();
+      for (const s of items) {
+        if (!families.has(s.family_id)) families.set(s.family_id, []);
+        families.get(s.family_id).push(s);
+      }
+      for (const [family, versions] of families) {
+        versions.sort((a, b) => b.version - a.version);
+        sop.append(h('optgroup', { label: versions[0].title },
+          h('option', { value: `family:${family}`, selected: filters.sop_family_id === family },
+            `${versions[0].title}, all versions`),
+          versions.map((v) => h('option', { value: `sop:${v.id}`, selected: filters.sop_id === v.id },
+            `${v.title} v${v.version}${v.status === 'archived' ? ' (archived)' : ''}`))));
+      }
+    }).catch(() => {}); // the list works without the SOP names
 
     let page = null;
+    let shown = '';
 
-    async function load() {
+    /** Fetch the page the filters select; redraw only if it changed (keeps the focus). */
+    async function load({ quiet = false } = {}) {
+      const params = Object.fromEntries(FILTERS.map((k) => [k, filters[k]]));
+      if (!params.offset) delete params.offset;
+      const address = query({ ...params, limit: params.limit === 20 ? '' : params.limit });
+      if (!quiet) history.replaceState(null, '', `${location.pathname}${address}${location.hash}`);
       try {
-        page = await get(`/sessions${query({ status: filters.status, limit: filters.limit, offset: filters.offset })}`);
-        notice(messages, 'info', '');
+        page = await get(`/sessions${query(params)}`);
+        if (!quiet) notice(messages, 'info', '');
       } catch (error) {
+        if (quiet) return; // the next round tries again; the list on screen stays
         notice(messages, 'error', explain(error));
         page = null;
       }
-      draw();
+      updated.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_MS / 1000} s.`;
+      const now = JSON.stringify(page);
+      if (now !== shown) {
+        shown = now;
+        draw();
+      }
     }
 
     function draw() {
+      const focused = document.activeElement?.dataset?.key;
       clear(tableArea);
       if (!page) return;
-      // The API filters by status only; SOP, worker and "needs attention" are applied here,
-      // to the page that was fetched (see the count under the table).
-      const sopText = filters.sop.trim().toLowerCase();
-      const workerText = filters.worker.trim().toLowerCase();
-      const rows = page.items.filter((s) => (!sopText || s.sop.title.toLowerCase().includes(sopText))
-        && (!workerText || s.worker_id.toLowerCase().startsWith(workerText))
-        && (!filters.attention || s.needs_attention));
-      const filtered = rows.length !== page.items.length;
       if (!page.total) {
-        tableArea.append(h('p', { class: 'muted' }, 'No sessions.'));
+        tableArea.append(h('p', { class: 'muted' }, 'No session matches.'));
         return;
       }
       tableArea.append(h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': 'Sessions' },
         h('table', { class: 'sessions' },
           h('thead', {}, h('tr', {},
             ['Started', 'SOP', 'Worker', 'Status', 'Flags'].map((c) => h('th', { scope: 'col' }, c)))),
-          h('tbody', {}, rows.map((s) => h('tr', {},
+          h('tbody', {}, page.items.map((s) => h('tr', {},
             h('td', {}, when(s.started_at)),
             h('td', {}, h('button', {
-              type: 'button', class: 'link', onclick: () => showDetail(s.id),
+              type: 'button', class: 'link', onclick: () => showDetail(s.id), dataset: { key: s.id },
               'aria-label': `Open ${s.sop.title}, worker ${shortId(s.worker_id)}, ${statusWord(s.status)}`,
             }, s.sop.title), ` v${s.sop.version}`),
             h('td', { title: s.worker_id }, h('code', {}, shortId(s.worker_id))),
             h('td', {}, badge(s.status)),
             h('td', {}, s.needs_attention ? badge('attention', 'Needs attention') : null,
               s.locked ? lockBadge() : null)))))));
-      if (!rows.length) tableArea.append(h('p', { class: 'muted' }, 'No session on this page matches the filters.'));
       const last = page.offset + page.items.length;
       tableArea.append(pager(page.offset + 1, last, page.total, page.offset > 0, last < page.total, (d) => {
         filters.offset = Math.max(0, filters.offset + d * filters.limit);
         load();
       }));
-      if (filtered) {
-        tableArea.append(h('p', { class: 'hint' },
-          `${rows.length} of the ${page.items.length} sessions on this page match the SOP, worker `
-          + 'and attention filters.'));
-      }
+      if (focused) tableArea.querySelector(`[data-key="${focused}"]`)?.focus();
     }
 
     await load();
+    refresher = setInterval(() => {
+      if (document.visibilityState === 'visible') load({ quiet: true });
+    }, REFRESH_MS);
   }
 
   // ---- one session ---------------------------------------------------------------------------
@@ -190,6 +281,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       overrideActions(session, steps, messages),
       h('h2', {}, 'Timeline'),
       timeline(session, steps),
+      h('h2', {}, 'Time per step'),
+      stepTimes(session, steps),
       h('h2', {}, 'Audit log'));
     const auditArea = h('div');
     root.append(auditArea);
@@ -314,6 +407,25 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       h('div', { class: 'event-body' }, h('p', { class: 'event-title' }, e.title), e.body || null))));
   }
 
+  /** Time on each step reached (paused time left out), checks it took, when it was passed. */
+  function stepTimes(session, steps) {
+    const times = session.step_times || [];
+    if (!times.length) return h('p', { class: 'muted' }, 'No step times recorded for this session.');
+    const open = session.status === 'in_progress' || session.status === 'paused';
+    return h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': 'Time per step' },
+      h('table', { class: 'step-times' },
+        h('thead', {}, h('tr', {}, ['Step', 'Time on it', 'Checks', 'Passed'].map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {}, times.map((t) => {
+          const step = steps.get(t.step_id);
+          const current = open && t.step_id === session.current_step_id;
+          return h('tr', { class: current ? 'current' : null },
+            h('th', { scope: 'row' }, step ? `${step.task} › ${step.title}` : `Step ${shortId(t.step_id)}`),
+            h('td', {}, duration(t.active_seconds), current ? ' so far' : ''),
+            h('td', {}, String(t.attempts)),
+            h('td', {}, t.passed_at ? when(t.passed_at, { seconds: true }) : (current ? 'current step' : 'not passed')));
+        }))));
+  }
+
   async function loadAudit(sessionId, area, steps, offset = 0) {
     let page;
     try {
@@ -366,7 +478,13 @@ export function mountSupervisor(root, { nav, temporalUi }) {
   function showSops() {
     setTab('sops');
     clear(root);
-    mountSopEditor(root, { onChange: (sop) => sops.set(sop.id, sop) });
+    mountSopEditor(root, {
+      onChange: (sop) => sops.set(sop.id, sop),
+      onStats: (sop, backToList) => showSopStats(root, sop, {
+        back: () => h('button', { type: 'button', class: 'secondary small back', onclick: () => backToList() },
+          h('span', { 'aria-hidden': 'true' }, '← '), 'All SOPs'),
+      }),
+    });
   }
 
   showSessions();

@@ -407,8 +407,10 @@ export function mountWorker(root, { outbox, pendingBar }) {
     pendingBar.hidden = n === 0;
     if (!n) return;
     const offline = !navigator.onLine || outbox.lastError;
+    const since = outbox.items.map((i) => i.queued_at).sort()[0];
     pendingBar.append(h('p', {},
       h('strong', {}, `${n} check${n === 1 ? '' : 's'} waiting to be sent`),
+      since ? [' (kept on this device since ', when(since, { seconds: true }), ')'] : null,
       offline ? ' when the connection returns.' : ': sending…'),
     h('button', { type: 'button', class: 'secondary small', onclick: () => outbox.flush() },
       'Send now'));
