@@ -201,7 +201,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "stats_at_most_100ms": all(v["p50_ms"] <= 100 for v in stats.values()),
                 }
     finally:
-        if pg_name:
+        if pg_name and args.keep:
+            print(f"kept: postgresql://postgres@127.0.0.1:5432/{pg_name}")
+        elif pg_name:
             import asyncpg
 
             admin = await asyncpg.connect(PG_ADMIN)
@@ -216,6 +218,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the PostgreSQL database afterwards (to study its plans)")
     args = ap.parse_args()
     result = asyncio.run(run(args))
     out = args.out or RESULTS / f"read-model-{datetime.now(UTC):%Y-%m-%d}-{args.database}"

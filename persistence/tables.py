@@ -140,7 +140,11 @@ work_sessions = Table(
     Index("ix_work_sessions_sop_status", "sop_id", "status", "duration_seconds", "started_at"),
     # the session list's filters, each with the list's order
     Index("ix_work_sessions_sop_started", "sop_id", "started_at"),
-    Index("ix_work_sessions_attention_sop", "needs_attention", "sop_id", "started_at"),
+    Index("ix_work_sessions_attention_started", "needs_attention", "started_at"),
+    # the few that need attention, by SOP (a partial index: the queries write the flag as
+    # each dialect renders `== True`)
+    Index("ix_work_sessions_attention_by_sop", "sop_id", "started_at",
+          sqlite_where=text("needs_attention = 1"), postgresql_where=text("needs_attention")),
     Index("ix_work_sessions_locked_started", "locked", "started_at"),
 )
 

@@ -52,8 +52,11 @@ def upgrade() -> None:
         batch_op.create_index('ix_work_sessions_sop_status',
                               ['sop_id', 'status', 'duration_seconds', 'started_at'])
         batch_op.create_index('ix_work_sessions_sop_started', ['sop_id', 'started_at'])
-        batch_op.create_index('ix_work_sessions_attention_sop',
-                              ['needs_attention', 'sop_id', 'started_at'])
+        batch_op.create_index('ix_work_sessions_attention_started',
+                              ['needs_attention', 'started_at'])
+        batch_op.create_index('ix_work_sessions_attention_by_sop', ['sop_id', 'started_at'],
+                              sqlite_where=sa.text('needs_attention = 1'),
+                              postgresql_where=sa.text('needs_attention'))
         batch_op.create_index('ix_work_sessions_locked_started', ['locked', 'started_at'])
     _fill_durations()
 
@@ -81,7 +84,8 @@ def _fill_durations() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('work_sessions', schema=None) as batch_op:
         batch_op.drop_index('ix_work_sessions_locked_started')
-        batch_op.drop_index('ix_work_sessions_attention_sop')
+        batch_op.drop_index('ix_work_sessions_attention_by_sop')
+        batch_op.drop_index('ix_work_sessions_attention_started')
         batch_op.drop_index('ix_work_sessions_sop_started')
         batch_op.drop_index('ix_work_sessions_sop_status')
         batch_op.create_index('ix_work_sessions_sop_status', ['sop_id', 'status'])
