@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -266,3 +267,17 @@ class WriteOutage:
         if self._pg is not None:
             await self._pg.execute("ROLLBACK")
             await self._pg.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def audit_cli(url: str, *args: str) -> tuple[int, str]:
+    """`worksession audit ARGS` against the database at `url`: (exit code, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worksession.cli", "audit", *args, cwd=REPO,
+        env={**os.environ, "WORKSESSION_DATABASE_URL": url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import re
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -64,7 +63,7 @@ from persistence.migrate import upgrade
 from persistence.sqlite_driver import CHUNK
 from persistence.tables import audit_chains, audit_log, session_checks, work_sessions
 from persistence.uow import UnitOfWork
-from tests.conftest import fresh_database
+from tests.conftest import audit_cli, fresh_database
 
 IS_PG = os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql"
 REPO = Path(__file__).resolve().parent.parent
@@ -764,27 +763,17 @@ async def test_a_chain_longer_than_one_fetch_verifies_to_its_end_and_a_late_edit
 
 
 # ---- 5. the command line -------------------------------------------------------------------
-async def cli(url: str, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worksession.cli", "audit", *args, cwd=REPO,
-        env={**os.environ, "WORKSESSION_DATABASE_URL": url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
 async def test_cli_audit_verify_exits_0_when_intact_and_1_naming_the_chain_after_tampering(
         fresh_db: Database) -> None:
     log = await populate(fresh_db)
-    code, out = await cli(fresh_db.url, "verify")
+    code, out = await audit_cli(fresh_db.url, "verify")
     assert code == 0, out
     assert f"audit log intact: {TOTAL} entries verified" in out
 
     chain = log.runs[2].chain
     await sql(fresh_db, update(audit_log).where(at_entry(chain, 2))
               .values(detail={"result": "passed", "value": 0.1}))
-    code, out = await cli(fresh_db.url, "verify")
+    code, out = await audit_cli(fresh_db.url, "verify")
     assert code == 1, out
     assert f"BROKEN: {chain} seq 2 (" in out, out
 
@@ -793,11 +782,11 @@ async def test_cli_anchor_file_is_accepted_then_catches_a_cut_chain_with_a_rewou
         fresh_db: Database, tmp_path: Path) -> None:
     log = await populate(fresh_db)
     anchor_file = tmp_path / "anchor.json"
-    code, out = await cli(fresh_db.url, "anchor", "--out", str(anchor_file))
+    code, out = await audit_cli(fresh_db.url, "anchor", "--out", str(anchor_file))
     assert code == 0, out
     anchor = json.loads(anchor_file.read_text())
     assert len(anchor["chains"]) == SESSIONS + 1 and anchor["digest"]
-    code, out = await cli(fresh_db.url, "verify", "--anchor", str(anchor_file))
+    code, out = await audit_cli(fresh_db.url, "verify", "--anchor", str(anchor_file))
     assert code == 0, out
     assert f"anchor of {SESSIONS + 1} chains held" in out
 
@@ -807,9 +796,9 @@ async def test_cli_anchor_file_is_accepted_then_catches_a_cut_chain_with_a_rewou
               delete(audit_log).where(audit_log.c.chain == run.chain, audit_log.c.seq > 2),
               update(work_sessions).where(work_sessions.c.id == run.id)
               .values(audit_seq=2, audit_hash=kept["hash"]))
-    code, out = await cli(fresh_db.url, "verify")
+    code, out = await audit_cli(fresh_db.url, "verify")
     assert code == 0, out  # hidden from a plain verify
-    code, out = await cli(fresh_db.url, "verify", "--anchor", str(anchor_file))
+    code, out = await audit_cli(fresh_db.url, "verify", "--anchor", str(anchor_file))
     assert code == 1, out
     assert f"BROKEN: {run.chain}: the anchor holds entry {PER_SESSION}" in out, out
 

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import os
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,9 +13,7 @@ from typing import Any
 import pytest
 
 from persistence.audit import entry_hash
-from tests.conftest import check, pass_step, start
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import audit_cli, check, pass_step, start
 
 
 @pytest.fixture
@@ -82,24 +77,14 @@ async def test_csv_is_asked_for_by_accept_and_refused_as_json_asks(http, supervi
     assert r.status_code == 403  # 403 before 422
 
 
-async def cli(*args: str, url: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worksession.cli", "audit", *args, cwd=REPO,
-        env={**os.environ, "WORKSESSION_DATABASE_URL": url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
 NO_DATABASE = "postgresql+asyncpg://nobody@127.0.0.1:1/none"  # verify --file needs none
 
 
 async def test_export_then_verify_on_a_machine_without_the_database(
         db, http, supervisor, finished, tmp_path):
     out = tmp_path / "session.json"
-    code, text = await cli("export", "--session", finished["id"], "--out", str(out),
-                           url=db.url)
+    code, text = await audit_cli(db.url, "export", "--session", finished["id"],
+                                 "--out", str(out))
     assert code == 0, text
     doc = json.loads(out.read_text("utf-8"))
     assert doc["session"]["id"] == finished["id"] and doc["session"]["status"] == "completed"
@@ -112,7 +97,7 @@ async def test_export_then_verify_on_a_machine_without_the_database(
     assert doc["audit"] == await entries_as_json(http, supervisor, finished["id"])
     assert doc["head"] == {"seq": 6, "hash": doc["audit"][-1]["hash"]}
 
-    code, text = await cli("verify", "--file", str(out), url=NO_DATABASE)
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(out))
     assert code == 0, text
     assert "session export intact: 6 entries verified, every check recorded once" in text
 
@@ -137,12 +122,12 @@ async def test_export_then_verify_on_a_machine_without_the_database(
              "the session holds it 0 time(s), its chain records it 1 time(s)"),
             (lambda d: d.update(format="something else"), "not a session export"),
             (lambda d: d.update(audit=[1, 2]), "not in the export's shape")):
-        code, text = await cli("verify", "--file", str(tampered(change)), url=NO_DATABASE)
+        code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(tampered(change)))
         assert code == 1, (says, text)
         assert says in text and "session export BROKEN" in text, text
 
 
 async def test_export_of_an_unknown_session_says_so(db, tmp_path):
-    code, text = await cli("export", "--session", "00000000-0000-0000-0000-000000000000",
-                           url=db.url)
+    code, text = await audit_cli(db.url, "export", "--session",
+                                 "00000000-0000-0000-0000-000000000000")
     assert code == 2 and "is not recorded" in text, text
