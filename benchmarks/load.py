@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import httpx
+import psutil
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -494,7 +495,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # rate leaves work behind that would slow these down.
                 result["current_vs_raw_query"] = await _current_floor(api, raw)
                 result["session_workload"] = await _session_workload(
-                    sessions_api, raw, args.session_devices, session_seconds)
+                    stack, sessions_api, raw, args.session_devices, session_seconds)
                 api_saturated = raw_saturated = False
                 for rate in rates:
                     if api_saturated and raw_saturated:
@@ -592,7 +593,30 @@ async def _current_floor(api: ApiLoad, raw: RawLoad, n: int = 100) -> dict[str, 
     return out
 
 
-async def _session_workload(api: ApiLoad, raw: RawLoad, devices: int,
+class CpuMeter:
+    """CPU (user + system) of each part of the stack and of this process (the driver, and
+    the raw side's workflow worker), read between phases."""
+
+    def __init__(self, stack: DevStack) -> None:
+        parts = stack.children()
+        self.procs = {k: [psutil.Process(p) for p in parts[k]]
+                      for k in ("api", "worker", "temporal")}
+        self.procs["driver"] = [psutil.Process()]
+        self.last = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return {k: sum(sum(p.cpu_times()[:2]) for p in ps) for k, ps in self.procs.items()}
+
+    def per_session(self, sessions: int) -> dict[str, float]:
+        """ms of CPU per session, by part, since the last reading."""
+        now, before = self._read(), self.last
+        self.last = now
+        out = {k: round((now[k] - before[k]) * 1000 / max(sessions, 1), 1) for k in now}
+        out["all"] = round(sum(out.values()), 1)
+        return out
+
+
+async def _session_workload(stack: DevStack, api: ApiLoad, raw: RawLoad, devices: int,
                             seconds: float) -> dict[str, Any]:
     """Whole sessions, closed loop, as devices work: each starts a session, passes every step
     and starts the next, first through the API (each device its own worker), then straight to
@@ -600,17 +624,22 @@ async def _session_workload(api: ApiLoad, raw: RawLoad, devices: int,
     which the sweep's checks on long-open sessions do not show."""
     workers = [FieldWorker(bearer(api.secret, "worker")) for _ in range(devices)]
     api_stats, raw_stats = Stats(), Stats()
+    cpu = CpuMeter(stack)
     api_run = await closed_loop(devices, seconds,
                                 lambda i: api.whole_session(workers[i], api_stats))
+    api_cpu = cpu.per_session(api_run[0])
     raw_run = await closed_loop(devices, seconds,
                                 lambda i: raw.session(raw_stats, SESSION_STEPS))
+    raw_cpu = cpu.per_session(raw_run[0])
     a = _session_side(*api_run, api_stats, "POST /sessions", CHECKS)
     r = _session_side(*raw_run, raw_stats, "raw start", "raw update")
+    a["cpu_ms_per_session"], r["cpu_ms_per_session"] = api_cpu, raw_cpu
     for side, x in (("api", a), ("raw", r)):
         print(f"sessions {side} {devices} devices: {x['sessions']} in {x['seconds']} s, "
               f"{x['sessions_per_s']}/s, checks {x['checks_per_s']}/s, start p50 "
               f"{x['start_p50_ms']} p99 {x['start_p99_ms']}, check p50 {x['check_p50_ms']} "
-              f"p99 {x['check_p99_ms']} ms, err {x['errors']}", flush=True)
+              f"p99 {x['check_p99_ms']} ms, err {x['errors']}, CPU ms per session "
+              f"{x['cpu_ms_per_session']}", flush=True)
     return {"devices": devices, "sop_steps": SESSION_STEPS, "api": a, "raw": r,
             "ratios_api_over_raw": {
                 "sessions_per_s": _ratio(a["sessions_per_s"], r["sessions_per_s"]),
