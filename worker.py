@@ -16,9 +16,11 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
 from activities.session_store import SessionStore
+from application.metrics import Meter
 from persistence.db import Database
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio
+from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
 from worksession.temporal import connect
 
@@ -42,11 +44,13 @@ def _workflow_bytecode() -> None:
 
 def build_worker(client: Client, db: Database, task_queue: str,
                  cache_size: int = Settings.model_fields["workflow_cache_size"].default,
-                 graceful_shutdown: timedelta = timedelta(0)) -> Worker:
+                 graceful_shutdown: timedelta = timedelta(0),
+                 meter: Meter | None = None) -> Worker:
     """`graceful_shutdown`: how long a stopping worker lets a running write finish before
-    cancelling it (it is retried, idempotent, on another worker either way)."""
+    cancelling it (it is retried, idempotent, on another worker either way). `meter`
+    counts the changes its writes record."""
     _workflow_bytecode()
-    store = SessionStore(db)
+    store = SessionStore(db, meter)
     return Worker(client, task_queue=task_queue, workflows=[WorkSessionWorkflow],
                   activities=[store.write_changes], max_cached_workflows=cache_size,
                   workflow_runner=SANDBOX, graceful_shutdown_timeout=graceful_shutdown)
@@ -60,10 +64,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    runtime = meter = None
+    if settings.worker_metrics_port:  # the SDK's metrics and the session counters, one port
+        runtime = worker_runtime(settings.metrics_host, settings.worker_metrics_port)
+        meter = TemporalMeter(runtime)
     db = Database(settings.db_url)
-    client = await connect(settings)
+    client = await connect(settings, runtime=runtime)
     worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
-                          graceful_shutdown=GRACEFUL_SHUTDOWN)
+                          graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter)
     try:
         async with worker:
             await stop.wait()

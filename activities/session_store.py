@@ -6,6 +6,7 @@ import asyncio
 
 from temporalio import activity
 
+from application.metrics import Meter, NoMeter, count_written
 from domain.changes import SessionChange
 from persistence.db import Database
 from persistence.uow import UnitOfWork
@@ -13,8 +14,9 @@ from workflows.messages import WRITE_CHANGES_ACTIVITY
 
 
 class SessionStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, meter: Meter | None = None) -> None:
         self._db = db
+        self._meter = meter or NoMeter()
 
     @activity.defn(name=WRITE_CHANGES_ACTIVITY)
     async def write_changes(self, changes: list[SessionChange]) -> int:
@@ -29,4 +31,6 @@ class SessionStore:
 
     async def _write(self, changes: list[SessionChange]) -> int:
         async with UnitOfWork.begin(self._db) as uow:
-            return sum([await uow.sessions.write_change(c) for c in changes])
+            written = sum([await uow.sessions.write_change(c) for c in changes])
+        count_written(self._meter, uow.sessions.written)
+        return written

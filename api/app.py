@@ -12,11 +12,15 @@ from temporalio.client import Client
 
 from api import problems
 from api.front_door import FrontDoor
+from api.metrics import RequestMetrics
 from api.routers import audit, health, ops, sessions, sops
 from api.web import mount_web
 from application.context import Context
+from application.metrics import NoMeter
+from application.ops import keep_gauges
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
+from worksession.metrics import PrometheusMeter
 from worksession.settings import Settings
 from worksession.temporal import connect
 
@@ -37,8 +41,10 @@ async def _keep_planner_statistics(db: Database) -> None:
 
 
 def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,
-               db: Database | None = None) -> FastAPI:
-    """`client`/`db` may be handed in (tests); otherwise they are made from `settings`."""
+               db: Database | None = None, meter: PrometheusMeter | None = None) -> FastAPI:
+    """`client`/`db` may be handed in (tests); otherwise they are made from `settings`.
+    With a `meter`, the app counts its requests and sessions there and keeps the fleet
+    gauges fresh (serving it is the caller's: `worksession api`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,15 +54,18 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
         app.state.ctx = Context(db=database, workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
-            write_behind=settings.write_behind))
-        statistics = asyncio.create_task(_keep_planner_statistics(database)) if own_db \
-            else None
+            write_behind=settings.write_behind), meter=meter or NoMeter())
+        background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
+            else []
+        if meter is not None and settings.metrics_refresh.total_seconds() > 0:
+            background.append(asyncio.create_task(
+                keep_gauges(app.state.ctx, meter, settings.metrics_refresh)))
         try:
             yield
         finally:
             app.state.ctx = None
-            if statistics is not None:
-                statistics.cancel()
+            for task in background:
+                task.cancel()
             if own_db:
                 await database.dispose()
 
@@ -77,5 +86,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
                        max_in_flight=settings.max_in_flight,
                        admission_wait_seconds=settings.admission_wait.total_seconds(),
                        retry_after_seconds=settings.retry_after_seconds)
+    if meter is not None:  # outside the front door: what it sheds is counted too
+        app.add_middleware(RequestMetrics, registry=meter.registry)
     problems.document(app)
     return app

@@ -64,6 +64,7 @@ class FrontDoor:
         if scope["path"] in NEVER_SHED:
             return await self._admitted(scope, receive, send, headers)
         if not await self.places.take():
+            scope["state"]["shed"] = True  # counted by api/metrics.py
             return await self._answer(send, problems.problem(
                 503, "the service is at capacity; retry after the time in Retry-After",
                 type_="/problems/overloaded", title="Service overloaded",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+from application.metrics import Meter, NoMeter, count_written
 from domain.errors import NotFound
 from domain.sop import SessionPlan, SopStatus
 from orchestration.client import SessionWorkflows
@@ -62,14 +63,17 @@ class Context:
     plans: PlanCache = field(default_factory=PlanCache)
     owners: OwnerCache = field(default_factory=OwnerCache)
     clock: Callable[[], datetime] = utcnow
+    meter: Meter = field(default_factory=NoMeter)
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,
                   snapshot: bool = False) -> AsyncIterator[UnitOfWork]:
         """One transaction: committed when the block ends, rolled back when it raises.
-        `snapshot` (read only): all its reads see one moment."""
+        `snapshot` (read only): all its reads see one moment. What it wrote is counted once
+        committed."""
         async with UnitOfWork.begin(self.db, read_only=read_only, snapshot=snapshot) as uow:
             yield uow
+        count_written(self.meter, uow.sessions.written)
 
     async def owner(self, session_id: UUID) -> UUID | None:
         owner = self.owners.known(session_id)

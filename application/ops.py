@@ -8,6 +8,8 @@ database copy."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from uuid import UUID
 
 from application.authz import Actor, authorize, ensure_visible
 from application.context import Context
+from application.metrics import Meter
 from domain.errors import Conflict, NotFound
 from domain.work_session import WorkSession
 from orchestration import ops
@@ -22,7 +25,11 @@ from orchestration.client import WorkflowRunning
 from persistence.sessions import SessionRow
 from workflows.messages import workflow_id_for
 
+log = logging.getLogger("worksession.ops")
+
 WORKFLOW_NOT_RUNNING = "workflow_not_running"
+STUCK_REASONS = (ops.ACTIVITY_FAILING, ops.WORKFLOW_TASK_FAILING, ops.NO_WORKER,
+                 WORKFLOW_NOT_RUNNING)
 # A session row younger than this may belong to a run that visibility has not shown yet.
 ORPHAN_GRACE = timedelta(seconds=60)
 
@@ -115,3 +122,23 @@ def _step_label(session: WorkSession) -> str:
     view = session.view()
     step = view["current_step"]
     return f"{step['index'] + 1} of {step['total']}" if step else "none"
+
+
+async def keep_gauges(ctx: Context, meter: Meter, every: timedelta) -> None:
+    """Refresh the fleet gauges every `every`, not on each scrape: finding stuck sessions
+    describes each running session workflow (`ops stuck`'s own diagnosis)."""
+    while True:
+        try:
+            async with ctx.uow(read_only=True) as uow:
+                meter.set("worksession_sessions_needing_attention",
+                          await uow.sessions.count_needing_attention(), {})
+        except Exception:  # the database may be down: the figure stays as it was
+            log.warning("could not count the sessions needing attention", exc_info=True)
+        try:
+            kinds = Counter(s["kind"] for s in await stuck_sessions(ctx, None))
+            for reason in STUCK_REASONS:
+                meter.set("worksession_sessions_stuck", kinds.get(reason, 0),
+                          {"reason": reason})
+        except Exception:  # Temporal may be down: the no-worker alert covers that
+            log.warning("could not look for stuck sessions", exc_info=True)
+        await asyncio.sleep(every.total_seconds())

@@ -174,6 +174,8 @@ class Stack:
         self.logs.mkdir()
         self.temporal_port = 0  # chosen when each part starts
         self.api_port = 0
+        # Metrics on, as in production, on ports of this stack's own.
+        self.metrics_port, self.worker_metrics_port = free_port(), free_port()
         self.task_queue = f"faults-{uuid.uuid4().hex[:8]}"
         self.secret = secrets.token_urlsafe(48).encode()
         self.pg_name: str | None = None
@@ -212,6 +214,8 @@ class Stack:
             "WORKSESSION_JWT_SECRET": self.secret.decode(),
             "WORKSESSION_API_HOST": HOST,
             "WORKSESSION_API_PORT": str(self.api_port),
+            "WORKSESSION_METRICS_PORT": str(self.metrics_port),
+            "WORKSESSION_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "WORKSESSION_LOG_LEVEL": "warning",
             # A run writes what its API could not within seconds, not ten minutes, so that
             # an outage shows stuck sessions (and their recovery) within a scenario's time.

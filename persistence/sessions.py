@@ -63,6 +63,7 @@ class SessionRepository:
         self.conn = conn
         self._sqlite = conn.dialect.name == "sqlite"
         self._audit = AuditLog(conn)
+        self.written: list[SessionChange] = []  # what this transaction wrote (once committed)
 
     # ---- the one write ---------------------------------------------------------------------
     async def write_change(self, change: SessionChange) -> bool:
@@ -107,6 +108,7 @@ class SessionRepository:
                                                   **chain_head})
         else:  # an older change arriving late: its entries and checks, not its state
             await self.conn.execute(_UPDATE_HEAD, {"sid": st.id, **chain_head})
+        self.written.append(change)
         return True
 
     async def record_rejection(self, session_id: UUID, facts: AuditFacts,
@@ -212,6 +214,12 @@ class SessionRepository:
                                         work_sessions.c.updated_at < before)
             .order_by(work_sessions.c.updated_at).limit(limit))).mappings().all()
         return [SessionRow(_state(r, []), r["workflow_id"], r["run_id"]) for r in rows]
+
+    async def count_needing_attention(self) -> int:
+        """Active sessions flagged for a supervisor (repeated failed checks)."""
+        c = work_sessions.c
+        return (await self.conn.execute(select(func.count()).select_from(work_sessions).where(
+            c.needs_attention == True, c.status.in_(ACTIVE_VALUES)))).scalar_one()  # noqa: E712
 
     async def active_for_sop(self, sop_id: UUID) -> list[ActiveSessionRef]:
         c = work_sessions.c

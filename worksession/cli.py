@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--api-processes", type=int, default=1, choices=range(1, 17),
                      metavar="N", help="API processes sharing the port (default 1)")
+    dev.add_argument("--metrics-port", type=int, default=9464,
+                     help="the API's Prometheus metrics (more API processes: the next free "
+                          "ports after it)")
+    dev.add_argument("--worker-metrics-port", type=int, default=9465,
+                     help="the worker's Prometheus metrics (the Temporal SDK's and its own)")
 
     api = sub.add_parser("api", help="run the API alone (configured by WORKSESSION_* variables)")
     api.add_argument("--fd", type=int, default=None,
@@ -86,7 +91,8 @@ def _dev(args: argparse.Namespace) -> int:
 
     try:
         return aio.run(run_dev(args.data_dir, args.port, args.temporal_port, args.ui_port,
-                               args.api_processes))
+                               args.api_processes, args.metrics_port,
+                               args.worker_metrics_port))
     except DevStackError as e:
         return _fail(str(e))
 
@@ -95,11 +101,21 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from worksession.metrics import PrometheusMeter
 
     settings = Settings()
     secret = settings.require_jwt_secret()
     logging.getLogger().setLevel(settings.log_level.upper())
-    app = create_app(settings, jwt_secret=secret)
+    meter = None
+    if settings.metrics_port:
+        meter = PrometheusMeter()
+        try:
+            meter.serve(settings.metrics_host, settings.metrics_port)
+        except OSError as e:
+            return _fail(f"cannot serve metrics on {settings.metrics_host}:"
+                         f"{settings.metrics_port} ({e.strerror}): set "
+                         "WORKSESSION_METRICS_PORT to a free port, or 0 for none")
+    app = create_app(settings, jwt_secret=secret, meter=meter)
     if args.fd is None:
         uvicorn.run(app, host=settings.api_host, port=settings.api_port,
                     log_level=settings.log_level)

@@ -141,8 +141,15 @@ def _listen(port: int) -> socket.socket:
 
 
 async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
-                  api_processes: int = 1) -> int:
-    for name, p in (("API", port), ("Temporal", temporal_port), ("Temporal UI", ui_port)):
+                  api_processes: int = 1, metrics_port: int = 9464,
+                  worker_metrics_port: int = 9465) -> int:
+    # API process i serves its metrics on the i-th port from `metrics_port` on, the
+    # worker's port skipped.
+    api_metrics = [p for p in range(metrics_port, metrics_port + api_processes + 1)
+                   if p != worker_metrics_port][:api_processes]
+    for name, p in (("API", port), ("Temporal", temporal_port), ("Temporal UI", ui_port),
+                    *(("API metrics", m) for m in api_metrics),
+                    ("worker metrics", worker_metrics_port)):
         if _listening(p):
             raise DevStackError(f"port {p} ({name}) is already in use; stop what listens "
                                 f"there or pick another with --{_flag(name)}")
@@ -173,10 +180,12 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
            "WORKSESSION_JWT_SECRET": secret.decode(),
            "WORKSESSION_LOG_LEVEL": os.environ.get("WORKSESSION_LOG_LEVEL", "warning")}
     cli = [sys.executable, "-m", "worksession.cli"]
-    worker = Child("worker", [*cli, "worker"], env)
+    worker = Child("worker", [*cli, "worker"],
+                   {**env, "WORKSESSION_WORKER_METRICS_PORT": str(worker_metrics_port)})
     apis = [Child(f"API process {i + 1}" if api_processes > 1 else "API",
-                  [*cli, "api", "--fd", str(sock.fileno())], env, (sock.fileno(),))
-            for i in range(api_processes)]
+                  [*cli, "api", "--fd", str(sock.fileno())],
+                  {**env, "WORKSESSION_METRICS_PORT": str(m)}, (sock.fileno(),))
+            for i, m in enumerate(api_metrics)]
     children: list[Child] = []
     try:
         client = await _until_stopped(stop, _wait_for_temporal(temporal, settings, log))
@@ -190,7 +199,8 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
         ready = await _until_stopped(stop, _until_ready(client, settings, children))
         if ready is None:
             return 0
-        _banner(settings, data_dir, secret, port, api_processes)
+        _banner(settings, data_dir, secret, port, api_processes, api_metrics,
+                worker_metrics_port)
         await stop.wait()
         return 0
     finally:
@@ -252,11 +262,12 @@ async def _stop_process(proc: asyncio.subprocess.Process | None) -> None:
 
 
 def _flag(name: str) -> str:
-    return {"API": "port", "Temporal": "temporal-port", "Temporal UI": "ui-port"}[name]
+    return {"API": "port", "Temporal": "temporal-port", "Temporal UI": "ui-port",
+            "API metrics": "metrics-port", "worker metrics": "worker-metrics-port"}[name]
 
 
 def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int,
-            api_processes: int) -> None:
+            api_processes: int, api_metrics: list[int], worker_metrics: int) -> None:
     from worksession.cli import dev_users
 
     users = dev_users(data_dir)
@@ -273,6 +284,8 @@ Work Session Service is running (data in {data_dir}; {apis}, 1 worker, Temporal 
   API docs:     http://{HOST}:{port}/docs
   Temporal UI:  {settings.temporal_ui_url}
   Ready check:  http://{HOST}:{port}/readyz
+  Metrics:      {" ".join(f"http://{HOST}:{m}/metrics" for m in api_metrics)} (API)
+                http://{HOST}:{worker_metrics}/metrics (worker)
 
   Worker token (user {users['worker']}, 12 h):
     {worker_token}

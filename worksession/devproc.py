@@ -21,8 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _three_ports() -> dict[str, int]:
-    return {"api": free_port(), "temporal": free_port(), "ui": free_port()}
+def _free_ports() -> dict[str, int]:
+    return {"api": free_port(), "temporal": free_port(), "ui": free_port(),
+            "metrics": free_port(), "worker_metrics": free_port()}
 
 
 class DevProcess:
@@ -31,7 +32,7 @@ class DevProcess:
         self.data_dir = root / "data"
         self.api_processes = api_processes
         self.chosen_ports = ports is None
-        self.ports = ports or _three_ports()
+        self.ports = ports or _free_ports()
         self.log = root / f"dev-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.banner = ""
@@ -56,7 +57,7 @@ class DevProcess:
                 if not (self.chosen_ports and "address already in use" in str(e)
                         and attempt < 2):
                     raise
-                self.ports = _three_ports()
+                self.ports = _free_ports()
         raise AssertionError("unreachable")
 
     def _start(self, within: float) -> str:
@@ -64,7 +65,9 @@ class DevProcess:
         self.proc = subprocess.Popen(
             [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
              "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
-             "--ui-port", str(self.ports["ui"]), "--api-processes", str(self.api_processes)],
+             "--ui-port", str(self.ports["ui"]), "--api-processes", str(self.api_processes),
+             "--metrics-port", str(self.ports["metrics"]),
+             "--worker-metrics-port", str(self.ports["worker_metrics"])],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         description="session runs a worker keeps in memory; one not kept replays its history "
                     "on its next request (see docs/operations.md)")
     log_level: str = "info"
+    # Prometheus metrics, each process on a port of its own, never the API's (CONTRACT.md);
+    # 0 turns a process's metrics off. `metrics_host` 0.0.0.0 in a container.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
+    # How often an API process recounts stuck sessions and those needing attention for its
+    # gauges (each round describes every running session workflow); 0 turns it off.
+    metrics_refresh: timedelta = timedelta(seconds=30)
 
     @property
     def db_url(self) -> str:

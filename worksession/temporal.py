@@ -11,6 +11,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows import search_attributes
@@ -22,10 +23,13 @@ _INDEXED_TYPE = {
 }
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """`lazy`: the API starts (and reports not ready) even while Temporal is down."""
+async def connect(settings: Settings, *, lazy: bool = False,
+                  runtime: Runtime | None = None) -> Client:
+    """`lazy`: the API starts (and reports not ready) even while Temporal is down.
+    `runtime`: the worker's, which serves the SDK's metrics."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                data_converter=pydantic_data_converter, lazy=lazy)
+                                data_converter=pydantic_data_converter, lazy=lazy,
+                                runtime=runtime)
 
 
 # The dev server's SQLite store in WAL mode: each commit appends to the log instead of
