@@ -19,7 +19,7 @@ from activities.session_store import SessionStore
 from application.metrics import Meter
 from persistence.db import Database
 from workflows.work_session import WorkSessionWorkflow
-from worksession import aio
+from worksession import aio, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
 from worksession.temporal import connect
@@ -69,7 +69,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         runtime = worker_runtime(settings.metrics_host, settings.worker_metrics_port)
         meter = TemporalMeter(runtime)
     db = Database(settings.db_url)
-    client = await connect(settings, runtime=runtime)
+    tracer = tracing.tracer_provider(settings, "worksession-worker")
+    if tracer is not None:
+        tracing.instrument_database(db, tracer)
+    client = await connect(settings, runtime=runtime,
+                           plugins=tracing.temporal_plugins(tracer))
     worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
                           graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter)
     try:

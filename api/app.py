@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from temporalio.client import Client
 
 from api import problems
@@ -20,6 +21,7 @@ from application.metrics import NoMeter
 from application.ops import keep_gauges
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
+from worksession import tracing
 from worksession.metrics import PrometheusMeter
 from worksession.settings import Settings
 from worksession.temporal import connect
@@ -41,16 +43,22 @@ async def _keep_planner_statistics(db: Database) -> None:
 
 
 def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,
-               db: Database | None = None, meter: PrometheusMeter | None = None) -> FastAPI:
+               db: Database | None = None, meter: PrometheusMeter | None = None,
+               tracer_provider: TracerProvider | None = None) -> FastAPI:
     """`client`/`db` may be handed in (tests); otherwise they are made from `settings`.
     With a `meter`, the app counts its requests and sessions there and keeps the fleet
-    gauges fresh (serving it is the caller's: `worksession api`)."""
+    gauges fresh (serving it is the caller's: `worksession api`). With a
+    `tracer_provider`, requests are traced, and so are the client and database it makes
+    (one handed in is traced by whoever made it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_db = db is None
         database = db or Database(settings.db_url)
-        temporal = client or await connect(settings, lazy=True)
+        if own_db and tracer_provider is not None:
+            tracing.instrument_database(database, tracer_provider)
+        temporal = client or await connect(
+            settings, lazy=True, plugins=tracing.temporal_plugins(tracer_provider))
         app.state.ctx = Context(db=database, workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
@@ -88,5 +96,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
                        retry_after_seconds=settings.retry_after_seconds)
     if meter is not None:  # outside the front door: what it sheds is counted too
         app.add_middleware(RequestMetrics, registry=meter.registry)
+    if tracer_provider is not None:
+        tracing.instrument_app(app, tracer_provider)
     problems.document(app)
     return app

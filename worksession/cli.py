@@ -101,6 +101,7 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from worksession import tracing
     from worksession.metrics import PrometheusMeter
 
     settings = Settings()
@@ -115,7 +116,8 @@ def _api(args: argparse.Namespace) -> int:
             return _fail(f"cannot serve metrics on {settings.metrics_host}:"
                          f"{settings.metrics_port} ({e.strerror}): set "
                          "WORKSESSION_METRICS_PORT to a free port, or 0 for none")
-    app = create_app(settings, jwt_secret=secret, meter=meter)
+    app = create_app(settings, jwt_secret=secret, meter=meter,
+                     tracer_provider=tracing.tracer_provider(settings, "worksession-api"))
     if args.fd is None:
         uvicorn.run(app, host=settings.api_host, port=settings.api_port,
                     log_level=settings.log_level)

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # How often an API process recounts stuck sessions and those needing attention for its
     # gauges (each round describes every running session workflow); 0 turns it off.
     metrics_refresh: timedelta = timedelta(seconds=30)
+    # Traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318); unset, the
+    # service is not instrumented at all (worksession/tracing.py).
+    otlp_endpoint: str | None = None
 
     @property
     def db_url(self) -> str:

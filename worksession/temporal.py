@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -9,7 +11,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, Plugin
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
@@ -23,13 +25,13 @@ _INDEXED_TYPE = {
 }
 
 
-async def connect(settings: Settings, *, lazy: bool = False,
-                  runtime: Runtime | None = None) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None,
+                  plugins: Sequence[Plugin] = ()) -> Client:
     """`lazy`: the API starts (and reports not ready) even while Temporal is down.
-    `runtime`: the worker's, which serves the SDK's metrics."""
+    `runtime`: the worker's, which serves the SDK's metrics. `plugins`: tracing's."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
                                 data_converter=pydantic_data_converter, lazy=lazy,
-                                runtime=runtime)
+                                runtime=runtime, plugins=plugins)
 
 
 # The dev server's SQLite store in WAL mode: each commit appends to the log instead of
