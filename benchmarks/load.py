@@ -472,9 +472,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rates_per_s": rates, "seconds_per_rate": seconds,
             "sop_steps": STEPS, "session_devices": args.session_devices,
             "session_seconds": session_seconds, "session_sop_steps": SESSION_STEPS,
-            "api_processes": args.api_processes},
+            "api_processes": args.api_processes, "metrics": not args.no_metrics},
         "rates": []}
-    with DevStack(tmp, api_processes=args.api_processes) as stack:
+    with DevStack(tmp, api_processes=args.api_processes, metrics=not args.no_metrics) as stack:
         secret = load_or_create_dev_secret(stack.data_dir)
         async with Clients(stack.api) as http:
             sup = bearer(secret, "supervisor")
@@ -878,6 +878,8 @@ def main() -> None:
     ap.add_argument("--overload-seconds", type=float, default=30,
                     help="each half of the overload phase (twice the peak, then half of it)")
     ap.add_argument("--no-overload", action="store_true")
+    ap.add_argument("--no-metrics", action="store_true",
+                    help="the stack without its Prometheus metrics (for an A/B of their cost)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = asyncio.run(run(args))

@@ -144,13 +144,14 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
                   api_processes: int = 1, metrics_port: int = 9464,
                   worker_metrics_port: int = 9465) -> int:
     # API process i serves its metrics on the i-th port from `metrics_port` on, the
-    # worker's port skipped.
+    # worker's port skipped; 0 turns them off.
     api_metrics = [p for p in range(metrics_port, metrics_port + api_processes + 1)
-                   if p != worker_metrics_port][:api_processes]
+                   if p != worker_metrics_port][:api_processes] if metrics_port else \
+        [0] * api_processes
     for name, p in (("API", port), ("Temporal", temporal_port), ("Temporal UI", ui_port),
                     *(("API metrics", m) for m in api_metrics),
                     ("worker metrics", worker_metrics_port)):
-        if _listening(p):
+        if p and _listening(p):
             raise DevStackError(f"port {p} ({name}) is already in use; stop what listens "
                                 f"there or pick another with --{_flag(name)}")
     data_dir = data_dir.resolve()
@@ -266,6 +267,12 @@ def _flag(name: str) -> str:
             "API metrics": "metrics-port", "worker metrics": "worker-metrics-port"}[name]
 
 
+def _metrics_lines(api_metrics: list[int], worker_metrics: int) -> str:
+    api = " ".join(f"http://{HOST}:{m}/metrics" for m in api_metrics if m) or "off"
+    worker = f"http://{HOST}:{worker_metrics}/metrics" if worker_metrics else "off"
+    return f"  Metrics:      {api} (API)\n                {worker} (worker)"
+
+
 def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int,
             api_processes: int, api_metrics: list[int], worker_metrics: int) -> None:
     from worksession.cli import dev_users
@@ -284,8 +291,7 @@ Work Session Service is running (data in {data_dir}; {apis}, 1 worker, Temporal 
   API docs:     http://{HOST}:{port}/docs
   Temporal UI:  {settings.temporal_ui_url}
   Ready check:  http://{HOST}:{port}/readyz
-  Metrics:      {" ".join(f"http://{HOST}:{m}/metrics" for m in api_metrics)} (API)
-                http://{HOST}:{worker_metrics}/metrics (worker)
+{_metrics_lines(api_metrics, worker_metrics)}
 
   Worker token (user {users['worker']}, 12 h):
     {worker_token}

@@ -28,10 +28,11 @@ def _free_ports() -> dict[str, int]:
 
 class DevProcess:
     def __init__(self, root: Path, ports: dict[str, int] | None = None,
-                 api_processes: int = 1) -> None:
+                 api_processes: int = 1, metrics: bool = True) -> None:
         self.data_dir = root / "data"
         self.api_processes = api_processes
         self.chosen_ports = ports is None
+        self.metrics = metrics  # off: the metrics ports are 0
         self.ports = ports or _free_ports()
         self.log = root / f"dev-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,8 +67,9 @@ class DevProcess:
             [str(BIN / "worksession"), "dev", "--data-dir", str(self.data_dir),
              "--port", str(self.ports["api"]), "--temporal-port", str(self.ports["temporal"]),
              "--ui-port", str(self.ports["ui"]), "--api-processes", str(self.api_processes),
-             "--metrics-port", str(self.ports["metrics"]),
-             "--worker-metrics-port", str(self.ports["worker_metrics"])],
+             "--metrics-port", str(self.ports["metrics"] if self.metrics else 0),
+             "--worker-metrics-port",
+             str(self.ports["worker_metrics"] if self.metrics else 0)],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
