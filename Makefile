@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-sqlite test-postgresql lint chromium
+.PHONY: dev test test-sqlite test-postgresql lint chromium promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/worksession dev
 
-test: chromium lint test-sqlite test-postgresql
+test: chromium promtool lint test-sqlite test-postgresql
 
 # The web console's browser tests drive Debian's chromium (never a downloaded browser).
 chromium:
 	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq chromium)) || \
 		echo "no /usr/bin/chromium: the web console tests will fail" >&2
+
+# The Prometheus config, alert rules and their unit tests (deploy/prometheus) are checked by
+# Debian's promtool (package prometheus; nothing downloaded). Without it those tests skip.
+promtool:
+	@test -x /usr/bin/promtool || (command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)) || \
+		echo "no /usr/bin/promtool: the alert rule checks will be skipped" >&2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -168,3 +168,141 @@ def test_temporal_ui_points_at_the_temporal_service() -> None:
     ui = _service("temporal-ui")
     assert _env(ui)["TEMPORAL_ADDRESS"] == "temporal:7233"
     assert "8233:8080" in [str(p) for p in ui["ports"]]
+
+
+# --- Monitoring: Prometheus and Grafana (configs under deploy/; their content is checked in
+# tests/test_observability_config.py) -----------------------------------------------------------
+
+PINNED_TAG = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+$")
+
+
+def _binds(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts of the repository: container path -> path in the repository."""
+    binds = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            binds[target] = source
+    return binds
+
+
+def _prometheus_config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+
+
+def _scrape_targets() -> dict[str, list[str]]:
+    return {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+            for job in _prometheus_config()["scrape_configs"]}
+
+
+def test_monitoring_images_are_pinned() -> None:
+    for name in ("prometheus", "grafana"):
+        image = _service(name)["image"]
+        assert PINNED_TAG.match(image), f"{name}: pin a release tag, got {image!r}"
+
+
+def test_monitoring_mounts_exist_in_the_repository() -> None:
+    for name in ("prometheus", "grafana"):
+        binds = _binds(_service(name))
+        assert binds, f"{name} mounts nothing from the repository"
+        for target, source in binds.items():
+            assert (ROOT / source).exists(), f"{name}: {source} (mounted at {target}) is missing"
+        read_only = [str(v).endswith(":ro") for v in _service(name)["volumes"]
+                     if str(v).startswith("./")]
+        assert all(read_only), f"{name}: mount the repository's files read-only"
+
+
+def test_prometheus_reads_the_mounted_config_and_its_rules() -> None:
+    prometheus = _service("prometheus")
+    binds = _binds(prometheus)
+    flags = dict(arg.split("=", 1) for arg in prometheus["command"] if "=" in arg)
+    config_path = flags["--config.file"]
+    folder, _, file_name = config_path.rpartition("/")
+    assert binds.get(folder) == "./deploy/prometheus", binds
+    assert (ROOT / "deploy/prometheus" / file_name).is_file()
+    for rule_file in _prometheus_config()["rule_files"]:
+        assert (ROOT / "deploy/prometheus" / rule_file).is_file(), rule_file
+    assert "9090:9090" in [str(p) for p in prometheus["ports"]]
+
+
+def test_scrape_targets_are_compose_services_on_their_metrics_ports() -> None:
+    services = _compose()["services"]
+    targets = _scrape_targets()
+    api, worker = _env(services["api"]), _env(services["worker"])
+    expected = {
+        "worksession-api": f"api:{api['WORKSESSION_METRICS_PORT']}",
+        "worksession-worker": f"worker:{worker['WORKSESSION_WORKER_METRICS_PORT']}",
+        "temporal": "temporal:" + _env(services["temporal"])["PROMETHEUS_ENDPOINT"].split(":")[-1],
+    }
+    for job, target in expected.items():
+        assert targets[job] == [target], (job, targets.get(job))
+    for job, job_targets in targets.items():
+        for target in job_targets:
+            host, port = target.rsplit(":", 1)
+            if host == "localhost":
+                continue  # Prometheus scraping itself
+            assert host in services, f"{job}: {host} is not a compose service"
+            exposed = [str(p) for p in services[host].get("expose", [])]
+            assert port in exposed, f"{job}: {host} does not expose {port}"
+
+
+def test_app_metrics_listen_on_all_interfaces_on_ports_not_published() -> None:
+    services = _compose()["services"]
+    for name in LONG_RUNNING:
+        env = _env(services[name])
+        assert env["WORKSESSION_METRICS_HOST"] == "0.0.0.0", name
+        metrics_ports = {env["WORKSESSION_METRICS_PORT"], env["WORKSESSION_WORKER_METRICS_PORT"]}
+        published = {str(p).split(":")[0] for p in services[name].get("ports", [])}
+        assert not metrics_ports & published, f"{name} publishes a metrics port on the host"
+    # The compose ports are the embedded defaults, so docs/operations.md holds outside compose.
+    settings = Settings()
+    assert _env(services["api"])["WORKSESSION_METRICS_PORT"] == str(settings.metrics_port)
+    assert (_env(services["worker"])["WORKSESSION_WORKER_METRICS_PORT"]
+            == str(settings.worker_metrics_port))
+
+
+def test_temporal_serves_its_metrics_for_prometheus() -> None:
+    endpoint = _env(_service("temporal"))["PROMETHEUS_ENDPOINT"]
+    host, port = endpoint.rsplit(":", 1)
+    assert host == "0.0.0.0"
+    assert port in [str(p) for p in _service("temporal")["expose"]]
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards() -> None:
+    grafana = _service("grafana")
+    binds = _binds(grafana)
+    assert binds["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    url = urlsplit(source["url"])
+    assert source["type"] == "prometheus"
+    assert url.hostname == "prometheus" and url.port == 9090
+    providers = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/worksession.yml").read_text())
+    (provider,) = providers["providers"]
+    dashboards_path = provider["options"]["path"]
+    assert binds[dashboards_path] == "./deploy/grafana/dashboards"
+    home = _env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    folder, _, file_name = home.rpartition("/")
+    assert folder == dashboards_path
+    assert (ROOT / "deploy/grafana/dashboards" / file_name).is_file()
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert "healthcheck" in _service("prometheus")
+
+
+def test_grafana_admin_password_is_required_and_anonymous_users_only_view() -> None:
+    env = _env(_service("grafana"))
+    match = REQUIRED_VAR.match(env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert match, "Grafana's admin password must use the ${VAR:?message} form"
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false" or \
+        env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert "3000:3000" in [str(p) for p in _service("grafana")["ports"]]
+
+
+def test_monitoring_data_lives_in_named_volumes() -> None:
+    compose = _compose()
+    for name, target in (("prometheus", "/prometheus"), ("grafana", "/var/lib/grafana")):
+        named = {str(v).split(":")[0] for v in compose["services"][name]["volumes"]
+                 if str(v).split(":")[1] == target}
+        assert named and named <= set(compose["volumes"]), name
