@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
-import logging
 import signal
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -19,7 +19,7 @@ from activities.session_store import SessionStore
 from application.metrics import Meter
 from persistence.db import Database
 from workflows.work_session import WorkSessionWorkflow
-from worksession import aio, tracing
+from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
 from worksession.temporal import connect
@@ -60,6 +60,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     """Until `stop` is set, or SIGINT/SIGTERM: then it stops polling, lets the tasks it has
     finish (a write in flight completes rather than being retried by another worker) and
     exits."""
+    # Our log lines carry the workflow and run ids as fields (worksession/logs.py): the SDK's
+    # copy of its details appended to every message would only repeat them.
+    activity.logger.activity_info_on_message = False
+    workflow.logger.workflow_info_on_message = False
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,8 +88,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
-    aio.run(run_worker(Settings()))
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level, "worker")
+    aio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

@@ -306,3 +306,8 @@ def test_monitoring_data_lives_in_named_volumes() -> None:
         named = {str(v).split(":")[0] for v in compose["services"][name]["volumes"]
                  if str(v).split(":")[1] == target}
         assert named and named <= set(compose["volumes"]), name
+
+
+def test_production_logs_json_lines() -> None:
+    for name in LONG_RUNNING:
+        assert _env(_service(name))["WORKSESSION_LOG_FORMAT"] == "json", name

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from worksession import aio
+from worksession import aio, logs
 from worksession.settings import Settings
+
+# These log at WORKSESSION_LOG_LEVEL; the one-shot commands only what goes wrong.
+SERVICES = {"api", "worker", "dev"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     retry_p.add_argument("session_id", type=UUID)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    logs.configure(settings.log_format,
+                   settings.log_level if args.command in SERVICES else "warning", args.command)
     handler = {
         "dev": _dev, "api": _api, "worker": _worker, "token": _token, "migrate": _migrate,
         "setup-temporal": _setup_temporal, "audit": _audit, "ops": _ops,
@@ -106,7 +110,6 @@ def _api(args: argparse.Namespace) -> int:
 
     settings = Settings()
     secret = settings.require_jwt_secret()
-    logging.getLogger().setLevel(settings.log_level.upper())
     meter = None
     if settings.metrics_port:
         meter = PrometheusMeter()
@@ -118,15 +121,19 @@ def _api(args: argparse.Namespace) -> int:
                          "WORKSESSION_METRICS_PORT to a free port, or 0 for none")
     app = create_app(settings, jwt_secret=secret, meter=meter,
                      tracer_provider=tracing.tracer_provider(settings, "worksession-api"))
+    # log_config=None: uvicorn's loggers (its access log included) propagate to the root
+    # logger set up by `logs.configure`, in the service's format, instead of handlers of
+    # uvicorn's own.
     if args.fd is None:
         uvicorn.run(app, host=settings.api_host, port=settings.api_port,
-                    log_level=settings.log_level)
+                    log_level=settings.log_level, log_config=None)
         return 0
     # Not uvicorn's own `fd`: it takes any such socket for a Unix one, so its connections
     # went without TCP_NODELAY (measured: 40 ms more per request, the delayed ACK).
     import socket
     sock = socket.socket(fileno=args.fd)
-    uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level, log_config=None)
+                   ).run(sockets=[sock])
     return 0
 
 

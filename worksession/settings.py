@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     # Traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318); unset, the
     # service is not instrumented at all (worksession/tracing.py).
     otlp_endpoint: str | None = None
+    # `json` in production (docker-compose.yml): one object per line, with the request,
+    # session, worker, workflow, run and trace ids (worksession/logs.py). `text` reads better
+    # in a terminal (`worksession dev`).
+    log_format: Literal["json", "text"] = "text"
 
     @property
     def db_url(self) -> str:
