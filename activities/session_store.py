@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from temporalio import activity
 
@@ -11,6 +12,9 @@ from domain.changes import SessionChange
 from persistence.db import Database
 from persistence.uow import UnitOfWork
 from workflows.messages import WRITE_CHANGES_ACTIVITY
+from worksession import logs
+
+log = logging.getLogger("worksession.worker")
 
 
 class SessionStore:
@@ -27,7 +31,18 @@ class SessionStore:
         its end: a cancellation reaching SQLAlchemy in the middle of a statement leaves the
         connection out of the pool still holding its transaction (on SQLite, the write lock,
         so every later write waits out the busy timeout)."""
-        return await asyncio.shield(asyncio.ensure_future(self._write(changes)))
+        state = changes[-1].state
+        # For the rest of this activity's task: its own lines, and the SDK's when it fails.
+        # The run is the one writing (not always the one that took the changes: they cross
+        # continue-as-new); outside an activity (tests call this directly) the changes say.
+        run_id = activity.info().workflow_run_id if activity.in_activity() \
+            else changes[-1].run_id
+        logs.bind(session_id=state.id, worker_id=state.worker_id,
+                  workflow_id=changes[-1].workflow_id, run_id=run_id)
+        new = await asyncio.shield(asyncio.ensure_future(self._write(changes)))
+        log.info("the run's changes recorded: versions %d-%d, %d new (the rest were written "
+                 "already)", changes[0].state.version, state.version, new)
+        return new
 
     async def _write(self, changes: list[SessionChange]) -> int:
         async with UnitOfWork.begin(self._db) as uow:

@@ -2,7 +2,8 @@
 before any routing, authentication or body parsing (CONTRACT.md, "Health", v1.1).
 
 - **Request id**: the client's `X-Request-ID` when it is 1-128 characters of
-  `A-Z a-z 0-9 . _ : -`, else one made here; echoed in the response, kept in audit entries.
+  `A-Z a-z 0-9 . _ : -`, else one made here; echoed in the response, kept in audit entries,
+  and on every log line the request causes (uvicorn's access line included).
 - **Load shedding**: at most `max_in_flight` requests are in the application at once. One
   that finds no place waits for one at most `admission_wait_seconds`, then is answered
   503 `/problems/overloaded` with `Retry-After`, for the cost of parsing its head: the queue
@@ -24,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from api import problems
+from worksession import logs
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NEVER_SHED = frozenset({"/healthz", "/readyz"})
@@ -50,7 +52,11 @@ class FrontDoor:
         headers = dict(scope.get("headers") or [])
         rid = request_id(headers.get(b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = rid
-        send = _with_request_id(send, rid)
+        with logs.scope(request_id=rid):
+            await self._serve(scope, receive, _with_request_id(send, rid), headers)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any,
+                     headers: dict[bytes, bytes]) -> None:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
             send = _without_body(send)

@@ -9,6 +9,7 @@ is audited, accepted or rejected."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,9 @@ from orchestration.client import RunClosed, WorkflowRunning
 from persistence.sessions import SessionRow
 from persistence.uow import UnitOfWork
 from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
+from worksession import logs
+
+log = logging.getLogger("worksession.api")
 
 # How long a start, reopen or approval waits for a run to close once the database says its
 # session is closed (it closes within milliseconds of its final write; a generous bound).
@@ -55,9 +59,23 @@ class Access:
 
 
 async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> Access:
-    ensure_visible(actor, await ctx.owner(session_id))
+    owner = await ctx.owner(session_id)
+    _log_about(session_id, owner)
+    ensure_visible(actor, owner)
     authorize(actor, permission)
     return Access(actor, session_id)
+
+
+def _log_about(session_id: UUID, worker_id: UUID | None) -> None:
+    """The rest of this request's log lines are about this session (worksession/logs.py)."""
+    logs.bind(session_id=session_id, worker_id=worker_id,
+              workflow_id=workflow_id_for(worker_id) if worker_id else None)
+
+
+def _log_written(change: SessionChange, new: bool) -> None:
+    logs.bind(run_id=change.run_id)
+    log.info("session change written: version %d (%s)%s", change.state.version,
+             ", ".join(e.action for e in change.entries), "" if new else ", already recorded")
 
 
 def _facts(actor: Actor, action: str, request_id: str | None, **detail: Any) -> AuditFacts:
@@ -73,12 +91,20 @@ async def _render(ctx: Context, uow: UnitOfWork, row: SessionRow) -> dict[str, A
 async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
                  ) -> dict[str, Any]:
     """Write the change (when there is one) and answer with the session as now recorded."""
-    async with ctx.uow() as uow:
-        if change is not None:
-            await uow.sessions.write_change(change)
-        row = await uow.sessions.get(session_id)
-        assert row is not None
-        return await _render(ctx, uow, row)
+    try:
+        async with ctx.uow() as uow:
+            new = change is not None and await uow.sessions.write_change(change)
+            row = await uow.sessions.get(session_id)
+            assert row is not None
+            view = await _render(ctx, uow, row)
+    except Exception:
+        if change is not None:  # the failure itself is logged where it is answered
+            log.warning("session change not written: version %d; its run holds it and "
+                        "writes it itself", change.state.version)
+        raise
+    if change is not None:
+        _log_written(change, new)
+    return view
 
 
 async def _reject(ctx: Context, session_id: UUID, facts: AuditFacts) -> None:
@@ -125,6 +151,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
                 "you already have a session in progress: complete or cancel it first",
                 existing_session_id=str(existing.state.id))
         session = WorkSession.start(uuid4(), actor.id, plan, ctx.clock())
+        _log_about(session.state.id, actor.id)
         change = SessionChange.of(session.state, BEGINNING, [facts], session.state.started_at,
                                   workflow_id_for(actor.id), None)
         change.run_id = await _start_run(ctx, plan, session.state, change)
@@ -140,7 +167,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
             lost = True
         else:
             lost = False
-            await uow.sessions.write_change(change)
+            new = await uow.sessions.write_change(change)
             row = await uow.sessions.get(session.state.id)
             assert row is not None
             view = await _render(ctx, uow, row)
@@ -148,6 +175,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
         await ctx.workflows.terminate(actor.id, change.run_id,
                                       "its SOP was archived or deleted while it started")
         raise SopNotStartable("the SOP was archived or deleted while the session started")
+    _log_written(change, new)
     ctx.owners.remember(session.state.id, actor.id)
     return view
 
@@ -301,10 +329,11 @@ async def approve_session(ctx: Context, access: Access,
                                   state=row.state)
             before = session.mark()
             session.approve(access.actor.id, ctx.clock())
-            await uow.sessions.write_change(SessionChange.of(
-                session.state, before, [facts], ctx.clock(), row.workflow_id, row.run_id))
-            return session.view(run_id=row.run_id, workflow_id=row.workflow_id,
-                                now=ctx.clock())
+            change = SessionChange.of(session.state, before, [facts], ctx.clock(),
+                                      row.workflow_id, row.run_id)
+            new = await uow.sessions.write_change(change)
+        _log_written(change, new)
+        return session.view(run_id=row.run_id, workflow_id=row.workflow_id, now=ctx.clock())
 
     return await _audited(ctx, access.session_id, facts, approve)
 
@@ -357,14 +386,14 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             assert now is not None
             # unchanged, or changed only by the new run itself (its worker was quick)
             ours = now.state.version == before.version or now.run_id == change.run_id
-            if ours:
-                await uow.sessions.write_change(change)
+            new = ours and await uow.sessions.write_change(change)
         if not ours:  # approved (or reopened) meanwhile: not this one
             await ctx.workflows.terminate(worker, change.run_id,
                                           "the session changed while it was reopened")
             WorkSession(plan=session.plan, state=now.state).copy().reopen(ctx.clock(),
                                                                          step_id)
             raise Conflict("the session changed while it was being reopened; try again")
+        _log_written(change, new)
         return session.view(run_id=change.run_id, workflow_id=row.workflow_id,
                             now=ctx.clock())
 
