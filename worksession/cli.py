@@ -14,8 +14,9 @@ from uuid import UUID, uuid4
 from worksession import aio, logs
 from worksession.settings import Settings
 
-# These log at WORKSESSION_LOG_LEVEL; the one-shot commands only what goes wrong.
-SERVICES = {"api", "worker", "dev"}
+# These log at WORKSESSION_LOG_LEVEL; the other commands only what goes wrong (`dev` too: its
+# API and worker are processes of their own, `api` and `worker`).
+SERVICES = {"api", "worker"}
 
 
 def main(argv: list[str] | None = None) -> None:
