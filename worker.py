@@ -9,7 +9,6 @@ import signal
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -60,10 +59,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     """Until `stop` is set, or SIGINT/SIGTERM: then it stops polling, lets the tasks it has
     finish (a write in flight completes rather than being retried by another worker) and
     exits."""
-    # Our log lines carry the workflow and run ids as fields (worksession/logs.py): the SDK's
-    # copy of its details appended to every message would only repeat them.
-    activity.logger.activity_info_on_message = False
-    workflow.logger.workflow_info_on_message = False
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

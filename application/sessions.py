@@ -91,16 +91,17 @@ async def _render(ctx: Context, uow: UnitOfWork, row: SessionRow) -> dict[str, A
 async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
                  ) -> dict[str, Any]:
     """Write the change (when there is one) and answer with the session as now recorded."""
+    logs.bind(run_id=change.run_id if change else None)
     try:
         async with ctx.uow() as uow:
             new = change is not None and await uow.sessions.write_change(change)
             row = await uow.sessions.get(session_id)
             assert row is not None
             view = await _render(ctx, uow, row)
-    except Exception:
-        if change is not None:  # the failure itself is logged where it is answered
-            log.warning("session change not written: version %d; its run holds it and "
-                        "writes it itself", change.state.version)
+    except Exception as e:
+        if change is not None:  # the client is answered 503 and may resend: nothing is lost
+            log.warning("session change not written: version %d (%s); its run holds it and "
+                        "writes it itself", change.state.version, e)
         raise
     if change is not None:
         _log_written(change, new)

@@ -23,7 +23,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, User, eventually, make_confirmed_sop, pass_step, sop_body
+from tests.conftest import (
+    SECRET,
+    User,
+    WriteOutage,
+    eventually,
+    make_confirmed_sop,
+    pass_step,
+    sop_body,
+)
 from worksession import logs
 from worksession.devproc import DevProcess, free_port
 
@@ -183,6 +191,26 @@ async def test_a_session_can_be_followed_across_the_api_and_the_worker(
         "session change written: version 0 (session_start)",
         "session change written: version 2 (check_submitted)"]
     assert len({r["request_id"] for r in api_lines}) == 2
+
+
+async def test_a_write_that_fails_says_which_session_and_that_its_run_holds_the_change(
+        http: httpx.AsyncClient, worker_user: User, supervisor: User, database_url: str,
+        captured: io.StringIO):
+    sop = await make_confirmed_sop(http, supervisor, ONE_STEP)
+    r = await http.post("/api/v1/sessions", json={"sop_id": sop["id"]}, headers=worker_user.h)
+    session = r.json()
+    async with WriteOutage(database_url):
+        r = await http.post(f"/api/v1/sessions/{session['id']}/checks",
+                            json={"step_id": session["current_step_id"], "result": "passed"},
+                            headers={**worker_user.h, "X-Request-ID": "during-the-outage"})
+    assert r.status_code == 503
+    (warning,) = [r for r in json_lines(captured.getvalue())
+                  if r["level"] == "WARNING" and r["logger"] == "worksession.api"]
+    assert warning["message"].startswith("session change not written: version 2 (database ")
+    assert warning["message"].endswith("its run holds it and writes it itself")
+    assert warning["request_id"] == "during-the-outage"
+    assert warning["session_id"] == session["id"] and warning["run_id"] == session["run_id"]
+    assert warning["workflow_id"] == session["workflow_id"]
 
 
 def test_a_line_inside_a_span_carries_its_trace_and_a_failure_its_traceback(
