@@ -9,21 +9,23 @@ The ids come from one place each, set once and read here for every record:
   write activity), seen by the lines of that request or activity only;
 - `workflow_id`, `run_id` also from Temporal's own loggers (`activity.logger`,
   `workflow.logger`), which put the running activity's or workflow's details on the record;
-- `trace_id`, `span_id`: the current OpenTelemetry span, when that package is installed and
-  a span is recording.
+- `trace_id`, `span_id`: the current OpenTelemetry span, when one is recording.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
+
+# Imported here, with this module, never first from inside a record's filter: a record of
+# the workflow logger is filtered inside Temporal's sandbox, where an import makes a copy of
+# the package of its own (measured: after that, the worker's update spans were lost).
+from opentelemetry import trace
 
 IDS = ("request_id", "session_id", "worker_id", "workflow_id", "run_id", "trace_id",
        "span_id")
@@ -57,19 +59,7 @@ def scope(**ids: object) -> Iterator[None]:
         _bound.reset(token)
 
 
-@functools.cache
-def _otel_trace() -> ModuleType | None:
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    return trace
-
-
 def _trace_ids() -> dict[str, str]:
-    trace = _otel_trace()
-    if trace is None:
-        return {}
     span = trace.get_current_span().get_span_context()
     if not span.is_valid:
         return {}
