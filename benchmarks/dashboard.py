@@ -232,7 +232,9 @@ def _stat_text(fc: dict[str, Any], value: float | None) -> str:
 
 
 def render(dashboard: dict[str, Any], results: dict[str, Any], path: Path,
-           subtitle: str, footer: str) -> None:
+           time_range: tuple[float, float], subtitle: str, footer: str) -> None:
+    """The dashboard as a PNG: `results` as `evaluate` returns them, over `time_range`
+    (epoch seconds)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
@@ -244,8 +246,9 @@ def render(dashboard: dict[str, Any], results: dict[str, Any], path: Path,
              va="center")
     fig.text(0.01, 1 - 0.62 / h, subtitle, fontsize=11, color=MUTED, va="top",
              linespacing=1.5)
-    fig.text(0.01, 0.40 / h, footer, fontsize=10.5, color=TEXT, va="center",
-             family="monospace")
+    fig.text(0.01, 0.45 / h, "\n".join(textwrap.fill(line, 175, subsequent_indent="  ")
+                                       for line in footer.splitlines()),
+             fontsize=10.5, color=TEXT, va="center", family="monospace")
     pad = 0.06  # inches between panels
     for p, (left, bottom, width, height) in placed:
         px, py = pad / w, pad / h
@@ -296,7 +299,9 @@ def render(dashboard: dict[str, Any], results: dict[str, Any], path: Path,
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
-        ax.xaxis.set_major_locator(mdates.SecondLocator(bysecond=[0, 30]))
+        ax.xaxis.set_major_locator(  # a tick a minute, every 30 s on short ranges
+            mdates.SecondLocator(bysecond=[0, 30]) if time_range[1] - time_range[0] <= 150
+            else mdates.MinuteLocator())
         if series:
             top = max((v * factor for s in series for v in _values(s)), default=0)
             ax.set_ylim(bottom=0, top=top * 1.15 if top > 0 else 1)
@@ -313,12 +318,33 @@ def render(dashboard: dict[str, Any], results: dict[str, Any], path: Path,
                     transform=ax.transAxes, ha="center", va="center", fontsize=10.5,
                     color=MUTED, bbox={"facecolor": "#f7f7f7", "edgecolor": BORDER,
                                        "boxstyle": "round"})
-        if not series:
-            start, end = results.get("_range", (None, None))
-            if start is not None:
-                ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+        else:
+            bucket = _lowest_bucket(series)
+            if bucket is not None:
+                ax.text(0.99, 0.06, textwrap.fill(
+                    f"every observation in the histogram's lowest bucket (≤ {bucket * factor:g} "
+                    f"{label}): histogram_quantile puts pN at N % of it", 60),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=9, color=MUTED,
+                    bbox={"facecolor": "#f7f7f7", "edgecolor": BORDER, "boxstyle": "round"})
+        ax.set_xlim(datetime.fromtimestamp(time_range[0], UTC),
+                    datetime.fromtimestamp(time_range[1], UTC))
     fig.savefig(path, facecolor=fig.get_facecolor())
     plt.close(fig)
+
+
+def _lowest_bucket(series: list[dict[str, Any]]) -> float | None:
+    """B when every series is a quantile `pN` whose value is always N % of the same B: what
+    histogram_quantile gives when every observation fell into the first bucket (le=B), a
+    flat line that says only "under B"."""
+    bounds = set()
+    for s in series:
+        m = re.fullmatch(r"p(\d+(?:\.\d+)?)", s["legend"])
+        vals = _values(s)
+        if not m or not vals:
+            return None
+        q = float(m.group(1)) / 100
+        bounds |= {round(v / q, 6) for v in vals}
+    return bounds.pop() if len(bounds) == 1 else None
 
 
 def _stat(fig: Any, frame: Any, inner: tuple, panel: dict[str, Any], fc: dict[str, Any],
@@ -634,7 +660,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "end": datetime.fromtimestamp(end, UTC).isoformat()}
                 out["panels"] = evaluate(prom.url, dashboard, start, end, args.step,
                                          args.rate_interval)
-                out["panels"]["_range"] = (start, end)
                 out["targets"] = [{"job": t["labels"].get("job"), "url": t["scrapeUrl"],
                                    "health": t["health"], "last_error": t["lastError"]}
                                   for t in prom.api("targets")["activeTargets"]]
@@ -695,6 +720,23 @@ def _kv(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
+def draw(out: dict[str, Any], png: Path) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    st = out["settings"]
+    start = datetime.fromisoformat(out["range"]["start"])
+    end = datetime.fromisoformat(out["range"]["end"])
+    subtitle = (f"Rendered from a real scrape, not by Grafana: `worksession dev` under "
+                f"{st['minutes']:g} min of field traffic, scraped every "
+                f"{st['scrape_interval_s']} s by Debian's Prometheus "
+                f"(benchmarks/dashboard.py).\nEach panel's PromQL from "
+                f"{DASHBOARD.relative_to(ROOT)}, evaluated by Prometheus's query_range "
+                f"over {start:%Y-%m-%d %H:%M:%S}–{end:%H:%M:%S} UTC, step {st['step_s']} s, "
+                f"$__rate_interval = {st['rate_interval_s']}s.")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    render(dashboard, out["panels"], png, (start.timestamp(), end.timestamp()), subtitle,
+           _footer(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -712,26 +754,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     ap.add_argument("--json", type=Path, default=None,
                     help="default benchmarks/results/dashboard-<date>.json")
+    ap.add_argument("--redraw", type=Path, metavar="JSON",
+                    help="only draw the PNG again from a run's saved results")
     args = ap.parse_args()
-    if not Path(PROMETHEUS).exists():
+    if not args.redraw and not Path(PROMETHEUS).exists():
         raise SystemExit(f"{PROMETHEUS} is missing: `make promtool` installs Debian's "
                          "prometheus package")
+    if args.redraw:  # the saved results of a run drawn again: no stack, no Prometheus
+        out = json.loads(args.redraw.read_text())
+        draw(out, args.out)
+        print(f"redrawn: {args.out}")
+        return
     out = run(args)
-    dashboard = json.loads(DASHBOARD.read_text())
-    start, end = out["panels"]["_range"]
-    subtitle = (f"Rendered from a real scrape, not by Grafana: `worksession dev` under "
-                f"{args.minutes:g} min of field traffic, scraped every {SCRAPE_INTERVAL_S} s by "
-                f"Debian's Prometheus (benchmarks/dashboard.py).\nEach panel's PromQL from "
-                f"{DASHBOARD.relative_to(ROOT)}, evaluated by Prometheus's query_range "
-                f"over {datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M:%S}–"
-                f"{datetime.fromtimestamp(end, UTC):%H:%M:%S} UTC, step {args.step} s, "
-                f"$__rate_interval = {args.rate_interval}s.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    render(dashboard, out["panels"], args.out, subtitle, _footer(out))
-    del out["panels"]["_range"]
     path = args.json or RESULTS / f"dashboard-{datetime.now(UTC):%Y-%m-%d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
+    draw(out, args.out)
     print(_footer(out))
     print(f"targets: {[(t['job'], t['health']) for t in out['targets']]}")
     print(f"results: {args.out}, {path}")

@@ -62,7 +62,7 @@ def test_every_panel_type_is_drawn(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     dashboard = _dashboard()
     start = 1_800_000_000.0
-    results: dict = {"_range": (start, start + 60)}
+    results: dict = {}
     for i, p in enumerate(db.panels(dashboard)):
         if p["type"] == "row":
             continue
@@ -76,5 +76,13 @@ def test_every_panel_type_is_drawn(tmp_path: Path) -> None:
                                               "series": series(t["refId"])}
                                              for t in p.get("targets", [])]}
     out = tmp_path / "dashboard.png"
-    db.render(dashboard, results, out, "subtitle\nsecond line", "footer")
+    db.render(dashboard, results, out, (start, start + 60), "subtitle\nsecond line", "footer")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_quantile_stuck_in_the_lowest_bucket_is_recognised() -> None:
+    def s(name: str, values: list[float]) -> dict:
+        return {"legend": name, "values": [[i, v] for i, v in enumerate(values)]}
+    assert db._lowest_bucket([s("p95", [95.0, 95.0]), s("p99", [99.0, 99.0])]) == 100
+    assert db._lowest_bucket([s("p95", [95.0, 40.0]), s("p99", [99.0, 99.0])]) is None
+    assert db._lowest_bucket([s("shed", [1.0])]) is None
