@@ -12,8 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from temporalio.client import Client
 
 from api import problems
+from api.auth import Authenticator
 from api.front_door import FrontDoor
 from api.metrics import RequestMetrics
+from api.oidc import IdentityProvider
 from api.routers import audit, health, ops, sessions, sops
 from api.web import mount_web
 from application.context import Context
@@ -42,7 +44,17 @@ async def _keep_planner_statistics(db: Database) -> None:
         await asyncio.sleep(PLANNER_STATISTICS_EVERY_SECONDS)
 
 
-def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None = None,
+def identity_provider(settings: Settings) -> IdentityProvider | None:
+    if not settings.oidc_issuer:
+        return None
+    assert settings.jwt_audience is not None  # Settings refuses one without the other
+    return IdentityProvider(issuer=settings.oidc_issuer, audience=settings.jwt_audience,
+                            jwks_url=settings.jwks_url, role_claim=settings.role_claim,
+                            role_map=settings.role_map,
+                            refresh_every=settings.jwks_refresh.total_seconds())
+
+
+def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client | None = None,
                db: Database | None = None, meter: PrometheusMeter | None = None,
                tracer_provider: TracerProvider | None = None) -> FastAPI:
     """`client`/`db` may be handed in (tests); otherwise they are made from `settings`.
@@ -82,8 +94,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes, client: Client | None =
                   description="Walks frontline workers through SOPs step by step, with a "
                               "safety check at every step. Errors are RFC 9457 problems.")
     app.state.ctx = None
-    app.state.jwt_secret = jwt_secret
-    app.state.jwt_algorithms = list(settings.jwt_algorithms)
+    app.state.auth = Authenticator(jwt_secret, settings.jwt_algorithms,
+                                   identity_provider(settings))
     # Every inner wait has its own bound; this caps their sum (see api.routing).
     app.state.request_deadline = settings.request_timeout_seconds + 5
     problems.install(app)

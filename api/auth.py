@@ -1,15 +1,27 @@
 """Bearer JWT authentication: an allow-list of algorithms (never the token's own `alg`),
-`exp` and `sub` required, dates JSON numbers, `sub` a UUID, `role` one of the three roles."""
+`exp` and `sub` required, dates JSON numbers.
+
+Two kinds of token (CONTRACT.md): the shared secret's (HS256 by default; `sub` a UUID,
+`role` one of the three roles), and, when an identity provider is configured, its own
+(RS256/ES256, api/oidc.py). A token's header says which kind it claims to be; each kind is
+then verified with its own key and its own allow-list, so a token claiming HS256 is checked
+with the shared secret only, never with a provider's public key."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import jwt
 
 from application.authz import Actor, Role
 
+if TYPE_CHECKING:
+    from api.oidc import IdentityProvider
+
 NUMERIC_DATES = ("exp", "nbf", "iat")
+PROVIDER_ALGORITHMS = ["RS256", "ES256"]  # an identity provider's tokens, and only these
 
 
 class Unauthenticated(Exception):
@@ -18,25 +30,48 @@ class Unauthenticated(Exception):
         self.detail = detail
 
 
+class Authenticator:
+    def __init__(self, secret: bytes | None, algorithms: list[str],
+                 provider: IdentityProvider | None = None) -> None:
+        self.secret, self.algorithms, self.provider = secret, list(algorithms), provider
+
+    async def actor(self, authorization: str | None) -> Actor:
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise Unauthenticated(f"invalid token: {e}") from None
+        if self.provider is not None and header.get("alg") in PROVIDER_ALGORITHMS:
+            return await self.provider.actor(token, header)
+        if self.secret is None:
+            raise Unauthenticated("invalid token: only the identity provider's tokens "
+                                  f"({', '.join(PROVIDER_ALGORITHMS)}) are accepted")
+        return _shared_secret(token, self.secret, self.algorithms)
+
+
 def authenticate(authorization: str | None, secret: bytes, algorithms: list[str]) -> Actor:
+    """A shared-secret token (the development path)."""
+    return _shared_secret(_bearer(authorization), secret, algorithms)
+
+
+def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated("missing bearer token")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _shared_secret(token: str, secret: bytes, algorithms: list[str]) -> Actor:
     try:
-        claims = jwt.decode(token.strip(), secret, algorithms=algorithms,
+        claims = jwt.decode(token, secret, algorithms=algorithms,
                             options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("token expired") from None
     except jwt.PyJWTError as e:
         raise Unauthenticated(f"invalid token: {e}") from None
-    for name in NUMERIC_DATES:
-        # PyJWT takes "9999999999" for a date; RFC 7519 (and the contract) want a number.
-        value = claims.get(name)
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, int | float)):
-            raise Unauthenticated(f"invalid token: '{name}' must be a number")
+    check_numeric_dates(claims)
     try:
         sub = UUID(str(claims["sub"]))
     except ValueError:
@@ -46,3 +81,12 @@ def authenticate(authorization: str | None, secret: bytes, algorithms: list[str]
     except ValueError:
         raise Unauthenticated("token 'role' must be worker, supervisor or admin") from None
     return Actor(id=sub, role=role)
+
+
+def check_numeric_dates(claims: Mapping[str, Any]) -> None:
+    for name in NUMERIC_DATES:
+        # PyJWT takes "9999999999" for a date; RFC 7519 (and the contract) want a number.
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, int | float)):
+            raise Unauthenticated(f"invalid token: '{name}' must be a number")

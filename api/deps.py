@@ -12,7 +12,7 @@ from uuid import UUID
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import Unauthenticated, authenticate
+from api.auth import Unauthenticated
 from api.schemas import Problem
 from application.authz import Actor, authorize
 from application.context import Context
@@ -37,8 +37,7 @@ async def current_actor(request: Request,
     header = request.headers.get("authorization")
     if creds is None and not header:
         raise Unauthenticated("missing bearer token")
-    state = request.app.state
-    return authenticate(header, state.jwt_secret, state.jwt_algorithms)
+    return await request.app.state.auth.actor(header)
 
 
 async def request_id(request: Request) -> str | None:

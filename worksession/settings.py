@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
 
 
+# Settings that are secrets: each can also be read from the file WORKSESSION_<NAME>_FILE
+# names (how containers get secrets), and none is ever logged or shown in /readyz.
+SECRET_SETTINGS = ("jwt_secret", "database_url")
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """WORKSESSION_<NAME>_FILE: the file's text (without a final line break) is the secret.
+    Setting both it and WORKSESSION_<NAME> is refused: which one wins would be a guess."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads them all at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_SETTINGS:
+            var = f"WORKSESSION_{name.upper()}"
+            path = os.environ.get(f"{var}_FILE")
+            if path is None:
+                continue
+            if var in os.environ:
+                raise SystemExit(f"both {var} and {var}_FILE are set: set one")
+            try:
+                values[name] = Path(path).read_text().rstrip("\r\n")
+            except OSError as e:
+                raise SystemExit(f"{var}_FILE: cannot read {path} ({e.strerror})") from None
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKSESSION_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings,
+                file_secret_settings)
 
     data_dir: Path = Path("./data")
     database_url: str | None = Field(
@@ -24,6 +64,18 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://127.0.0.1:8233"
     jwt_secret: SecretStr | None = None
     jwt_algorithms: list[str] = ["HS256"]
+    # An OpenID Connect provider's tokens (api/oidc.py), besides the shared secret's: its
+    # issuer (discovery at <issuer>/.well-known/openid-configuration), or its JWKS address
+    # (the issuer still names what `iss` must be), and the audience its tokens must name.
+    oidc_issuer: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    role_claim: str = "role"
+    # A claim's values -> roles, e.g. {"floor-staff": "worker", "leads": "supervisor"}.
+    role_map: dict[str, Literal["worker", "supervisor", "admin"]] = {}
+    # A token naming a key not in the cache fetches the provider's keys again, at most this
+    # often (a stream of made-up key ids must not become a stream of requests to it).
+    jwks_refresh: timedelta = timedelta(seconds=30)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
@@ -65,10 +117,22 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'worksession.db').resolve()}"
 
-    def require_jwt_secret(self) -> bytes:
-        """Outside `worksession dev` the API refuses to start without a strong secret."""
+    @model_validator(mode="after")
+    def _provider_complete(self) -> Settings:
+        if (self.oidc_issuer or self.jwks_url) and not (self.oidc_issuer and self.jwt_audience):
+            raise ValueError("an identity provider needs WORKSESSION_OIDC_ISSUER (what its "
+                             "tokens' iss must be) and WORKSESSION_JWT_AUDIENCE (what their "
+                             "aud must name)")
+        return self
+
+    def require_jwt_secret(self) -> bytes | None:
+        """Outside `worksession dev` the API refuses to start without a way to check tokens:
+        a strong shared secret, an identity provider, or both. None: the provider's only."""
         if self.jwt_secret is None:
-            raise SystemExit("WORKSESSION_JWT_SECRET is not set (at least 32 bytes are needed)")
+            if self.oidc_issuer:
+                return None
+            raise SystemExit("WORKSESSION_JWT_SECRET is not set (at least 32 bytes are "
+                             "needed), and no identity provider (WORKSESSION_OIDC_ISSUER) is")
         secret = self.jwt_secret.get_secret_value().encode()
         if len(secret) < MIN_SECRET_BYTES:
             raise SystemExit(f"WORKSESSION_JWT_SECRET is too short: {len(secret)} bytes, "

@@ -1,0 +1,238 @@
+"""Sign-in through a company's identity provider (CONTRACT.md v1.1, "Identity providers"),
+against a local stand-in: a small HTTP server serving OpenID discovery and a JWKS with keys
+made here, as Keycloak, Okta, Entra ID or Auth0 would."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from api.app import create_app
+from tests.conftest import SECRET, bearer, make_confirmed_sop
+from worksession.settings import Settings
+
+AUDIENCE = "worksession-api"
+ROLE_MAP = {"floor-staff": "worker", "shift-leads": "supervisor", "it-ops": "admin"}
+
+
+class Provider:
+    """A stand-in identity provider: discovery, a JWKS it can rotate, tokens it signs."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Any] = {"rsa-1": rsa.generate_private_key(65537, 2048),
+                                     "ec-1": ec.generate_private_key(ec.SECP256R1())}
+        self.published = {"rsa-1", "ec-1"}
+        self.jwks_requests = 0
+        self.down = False
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if provider.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    body = {"issuer": provider.issuer, "jwks_uri": f"{provider.issuer}/certs"}
+                elif self.path.endswith("/certs"):
+                    provider.jwks_requests += 1
+                    body = provider.jwks()
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}/realms/plant"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid in sorted(self.published):
+            private = self.keys[kid]
+            algorithm = RSAAlgorithm if kid.startswith("rsa") else ECAlgorithm
+            jwk = algorithm.to_jwk(private.public_key(), as_dict=True)
+            jwk.update(kid=kid, use="sig", alg="RS256" if kid.startswith("rsa") else "ES256")
+            keys.append(jwk)
+        return {"keys": keys}
+
+    def token(self, kid: str = "rsa-1", *, sub: str = "auth0|5f2c1e", groups: Any = None,
+              expires_in: float = 600, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
+                "exp": now + int(expires_in),
+                "groups": ["floor-staff"] if groups is None else groups, **claims}
+        alg = "RS256" if kid.startswith("rsa") else "ES256"
+        return jwt.encode(body, self.keys[kid], algorithm=alg, headers={"kid": kid})
+
+    def public_pem(self, kid: str = "rsa-1") -> bytes:
+        return self.keys[kid].public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def hs256(key: bytes, claims: dict[str, Any]) -> str:
+    """Signed by hand: PyJWT rightly refuses to use a public key as an HMAC secret."""
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    signing_input = (part(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())
+                     + "." + part(json.dumps(claims).encode()))
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{part(signature)}"
+
+
+def h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    p = Provider()
+    yield p
+    p.server.shutdown()
+
+
+@pytest.fixture
+async def api(provider: Provider, database_url: str, task_queue: str, client: Any, db: Any,
+              worker: Any) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(database_url=database_url, task_queue=task_queue,
+                        oidc_issuer=provider.issuer, jwt_audience=AUDIENCE,
+                        role_claim="groups", role_map=ROLE_MAP,
+                        jwks_refresh=timedelta(seconds=0.5))
+    app = create_app(settings, jwt_secret=SECRET, client=client, db=db)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            yield http
+
+
+async def status(api: httpx.AsyncClient, token: str) -> int:
+    return (await api.get("/api/v1/sessions", headers=h(token))).status_code
+
+
+async def test_rs256_and_es256_tokens_of_the_provider_are_accepted(api, provider: Provider):
+    assert await status(api, provider.token("rsa-1")) == 200
+    assert await status(api, provider.token("ec-1")) == 200
+    # the shared secret's development tokens go on working beside them
+    r = await api.get("/api/v1/sessions", headers=bearer("worker"))
+    assert r.status_code == 200
+
+
+async def test_tokens_the_contract_refuses_are_401(api, provider: Provider):
+    now = int(time.time())
+    cases = {
+        "wrong audience": provider.token(aud="another-api"),
+        "wrong issuer": provider.token(iss="https://evil.example/realms/plant"),
+        "expired": provider.token(expires_in=-120),
+        "alg none": jwt.encode({"iss": provider.issuer, "aud": AUDIENCE, "sub": "x",
+                                "exp": now + 600, "groups": ["it-ops"]}, None,
+                               algorithm="none", headers={"kid": "rsa-1"}),
+        # the public key used as an HMAC secret: checked with the shared secret, never it
+        "HS256 with the public key": hs256(provider.public_pem(), {
+            "iss": provider.issuer, "aud": AUDIENCE, "sub": str(uuid.uuid4()),
+            "exp": now + 600, "role": "admin", "groups": ["it-ops"]}),
+        "no exp": jwt.encode({"iss": provider.issuer, "aud": AUDIENCE, "sub": "x",
+                              "groups": ["floor-staff"]}, provider.keys["rsa-1"],
+                             algorithm="RS256", headers={"kid": "rsa-1"}),
+        "exp a string": provider.token(exp=str(now + 600)),
+        "signed by a key of its own": jwt.encode(
+            {"iss": provider.issuer, "aud": AUDIENCE, "sub": "x", "exp": now + 600,
+             "groups": ["it-ops"]}, rsa.generate_private_key(65537, 2048),
+            algorithm="RS256", headers={"kid": "rsa-1"}),
+    }
+    for name, token in cases.items():
+        assert token is not None, name
+        r = await api.get("/api/v1/sessions", headers=h(token))
+        assert r.status_code == 401, (name, r.text)
+        assert r.headers["content-type"] == "application/problem+json", name
+
+
+async def test_an_unknown_key_is_refused_until_the_provider_publishes_it(
+        api, provider: Provider):
+    assert await status(api, provider.token("rsa-1")) == 200  # the keys are in the cache
+    provider.keys["rsa-2"] = rsa.generate_private_key(65537, 2048)
+    rotated = provider.token("rsa-2")
+    fetched = provider.jwks_requests
+    assert await status(api, rotated) == 401
+    # made-up key ids in a stream cost the provider at most one request per refresh bound
+    for _ in range(20):
+        assert await status(api, provider.token("rsa-2", sub=str(uuid.uuid4()))) == 401
+    assert provider.jwks_requests - fetched <= 1
+    provider.published.add("rsa-2")  # the provider rotates
+    await asyncio.sleep(0.6)
+    assert await status(api, rotated) == 200
+    provider.published.discard("rsa-1")
+
+
+async def test_the_provider_down_is_503_not_401(api, provider: Provider):
+    provider.down = True
+    r = await api.get("/api/v1/sessions", headers=h(provider.token("rsa-1")))
+    assert r.status_code == 503, r.text
+    assert r.json()["type"].endswith("/problems/unavailable")
+
+
+async def test_roles_come_from_the_groups_claim_the_highest_mapped_one_wins(
+        api, provider: Provider):
+    worker = provider.token(groups=["floor-staff", "canteen"])
+    lead = provider.token(sub="auth0|lead", groups=["floor-staff", "shift-leads"])
+    admin = provider.token(sub="auth0|ops", groups="it-ops")  # a single string too
+    stranger = provider.token(sub="auth0|visitor", groups=["visitors"])
+    assert (await api.get("/api/v1/ops/stuck", headers=h(worker))).status_code == 403
+    assert (await api.get("/api/v1/ops/stuck", headers=h(lead))).status_code == 403
+    assert (await api.get("/api/v1/ops/stuck", headers=h(admin))).status_code == 200
+    sop = await api.post("/api/v1/sops", headers=h(lead), json={
+        "title": "Forklift check", "tasks": [{"title": "T", "steps": [
+            {"title": "Horn", "check": {"kind": "confirm", "prompt": "Horn works"}}]}]})
+    assert sop.status_code == 201, sop.text  # supervisors write SOPs
+    r = await api.get("/api/v1/sessions", headers=h(stranger))
+    assert r.status_code == 403 and "groups" in r.json()["detail"]
+
+
+async def test_a_non_uuid_sub_is_always_the_same_user_who_sees_only_their_own_sessions(
+        api, provider: Provider, supervisor: Any):
+    alice, bob = "auth0|64f0c2a9e1", "waad|Bob.Meyer@plant.example"
+    sop = await make_confirmed_sop(api, supervisor)
+    started = await api.post("/api/v1/sessions", json={"sop_id": sop["id"]},
+                             headers=h(provider.token(sub=alice)))
+    assert started.status_code == 201, started.text
+    session = started.json()
+    assert session["worker_id"] == str(uuid5(NAMESPACE_URL, f"{provider.issuer}#{alice}"))
+    # a later token of the same person (ES256 this time) is the same user
+    again = await api.get(f"/api/v1/sessions/{session['id']}",
+                          headers=h(provider.token("ec-1", sub=alice)))
+    assert again.status_code == 200 and again.json()["worker_id"] == session["worker_id"]
+    # another person: not theirs, so it does not exist for them, and their list is empty
+    theirs = await api.get(f"/api/v1/sessions/{session['id']}",
+                           headers=h(provider.token(sub=bob)))
+    assert theirs.status_code == 404
+    listed = await api.get("/api/v1/sessions", headers=h(provider.token(sub=bob)))
+    assert listed.json()["total"] == 0
+    r = await api.post(f"/api/v1/sessions/{session['id']}/cancel", json={"reason": "done"},
+                       headers=h(provider.token(sub=alice)))
+    assert r.status_code == 200
