@@ -281,3 +281,18 @@ async def audit_cli(url: str, *args: str) -> tuple[int, str]:
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+async def ops_cli(temporal_env: Any, database_url: str, task_queue: str,
+                  *args: str) -> tuple[int, str, str]:
+    """`worksession ops ARGS` as an operator runs it, against this test's Temporal server,
+    database and task queue: (exit code, standard output, standard error)."""
+    env = {**os.environ, "WORKSESSION_DATABASE_URL": database_url,
+           "WORKSESSION_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "WORKSESSION_TASK_QUEUE": task_queue}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "worksession"), "ops", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,13 +16,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
-from application.ops import keep_gauges, retry_session
+from application.ops import keep_gauges
 from domain.errors import Unavailable
 from domain.sop import CheckResult
+from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
-from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on, sop_body
+from tests.conftest import (
+    WriteOutage,
+    eventually,
+    make_confirmed_sop,
+    on,
+    ops_cli,
+    sop_body,
+)
 from worker import build_worker
+from workflows.messages import workflow_id_for
 from worksession.devproc import DevProcess, free_port
 from worksession.metrics import PrometheusMeter
 
@@ -135,8 +144,9 @@ async def test_a_session_moves_the_counters_of_both_metrics_endpoints(stack):
     assert value(worker1, "temporal_num_pollers", poller_type="workflow_task") >= 1
 
 
-async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(client, database_url, db,
-                                                                  http, supervisor):
+async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, client,
+                                                                  database_url, db, http,
+                                                                  supervisor):
     queue = f"metrics-{uuid.uuid4()}"
     meter = PrometheusMeter()
     port = free_port()
@@ -168,13 +178,21 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(client, databa
                 async def shown():
                     return await asyncio.to_thread(stuck, "activity_failing") == 1
                 await eventually(shown, within=30)
+
+                async def backing_off():  # so that only `ops retry` makes it go soon
+                    s = await ops.diagnose(client, workflow_id_for(actor.id))
+                    return s and s.next_attempt_at and (
+                        s.next_attempt_at - datetime.now(UTC)).total_seconds() > 8
+                await eventually(backing_off, within=60)
                 # nothing the API could not write was counted as written
                 assert value(scrape(port), "worksession_checks_total", result="passed") == 0
-            await retry_session(ctx, None, sid)
+            code, out, err = await ops_cli(temporal_env, database_url, queue, "retry",
+                                           str(sid))
+            assert code == 0, err
 
             async def gone():
                 return await asyncio.to_thread(stuck, "activity_failing") == 0
-            await eventually(gone, within=10)
+            await eventually(gone, within=5)  # sooner than the next automatic attempt
             assert {r: stuck(r) for r in ("workflow_task_failing", "no_worker",
                                           "workflow_not_running")} == {
                 "workflow_task_failing": 0, "no_worker": 0, "workflow_not_running": 0}

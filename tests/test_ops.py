@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,22 +23,11 @@ from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
 from persistence.sessions import SessionRepository
-from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on
+from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on, ops_cli
 from worker import build_worker
 from workflows.messages import workflow_id_for
 
 BIN = Path(sys.executable).parent
-
-
-async def cli(temporal_env, database_url: str, task_queue: str, *args: str):
-    env = {**os.environ, "WORKSESSION_DATABASE_URL": database_url,
-           "WORKSESSION_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-           "WORKSESSION_TASK_QUEUE": task_queue}
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "worksession"), "ops", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -64,7 +52,7 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
     view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
 
-    code, _, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    code, _, err = await ops_cli(temporal_env, database_url, queue, "retry", str(sid))
     assert code == 1 and "is not stuck" in err
 
     check_id = uuid.uuid4()
@@ -90,16 +78,16 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
         # (nothing waits inside the workflow): only the read model lacks it
         run = client.get_workflow_handle(workflow_id_for(actor.id))
         assert [c["id"] for c in (await run.query("session"))["checks"]] == [str(check_id)]
-        code, out, err = await cli(temporal_env, database_url, queue, "stuck", "--json")
+        code, out, err = await ops_cli(temporal_env, database_url, queue, "stuck", "--json")
         assert code == 0, err
         listed = {s["session_id"]: s for s in json.loads(out)}
         assert listed[str(sid)]["kind"] == "activity_failing"
         assert listed[str(sid)]["worker_id"] == str(actor.id)
         assert listed[str(sid)]["attempts"] >= 2 and listed[str(sid)]["last_error"]
-        code, out, _ = await cli(temporal_env, database_url, queue, "stuck")
+        code, out, _ = await ops_cli(temporal_env, database_url, queue, "stuck")
         assert str(sid) in out and "keeps failing" in out
     # database repaired: ops retry makes it go now, not at the next back-off
-    code, out, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    code, out, err = await ops_cli(temporal_env, database_url, queue, "retry", str(sid))
     assert code == 0, err
     assert f"session {sid}" in out and "retried activity" in out
 
@@ -116,7 +104,7 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
                                   value=None, notes=None, evidence_uri=None, check_id=check_id)
     assert [c["id"] for c in again["checks"]] == [str(check_id)]
     assert await ops.diagnose(client, workflow_id_for(actor.id)) is None
-    code, _, err = await cli(temporal_env, database_url, queue, "retry", str(sid))
+    code, _, err = await ops_cli(temporal_env, database_url, queue, "retry", str(sid))
     assert code == 1 and "is not stuck" in err  # safe to run twice
     await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
 
