@@ -36,3 +36,19 @@ async def test_readyz_is_503_when_no_worker_polls(settings, db, client):
             r = await http.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"]["temporal"] == "ok" and r.json()["checks"]["worker"] != "ok"
+
+
+async def test_readyz_without_the_worker_check_is_ready_when_no_worker_polls(
+        settings, db, client):
+    """`?exclude=worker`, the API's Kubernetes readiness probe: a missing worker is the same
+    for every API replica, so it does not take them all out of the Service."""
+    app = create_app(settings.model_copy(update={"task_queue": "nobody-polls-this"}),
+                     jwt_secret=SECRET, client=client, db=db)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            r = await http.get("/readyz", params={"exclude": "worker"})
+            unknown = await http.get("/readyz", params={"exclude": "everything"})
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"] == {"database": "ok", "temporal": "ok"}
+    assert unknown.status_code == 422

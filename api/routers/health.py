@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.problems import problem
@@ -22,7 +22,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is down"}})
-async def readyz(request: Request) -> Any:
+async def readyz(request: Request, exclude: list[Literal["worker"]] = Query(
+        default=[], description="checks to leave out: `?exclude=worker` is this process's "
+                                "own readiness, for a Kubernetes readiness probe "
+                                "(docs/deployment.md#probes)")) -> Any:
     ctx = getattr(request.app.state, "ctx", None)
     checks: dict[str, str] = {}
     if ctx is None:
@@ -30,7 +33,9 @@ async def readyz(request: Request) -> Any:
     else:
         checks["database"] = await _check(ctx.db.ping())
         checks["temporal"] = await _check(_temporal(ctx))
-        if checks["temporal"] == "ok":
+        if "worker" in exclude:
+            pass  # whether a worker polls is the same for every API process: not this one's
+        elif checks["temporal"] == "ok":
             checks["worker"] = await _check(_worker_polls(ctx))
         else:
             checks["worker"] = "unknown (Temporal is down)"
