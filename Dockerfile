@@ -7,11 +7,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Only what the package needs: never the local .venv, data/ (it may hold a dev JWT secret) or .git.
+# Only what the package needs (every package of pyproject.toml's `include` but `faults`, which
+# is test tooling; tests/test_compose.py checks the list): never the local .venv, data/ (it may
+# hold a dev JWT secret) or .git.
 WORKDIR /src
 COPY pyproject.toml README.md worker.py ./
 COPY domain/ domain/
 COPY workflows/ workflows/
+COPY orchestration/ orchestration/
 COPY activities/ activities/
 COPY application/ application/
 COPY persistence/ persistence/

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,6 +122,55 @@ def test_dockerfile_installs_the_project_and_runs_the_api_as_non_root() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^CMD \["worksession", "api"\]\s*$', text, re.M)
+
+
+# Test tooling the package ships for the fault-injection tests; the service never imports it.
+NOT_IN_IMAGE = {"faults"}
+
+
+def _dockerfile_copies() -> set[str]:
+    """What the Dockerfile copies into its build directory: `COPY x/ x/` -> "x", and the
+    files of `COPY a b ./`."""
+    copied: set[str] = set()
+    for line in DOCKERFILE.read_text().splitlines():
+        parts = line.split()
+        if parts[:1] != ["COPY"] or any(p.startswith("--") for p in parts):
+            continue
+        *sources, dest = parts[1:]
+        for src in sources:
+            if dest in ("./", ".") or dest.rstrip("/") == src.rstrip("/"):
+                copied.add(src.rstrip("/"))
+    return copied
+
+
+def _installed_packages() -> set[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {pattern.rstrip("*").rstrip(".") for pattern in include}
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    """`pip install .` in the image installs only what was copied: a package left out (as
+    `orchestration/` was, which `application/` imports) is an image that cannot start."""
+    copied = _dockerfile_copies()
+    missing = _installed_packages() - NOT_IN_IMAGE - copied
+    assert not missing, f"the Dockerfile does not copy {sorted(missing)}"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for module in pyproject["tool"]["setuptools"]["py-modules"]:
+        assert f"{module}.py" in copied, f"the Dockerfile does not copy {module}.py"
+
+
+def test_the_service_never_imports_what_the_image_leaves_out() -> None:
+    imports = re.compile(r"^\s*(?:from|import)\s+(?P<name>[A-Za-z_]\w*)", re.M)
+    shipped = (_installed_packages() - NOT_IN_IMAGE) | {"worker"}
+    for package in sorted(shipped):
+        files = [ROOT / "worker.py"] if package == "worker" else \
+            sorted((ROOT / package).rglob("*.py"))
+        assert files, package
+        for path in files:
+            names = {m["name"] for m in imports.finditer(path.read_text())}
+            left_out = names & NOT_IN_IMAGE
+            assert not left_out, f"{path.relative_to(ROOT)} imports {sorted(left_out)}"
 
 
 def test_api_and_worker_wait_for_setup_to_complete_successfully() -> None:
