@@ -274,7 +274,7 @@ def test_api_probes_hit_readyz_and_healthz_on_the_port_the_api_listens_on(app) -
         assert _port(container, probe["port"]) == listens, name
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["startupProbe"]["path"] == "/healthz"
-    # Readiness: /readyz without the worker check (docs/deployment.md#probes says why).
+    # Readiness: /readyz without the worker check (docs/deployment.md#probes-and-why says why).
     assert probes["readinessProbe"]["path"] == "/readyz?exclude=worker"
     # Each of /readyz's two checks may take its whole bound.
     from api.routers.health import CHECK_TIMEOUT

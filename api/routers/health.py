@@ -25,7 +25,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, exclude: list[Literal["worker"]] = Query(
         default=[], description="checks to leave out: `?exclude=worker` is this process's "
                                 "own readiness, for a Kubernetes readiness probe "
-                                "(docs/deployment.md#probes)")) -> Any:
+                                "(docs/deployment.md#probes-and-why)")) -> Any:
     ctx = getattr(request.app.state, "ctx", None)
     checks: dict[str, str] = {}
     if ctx is None:
