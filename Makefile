@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-sqlite test-postgresql lint chromium promtool
+.PHONY: dev test test-sqlite test-postgresql lint chromium promtool haproxy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/worksession dev
 
-test: chromium promtool lint test-sqlite test-postgresql
+test: chromium promtool haproxy lint test-sqlite test-postgresql
 
 # The web console's browser tests drive Debian's chromium (never a downloaded browser).
 chromium:
@@ -29,6 +29,14 @@ promtool:
 	@test -x /usr/bin/promtool || (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)) || \
 		echo "no /usr/bin/promtool: the alert rule checks will be skipped" >&2
+
+# The Temporal-over-TLS test (tests/test_temporal_tls.py) puts Debian's haproxy in front of the
+# dev server as a TLS-terminating proxy that requires client certificates. Without it the
+# test skips.
+haproxy:
+	@test -x /usr/sbin/haproxy || (command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy)) || \
+		echo "no /usr/sbin/haproxy: the Temporal TLS test will be skipped" >&2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ import asyncio
 import compileall
 import contextlib
 import signal
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
-from worksession.temporal import connect
+from worksession.temporal import TemporalConnectError, connect
 
 # The SDK's sandbox as it is. Passing every module through (loaded once per process) would
 # save about 60 KB per cached run, but it also switches off the restrictions on the workflow's
@@ -67,12 +68,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if settings.worker_metrics_port:  # the SDK's metrics and the session counters, one port
         runtime = worker_runtime(settings.metrics_host, settings.worker_metrics_port)
         meter = TemporalMeter(runtime)
-    db = Database(settings.db_url)
     tracer = tracing.tracer_provider(settings, "worksession-worker")
-    if tracer is not None:
-        tracing.instrument_database(db, tracer)
     client = await connect(settings, runtime=runtime,
                            plugins=tracing.temporal_plugins(tracer))
+    db = Database(settings.db_url)
+    if tracer is not None:
+        tracing.instrument_database(db, tracer)
     worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
                           graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter)
     try:
@@ -82,11 +83,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await db.dispose()
 
 
-def main() -> None:
+def main() -> int:
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level, "worker")
-    aio.run(run_worker(settings))
+    try:
+        aio.run(run_worker(settings))
+    except TemporalConnectError as e:  # one line, not a traceback
+        print(f"worksession: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -108,9 +108,14 @@ def _api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from worksession import tracing
     from worksession.metrics import PrometheusMeter
+    from worksession.temporal import TemporalConnectError, tls_config
 
     settings = Settings()
     secret = settings.require_jwt_secret()
+    try:  # the connection itself is lazy: the API starts, and /readyz says what is down
+        tls_config(settings)
+    except TemporalConnectError as e:
+        return _fail(str(e))
     meter = None
     if settings.metrics_port:
         meter = PrometheusMeter()
@@ -141,8 +146,7 @@ def _api(args: argparse.Namespace) -> int:
 def _worker(_: argparse.Namespace) -> int:
     from worker import main as worker_main
 
-    worker_main()
-    return 0
+    return worker_main()
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -177,14 +181,17 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _setup_temporal(_: argparse.Namespace) -> int:
-    from worksession.temporal import connect, register_search_attributes
+    from worksession.temporal import TemporalConnectError, connect, register_search_attributes
 
     async def run() -> list[str]:
         settings = Settings()
         client = await connect(settings)
         return await register_search_attributes(client, settings.temporal_namespace)
 
-    added = asyncio.run(run())
+    try:
+        added = asyncio.run(run())
+    except TemporalConnectError as e:
+        return _fail(str(e))
     print(f"search attributes added: {', '.join(added)}" if added
           else "search attributes already registered")
     return 0
@@ -249,14 +256,18 @@ def _ops(args: argparse.Namespace) -> int:
     from domain.errors import DomainError
     from orchestration.client import SessionWorkflows
     from persistence.db import Database
-    from worksession.temporal import connect
+    from worksession.temporal import TemporalConnectError, connect
 
     async def run() -> int:
         settings = Settings()
         db = Database(settings.db_url)
         try:
+            try:
+                client = await connect(settings)
+            except TemporalConnectError as e:
+                return _fail(str(e))
             ctx = Context(db=db, workflows=SessionWorkflows(
-                await connect(settings), settings.task_queue, settings.request_timeout_seconds,
+                client, settings.task_queue, settings.request_timeout_seconds,
                 settings.idle_timeout, settings.escalate_after_failures,
                 write_behind=settings.write_behind))
             if args.ops_command == "stuck":

@@ -23,6 +23,7 @@ from worksession.binaries import temporal_cli
 from worksession.settings import Settings
 from worksession.temporal import (
     DEV_SERVER_STORE_FLAGS,
+    TLS_SETTINGS,
     connect,
     register_search_attributes,
     worker_polls,
@@ -157,8 +158,12 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_dev_secret(data_dir)
+    # The dev server is plaintext: the TLS settings of the environment (a production's) are
+    # left out, here and for the children, which connect as production does otherwise.
     settings = Settings(data_dir=data_dir, temporal_address=f"{HOST}:{temporal_port}",
-                        temporal_ui_url=f"http://{HOST}:{ui_port}", api_port=port)
+                        temporal_ui_url=f"http://{HOST}:{ui_port}", api_port=port,
+                        **{name: None for name in TLS_SETTINGS if name != "temporal_tls"},
+                        temporal_tls=False)
     sock = _listen(port)
 
     stop = asyncio.Event()
@@ -174,7 +179,10 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
             "--log-level", "warn", "--ui-disable-news-fetch", *DEV_SERVER_STORE_FLAGS,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True, preexec_fn=_die_with_parent)
-    env = {**os.environ, "WORKSESSION_DATA_DIR": str(data_dir),
+    tls_vars = {f"WORKSESSION_{name.upper()}{suffix}" for name in TLS_SETTINGS
+                for suffix in ("", "_FILE")}
+    env = {**{k: v for k, v in os.environ.items() if k not in tls_vars},
+           "WORKSESSION_DATA_DIR": str(data_dir),
            "WORKSESSION_TEMPORAL_ADDRESS": settings.temporal_address,
            "WORKSESSION_TEMPORAL_UI_URL": settings.temporal_ui_url,
            "WORKSESSION_API_HOST": HOST, "WORKSESSION_API_PORT": str(port),

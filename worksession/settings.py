@@ -13,10 +13,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 MIN_SECRET_BYTES = 32
 
-
 # Settings that are secrets: each can also be read from the file WORKSESSION_<NAME>_FILE
 # names (how containers get secrets), and none is ever logged or shown in /readyz.
-SECRET_SETTINGS = ("jwt_secret", "database_url")
+SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key")
 
 
 class _SecretFiles(PydanticBaseSettingsSource):
@@ -60,6 +59,18 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; default SQLite under data_dir")
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    # The connection to Temporal's frontend (worksession/temporal.py `connect`, used by every
+    # process; docs/deployment.md, "Temporal over TLS"). TLS is on when asked, or when any of
+    # the settings below is set. The CA: the server's, PEM; unset, the system's trust store.
+    # The client certificate and key (mTLS), PEM: both or neither. The server name: the one
+    # the server's certificate must carry when it is not the address's host. The API key
+    # (Temporal Cloud) goes as a bearer token, over TLS. Files are read at connect time.
+    temporal_tls: bool = False
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
     task_queue: str = "work-sessions"
     temporal_ui_url: str = "http://127.0.0.1:8233"
     jwt_secret: SecretStr | None = None
@@ -110,6 +121,15 @@ class Settings(BaseSettings):
     # session, worker, workflow, run and trace ids (worksession/logs.py). `text` reads better
     # in a terminal (`worksession dev`).
     log_format: Literal["json", "text"] = "text"
+
+    @model_validator(mode="after")
+    def _tls_implied(self) -> Settings:
+        if any(v is not None for v in (
+                self.temporal_tls_ca_file, self.temporal_tls_cert_file,
+                self.temporal_tls_key_file, self.temporal_tls_server_name,
+                self.temporal_api_key)):
+            self.temporal_tls = True
+        return self
 
     @property
     def db_url(self) -> str:

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from temporalio.service import RPCError
 
 from api.problems import problem
-from worksession.temporal import worker_polls
+from worksession.temporal import TemporalConnectError, connect_failure, worker_polls
 
 router = APIRouter(tags=["Health"])
 
@@ -52,12 +53,20 @@ async def _check(coro: Any) -> str:
         return "ok"
     except TimeoutError:
         return "timed out"
+    except TemporalConnectError as e:
+        return str(e)
     except Exception as e:  # any failure means "down"; say which
         return f"{type(e).__name__}: {str(e)[:200]}"
 
 
 async def _temporal(ctx: Any) -> None:
-    await ctx.workflows.client.service_client.check_health()
+    service = ctx.workflows.client.service_client
+    try:
+        await service.check_health()
+    except (RuntimeError, RPCError) as e:  # what failed and which settings matter, as the CLI
+        config = service.config
+        raise TemporalConnectError(connect_failure(
+            config.target_host, config.tls, config.api_key is not None, e)) from None
 
 
 async def _worker_polls(ctx: Any) -> None:
