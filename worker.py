@@ -22,7 +22,7 @@ from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
-from worksession.temporal import TemporalConnectError, connect
+from worksession.temporal import TemporalConnectError, connect, exit_unconnected
 
 # The SDK's sandbox as it is. Passing every module through (loaded once per process) would
 # save about 60 KB per cached run, but it also switches off the restrictions on the workflow's
@@ -89,8 +89,7 @@ def main() -> int:
     try:
         aio.run(run_worker(settings))
     except TemporalConnectError as e:  # one line, not a traceback
-        print(f"worksession: {e}", file=sys.stderr)
-        return 2
+        exit_unconnected(e)
     return 0
 
 

@@ -13,8 +13,8 @@ from worksession.devproc import free_port
 
 async def test_readyz_is_503_naming_temporal_and_the_worker_when_temporal_is_down(
         settings, db):
-    dead = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True,
-                                data_converter=pydantic_data_converter)
+    address = f"127.0.0.1:{free_port()}"
+    dead = await Client.connect(address, lazy=True, data_converter=pydantic_data_converter)
     app = create_app(settings, jwt_secret=SECRET, client=dead, db=db)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -24,7 +24,10 @@ async def test_readyz_is_503_naming_temporal_and_the_worker_when_temporal_is_dow
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
     body = r.json()
     assert body["checks"]["database"] == "ok"
-    assert body["checks"]["temporal"] != "ok" and "temporal" in body["detail"]
+    assert body["checks"]["temporal"] == (
+        f"cannot connect to Temporal at {address}: connection refused (is Temporal listening "
+        "there? WORKSESSION_TEMPORAL_ADDRESS)")
+    assert "temporal" in body["detail"]
 
 
 async def test_readyz_is_503_when_no_worker_polls(settings, db, client):

@@ -108,14 +108,14 @@ def _api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from worksession import tracing
     from worksession.metrics import PrometheusMeter
-    from worksession.temporal import TemporalConnectError, tls_config
+    from worksession.temporal import TemporalConnectError, exit_unconnected, tls_config
 
     settings = Settings()
     secret = settings.require_jwt_secret()
     try:  # the connection itself is lazy: the API starts, and /readyz says what is down
         tls_config(settings)
     except TemporalConnectError as e:
-        return _fail(str(e))
+        exit_unconnected(e)
     meter = None
     if settings.metrics_port:
         meter = PrometheusMeter()
@@ -181,7 +181,12 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _setup_temporal(_: argparse.Namespace) -> int:
-    from worksession.temporal import TemporalConnectError, connect, register_search_attributes
+    from worksession.temporal import (
+        TemporalConnectError,
+        connect,
+        exit_unconnected,
+        register_search_attributes,
+    )
 
     async def run() -> list[str]:
         settings = Settings()
@@ -191,7 +196,7 @@ def _setup_temporal(_: argparse.Namespace) -> int:
     try:
         added = asyncio.run(run())
     except TemporalConnectError as e:
-        return _fail(str(e))
+        exit_unconnected(e)
     print(f"search attributes added: {', '.join(added)}" if added
           else "search attributes already registered")
     return 0
@@ -256,7 +261,7 @@ def _ops(args: argparse.Namespace) -> int:
     from domain.errors import DomainError
     from orchestration.client import SessionWorkflows
     from persistence.db import Database
-    from worksession.temporal import TemporalConnectError, connect
+    from worksession.temporal import TemporalConnectError, connect, exit_unconnected
 
     async def run() -> int:
         settings = Settings()
@@ -265,7 +270,7 @@ def _ops(args: argparse.Namespace) -> int:
             try:
                 client = await connect(settings)
             except TemporalConnectError as e:
-                return _fail(str(e))
+                exit_unconnected(e)
             ctx = Context(db=db, workflows=SessionWorkflows(
                 client, settings.task_queue, settings.request_timeout_seconds,
                 settings.idle_timeout, settings.escalate_after_failures,

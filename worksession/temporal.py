@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
 from temporalio.api.operatorservice.v1 import (
@@ -36,6 +39,16 @@ CERT_VARS = "WORKSESSION_TEMPORAL_TLS_CERT_FILE / _KEY_FILE"
 
 class TemporalConnectError(Exception):
     """One line for an operator: what failed, and which settings matter."""
+
+
+def exit_unconnected(error: TemporalConnectError) -> NoReturn:
+    """A command that cannot connect: its one line on stderr, exit status 2. Out without the
+    interpreter's teardown: the SDK's Rust threads left by the failed connection can abort it
+    ("Fatal Python error: PyGILState_Release", status 134, measured here about one run in
+    ten; temporalio/sdk-python#300), which would bury the line under a crash report."""
+    print(f"worksession: {error}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 async def connect(settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None,
@@ -126,7 +139,10 @@ def connect_failure(address: str, tls: TLSConfig | bool | None, api_key: bool,
     elif "dns error" in text or "failed to lookup address" in text:
         reason = "cannot resolve the host (WORKSESSION_TEMPORAL_ADDRESS)"
     elif any(s in text for s in ("fatal alert", "BrokenPipe", "broken pipe", "ConnectionReset",
-                                 "connection reset", "UnexpectedEof")):
+                                 "connection reset", "UnexpectedEof", "connection closed")):
+        # Measured against a proxy that requires a client certificate (TLS 1.3: the client
+        # learns of the refusal after its side of the handshake): an alert, CertificateRequired
+        # or UnknownCA, most often; a broken pipe or "connection closed" otherwise.
         if not tls_on:
             reason = ("the server closed the connection (does it require TLS? "
                       "WORKSESSION_TEMPORAL_TLS and the settings after it)")
