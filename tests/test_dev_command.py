@@ -79,7 +79,15 @@ def dev(tmp_path: Path):
         d.proc.wait()
 
 
-def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(dev: Dev):
+def test_dev_runs_the_stack_stops_cleanly_and_keeps_data_across_restart(
+        dev: Dev, monkeypatch: pytest.MonkeyPatch):
+    # A production's Temporal TLS settings in the environment: dev's own plaintext server is
+    # used all the same, by dev and by its worker and API (these files would stop them).
+    for var, value in [("TLS_CA_FILE", "/nonexistent/ca.pem"),
+                       ("TLS_CERT_FILE", "/nonexistent/client.pem"),
+                       ("TLS_KEY_FILE", "/nonexistent/client.key"),
+                       ("API_KEY", "a-production-key")]:
+        monkeypatch.setenv(f"WORKSESSION_TEMPORAL_{var}", value)
     banner = dev.start()
     assert f"{dev.api}/docs" in banner and f":{dev.ports['ui']}" in banner
     assert dev.proc is not None
