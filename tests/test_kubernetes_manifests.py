@@ -34,17 +34,7 @@ KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 EXAMPLE_SECRETS = K8S / "secrets.example.yaml"
 NAMESPACE = "worksession"
 
-# TODO(issue #18 parts 1-3): main's worksession/settings.py lists the secret settings in
-# SECRET_SETTINGS once secrets-from-files lands; until then the three of the plan.
-SECRET_SETTINGS = {name.lower() for name in getattr(
-    settings_module, "SECRET_SETTINGS", ("jwt_secret", "database_url", "temporal_api_key"))}
-# TODO(issue #18 parts 1-3): settings being added in parallel (TLS to Temporal, identity
-# providers) that configmap.yaml names in its commented, optional lines. Accepted there until
-# Settings has them; test_pending_settings_are_real_once_settings_has_them drops the leeway.
-PENDING_SETTINGS = {"temporal_tls", "temporal_tls_ca_file", "temporal_tls_cert_file",
-                    "temporal_tls_key_file", "temporal_tls_server_name", "temporal_api_key",
-                    "oidc_issuer", "jwks_url", "jwt_audience", "role_claim", "role_map",
-                    "jwks_refresh"}
+SECRET_SETTINGS = set(settings_module.SECRET_SETTINGS)
 
 
 # --- loading and rendering -------------------------------------------------------------------
@@ -167,8 +157,8 @@ def _example_secret_keys() -> dict[str, set[str]]:
             for d in _docs(EXAMPLE_SECRETS)}
 
 
-def _known_variables(extra: set[str] = frozenset()) -> set[str]:
-    fields = set(Settings.model_fields) | extra
+def _known_variables() -> set[str]:
+    fields = set(Settings.model_fields)
     return ({PREFIX + f.upper() for f in fields}
             | {PREFIX + f.upper() + "_FILE" for f in SECRET_SETTINGS})
 
@@ -373,16 +363,8 @@ def test_every_worksession_variable_is_a_setting(app, migration) -> None:
     assert all(name.startswith(PREFIX) for name in _configmap(app))
     optional = set(_commented_settings())
     assert optional, "configmap.yaml shows the optional settings"
-    unknown = optional - _known_variables(PENDING_SETTINGS)
+    unknown = optional - _known_variables()
     assert not unknown, f"configmap.yaml's optional lines: {sorted(unknown)}"
-
-
-def test_pending_settings_are_real_once_settings_has_them() -> None:
-    if not hasattr(settings_module, "SECRET_SETTINGS"):
-        pytest.skip("TODO: secrets from files and the identity-provider and TLS settings "
-                    "have not landed in worksession/settings.py yet")
-    missing = PENDING_SETTINGS - set(Settings.model_fields)
-    assert not missing, f"configmap.yaml names settings that do not exist: {sorted(missing)}"
 
 
 def test_no_secret_is_in_an_environment_value(app, migration) -> None:

@@ -34,10 +34,15 @@ def test_every_secret_setting_reads_a_file(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "db").write_text(url)
     monkeypatch.setenv("WORKSESSION_JWT_SECRET_FILE", str(tmp_path / "jwt"))
     monkeypatch.setenv("WORKSESSION_DATABASE_URL_FILE", str(tmp_path / "db"))
+    (tmp_path / "key").write_text("tcld-api-key-123\n")
+    monkeypatch.setenv("WORKSESSION_TEMPORAL_API_KEY_FILE", str(tmp_path / "key"))
     settings = Settings()
     assert settings.require_jwt_secret() == SECRET.encode()
     assert settings.db_url == url
-    assert set(SECRET_SETTINGS) >= {"jwt_secret", "database_url"}
+    assert settings.temporal_api_key is not None
+    assert settings.temporal_api_key.get_secret_value() == "tcld-api-key-123"
+    assert settings.temporal_tls  # an API key means TLS
+    assert set(SECRET_SETTINGS) == {"jwt_secret", "database_url", "temporal_api_key"}
     assert SECRET not in repr(settings)  # a SecretStr shows as '**********'
 
 
