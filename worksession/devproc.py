@@ -55,7 +55,7 @@ class DevProcess:
             try:
                 return self._start(within)
             except RuntimeError as e:
-                if not (self.chosen_ports and "address already in use" in str(e)
+                if not (self.chosen_ports and "already in use" in str(e).lower()
                         and attempt < 2):
                     raise
                 self.ports = _free_ports()
