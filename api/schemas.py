@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from domain.sop import CheckResult
+from domain.work_session import CheckSubmission
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # …and at least one non-space character
@@ -109,12 +112,17 @@ class StartSessionIn(BaseModel):
 
 class CheckIn(BaseModel):
     step_id: UUID
-    result: Literal["passed", "failed"] | None = None
+    result: CheckResult | None = None
     value: Finite | None = None
     notes: Text(2000) | None = None  # type: ignore[valid-type]
     evidence_uri: Text(2048) | None = None  # type: ignore[valid-type]
     check_id: UUID | None = Field(
         default=None, description="client-chosen UUID: resending it records the check once")
+
+    def submission(self) -> CheckSubmission:
+        """The one shape of a check from here on: every field as the request has it."""
+        return CheckSubmission(**self.model_dump(exclude={"check_id"}),
+                               check_id=self.check_id or uuid4())
 
 
 class CancelIn(BaseModel):

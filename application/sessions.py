@@ -27,7 +27,7 @@ from domain.errors import (
     SopNotStartable,
     Unavailable,
 )
-from domain.sop import CheckResult, SessionPlan, SopStatus
+from domain.sop import SessionPlan, SopStatus
 from domain.work_session import (
     ACTIVE_STATUSES,
     BEGINNING,
@@ -257,19 +257,13 @@ async def _act(ctx: Context, access: Access, facts: AuditFacts,
     return await _audited(ctx, access.session_id, facts, decide)
 
 
-async def submit_check(ctx: Context, access: Access, *, step_id: UUID,
-                       result: CheckResult | None, value: float | None, notes: str | None,
-                       evidence_uri: str | None, check_id: UUID | None,
+async def submit_check(ctx: Context, access: Access, sub: CheckSubmission,
                        request_id: str | None = None) -> dict[str, Any]:
-    check_id = check_id or uuid4()
     actor = access.actor
-    facts = _facts(actor, "check_submitted", request_id, check_id=str(check_id),
-                   step_id=str(step_id), result=result.value if result else None, value=value)
-    cmd = SubmitCheck(session_id=access.session_id, check_id=check_id, step_id=step_id,
-                      result=result, value=value, notes=notes, evidence_uri=evidence_uri,
-                      audit=facts)
-    sub = CheckSubmission(check_id=check_id, step_id=step_id, result=result, value=value,
-                          notes=notes, evidence_uri=evidence_uri)
+    facts = _facts(actor, "check_submitted", request_id, check_id=str(sub.check_id),
+                   step_id=str(sub.step_id), result=sub.result.value if sub.result else None,
+                   value=sub.value)
+    cmd = SubmitCheck.of(sub, access.session_id, facts)
     return await _act(ctx, access, facts,
                       live=lambda: ctx.workflows.submit_check(actor.id, cmd),
                       offline=lambda s: s.add_check(sub, by=actor.id, now=ctx.clock()))

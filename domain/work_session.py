@@ -5,7 +5,7 @@ Temporal workflow and in the API against the read model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -26,26 +26,36 @@ ACTIVE_STATUSES = (SessionStatus.IN_PROGRESS, SessionStatus.PAUSED)
 CLOSED_STATUSES = (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
 
 
-@dataclass(frozen=True)
-class Check:
-    id: UUID
+@dataclass(frozen=True, kw_only=True)
+class CheckContent:
+    """What a worker states in a safety check, kept as stated. A check's new field goes here
+    (and in the request model and the table that map to it by name), nowhere else."""
+
     step_id: UUID
+    value: float | None = None
+    notes: str | None = None
+    evidence_uri: str | None = None
+
+    def content(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(CheckContent)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSubmission(CheckContent):
+    """A check as submitted: built once from the request, carried whole to `add_check`."""
+
+    check_id: UUID
+    result: CheckResult | None = None  # a measurement's result is decided from its value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check(CheckContent):
+    """A recorded check."""
+
+    id: UUID
     result: CheckResult
     checked_at: datetime
     checked_by: UUID
-    value: float | None = None
-    notes: str | None = None
-    evidence_uri: str | None = None
-
-
-@dataclass(frozen=True)
-class CheckSubmission:
-    check_id: UUID
-    step_id: UUID
-    result: CheckResult | None = None
-    value: float | None = None
-    notes: str | None = None
-    evidence_uri: str | None = None
 
 
 @dataclass
@@ -254,9 +264,8 @@ class WorkSession:
                 current_step_id=_str(self.state.current_step_id),
             )
         assert result is not None
-        check = Check(id=sub.check_id, step_id=sub.step_id, result=result, checked_at=now,
-                      checked_by=by, value=sub.value, notes=sub.notes,
-                      evidence_uri=sub.evidence_uri)
+        check = Check(id=sub.check_id, result=result, checked_at=now, checked_by=by,
+                      **sub.content())
         self.state.checks.append(check)
         t = self._step_time(step.id, now)
         t.attempts += 1

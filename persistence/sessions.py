@@ -10,7 +10,7 @@ written (its dedup key names the change) makes the whole change a no-op."""
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -35,6 +35,8 @@ from persistence.tables import GENESIS, session_checks, session_steps, sops, wor
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
 _STATE_FIELDS = [k for k in work_sessions.c.keys() if k not in ("id", "audit_seq", "audit_hash")]
+# A check's fields are its table's columns of the same names (`result` as its value).
+_CHECK_FIELDS = [f.name for f in fields(Check) if f.name != "result"]
 # A step time's fields as the table keeps them (`changed_in` is the row's `version`).
 _STEP_FIELDS = [k for k in session_steps.c.keys()
                 if k not in ("session_id", "version", "sop_id", "session_started_at")]
@@ -162,12 +164,8 @@ class SessionRepository:
         return SessionRow(state, row["workflow_id"], row["run_id"])
 
     async def _checks(self, session_id: UUID) -> list[Check]:
-        rows = (await self.conn.execute(select(session_checks)
-                                        .where(session_checks.c.session_id == session_id)
-                                        .order_by(session_checks.c.seq))).mappings().all()
-        return [Check(id=r["id"], step_id=r["step_id"], result=CheckResult(r["result"]),
-                      checked_at=r["checked_at"], checked_by=r["checked_by"], value=r["value"],
-                      notes=r["notes"], evidence_uri=r["evidence_uri"]) for r in rows]
+        rows = (await self.conn.execute(_CHECKS_OF, {"sid": session_id})).mappings().all()
+        return [_check(r) for r in rows]
 
     async def _step_times(self, session_id: UUID) -> list[StepTime]:
         rows = (await self.conn.execute(select(session_steps).where(
@@ -259,6 +257,8 @@ def _checks_insert(is_sqlite: bool) -> Any:
         index_elements=[session_checks.c.session_id, session_checks.c.id])
 
 
+_CHECKS_OF = select(session_checks).where(
+    session_checks.c.session_id == bindparam("sid")).order_by(session_checks.c.seq)
 _UPDATE_ALL = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
     {k: bindparam(k) for k in [*_STATE_FIELDS, "audit_seq", "audit_hash"]})
 _UPDATE_HEAD = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
@@ -282,10 +282,12 @@ def _step_row(st: SessionState, t: StepTime) -> dict[str, Any]:
 
 
 def _check_row(session_id: UUID, seq: int, k: Check) -> dict[str, Any]:
-    return {"session_id": session_id, "id": k.id, "seq": seq, "step_id": k.step_id,
-            "result": k.result.value, "value": k.value, "notes": k.notes,
-            "evidence_uri": k.evidence_uri, "checked_at": k.checked_at,
-            "checked_by": k.checked_by}
+    return {"session_id": session_id, "seq": seq,
+            **{f: getattr(k, f) for f in _CHECK_FIELDS}, "result": k.result.value}
+
+
+def _check(row: Any) -> Check:
+    return Check(**{f: row[f] for f in _CHECK_FIELDS}, result=CheckResult(row["result"]))
 
 
 def _state(row: Any, checks: list[Check]) -> SessionState:

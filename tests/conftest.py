@@ -234,6 +234,12 @@ async def eventually(predicate: Any, within: float = 10.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+def submission(*, step_id: Any, check_id: UUID | None = None, **content: Any) -> Any:
+    """A check as the API's edge builds it from a request."""
+    from domain.work_session import CheckSubmission
+    return CheckSubmission(step_id=step_id, check_id=check_id or uuid.uuid4(), **content)
+
+
 async def on(ctx: Any, actor: Any, session_id: Any, permission: str = "session.work") -> Any:
     """A use case's access to a session, decided as the API's `gate` decides it."""
     from application.sessions import gate

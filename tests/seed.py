@@ -50,10 +50,10 @@ async def seed(ctx: Any, sop_id: str | UUID, worker_id: UUID, started_at: dateti
             assert spec is not None
             measured = spec.check.kind.value == "measurement"
             value = (0.1 if step.action == "passed" else 9.9) if measured else None
-            session.add_check(CheckSubmission(uuid4(), current,
-                                              None if measured else CheckResult(step.action),
-                                              value), worker_id, now,
-                              escalate_after_failures)
+            session.add_check(CheckSubmission(
+                check_id=uuid4(), step_id=current,
+                result=None if measured else CheckResult(step.action), value=value),
+                worker_id, now, escalate_after_failures)
             action = "check_submitted"
         elif step.action == "complete":
             session.complete(now, manual=True)

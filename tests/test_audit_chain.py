@@ -167,10 +167,10 @@ class Run:
         step = self.session.plan.step(st.current_step_id)  # type: ignore[arg-type]
         assert step is not None
         if step.check.kind is CheckKind.MEASUREMENT:
-            sub = CheckSubmission(uuid4(), step.id, value=0.35 if passed else 7.5,
+            sub = CheckSubmission(check_id=uuid4(), step_id=step.id, value=0.35 if passed else 7.5,
                                   notes="Spannung geprüft ✓ 電圧 «A»")
         else:
-            sub = CheckSubmission(uuid4(), step.id,
+            sub = CheckSubmission(check_id=uuid4(), step_id=step.id,
                                   result=CheckResult.PASSED if passed else CheckResult.FAILED)
         check = self.session.add_check(sub, by=self.worker, now=self.at,
                                        escalate_after_failures=escalate_after)

@@ -16,7 +16,7 @@ from application.context import Context
 from domain.sop import CheckResult
 from orchestration.client import SessionWorkflows
 from persistence.sessions import SessionRepository
-from tests.conftest import make_confirmed_sop, on
+from tests.conftest import make_confirmed_sop, on, submission
 from worker import build_worker
 from worksession.binaries import temporal_test_server
 from worksession.temporal import register_search_attributes
@@ -49,9 +49,8 @@ async def test_idle_session_pauses_itself_after_the_idle_timeout(skipping_env, d
         assert (await ctx.workflows.query(actor.id))["status"] == "in_progress"
         # activity resets the clock
         view = await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
-                                     step_id=uuid.UUID(view["current_step_id"]),
-                                     result=CheckResult.FAILED, value=None, notes=None,
-                                     evidence_uri=None, check_id=None)
+            submission(step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.FAILED,
+                       check_id=None))
         await skipping_env.sleep(timedelta(hours=7))
         assert (await ctx.workflows.query(actor.id))["status"] == "in_progress"
         await skipping_env.sleep(timedelta(hours=1, minutes=5))
@@ -77,15 +76,12 @@ async def test_repeated_failed_checks_mark_the_session_as_needing_attention(
         sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
         for n in range(3):
             assert view["needs_attention"] is False, n
-            view = await uc.submit_check(
-        ctx, await on(ctx, actor, sid), step_id=step,
-                                         result=CheckResult.FAILED, value=None, notes=None,
-                                         evidence_uri=None, check_id=None)
+            view = await uc.submit_check(ctx, await on(ctx, actor, sid),
+                submission(step_id=step, result=CheckResult.FAILED, check_id=None))
         assert view["needs_attention"] is True
         async with db.read() as conn:
             assert (await SessionRepository(conn).get(sid)).state.needs_attention is True
-        view = await uc.submit_check(
-        ctx, await on(ctx, actor, sid), step_id=step, result=CheckResult.PASSED,
-                                     value=None, notes=None, evidence_uri=None, check_id=None)
+        view = await uc.submit_check(ctx, await on(ctx, actor, sid),
+            submission(step_id=step, result=CheckResult.PASSED, check_id=None))
         assert view["needs_attention"] is False
         await uc.cancel_session(ctx, await on(ctx, actor, sid), "done testing")

@@ -29,6 +29,7 @@ from tests.conftest import (
     on,
     ops_cli,
     sop_body,
+    submission,
 )
 from worker import build_worker
 from workflows.messages import workflow_id_for
@@ -171,9 +172,8 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, 
             assert stuck("activity_failing") == 0
             async with WriteOutage(database_url):
                 with pytest.raises(Unavailable):
-                    await uc.submit_check(ctx, await on(ctx, actor, sid), step_id=step,
-                                          result=CheckResult.PASSED, value=None, notes=None,
-                                          evidence_uri=None, check_id=uuid.uuid4())
+                    await uc.submit_check(ctx, await on(ctx, actor, sid),
+                        submission(step_id=step, result=CheckResult.PASSED, check_id=uuid.uuid4()))
 
                 async def shown():
                     return await asyncio.to_thread(stuck, "activity_failing") == 1

@@ -22,7 +22,7 @@ from domain.sop import CheckResult
 from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
-from tests.conftest import eventually, make_confirmed_sop, on, sop_body
+from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
 from worker import SANDBOX, build_worker
 from workflows.messages import workflow_id_for
 from workflows.work_session import WorkSessionWorkflow
@@ -39,11 +39,10 @@ def own_context(client, db, task_queue: str, **kw) -> Context:
 async def pass_current(ctx: Context, actor: Actor, view: dict, check_id=None) -> dict:
     step = view["current_step"]
     kind = step["check"]["kind"]
-    return await uc.submit_check(
-        ctx, await on(ctx, actor, uuid.UUID(view["id"])), step_id=uuid.UUID(step["id"]),
-        result=CheckResult.PASSED if kind == "confirm" else None,
-        value=0.1 if kind == "measurement" else None, notes=None, evidence_uri=None,
-        check_id=check_id)
+    return await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+        submission(step_id=uuid.UUID(step["id"]),
+                   result=CheckResult.PASSED if kind == "confirm" else None,
+                   value=0.1 if kind == "measurement" else None, check_id=check_id))
 
 
 async def stored_check_ids(db, session_id: str) -> list[str]:
@@ -93,11 +92,9 @@ async def test_continue_as_new_keeps_checks_and_idempotency(http, client, db, su
     assert live["run_id"] != first_run
     assert len(live["checks"]) == 3 and live["current_step"]["index"] == 3
     # the first check_id, resent after the rollover, is still recognised
-    again = await uc.submit_check(
-        ctx, await on(ctx, actor, uuid.UUID(view["id"])),
-        step_id=uuid.UUID(live["checks"][0]["step_id"]),
-        result=CheckResult.PASSED, value=None, notes=None, evidence_uri=None,
-        check_id=first_check)
+    again = await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+        submission(step_id=uuid.UUID(live["checks"][0]["step_id"]), result=CheckResult.PASSED,
+                   check_id=first_check))
     assert len(again["checks"]) == 3
     assert len(await stored_check_ids(db, view["id"])) == 3
     desc = await client.get_workflow_handle(workflow_id_for(actor.id)).describe()
@@ -220,9 +217,8 @@ async def test_record_histories(http, client, db, supervisor, worker):
     a = Actor(uuid.uuid4(), Role.WORKER)
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
     step = uuid.UUID(v["current_step_id"])
-    v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])), step_id=step,
-                              result=CheckResult.FAILED, value=None, notes="stuck",
-                              evidence_uri=None, check_id=None)
+    v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
+        submission(step_id=step, result=CheckResult.FAILED, notes="stuck", check_id=None))
     for _ in range(3):
         v = await pass_current(ctx, a, v)
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
@@ -267,9 +263,8 @@ async def test_record_histories(http, client, db, supervisor, worker):
     v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
     for _ in range(3):
         v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
-                                  step_id=uuid.UUID(v["current_step_id"]),
-                                  result=CheckResult.FAILED, value=None, notes=None,
-                                  evidence_uri=None, check_id=None)
+            submission(step_id=uuid.UUID(v["current_step_id"]), result=CheckResult.FAILED,
+                       check_id=None))
     assert v["needs_attention"] is True
     v = await pass_current(ctx, a, v)
     v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))

@@ -34,7 +34,7 @@ from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
 from persistence.sops import SopRepository
 from persistence.tables import work_sessions
-from tests.conftest import eventually, make_confirmed_sop, on, sop_body
+from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
 from workflows.messages import WRITE_CHANGES_ACTIVITY, workflow_id_for
 
 DATABASE = os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite")
@@ -129,9 +129,8 @@ async def started(ctx: Context, sop: dict, actor: Actor, request_id: str | None 
 
 async def passed(ctx: Context, actor: Actor, view: dict, check_id: uuid.UUID | None = None,
                  result: CheckResult = CheckResult.PASSED) -> dict:
-    return await uc.submit_check(
-        ctx, await on(ctx, actor, view["id"]), step_id=uuid.UUID(view["current_step_id"]),
-        result=result, value=None, notes=None, evidence_uri=None, check_id=check_id)
+    return await uc.submit_check(ctx, await on(ctx, actor, view["id"]),
+        submission(step_id=uuid.UUID(view["current_step_id"]), result=result, check_id=check_id))
 
 
 async def completed(ctx: Context, actor: Actor, view: dict) -> dict:

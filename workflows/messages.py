@@ -3,15 +3,15 @@ added without breaking running workflows. Shared by the worker and the API."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from domain.changes import AuditFacts, SessionChange
-from domain.sop import CheckResult, SessionPlan
-from domain.work_session import SessionState
+from domain.sop import SessionPlan
+from domain.work_session import CheckSubmission, SessionState
 
-TASK_QUEUE_DEFAULT = "work-sessions"
 WRITE_CHANGES_ACTIVITY = "write_changes"
 # Update failure type when a command names another session than the run holds: the
 # worker's workflow ID now runs a newer session, so the named one is closed.
@@ -40,15 +40,18 @@ class SessionInput(BaseModel):
     write_behind_seconds: float = 600.0
 
 
-class SubmitCheck(BaseModel):
-    session_id: UUID  # the session the client means
-    check_id: UUID
-    step_id: UUID
-    result: CheckResult | None = None
-    value: float | None = None
-    notes: str | None = None
-    evidence_uri: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class SubmitCheck(CheckSubmission):
+    """The submission itself, for the session the client means, with its audit entry's
+    facts. On the wire its fields sit beside these two, as they always have."""
+
+    session_id: UUID
     audit: AuditFacts
+
+    @classmethod
+    def of(cls, sub: CheckSubmission, session_id: UUID, audit: AuditFacts) -> SubmitCheck:
+        return cls(**{f.name: getattr(sub, f.name) for f in fields(sub)},
+                   session_id=session_id, audit=audit)
 
 
 class SessionCommand(BaseModel):

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from domain.changes import SYSTEM, AuditFacts, SessionChange
     from domain.errors import DomainError
-    from domain.work_session import CheckSubmission, Mark, SessionStatus, WorkSession
+    from domain.work_session import Mark, SessionStatus, WorkSession
     from workflows import search_attributes
     from workflows.messages import (
         SESSION_MISMATCH,
@@ -131,12 +131,12 @@ class WorkSessionWorkflow:
     def submit_check(self, cmd: SubmitCheck) -> SessionChange | None:
         """None, or the change that recorded it, when the check_id was seen before."""
         return self._apply(cmd, lambda s: s.add_check(
-            _submission(cmd), by=cmd.audit.actor_id, now=workflow.now(),
+            cmd, by=cmd.audit.actor_id, now=workflow.now(),
             escalate_after_failures=self._input.escalate_after_failures))
 
     @submit_check.validator
     def _validate_submit_check(self, cmd: SubmitCheck) -> None:
-        self._dry_run(cmd, lambda s: s.add_check(_submission(cmd), by=cmd.audit.actor_id,
+        self._dry_run(cmd, lambda s: s.add_check(cmd, by=cmd.audit.actor_id,
                                                  now=workflow.now()))
 
     @workflow.update
@@ -250,7 +250,3 @@ class WorkSessionWorkflow:
         workflow.set_current_details(f"{details}\n\nSOP: {plan.sop_title} "
                                      f"(v{plan.sop_version}) · worker {state.worker_id}")
 
-
-def _submission(cmd: SubmitCheck) -> CheckSubmission:
-    return CheckSubmission(check_id=cmd.check_id, step_id=cmd.step_id, result=cmd.result,
-                           value=cmd.value, notes=cmd.notes, evidence_uri=cmd.evidence_uri)

@@ -32,7 +32,6 @@ from api.schemas import (
 )
 from application import sessions as uc
 from application.authz import Actor
-from domain.sop import CheckResult
 from domain.work_session import SessionFilter, SessionStatus
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"], route_class=PrecedenceRoute)
@@ -100,11 +99,7 @@ async def get_session(ctx: Ctx, access: uc.Access = gate("session.read")) -> dic
              responses=problems(403, 404, 409))
 async def submit_check(body: CheckIn, ctx: Ctx, rid: RequestId,
                        access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.submit_check(
-        ctx, access, step_id=body.step_id,
-        result=CheckResult(body.result) if body.result else None, value=body.value,
-        notes=body.notes, evidence_uri=body.evidence_uri, check_id=body.check_id,
-        request_id=rid)
+    return await uc.submit_check(ctx, access, body.submission(), rid)
 
 
 @router.post("/{session_id}/complete", response_model=SessionOut,
