@@ -10,7 +10,7 @@ from temporalio import activity
 from application.metrics import Meter, NoMeter, count_written
 from domain.changes import SessionChange
 from persistence.db import Database
-from persistence.uow import UnitOfWork
+from persistence.uow import SqlStore
 from workflows.messages import WRITE_CHANGES_ACTIVITY
 from worksession import logs
 
@@ -19,7 +19,7 @@ log = logging.getLogger("worksession.worker")
 
 class SessionStore:
     def __init__(self, db: Database, meter: Meter | None = None) -> None:
-        self._db = db
+        self._store = SqlStore(db)
         self._meter = meter or NoMeter()
 
     @activity.defn(name=WRITE_CHANGES_ACTIVITY)
@@ -45,7 +45,7 @@ class SessionStore:
         return new
 
     async def _write(self, changes: list[SessionChange]) -> int:
-        async with UnitOfWork.begin(self._db) as uow:
+        async with self._store() as uow:
             written = sum([await uow.sessions.write_change(c) for c in changes])
         count_written(self._meter, uow.sessions.written)
         return written

@@ -23,6 +23,7 @@ from application.metrics import NoMeter
 from application.ops import keep_gauges
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
+from persistence.uow import SqlStore
 from worksession import tracing
 from worksession.metrics import PrometheusMeter
 from worksession.settings import Settings
@@ -71,7 +72,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
             tracing.instrument_database(database, tracer_provider)
         temporal = client or await connect(
             settings, lazy=True, plugins=tracing.temporal_plugins(tracer_provider))
-        app.state.ctx = Context(db=database, workflows=SessionWorkflows(
+        app.state.ctx = Context(store=SqlStore(database), workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
             write_behind=settings.write_behind), meter=meter or NoMeter())

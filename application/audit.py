@@ -9,12 +9,10 @@ from typing import Any
 from uuid import UUID
 
 from application.authz import Actor, authorize
-from application.context import Context, PlanCache
+from application.context import Context
+from application.ports import Store
+from domain.audit_chain import anchor_digest, session_chain, verify_chain
 from domain.errors import NotFound
-from domain.work_session import WorkSession
-from persistence.audit import anchor_digest, session_chain, verify_chain
-from persistence.db import Database
-from persistence.uow import UnitOfWork
 
 EXPORT_FORMAT = "worksession-audit-export/1"
 
@@ -33,18 +31,17 @@ async def of_session(ctx: Context, actor: Actor, session_id: UUID) -> list[dict[
         return await uow.audit.of_session(session_id)
 
 
-async def export_session(db: Database, session_id: UUID) -> dict[str, Any]:
+async def export_session(store: Store, session_id: UUID) -> dict[str, Any]:
     """One session as one document: the session (the API's shape, its checks and step times
     included), its audit chain as the API shows it, and the chain's head as the session's
     row records it. `verify_export` checks it with no database."""
     now = datetime.now(UTC)
-    async with UnitOfWork.begin(db, read_only=True, snapshot=True) as uow:
-        row = await uow.sessions.get(session_id)
-        if row is None:
+    async with store(read_only=True, snapshot=True) as uow:
+        stored = await uow.sessions.load(session_id)
+        if stored is None:
             raise NotFound(f"session {session_id} is not recorded")
-        plan = await PlanCache().get(uow, row.state.sop_id)
-        view = WorkSession(plan=plan, state=row.state).view(
-            run_id=row.run_id, workflow_id=row.workflow_id, now=now)
+        view = stored.session.view(run_id=stored.run_id, workflow_id=stored.workflow_id,
+                                   now=now)
         view.pop("as_of")
         entries = await uow.audit.of_session(session_id)
         head = await uow.sessions.chain_head(session_id)
@@ -82,7 +79,7 @@ def verify_export(doc: dict[str, Any]) -> tuple[int, list[str]]:
     return checked, problems
 
 
-async def verify(db: Database, anchor: dict[str, Any] | None = None
+async def verify(store: Store, anchor: dict[str, Any] | None = None
                  ) -> tuple[int, list[str]]:
     """(entries checked, problems): every chain, every session's record of its chain, and
     with an anchor, that no anchored entry was lost or rewritten."""
@@ -90,11 +87,11 @@ async def verify(db: Database, anchor: dict[str, Any] | None = None
     if anchor is not None and anchor_digest(anchor.get("chains", [])) != anchor.get("digest"):
         problems.append("the anchor's digest does not match its chains: the anchor file was "
                         "altered")
-    async with UnitOfWork.begin(db, read_only=True, snapshot=True) as uow:  # a live log
+    async with store(read_only=True, snapshot=True) as uow:  # a live log
         n, found = await uow.audit.verify(anchor)
     return n, problems + found
 
 
-async def anchor(db: Database) -> dict[str, Any]:
-    async with UnitOfWork.begin(db, read_only=True, snapshot=True) as uow:
+async def anchor(store: Store) -> dict[str, Any]:
+    async with store(read_only=True, snapshot=True) as uow:
         return await uow.audit.anchor(datetime.now(UTC))

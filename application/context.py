@@ -1,4 +1,5 @@
-"""What the use cases need, built once per process."""
+"""What the use cases need, built once per process: the ports (application/ports.py) and
+the caches and clock they share."""
 
 from __future__ import annotations
 
@@ -9,33 +10,11 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from application.metrics import Meter, NoMeter, count_written
-from domain.errors import NotFound
-from domain.sop import SessionPlan, SopStatus
-from orchestration.client import SessionWorkflows
-from persistence.db import Database
-from persistence.uow import UnitOfWork
+from application.ports import SessionWorkflows, Store, UnitOfWork
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class PlanCache:
-    """A confirmed SOP's content never changes, so its plan is cached for good."""
-
-    plans: dict[UUID, SessionPlan] = field(default_factory=dict)
-
-    async def get(self, uow: UnitOfWork, sop_id: UUID) -> SessionPlan:
-        plan = self.plans.get(sop_id)
-        if plan is None:
-            sop = await uow.sops.get(sop_id)
-            if sop is None:
-                raise NotFound("SOP not found")
-            plan = sop.plan()
-            if sop.status is not SopStatus.DRAFT:
-                self.plans[sop_id] = plan
-        return plan
 
 
 @dataclass
@@ -58,9 +37,8 @@ class OwnerCache:
 
 @dataclass
 class Context:
-    db: Database
+    store: Store
     workflows: SessionWorkflows
-    plans: PlanCache = field(default_factory=PlanCache)
     owners: OwnerCache = field(default_factory=OwnerCache)
     clock: Callable[[], datetime] = utcnow
     meter: Meter = field(default_factory=NoMeter)
@@ -71,7 +49,7 @@ class Context:
         """One transaction: committed when the block ends, rolled back when it raises.
         `snapshot` (read only): all its reads see one moment. What it wrote is counted once
         committed."""
-        async with UnitOfWork.begin(self.db, read_only=read_only, snapshot=snapshot) as uow:
+        async with self.store(read_only=read_only, snapshot=snapshot) as uow:
             yield uow
         count_written(self.meter, uow.sessions.written)
 

@@ -18,18 +18,20 @@ from uuid import UUID
 from application.authz import Actor, authorize, ensure_visible
 from application.context import Context
 from application.metrics import Meter
+from application.ports import (
+    ACTIVITY_FAILING,
+    NO_WORKER,
+    WORKFLOW_TASK_FAILING,
+    StoredSession,
+    WorkflowRunning,
+)
 from domain.errors import Conflict, NotFound
 from domain.work_session import WorkSession
-from orchestration import ops
-from orchestration.client import WorkflowRunning
-from persistence.sessions import SessionRow
-from workflows.messages import workflow_id_for
 
 log = logging.getLogger("worksession.ops")
 
 WORKFLOW_NOT_RUNNING = "workflow_not_running"
-STUCK_REASONS = (ops.ACTIVITY_FAILING, ops.WORKFLOW_TASK_FAILING, ops.NO_WORKER,
-                 WORKFLOW_NOT_RUNNING)
+STUCK_REASONS = (ACTIVITY_FAILING, WORKFLOW_TASK_FAILING, NO_WORKER, WORKFLOW_NOT_RUNNING)
 # A session row younger than this may belong to a run that visibility has not shown yet.
 ORPHAN_GRACE = timedelta(seconds=60)
 
@@ -37,14 +39,13 @@ ORPHAN_GRACE = timedelta(seconds=60)
 async def stuck_sessions(ctx: Context, actor: Actor | None) -> list[dict[str, Any]]:
     if actor is not None:
         authorize(actor, "ops")
-    found = [asdict(s) for s in await ctx.workflows.bounded(
-        ops.find_stuck(ctx.workflows.client, ctx.workflows.task_queue))]
+    found = [asdict(s) for s in await ctx.workflows.find_stuck()]
     try:
         titles = {}
         async with ctx.uow(read_only=True) as uow:
             for s in found:
                 if s["session_id"]:
-                    row = await uow.sessions.get(UUID(s["session_id"]), with_checks=False)
+                    row = await uow.sessions.load(UUID(s["session_id"]), with_checks=False)
                     titles[s["session_id"]] = row.state.sop_title if row else None
             candidates = await uow.sessions.active_not_updated_since(
                 ctx.clock() - ORPHAN_GRACE)
@@ -56,19 +57,19 @@ async def stuck_sessions(ctx: Context, actor: Actor | None) -> list[dict[str, An
     return found
 
 
-async def _orphans(ctx: Context, rows: list[SessionRow]) -> list[SessionRow]:
+async def _orphans(ctx: Context, rows: list[StoredSession]) -> list[StoredSession]:
     gate = asyncio.Semaphore(8)
 
-    async def held(row: SessionRow) -> bool:
+    async def held(row: StoredSession) -> bool:
         async with gate:
-            running = await ctx.workflows.running_session_id(row.state.worker_id)
-        return running == row.state.id
+            running = await ctx.workflows.running(row.state.worker_id)
+        return running is not None and running.session_id == row.state.id
 
     flags = await asyncio.gather(*(held(r) for r in rows))
     return [r for r, ok in zip(rows, flags, strict=True) if not ok]
 
 
-def _orphan(row: SessionRow) -> dict[str, Any]:
+def _orphan(row: StoredSession) -> dict[str, Any]:
     st = row.state
     return {"workflow_id": row.workflow_id, "run_id": row.run_id, "session_id": str(st.id),
             "worker_id": str(st.worker_id), "sop_id": str(st.sop_id), "sop_title": st.sop_title,
@@ -81,41 +82,39 @@ def _orphan(row: SessionRow) -> dict[str, Any]:
 
 async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> dict[str, Any]:
     async with ctx.uow(read_only=True) as uow:
-        row = await uow.sessions.get(session_id)
-        plan = await ctx.plans.get(uow, row.state.sop_id) if row else None
+        stored = await uow.sessions.load(session_id)
     if actor is not None:  # CONTRACT precedence: 404 (may not see it), then 403
-        ensure_visible(actor, row.state.worker_id if row else None)
+        ensure_visible(actor, stored.state.worker_id if stored else None)
         authorize(actor, "ops")
-    if row is None or plan is None:
+    if stored is None:
         raise NotFound("session not found")
-    client = ctx.workflows.client
-    if row.state.status.value in ("in_progress", "paused") and \
-            await ctx.workflows.running_session_id(row.state.worker_id) is None:
+    worker = stored.state.worker_id
+    if stored.session.is_active and await ctx.workflows.running(worker) is None:
         # Read again now that no run is seen: a run closes only after its last state is
         # saved, so a row still active now really has no run (terminated or lost).
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(session_id)
-        assert row is not None
-        if row.state.status.value in ("in_progress", "paused"):
+            stored = await uow.sessions.load(session_id)
+        assert stored is not None
+        if stored.session.is_active:
             try:
-                run_id = await ctx.workflows.start(plan, row.state, None)
+                run_id = await ctx.workflows.start(stored.session.plan, stored.state, None)
             except WorkflowRunning as e:
                 held = e.running.session_id if e.running else None
                 raise Conflict(f"session {session_id} is not stuck: its worker's workflow "
                                f"now holds session {held}") from None
             return {"session_id": str(session_id), "kind": WORKFLOW_NOT_RUNNING,
                     "action": f"started a new run {run_id} from the database copy "
-                              f"({len(row.state.checks)} checks, step "
-                              f"{_step_label(WorkSession(plan=plan, state=row.state))})"}
-    stuck = await ctx.workflows.bounded(ops.diagnose(client, workflow_id_for(row.state.worker_id)))
+                              f"({len(stored.state.checks)} checks, step "
+                              f"{_step_label(stored.session)})"}
+    stuck = await ctx.workflows.diagnose(worker)
     if stuck is None or stuck.session_id != str(session_id):
         raise Conflict(f"session {session_id} is not stuck: its workflow is making progress "
                        "(or is closed); nothing to retry")
-    if stuck.kind == ops.NO_WORKER:
+    if stuck.kind == NO_WORKER:
         raise Conflict(f"session {session_id} is waiting, which a retry cannot fix: "
                        f"{stuck.reason}")
-    done = await ctx.workflows.bounded(ops.retry(client, stuck))
-    return {"session_id": str(session_id), "kind": stuck.kind, "action": done}
+    return {"session_id": str(session_id), "kind": stuck.kind,
+            "action": await ctx.workflows.retry(stuck)}
 
 
 def _step_label(session: WorkSession) -> str:

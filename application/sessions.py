@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 
 from application.authz import Actor, allowed, authorize, ensure_visible
 from application.context import Context
+from application.ports import RunClosed, StoredSession, UnitOfWork, WorkflowRunning
 from domain.changes import AuditFacts, SessionChange
 from domain.errors import (
     ActiveSessionExists,
@@ -33,14 +34,11 @@ from domain.work_session import (
     BEGINNING,
     CheckSubmission,
     SessionFilter,
+    SessionState,
     SessionStatus,
     WorkSession,
     brought_up_to,
 )
-from orchestration.client import RunClosed, WorkflowRunning
-from persistence.sessions import SessionRow
-from persistence.uow import UnitOfWork
-from workflows.messages import SessionCommand, SubmitCheck, workflow_id_for
 from worksession import logs
 
 log = logging.getLogger("worksession.api")
@@ -60,16 +58,16 @@ class Access:
 
 async def gate(ctx: Context, actor: Actor, session_id: UUID, permission: str) -> Access:
     owner = await ctx.owner(session_id)
-    _log_about(session_id, owner)
+    _log_about(ctx, session_id, owner)
     ensure_visible(actor, owner)
     authorize(actor, permission)
     return Access(actor, session_id)
 
 
-def _log_about(session_id: UUID, worker_id: UUID | None) -> None:
+def _log_about(ctx: Context, session_id: UUID, worker_id: UUID | None) -> None:
     """The rest of this request's log lines are about this session (worksession/logs.py)."""
     logs.bind(session_id=session_id, worker_id=worker_id,
-              workflow_id=workflow_id_for(worker_id) if worker_id else None)
+              workflow_id=ctx.workflows.workflow_id(worker_id) if worker_id else None)
 
 
 def _log_written(change: SessionChange, new: bool) -> None:
@@ -82,10 +80,9 @@ def _facts(actor: Actor, action: str, request_id: str | None, **detail: Any) -> 
     return AuditFacts(action, actor.id, actor.role.value, detail, request_id)
 
 
-async def _render(ctx: Context, uow: UnitOfWork, row: SessionRow) -> dict[str, Any]:
-    session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id), state=row.state)
-    return session.view(run_id=row.run_id, workflow_id=row.workflow_id,
-                        now=ctx.clock())
+def _answer(ctx: Context, stored: StoredSession) -> dict[str, Any]:
+    return stored.session.view(run_id=stored.run_id, workflow_id=stored.workflow_id,
+                               now=ctx.clock())
 
 
 async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
@@ -95,9 +92,7 @@ async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
     try:
         async with ctx.uow() as uow:
             new = change is not None and await uow.sessions.write_change(change)
-            row = await uow.sessions.get(session_id)
-            assert row is not None
-            view = await _render(ctx, uow, row)
+            stored = await _load(uow, session_id)
     except Exception as e:
         if change is not None:  # the client is answered 503 and may resend: nothing is lost
             log.warning("session change not written: version %d (%s); its run holds it and "
@@ -105,7 +100,14 @@ async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
         raise
     if change is not None:
         _log_written(change, new)
-    return view
+    return _answer(ctx, stored)
+
+
+async def _load(uow: UnitOfWork, session_id: UUID, **kw: Any) -> StoredSession:
+    """A session `gate` let through: it is recorded."""
+    stored = await uow.sessions.load(session_id, **kw)
+    assert stored is not None
+    return stored
 
 
 async def _reject(ctx: Context, session_id: UUID, facts: AuditFacts) -> None:
@@ -144,7 +146,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
         if sop is None:
             raise NotFound("SOP not found")
         sop.ensure_startable()
-        plan = await ctx.plans.get(uow, sop_id)  # a confirmed SOP's plan is cached
+        plan = await uow.sops.plan(sop_id)
         existing = await uow.sessions.active_for_worker(actor.id, with_checks=False)
     try:
         if existing is not None:
@@ -152,9 +154,9 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
                 "you already have a session in progress: complete or cancel it first",
                 existing_session_id=str(existing.state.id))
         session = WorkSession.start(uuid4(), actor.id, plan, ctx.clock())
-        _log_about(session.state.id, actor.id)
+        _log_about(ctx, session.state.id, actor.id)
         change = SessionChange.of(session.state, BEGINNING, [facts], session.state.started_at,
-                                  workflow_id_for(actor.id), None)
+                                  ctx.workflows.workflow_id(actor.id), None)
         change.run_id = await _start_run(ctx, plan, session.state, change)
     except ActiveSessionExists as e:
         async with ctx.uow() as uow:
@@ -164,21 +166,16 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
         raise
     async with ctx.uow() as uow:
         held = await uow.sops.get(sop_id, lock="share", with_content=False)
-        if held is None or held.status is not SopStatus.CONFIRMED:
-            lost = True
-        else:
-            lost = False
+        lost = held is None or held.status is not SopStatus.CONFIRMED
+        if not lost:
             new = await uow.sessions.write_change(change)
-            row = await uow.sessions.get(session.state.id)
-            assert row is not None
-            view = await _render(ctx, uow, row)
     if lost:  # an SOP delete or archive got in first: the run must not go on
         await ctx.workflows.terminate(actor.id, change.run_id,
                                       "its SOP was archived or deleted while it started")
         raise SopNotStartable("the SOP was archived or deleted while the session started")
     _log_written(change, new)
     ctx.owners.remember(session.state.id, actor.id)
-    return view
+    return _answer(ctx, StoredSession(session, change.workflow_id, change.run_id))
 
 
 async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
@@ -195,7 +192,7 @@ async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
         if running is None or running.session_id is None:
             continue  # the run closed between the start and the look at it: try again
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(running.session_id, with_checks=False)
+            row = await uow.sessions.load(running.session_id, with_checks=False)
         if row is None:
             # A start still being written (another request's), or one whose answer was
             # lost (its API died, or its write failed, after the run began): the run is
@@ -241,18 +238,14 @@ async def _act(ctx: Context, access: Access, facts: AuditFacts,
         except RunClosed:
             pass
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(access.session_id)
-            assert row is not None
-            stored = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
-                                 state=row.state)
-            if stored.is_active:
-                # The database says active but no run holds the session (terminated by
-                # hand, lost): answering from a copy would accept a change nobody records.
-                raise Unavailable("this session's workflow is not running; operators can "
-                                  "restart it with `worksession ops retry`. Resend later.")
-            offline(stored.copy())  # locked, wrong state, or an idempotent repeat
-            return stored.view(run_id=row.run_id, workflow_id=row.workflow_id,
-                               now=ctx.clock())
+            stored = await _load(uow, access.session_id)
+        if stored.session.is_active:
+            # The database says active but no run holds the session (terminated by hand,
+            # lost): answering from a copy would accept a change nobody records.
+            raise Unavailable("this session's workflow is not running; operators can "
+                              "restart it with `worksession ops retry`. Resend later.")
+        offline(stored.session.copy())  # locked, wrong state, or an idempotent repeat
+        return _answer(ctx, stored)
 
     return await _audited(ctx, access.session_id, facts, decide)
 
@@ -263,9 +256,9 @@ async def submit_check(ctx: Context, access: Access, sub: CheckSubmission,
     facts = _facts(actor, "check_submitted", request_id, check_id=str(sub.check_id),
                    step_id=str(sub.step_id), result=sub.result.value if sub.result else None,
                    value=sub.value)
-    cmd = SubmitCheck.of(sub, access.session_id, facts)
     return await _act(ctx, access, facts,
-                      live=lambda: ctx.workflows.submit_check(actor.id, cmd),
+                      live=lambda: ctx.workflows.submit_check(actor.id, access.session_id,
+                                                              sub, facts),
                       offline=lambda s: s.add_check(sub, by=actor.id, now=ctx.clock()))
 
 
@@ -298,9 +291,9 @@ async def _command(ctx: Context, access: Access, name: str,
                    request_id: str | None) -> dict[str, Any]:
     detail = {"reason": reason} if reason else {}
     facts = _facts(access.actor, f"session_{name}", request_id, **detail)
-    cmd = SessionCommand(session_id=access.session_id, reason=reason, audit=facts)
     return await _act(ctx, access, facts,
-                      live=lambda: ctx.workflows.command(access.actor.id, name, cmd),
+                      live=lambda: ctx.workflows.command(access.actor.id, name,
+                                                         access.session_id, reason, facts),
                       offline=offline)
 
 
@@ -311,36 +304,32 @@ async def approve_session(ctx: Context, access: Access,
 
     async def approve() -> dict[str, Any]:
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(access.session_id, with_checks=False)
-            assert row is not None
-            plan = await ctx.plans.get(uow, row.state.sop_id)
+            stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals come first
-        WorkSession(plan=plan, state=row.state).copy().approve(access.actor.id, ctx.clock())
-        await _ensure_run_closed(ctx, row)
+        stored.session.copy().approve(access.actor.id, ctx.clock())
+        await _ensure_run_closed(ctx, stored.state)
         async with ctx.uow() as uow:
-            row = await uow.sessions.get(access.session_id, for_update=True)
-            assert row is not None
-            session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
-                                  state=row.state)
+            stored = await _load(uow, access.session_id, for_update=True)
+            session = stored.session
             before = session.mark()
             session.approve(access.actor.id, ctx.clock())
             change = SessionChange.of(session.state, before, [facts], ctx.clock(),
-                                      row.workflow_id, row.run_id)
+                                      stored.workflow_id, stored.run_id)
             new = await uow.sessions.write_change(change)
         _log_written(change, new)
-        return session.view(run_id=row.run_id, workflow_id=row.workflow_id, now=ctx.clock())
+        return _answer(ctx, stored)
 
     return await _audited(ctx, access.session_id, facts, approve)
 
 
-async def _ensure_run_closed(ctx: Context, row: SessionRow) -> None:
+async def _ensure_run_closed(ctx: Context, state: SessionState) -> None:
     """Only a session no run holds any more can be locked: a run closes after its final
     write, so until then the record may still lack a change the run took (an API that died
     before writing it) and the approval would lock an incomplete record."""
-    running = await ctx.workflows.running(row.state.worker_id)
-    if running is None or running.session_id != row.state.id:
+    running = await ctx.workflows.running(state.worker_id)
+    if running is None or running.session_id != state.id:
         return
-    if not await ctx.workflows.wait_closed(row.state.worker_id, running.run_id,
+    if not await ctx.workflows.wait_closed(state.worker_id, running.run_id,
                                            CLOSING_RUN_WAIT_SECONDS):
         raise Conflict("the session's workflow is still running: it is not finished yet; "
                        "try again later")
@@ -353,17 +342,13 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
 
     async def reopen() -> dict[str, Any]:
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(access.session_id, with_checks=False)
-            assert row is not None
-            plan = await ctx.plans.get(uow, row.state.sop_id)
+            stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals first; then decide on the record its closed run completed
-        WorkSession(plan=plan, state=row.state).copy().reopen(ctx.clock(), step_id)
-        await _ensure_run_closed(ctx, row)
+        stored.session.copy().reopen(ctx.clock(), step_id)
+        await _ensure_run_closed(ctx, stored.state)
         async with ctx.uow(read_only=True) as uow:
-            row = await uow.sessions.get(access.session_id)
-            assert row is not None
-            session = WorkSession(plan=await ctx.plans.get(uow, row.state.sop_id),
-                                  state=row.state)
+            stored = await _load(uow, access.session_id)
+            session = stored.session
             before = session.mark()
             session.reopen(ctx.clock(), step_id)
             worker = session.state.worker_id
@@ -373,24 +358,22 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
                 "the worker has another active session: it must be completed or cancelled "
                 "first", existing_session_id=str(other.state.id))
         change = SessionChange.of(session.state, before, [facts], ctx.clock(),
-                                  row.workflow_id, None)
+                                  stored.workflow_id, None)
         change.run_id = await _start_run(ctx, session.plan, session.state, change)
+        # A second transaction because the run had to start in between (no transaction is
+        # open while Temporal is called): the session may have been approved meanwhile.
         async with ctx.uow() as uow:
-            now = await uow.sessions.get(access.session_id, with_checks=False,
-                                         for_update=True)
-            assert now is not None
+            now = await _load(uow, access.session_id, with_checks=False, for_update=True)
             # unchanged, or changed only by the new run itself (its worker was quick)
             ours = now.state.version == before.version or now.run_id == change.run_id
             new = ours and await uow.sessions.write_change(change)
         if not ours:  # approved (or reopened) meanwhile: not this one
             await ctx.workflows.terminate(worker, change.run_id,
                                           "the session changed while it was reopened")
-            WorkSession(plan=session.plan, state=now.state).copy().reopen(ctx.clock(),
-                                                                         step_id)
+            now.session.copy().reopen(ctx.clock(), step_id)
             raise Conflict("the session changed while it was being reopened; try again")
         _log_written(change, new)
-        return session.view(run_id=change.run_id, workflow_id=row.workflow_id,
-                            now=ctx.clock())
+        return _answer(ctx, StoredSession(session, stored.workflow_id, change.run_id))
 
     return await _audited(ctx, access.session_id, facts, reopen)
 
@@ -411,17 +394,15 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
     # No open run holds an active session; the database may still (a run terminated by
     # hand): then its copy is shown, and ops can restart the run.
     async with ctx.uow(read_only=True) as uow:
-        row = await uow.sessions.active_for_worker(actor.id)
-        if row is None:
-            raise NotFound("you have no session in progress or paused")
-        return await _render(ctx, uow, row)
+        stored = await uow.sessions.active_for_worker(actor.id)
+    if stored is None:
+        raise NotFound("you have no session in progress or paused")
+    return _answer(ctx, stored)
 
 
 async def get_session(ctx: Context, access: Access) -> dict[str, Any]:
     async with ctx.uow(read_only=True) as uow:
-        row = await uow.sessions.get(access.session_id)
-        assert row is not None
-        return await _render(ctx, uow, row)
+        return _answer(ctx, await _load(uow, access.session_id))
 
 
 async def list_sessions(ctx: Context, actor: Actor, f: SessionFilter, limit: int,

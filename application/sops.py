@@ -8,11 +8,10 @@ from uuid import UUID, uuid4
 
 from application.authz import Actor, allowed, authorize
 from application.context import Context
+from application.ports import Percentiles, StepStats, UnitOfWork
 from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
 from domain.sop import CheckKind, CheckSpec, Sop, SopStatus, SopStep, SopTask
-from persistence.session_stats import Percentiles, StepStats
-from persistence.uow import UnitOfWork
 
 
 def _tasks(content: dict[str, Any]) -> list[SopTask]:

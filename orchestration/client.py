@@ -4,7 +4,6 @@ Temporal's failures back into domain errors. Every call is bounded in time."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,10 +23,12 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from domain.changes import SessionChange
-from domain.errors import DomainError, Unavailable, error_from_payload
+from application.ports import RunClosed, Running, Stuck, WorkflowRunning
+from domain.changes import AuditFacts, SessionChange
+from domain.errors import Unavailable, error_from_payload
 from domain.sop import SessionPlan
-from domain.work_session import SessionState
+from domain.work_session import CheckSubmission, SessionState
+from orchestration import ops
 from workflows import search_attributes
 from workflows.messages import (
     SESSION_MISMATCH,
@@ -38,32 +39,13 @@ from workflows.messages import (
 )
 from workflows.work_session import WorkSessionWorkflow
 
-
-class RunClosed(Exception):
-    """The worker's workflow run has closed (or is not there): the database is the record."""
-
-
-class WorkflowRunning(Exception):
-    """The worker's workflow ID is taken by a run that is still open."""
-
-    def __init__(self, running: Running | None) -> None:
-        super().__init__(f"running {running}")
-        self.running = running
-
-
-@dataclass(frozen=True)
-class Running:
-    """The open run of a worker's workflow, and the session it holds."""
-
-    session_id: UUID | None
-    run_id: str
-
-
 # The run's tunables default to what SessionInput says (one place for each number).
 _DEFAULTS = SessionInput.model_fields
 
 
 class SessionWorkflows:
+    """application/ports.SessionWorkflows on a Temporal client."""
+
     def __init__(self, client: Client, task_queue: str, timeout: float,
                  idle_timeout: timedelta, escalate_after_failures: int,
                  continue_as_new_after_updates: int = _DEFAULTS[
@@ -118,10 +100,6 @@ class SessionWorkflows:
         value = desc.typed_search_attributes.get(search_attributes.SESSION_ID)
         return Running(UUID(value) if value else None, desc.run_id)
 
-    async def running_session_id(self, worker_id: UUID) -> UUID | None:
-        running = await self.running(worker_id)
-        return running.session_id if running else None
-
     async def wait_closed(self, worker_id: UUID, run_id: str, within: float) -> bool:
         """Wait for that run of the worker's workflow to close (it does within milliseconds
         of its final update, once its final write is done)."""
@@ -140,18 +118,25 @@ class SessionWorkflows:
         await self._bounded(self.client.get_workflow_handle(
             workflow_id_for(worker_id), run_id=run_id).terminate(reason=reason))
 
-    async def submit_check(self, worker_id: UUID, cmd: SubmitCheck) -> SessionChange | None:
+    def workflow_id(self, worker_id: UUID) -> str:
+        return workflow_id_for(worker_id)
+
+    async def submit_check(self, worker_id: UUID, session_id: UUID, sub: CheckSubmission,
+                           facts: AuditFacts) -> SessionChange | None:
         # Idempotency lives in the workflow's state (it survives continue-as-new and worker
         # restarts), not in the update ID: Temporal would answer a reused update ID with the
         # first attempt's (by now stale) result, and a repeat must see the session as it is
         # now. The ID still names the check so it can be found in the history.
-        return await self._update(worker_id, WorkSessionWorkflow.submit_check, cmd,
-                                  f"check-{cmd.check_id}-{uuid4().hex[:8]}")
+        return await self._update(worker_id, WorkSessionWorkflow.submit_check,
+                                  SubmitCheck.of(sub, session_id, facts),
+                                  f"check-{sub.check_id}-{uuid4().hex[:8]}")
 
-    async def command(self, worker_id: UUID, name: str,
-                      cmd: SessionCommand) -> SessionChange | None:
-        return await self._update(worker_id, getattr(WorkSessionWorkflow, name), cmd,
-                                  f"{name}-{uuid4()}")
+    async def command(self, worker_id: UUID, name: str, session_id: UUID,
+                      reason: str | None, facts: AuditFacts) -> SessionChange | None:
+        return await self._update(
+            worker_id, getattr(WorkSessionWorkflow, name),
+            SessionCommand(session_id=session_id, reason=reason, audit=facts),
+            f"{name}-{uuid4()}")
 
     async def ask_to_write(self, worker_id: UUID) -> bool:
         """Ask the worker's run to write what it holds now. Best effort: a run writes an
@@ -197,9 +182,14 @@ class SessionWorkflows:
                 raise RunClosed() from None
             raise
 
-    async def bounded(self, coro: Any) -> Any:
-        """Any Temporal call, bounded in time like the rest (ops tools use it)."""
-        return await self._bounded(coro)
+    async def find_stuck(self) -> list[Stuck]:
+        return await self._bounded(ops.find_stuck(self.client, self.task_queue))
+
+    async def diagnose(self, worker_id: UUID) -> Stuck | None:
+        return await self._bounded(ops.diagnose(self.client, workflow_id_for(worker_id)))
+
+    async def retry(self, stuck: Stuck) -> str:
+        return await self._bounded(ops.retry(self.client, stuck))
 
     async def _bounded(self, coro: Any) -> Any:
         try:
@@ -212,5 +202,3 @@ class SessionWorkflows:
                 raise Unavailable(f"Temporal unavailable: {e.message}") from None
             raise
 
-
-__all__ = ["SessionWorkflows", "RunClosed", "WorkflowRunning", "DomainError"]

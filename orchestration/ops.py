@@ -4,7 +4,6 @@ make them try again now."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -17,30 +16,11 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
+from application.ports import ACTIVITY_FAILING, NO_WORKER, WORKFLOW_TASK_FAILING, Stuck
 from workflows import search_attributes as sa
-
-ACTIVITY_FAILING = "activity_failing"
-WORKFLOW_TASK_FAILING = "workflow_task_failing"
-NO_WORKER = "no_worker"
 
 # A workflow task nobody picked up for this long means no worker polls the queue.
 NO_WORKER_AFTER = timedelta(seconds=30)
-
-
-@dataclass
-class Stuck:
-    workflow_id: str
-    run_id: str
-    session_id: str | None
-    worker_id: str | None
-    sop_id: str | None
-    kind: str
-    reason: str
-    attempts: int
-    since: datetime | None
-    last_error: str | None
-    activity_id: str | None = None
-    next_attempt_at: datetime | None = None
 
 
 def _ts(value: object) -> datetime | None:

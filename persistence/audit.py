@@ -8,88 +8,26 @@ same transaction as the entry); an SOP family's, in `audit_chains`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from domain.audit_chain import (
+    GENESIS,
+    anchor_digest,
+    link,
+    session_chain,
+    shown,
+    sop_chain,
+    verify_chain,
+)
 from domain.changes import AuditFacts
 from persistence.db import dialect_insert
-from persistence.tables import GENESIS, audit_chains, audit_log, work_sessions
-
-
-def session_chain(session_id: UUID) -> str:
-    return f"session:{session_id}"
-
-
-def sop_chain(family_id: UUID) -> str:
-    return f"sop:{family_id}"
-
-
-def canonical(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
-
-
-def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256((prev_hash + canonical(body)).encode()).hexdigest()
-
-
-def hashed_body(row: Any) -> dict[str, Any]:
-    """The entry as the API shows it, without its hash: what the hash covers."""
-    def uid(v: Any) -> str | None:
-        return None if v is None else str(v)
-
-    return {
-        "id": str(row["id"]), "at": row["at"].astimezone(UTC).isoformat(),
-        "actor_id": uid(row["actor_id"]), "actor_role": row["actor_role"],
-        "action": row["action"], "session_id": uid(row["session_id"]),
-        "outcome": row["outcome"], "detail": row["detail"], "request_id": row["request_id"],
-        "chain": row["chain"], "seq": row["seq"], "prev_hash": row["prev_hash"],
-    }
-
-
-def shown(row: Any) -> dict[str, Any]:
-    """The entry as the API shows it: what its hash covers, and the hash."""
-    return {**hashed_body(row), "hash": row["hash"]}
-
-
-def verify_chain(chain: str, entries: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """(entries checked, problems) of one chain's entries as shown (`shown`), from its first:
-    each links to the one before and matches its hash. Stops at the first broken entry."""
-    prev = GENESIS
-    for expected, e in enumerate(entries, start=1):
-        where = f"{chain} seq {e.get('seq')} ({e.get('id')})"
-        if e.get("chain") != chain:
-            return expected, [f"{where}: on chain {e.get('chain')}, not {chain}"]
-        if e.get("seq") != expected:
-            return expected, [f"{chain}: expected seq {expected}, found {e.get('seq')} "
-                              f"(entry missing)"]
-        if e.get("prev_hash") != prev:
-            return expected, [f"{where}: prev_hash does not match the previous entry"]
-        body = {k: v for k, v in e.items() if k != "hash"}
-        if entry_hash(prev, body) != e.get("hash"):
-            return expected, [f"{where}: content does not match its hash"]
-        prev = e["hash"]
-    return len(entries), []
-
-
-def link(chain: str, seq: int, prev_hash: str, facts: AuditFacts, at: datetime,
-         session_id: UUID | None, dedup_key: str | None = None) -> dict[str, Any]:
-    """The row of entry `seq` of `chain`, after `prev_hash`, with its hash."""
-    row: dict[str, Any] = {
-        "id": uuid4(), "chain": chain, "seq": seq, "at": at.astimezone(UTC),
-        "actor_id": facts.actor_id, "actor_role": facts.actor_role, "action": facts.action,
-        "session_id": session_id, "outcome": facts.outcome, "detail": facts.detail,
-        "request_id": facts.request_id, "dedup_key": dedup_key, "prev_hash": prev_hash,
-        "legacy": None}
-    row["hash"] = entry_hash(prev_hash, hashed_body(row))
-    return row
+from persistence.tables import audit_chains, audit_log, work_sessions
 
 
 class AuditLog:
@@ -172,7 +110,7 @@ class AuditLog:
         says (a session's row, an SOP family's head row); with an `anchor`, every anchored
         chain must still hold the anchored entry, unchanged.
 
-        Read it in a snapshot (`UnitOfWork.begin(..., snapshot=True)`) on a live database:
+        Read it in a snapshot (`SqlStore(db)(read_only=True, snapshot=True)`) on a live database:
         otherwise an entry appended while it runs may show as one beyond its head."""
         heads = await self.heads()
         anchored = {c["chain"]: c for c in (anchor or {}).get("chains", [])}
@@ -217,7 +155,3 @@ class AuditLog:
             chains.append({"chain": chain, "seq": rows[-1]["seq"], "hash": rows[-1]["hash"]})
         return {"at": now.astimezone(UTC).isoformat(), "chains": chains,
                 "digest": anchor_digest(chains)}
-
-
-def anchor_digest(chains: list[dict[str, Any]]) -> str:
-    return hashlib.sha256(canonical(chains).encode()).hexdigest()

@@ -8,7 +8,6 @@ PostgreSQL's `percentile_cont` and numpy's default): the median of 10, 20, 30, 4
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 from typing import Any
@@ -17,32 +16,10 @@ from uuid import UUID
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from application.ports import Percentiles, SopStats, StepStats
 from persistence.tables import session_steps, work_sessions
 
 PERCENTILES = {"median": Fraction(1, 2), "p90": Fraction(9, 10)}
-
-
-@dataclass
-class Percentiles:
-    median: float | None = None
-    p90: float | None = None
-
-
-@dataclass
-class StepStats:
-    reached: int = 0
-    passed: int = 0
-    first_try_passed: int = 0
-    tried: int = 0  # reached and checked at least once
-    failed_checks: int = 0
-    seconds: Percentiles | None = None  # of the passed ones: time until passed
-
-
-@dataclass
-class SopStats:
-    sessions: dict[str, int]  # by status
-    session_seconds: Percentiles  # completed sessions: active time, pauses not counted
-    steps: dict[UUID, StepStats]
 
 
 class SopStatsQuery:

@@ -10,7 +10,7 @@ written (its dedup key names the change) makes the whole change a no-op."""
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -18,6 +18,8 @@ from uuid import UUID
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from application.ports import ActiveSessionRef, StoredSession
+from domain.audit_chain import GENESIS, link, session_chain
 from domain.changes import AuditFacts, SessionChange
 from domain.sop import CheckResult
 from domain.work_session import (
@@ -27,10 +29,12 @@ from domain.work_session import (
     SessionState,
     SessionStatus,
     StepTime,
+    WorkSession,
 )
-from persistence.audit import AuditLog, link, session_chain
+from persistence.audit import AuditLog
 from persistence.db import dialect_insert
-from persistence.tables import GENESIS, session_checks, session_steps, sops, work_sessions
+from persistence.sops import SopRepository
+from persistence.tables import session_checks, session_steps, sops, work_sessions
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
@@ -42,27 +46,14 @@ _STEP_FIELDS = [k for k in session_steps.c.keys()
                 if k not in ("session_id", "version", "sop_id", "session_started_at")]
 
 
-@dataclass
-class SessionRow:
-    state: SessionState
-    workflow_id: str
-    run_id: str | None
-
-
-@dataclass
-class ActiveSessionRef:
-    id: UUID
-    worker_id: UUID
-    started_at: datetime
-
-
 def change_key(change: SessionChange, entry: int) -> str:
     return f"{session_chain(change.state.id)}@{change.version}#{entry}"
 
 
 class SessionRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, sops: SopRepository | None = None) -> None:
         self.conn = conn
+        self._sops = sops or SopRepository(conn)  # the SOP plans it loads sessions with
         self._sqlite = conn.dialect.name == "sqlite"
         self._audit = AuditLog(conn)
         self.written: list[SessionChange] = []  # what this transaction wrote (once committed)
@@ -138,20 +129,20 @@ class SessionRepository:
         return (await self.conn.execute(select(work_sessions.c.worker_id).where(
             work_sessions.c.id == session_id))).scalar_one_or_none()
 
-    async def get(self, session_id: UUID, *, with_checks: bool = True,
-                  for_update: bool = False) -> SessionRow | None:
+    async def load(self, session_id: UUID, *, with_checks: bool = True,
+                   for_update: bool = False) -> StoredSession | None:
         """`with_checks=False` when only the session's own fields matter (who, status,
         lock); `for_update` holds the row until the transaction ends (PostgreSQL; SQLite's
         write transaction already serialises writers)."""
         return await self._one(work_sessions.c.id == session_id, with_checks, for_update)
 
     async def active_for_worker(self, worker_id: UUID, *,
-                                with_checks: bool = True) -> SessionRow | None:
+                                with_checks: bool = True) -> StoredSession | None:
         return await self._one(and_(work_sessions.c.worker_id == worker_id,
                                     work_sessions.c.status.in_(ACTIVE_VALUES)), with_checks)
 
     async def _one(self, cond: object, with_checks: bool,
-                   for_update: bool = False) -> SessionRow | None:
+                   for_update: bool = False) -> StoredSession | None:
         stmt = select(work_sessions).where(cond)
         if for_update:  # FOR NO KEY UPDATE: holds the row, lets foreign-key checks through
             stmt = stmt.with_for_update(key_share=True)
@@ -161,7 +152,11 @@ class SessionRepository:
         state = _state(row, await self._checks(row["id"]) if with_checks else [])
         if with_checks:
             state.step_times = await self._step_times(row["id"])
-        return SessionRow(state, row["workflow_id"], row["run_id"])
+        return await self._stored(row, state)
+
+    async def _stored(self, row: Any, state: SessionState) -> StoredSession:
+        session = WorkSession(plan=await self._sops.plan(state.sop_id), state=state)
+        return StoredSession(session, row["workflow_id"], row["run_id"])
 
     async def _checks(self, session_id: UUID) -> list[Check]:
         rows = (await self.conn.execute(_CHECKS_OF, {"sid": session_id})).mappings().all()
@@ -205,13 +200,13 @@ class SessionRepository:
         return [dict(r) for r in rows], total
 
     async def active_not_updated_since(self, before: datetime,
-                                       limit: int = 1000) -> list[SessionRow]:
+                                       limit: int = 1000) -> list[StoredSession]:
         """Active sessions untouched since `before` (ops: candidates for a lost workflow)."""
         rows = (await self.conn.execute(
             select(work_sessions).where(work_sessions.c.status.in_(ACTIVE_VALUES),
                                         work_sessions.c.updated_at < before)
             .order_by(work_sessions.c.updated_at).limit(limit))).mappings().all()
-        return [SessionRow(_state(r, []), r["workflow_id"], r["run_id"]) for r in rows]
+        return [await self._stored(r, _state(r, [])) for r in rows]
 
     async def count_needing_attention(self) -> int:
         """Active sessions flagged for a supervisor (repeated failed checks)."""

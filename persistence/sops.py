@@ -7,13 +7,31 @@ from uuid import UUID
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from domain.sop import CheckKind, CheckSpec, Sop, SopStatus, SopStep, SopTask
+from domain.errors import NotFound
+from domain.sop import CheckKind, CheckSpec, SessionPlan, Sop, SopStatus, SopStep, SopTask
 from persistence.tables import sop_steps, sop_tasks, sops, work_sessions
 
 
+class PlanCache(dict[UUID, SessionPlan]):
+    """A confirmed SOP's content never changes, so its plan is kept for good (per process)."""
+
+
 class SopRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, plans: PlanCache | None = None) -> None:
         self.conn = conn
+        self._plans = PlanCache() if plans is None else plans
+
+    async def plan(self, sop_id: UUID) -> SessionPlan:
+        """The steps a session of that SOP walks (a draft's is read every time)."""
+        plan = self._plans.get(sop_id)
+        if plan is None:
+            sop = await self.get(sop_id)
+            if sop is None:
+                raise NotFound("SOP not found")
+            plan = sop.plan()
+            if sop.status is not SopStatus.DRAFT:
+                self._plans[sop_id] = plan
+        return plan
 
     async def add(self, sop: Sop, created_by: UUID | None = None) -> None:
         await self.conn.execute(sops.insert().values(

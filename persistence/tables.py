@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-GENESIS = "0" * 64  # prev_hash of a chain's first entry
+from domain.audit_chain import GENESIS  # the server default of a new head
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",

@@ -1,4 +1,5 @@
-"""The unit of work: one transaction with the session, SOP and audit repositories on it."""
+"""The unit of work (application/ports.py): one transaction with the session, SOP, audit and
+statistics repositories on it; `SqlStore` makes them for one database."""
 
 from __future__ import annotations
 
@@ -11,21 +12,29 @@ from persistence.audit import AuditLog
 from persistence.db import Database
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
-from persistence.sops import SopRepository
+from persistence.sops import PlanCache, SopRepository
 
 
 class UnitOfWork:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.sessions = SessionRepository(conn)
-        self.sops = SopRepository(conn)
+    def __init__(self, conn: AsyncConnection, plans: PlanCache) -> None:
+        self.sops = SopRepository(conn, plans)
+        self.sessions = SessionRepository(conn, self.sops)
         self.audit = AuditLog(conn)
         self.stats = SopStatsQuery(conn)
 
-    @classmethod
+
+class SqlStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.plans = PlanCache()
+
     @asynccontextmanager
-    async def begin(cls, db: Database, *, read_only: bool = False, snapshot: bool = False
-                    ) -> AsyncIterator[UnitOfWork]:
+    async def __call__(self, *, read_only: bool = False,
+                       snapshot: bool = False) -> AsyncIterator[UnitOfWork]:
         """Committed when the block ends, rolled back when it raises. `snapshot` (read
         only): all its reads see one moment, whatever commits meanwhile."""
-        async with (db.read(snapshot=snapshot) if read_only else db.write()) as conn:
-            yield cls(conn)
+        async with (self.db.read(snapshot=snapshot) if read_only else self.db.write()) as conn:
+            yield UnitOfWork(conn, self.plans)
+
+    async def ping(self) -> None:
+        await self.db.ping()

@@ -36,7 +36,7 @@ async def seed(ctx: Any, sop_id: str | UUID, worker_id: UUID, started_at: dateti
     """Start a session of the SOP at `started_at` and play `script` on it, each change
     written as the API writes it (with its audit entry)."""
     async with ctx.uow(read_only=True) as uow:
-        plan = await ctx.plans.get(uow, UUID(str(sop_id)))
+        plan = await uow.sops.plan(UUID(str(sop_id)))
     session = WorkSession.start(uuid4(), worker_id, plan, started_at)
     await _write(ctx, session, BEGINNING, "session_start", started_at)
     now = started_at

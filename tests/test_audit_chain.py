@@ -62,7 +62,7 @@ from persistence.db import Database
 from persistence.migrate import upgrade
 from persistence.sqlite_driver import CHUNK
 from persistence.tables import audit_chains, audit_log, session_checks, work_sessions
-from persistence.uow import UnitOfWork
+from persistence.uow import SqlStore
 from tests.conftest import audit_cli, fresh_database
 
 IS_PG = os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite") == "postgresql"
@@ -208,24 +208,24 @@ class Log:
 
 
 async def write(db: Database, change: SessionChange) -> bool:
-    async with UnitOfWork.begin(db) as uow:
+    async with SqlStore(db)() as uow:
         return await uow.sessions.write_change(change)
 
 
 async def reject(db: Database, session_id: UUID, facts: AuditFacts, at: datetime) -> None:
-    async with UnitOfWork.begin(db) as uow:
+    async with SqlStore(db)() as uow:
         await uow.sessions.record_rejection(session_id, facts, at)
 
 
 async def catalog_action(db: Database, sop: Sop, action: str, at: datetime) -> None:
-    async with UnitOfWork.begin(db) as uow:
+    async with SqlStore(db)() as uow:
         await uow.audit.append_to_sop_family(sop.family_id, AuditFacts(
             action, SUPERVISOR, "supervisor", {"sop_id": str(sop.id), "version": sop.version},
             f"req-{action}"), at)
 
 
 async def add_sop(db: Database, sop: Sop) -> None:
-    async with UnitOfWork.begin(db) as uow:
+    async with SqlStore(db)() as uow:
         await uow.sops.add(sop, created_by=SUPERVISOR)
 
 
@@ -260,7 +260,7 @@ async def api_entries(db: Database, session_id: UUID | None = None,
                       chain: str | None = None) -> list[dict[str, Any]]:
     """What GET /api/v1/audit?session_id= lists (all entries without a session id), in the
     API's shape; narrowed to one chain when `chain` is given."""
-    async with UnitOfWork.begin(db, read_only=True) as uow:
+    async with SqlStore(db)(read_only=True) as uow:
         items, total = await uow.audit.list_page(session_id, 1000, 0)
     assert total == len(items)
     return [as_api(i) for i in items if chain is None or i["chain"] == chain]
@@ -280,7 +280,7 @@ async def session_row(db: Database, session_id: UUID) -> Any:
 
 
 async def problems(db: Database, anchor: dict[str, Any] | None = None) -> list[str]:
-    return (await verify_log(db, anchor))[1]
+    return (await verify_log(SqlStore(db), anchor))[1]
 
 
 async def sql(db: Database, *statements: Any) -> None:
@@ -315,9 +315,9 @@ def expect_chain_intact(entries: list[dict[str, Any]], chain: str) -> None:
 # ---- 1. intact chains ----------------------------------------------------------------------
 async def test_sessions_and_an_sop_family_form_chains_anyone_can_recheck_from_the_api(
         fresh_db: Database) -> None:
-    assert await verify_log(fresh_db) == (0, [])  # an empty log is intact too
+    assert await verify_log(SqlStore(fresh_db)) == (0, [])  # an empty log is intact too
     log = await populate(fresh_db)
-    assert await verify_log(fresh_db) == (TOTAL, [])
+    assert await verify_log(SqlStore(fresh_db)) == (TOTAL, [])
 
     all_hashes: set[str] = set()
     for run in log.runs:
@@ -431,7 +431,7 @@ async def test_a_change_resent_while_its_first_write_is_still_open_is_stored_onc
         fresh_db: Database) -> None:
     """The session is not recorded yet (no row to hold): the entry's dedup key decides."""
     run = await new_run(fresh_db)
-    async with UnitOfWork.begin(fresh_db) as first:
+    async with SqlStore(fresh_db)() as first:
         assert await first.sessions.write_change(run.start)
         resent = asyncio.create_task(write(fresh_db, run.start))
         await until_a_writer_waits(fresh_db)
@@ -446,7 +446,7 @@ async def test_two_changes_of_a_session_not_yet_recorded_written_at_once_both_la
     a session at once: the API writing a check while the run writes the start it took."""
     run = await new_run(fresh_db)
     checked = run.check()
-    async with UnitOfWork.begin(fresh_db) as first:
+    async with SqlStore(fresh_db)() as first:
         assert await first.sessions.write_change(run.start)
         second = asyncio.create_task(write(fresh_db, checked))
         await until_a_writer_waits(fresh_db)
@@ -525,7 +525,7 @@ async def test_rewriting_detail_as_equal_json_in_another_key_order_is_not_a_brea
     await sql(fresh_db, update(audit_log).where(at_entry(chain, 2)).values(detail=reordered))
     after = await stored_text()
     assert after != before and json.loads(after) == json.loads(before)
-    assert await verify_log(fresh_db) == (TOTAL, [])
+    assert await verify_log(SqlStore(fresh_db)) == (TOTAL, [])
 
 
 @pytest.mark.parametrize("seq", [1, 3])
@@ -544,7 +544,7 @@ async def test_deleting_the_last_entry_of_a_session_is_reported_by_the_session_r
     log = await populate(fresh_db)
     chain = log.runs[1].chain
     await sql(fresh_db, delete(audit_log).where(at_entry(chain, PER_SESSION)))
-    n, found = await verify_log(fresh_db)
+    n, found = await verify_log(SqlStore(fresh_db))
     assert n == TOTAL - 1
     assert reported(found, chain), found
     assert f"head says {PER_SESSION} entries" in found[0]
@@ -565,7 +565,7 @@ async def test_cutting_a_chain_short_and_rewinding_its_session_row_needs_an_anch
     """Whoever can rewrite the session row can hide a truncation from a plain verify: that
     is what the anchor, kept outside the database, is for."""
     log = await populate(fresh_db)
-    anchor = await take_anchor(fresh_db)
+    anchor = await take_anchor(SqlStore(fresh_db))
     chain, run = log.runs[1].chain, log.runs[1]
     kept = (await rows_of(fresh_db, chain))[3]
     await sql(fresh_db,
@@ -573,7 +573,7 @@ async def test_cutting_a_chain_short_and_rewinding_its_session_row_needs_an_anch
               update(work_sessions).where(work_sessions.c.id == run.id)
               .values(audit_seq=4, audit_hash=kept["hash"]))
 
-    assert await verify_log(fresh_db) == (TOTAL - 2, [])
+    assert await verify_log(SqlStore(fresh_db)) == (TOTAL - 2, [])
     found = await problems(fresh_db, anchor)
     assert reported(found, chain), found
     assert f"the anchor holds entry {PER_SESSION}" in found[0]
@@ -637,7 +637,7 @@ async def test_deleting_the_last_catalog_action_is_reported_by_the_family_head(
 # ---- 4. the anchor -------------------------------------------------------------------------
 async def test_the_anchor_holds_every_chains_head_and_a_digest(fresh_db: Database) -> None:
     log = await populate(fresh_db)
-    anchor = await take_anchor(fresh_db)
+    anchor = await take_anchor(SqlStore(fresh_db))
     heads = {}
     for chain in [r.chain for r in log.runs] + [log.family]:
         last = (await rows_of(fresh_db, chain))[-1]
@@ -660,7 +660,7 @@ EDITED_ANCHORS: list[Any] = [
 async def test_an_anchor_file_edited_after_it_was_taken_is_reported(
         fresh_db: Database, edit: str) -> None:
     log = await populate(fresh_db)
-    anchor = await take_anchor(fresh_db)
+    anchor = await take_anchor(SqlStore(fresh_db))
     chain = log.runs[1].chain
     held = next(c for c in anchor["chains"] if c["chain"] == chain)
     if edit == "earlier-head":  # consistent with the log: only the digest gives it away
@@ -675,14 +675,14 @@ async def test_an_anchor_file_edited_after_it_was_taken_is_reported(
 
 async def test_an_anchor_still_holds_after_the_log_grew(fresh_db: Database) -> None:
     log = await populate(fresh_db)
-    anchor = await take_anchor(fresh_db)
+    anchor = await take_anchor(SqlStore(fresh_db))
     for run in log.runs:
         assert await write(fresh_db, run.check())
         assert await write(fresh_db, run.pause())
     newcomer = Run(log.sop, T0 + timedelta(days=1))
     assert await write(fresh_db, newcomer.start)
     await catalog_action(fresh_db, log.sop, "sop_archive", T0 + timedelta(days=1))
-    assert await verify_log(fresh_db, anchor) == (TOTAL + 2 * SESSIONS + 2, [])
+    assert await verify_log(SqlStore(fresh_db), anchor) == (TOTAL + 2 * SESSIONS + 2, [])
 
 
 async def test_an_anchor_reveals_a_chain_rewritten_with_every_hash_recomputed(
@@ -690,7 +690,7 @@ async def test_an_anchor_reveals_a_chain_rewritten_with_every_hash_recomputed(
     """From entry 3 on, the chain is forged and re-hashed, and the session row moved to the
     forged head: consistent in itself, so only the anchor can tell."""
     log = await populate(fresh_db)
-    anchor = await take_anchor(fresh_db)
+    anchor = await take_anchor(SqlStore(fresh_db))
     run = log.runs[1]
     entries = [as_api(r) for r in await rows_of(fresh_db, run.chain)]
     entries[2]["detail"] = {**entries[2]["detail"], "result": "passed"}
@@ -735,10 +735,10 @@ async def test_an_entry_appended_while_verify_runs_is_not_reported_as_a_break(
         await reject(fresh_db, run.id, *run.refused_resume())
 
     # as application.audit.verify (`worksession audit verify`) reads it: one snapshot
-    async with UnitOfWork.begin(fresh_db, read_only=True, snapshot=True) as uow:
+    async with SqlStore(fresh_db)(read_only=True, snapshot=True) as uow:
         found = await AuditLog(AppendWhileVerifying(uow.audit.conn, append)).verify()
     assert found == (TOTAL, [])
-    assert await verify_log(fresh_db) == (TOTAL + 1, [])
+    assert await verify_log(SqlStore(fresh_db)) == (TOTAL + 1, [])
 
 
 async def test_a_chain_longer_than_one_fetch_verifies_to_its_end_and_a_late_edit_is_found(
@@ -748,16 +748,16 @@ async def test_a_chain_longer_than_one_fetch_verifies_to_its_end_and_a_late_edit
     log = Log(make_sop())
     await add_sop(fresh_db, log.sop)
     n = 2 * CHUNK + 345
-    async with UnitOfWork.begin(fresh_db) as uow:  # one transaction: thousands are slow
+    async with SqlStore(fresh_db)() as uow:  # one transaction: thousands are slow
         for i in range(n):
             await uow.audit.append_to_sop_family(log.sop.family_id, AuditFacts(
                 "sop_edit", SUPERVISOR, "supervisor", {"i": i}), T0 + timedelta(seconds=i))
-    assert await verify_log(fresh_db) == (n, [])
+    assert await verify_log(SqlStore(fresh_db)) == (n, [])
 
     late = 2 * CHUNK + 100
     await sql(fresh_db, update(audit_log).where(at_entry(log.family, late))
               .values(detail={"i": -1}))
-    found, broken = await verify_log(fresh_db)
+    found, broken = await verify_log(SqlStore(fresh_db))
     assert found == late
     assert reported(broken, log.family, late), broken
 
@@ -846,7 +846,7 @@ async def test_concurrent_writes_of_many_sessions_and_of_one_session_leave_gaple
     family = await api_entries(fresh_db, None, chain=f"sop:{sop.family_id}")
     expect_chain_intact(family, f"sop:{sop.family_id}")
     assert len(family) == 8
-    assert await verify_log(fresh_db) == (len(runs) * (6 + 2) + 8, [])
+    assert await verify_log(SqlStore(fresh_db)) == (len(runs) * (6 + 2) + 8, [])
 
 
 # ---- 7. migration 0003 ---------------------------------------------------------------------
@@ -982,7 +982,7 @@ async def test_migration_0003_carries_the_single_chain_log_into_chains_that_veri
         assert chain_of(f"sop:{family}") == [2]
         # A deleted SOP's family went with its row: its actions chain under the SOP's id.
         assert chain_of(f"sop:{deleted_sop}") == [4, 8]
-        assert await verify_log(db) == (len(old), [])
+        assert await verify_log(SqlStore(db)) == (len(old), [])
         for chain in {m["chain"] for m in migrated.values()}:
             expect_chain_intact([as_api(r) for r in await rows_of(db, chain)], chain)
 
@@ -1001,6 +1001,6 @@ async def test_migration_0003_carries_the_single_chain_log_into_chains_that_veri
         after = (await rows_of(db, f"session:{session}"))[-1]
         assert (after["seq"], after["prev_hash"]) == (5, last["hash"])
         assert [r["seq"] for r in await rows_of(db, f"sop:{family}")] == [1, 2]
-        assert await verify_log(db) == (len(old) + 2, [])
+        assert await verify_log(SqlStore(db)) == (len(old) + 2, [])
     finally:
         await db.dispose()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from persistence.audit import entry_hash
+from domain.audit_chain import entry_hash
 from tests.conftest import audit_cli, check, pass_step, start
 
 

@@ -16,6 +16,7 @@ from application.context import Context
 from domain.sop import CheckResult
 from orchestration.client import SessionWorkflows
 from persistence.sessions import SessionRepository
+from persistence.uow import SqlStore
 from tests.conftest import make_confirmed_sop, on, submission
 from worker import build_worker
 from worksession.binaries import temporal_test_server
@@ -33,7 +34,7 @@ async def skipping_env():
 
 
 def context(env, db, queue: str, idle: timedelta) -> Context:
-    return Context(db=db, workflows=SessionWorkflows(
+    return Context(store=SqlStore(db), workflows=SessionWorkflows(
         env.client, queue, timeout=30, idle_timeout=idle, escalate_after_failures=3))
 
 
@@ -58,7 +59,7 @@ async def test_idle_session_pauses_itself_after_the_idle_timeout(skipping_env, d
         assert live["status"] == "paused" and live["paused_reason"] == "idle"
         assert live["current_step_id"] == view["current_step_id"]
         async with db.read() as conn:
-            row = await SessionRepository(conn).get(uuid.UUID(view["id"]))
+            row = await SessionRepository(conn).load(uuid.UUID(view["id"]))
         assert row.state.status.value == "paused" and row.state.paused_reason == "idle"
         resumed = await uc.resume_session(ctx, await on(ctx, actor, uuid.UUID(view["id"])))
         assert resumed["status"] == "in_progress" and resumed["paused_reason"] is None
@@ -80,7 +81,7 @@ async def test_repeated_failed_checks_mark_the_session_as_needing_attention(
                 submission(step_id=step, result=CheckResult.FAILED, check_id=None))
         assert view["needs_attention"] is True
         async with db.read() as conn:
-            assert (await SessionRepository(conn).get(sid)).state.needs_attention is True
+            assert (await SessionRepository(conn).load(sid)).state.needs_attention is True
         view = await uc.submit_check(ctx, await on(ctx, actor, sid),
             submission(step_id=step, result=CheckResult.PASSED, check_id=None))
         assert view["needs_attention"] is False

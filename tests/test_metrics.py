@@ -22,6 +22,7 @@ from domain.sop import CheckResult
 from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
+from persistence.uow import SqlStore
 from tests.conftest import (
     WriteOutage,
     eventually,
@@ -153,7 +154,8 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, 
     port = free_port()
     server = meter.serve("127.0.0.1", port)
     worker_db = Database(database_url, lock_timeout_ms=300)
-    ctx = Context(db=Database(database_url, lock_timeout_ms=300), workflows=SessionWorkflows(
+    ctx = Context(store=SqlStore(Database(database_url, lock_timeout_ms=300)),
+                  workflows=SessionWorkflows(
         client, queue, timeout=3, idle_timeout=timedelta(hours=8), escalate_after_failures=3,
         write_behind=timedelta(seconds=1)), meter=meter)
     sop = await make_confirmed_sop(http, supervisor)
@@ -201,4 +203,4 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, 
         gauges.cancel()
         server.shutdown()
         await worker_db.dispose()
-        await ctx.db.dispose()
+        await ctx.store.db.dispose()

@@ -23,6 +23,7 @@ from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
 from persistence.sessions import SessionRepository
+from persistence.uow import SqlStore
 from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on, ops_cli, submission
 from worker import build_worker
 from workflows.messages import workflow_id_for
@@ -35,14 +36,15 @@ async def outage_stack(client, database_url, http, supervisor):
     queue = f"ops-{uuid.uuid4()}"
     worker_db = Database(database_url, lock_timeout_ms=300)
     # A run writes what its API could not after a second (write_behind), not ten minutes.
-    ctx = Context(db=Database(database_url, lock_timeout_ms=300), workflows=SessionWorkflows(
+    ctx = Context(store=SqlStore(Database(database_url, lock_timeout_ms=300)),
+                  workflows=SessionWorkflows(
         client, queue, timeout=3, idle_timeout=timedelta(hours=8), escalate_after_failures=3,
         write_behind=timedelta(seconds=1)))
     sop = await make_confirmed_sop(http, supervisor)
     async with build_worker(client, worker_db, queue):
         yield ctx, queue, sop
     await worker_db.dispose()
-    await ctx.db.dispose()
+    await ctx.store.db.dispose()
 
 
 async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
@@ -91,7 +93,7 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
 
     async def recorded():
         async with db.read() as conn:
-            row = await SessionRepository(conn).get(sid)
+            row = await SessionRepository(conn).load(sid)
         return row if len(row.state.checks) == 1 else None
 
     row = await eventually(recorded, within=3)  # sooner than the next automatic attempt
@@ -129,7 +131,7 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
     with pytest.raises(Unavailable):
         await uc.submit_check(ctx, await on(ctx, actor, sid),
             submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None))
-    later = Context(db=ctx.db, workflows=ctx.workflows,
+    later = Context(store=ctx.store, workflows=ctx.workflows,
                     clock=lambda: datetime.now(UTC) + timedelta(minutes=5))
     from application import ops as ops_uc
     listed = {s["session_id"]: s for s in await ops_uc.stuck_sessions(later, None)}
@@ -140,7 +142,7 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
         submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None))
     assert len(view["checks"]) == 2 and view["current_step"]["index"] == 2
     async with db.read() as conn:
-        assert len((await SessionRepository(conn).get(sid)).state.checks) == 2
+        assert len((await SessionRepository(conn).load(sid)).state.checks) == 2
     await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
 
 
@@ -178,12 +180,12 @@ async def test_a_write_cancelled_midway_never_leaves_the_database_locked(databas
                 await conn.exec_driver_sql("UPDATE sops SET title = title")
             # and the cancelled write was not lost half-way: all of it or nothing
             async with quick.read() as conn:
-                row = await SessionRepository(conn).get(session.state.id)
+                row = await SessionRepository(conn).load(session.state.id)
             assert row is None or row.state.id == session.state.id
         # the cancelled writes went on to their end
         async def all_written():
             async with quick.read() as conn:
-                return await SessionRepository(conn).get(session.state.id)
+                return await SessionRepository(conn).load(session.state.id)
         assert await eventually(all_written, within=5)
     finally:
         await quick.dispose()

@@ -22,6 +22,7 @@ from domain.sop import CheckResult
 from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
+from persistence.uow import SqlStore
 from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
 from worker import SANDBOX, build_worker
 from workflows.messages import workflow_id_for
@@ -31,7 +32,7 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 def own_context(client, db, task_queue: str, **kw) -> Context:
-    return Context(db=db, workflows=SessionWorkflows(
+    return Context(store=SqlStore(db), workflows=SessionWorkflows(
         client, task_queue, timeout=15, idle_timeout=timedelta(hours=8),
         escalate_after_failures=3, **kw))
 
@@ -47,7 +48,7 @@ async def pass_current(ctx: Context, actor: Actor, view: dict, check_id=None) ->
 
 async def stored_check_ids(db, session_id: str) -> list[str]:
     async with db.read() as conn:
-        row = await SessionRepository(conn).get(uuid.UUID(session_id))
+        row = await SessionRepository(conn).load(uuid.UUID(session_id))
     return [str(c.id) for c in row.state.checks]
 
 
@@ -108,7 +109,6 @@ async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model_
     `write_behind`: the check, and its audit entry with the worker and request id the API
     had sent. A resend afterwards records nothing twice."""
     from domain.changes import AuditFacts
-    from workflows.messages import SessionCommand, SubmitCheck
 
     sop = await make_confirmed_sop(http, supervisor, sop_body((3,), measurement_at=None))
     ctx = own_context(client, db, worker.task_queue, write_behind=timedelta(seconds=1))
@@ -119,9 +119,9 @@ async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model_
     facts = AuditFacts("check_submitted", actor.id, "worker", {"check_id": str(cid)},
                        "req-died-before-its-write")
     # the update alone, as an API that dies before its write leaves it
-    change = await ctx.workflows.submit_check(actor.id, SubmitCheck(
-        session_id=sid, check_id=cid, step_id=uuid.UUID(view["current_step_id"]),
-        result=CheckResult.PASSED, audit=facts))
+    change = await ctx.workflows.submit_check(actor.id, sid, submission(
+        check_id=cid, step_id=uuid.UUID(view["current_step_id"]),
+        result=CheckResult.PASSED), facts)
     assert [c.id for c in change.checks] == [cid]
 
     async def written():
@@ -137,12 +137,12 @@ async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model_
     assert [c["id"] for c in again["checks"]] == [str(cid)]
     assert len(await audit_of(db, sid)) == 2
     # a closing run writes what it holds before it ends, whatever the API did
-    done = await ctx.workflows.command(actor.id, "complete", SessionCommand(
-        session_id=sid, audit=AuditFacts("session_complete", actor.id, "worker")))
+    done = await ctx.workflows.command(actor.id, "complete", sid, None,
+                                       AuditFacts("session_complete", actor.id, "worker"))
     assert done.state.status.value == "completed"
     await asyncio.wait_for(client.get_workflow_handle(workflow_id_for(actor.id)).result(), 10)
     async with db.read() as conn:
-        row = await SessionRepository(conn).get(sid)
+        row = await SessionRepository(conn).load(sid)
     assert row.state.status.value == "completed" and row.state.version == done.version
     assert [c.id for c in row.state.checks] == [cid]
     assert [e["action"] for e in await audit_of(db, sid)] == [
@@ -290,9 +290,8 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
         http, client, db, supervisor, worker):
     """The workflow ID is per worker: a request that read "X is active" just before X closed
     and Y started must not cancel (or check) Y."""
+    from application.ports import RunClosed
     from domain.changes import AuditFacts
-    from orchestration.client import RunClosed
-    from workflows.messages import SessionCommand
 
     sop = await make_confirmed_sop(http, supervisor)
     ctx = own_context(client, db, worker.task_queue)
@@ -301,9 +300,8 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
     await uc.complete_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])))
     y = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
     with pytest.raises(RunClosed):
-        await ctx.workflows.command(actor.id, "cancel", SessionCommand(
-            session_id=uuid.UUID(x["id"]), reason="late",
-            audit=AuditFacts("session_cancel", actor.id, "worker")))
+        await ctx.workflows.command(actor.id, "cancel", uuid.UUID(x["id"]), "late",
+                                    AuditFacts("session_cancel", actor.id, "worker"))
     live = await ctx.workflows.query(actor.id)
     assert live["id"] == y["id"] and live["status"] == "in_progress"
     # and through the use case the late cancel is judged on X's stored copy: 409
@@ -351,7 +349,7 @@ async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
 async def eventually_stored(db, session_id: uuid.UUID) -> None:
     async def stored() -> bool:
         async with db.read() as conn:
-            return await SessionRepository(conn).get(session_id, with_checks=False) is not None
+            return await SessionRepository(conn).load(session_id, with_checks=False) is not None
     await eventually(stored)
 
 

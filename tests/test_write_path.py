@@ -34,6 +34,7 @@ from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
 from persistence.sops import SopRepository
 from persistence.tables import work_sessions
+from persistence.uow import SqlStore
 from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
 from workflows.messages import WRITE_CHANGES_ACTIVITY, workflow_id_for
 
@@ -67,7 +68,7 @@ def database_fails_in_the_api(monkeypatch: pytest.MonkeyPatch, target: Any, name
 
 @pytest.fixture
 def ctx(client, db, worker) -> Context:
-    return Context(db=db, workflows=SessionWorkflows(
+    return Context(store=SqlStore(db), workflows=SessionWorkflows(
         client, worker.task_queue, timeout=15, idle_timeout=timedelta(hours=8),
         escalate_after_failures=3, write_behind=timedelta(seconds=1)))
 
@@ -82,7 +83,7 @@ async def record_and_head(db, session_id: uuid.UUID) -> tuple[Any, list[dict], i
     async with db.read() as conn:
         if DATABASE == "postgresql":  # one snapshot for the three reads, as on SQLite
             await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = await SessionRepository(conn).get(session_id)
+        row = await SessionRepository(conn).load(session_id)
         entries = (await AuditLog(conn).list_page(session_id, 100, 0))[0]
         head = (await conn.execute(select(work_sessions.c.audit_seq).where(
             work_sessions.c.id == session_id))).scalar_one_or_none()
@@ -365,7 +366,7 @@ async def test_a_catalog_change_and_its_entry_are_one_transaction(
 # ---- the run's own changes ---------------------------------------------------------------
 async def test_an_idle_pause_is_recorded_by_the_run_with_a_system_entry(http, supervisor,
                                                                        client, db, worker):
-    ctx = Context(db=db, workflows=SessionWorkflows(
+    ctx = Context(store=SqlStore(db), workflows=SessionWorkflows(
         client, worker.task_queue, timeout=15, idle_timeout=timedelta(seconds=2),
         escalate_after_failures=3))
     sop = await make_confirmed_sop(http, supervisor)

@@ -206,6 +206,7 @@ def _audit(args: argparse.Namespace) -> int:
     from application import audit
     from domain.errors import NotFound
     from persistence.db import Database
+    from persistence.uow import SqlStore
 
     def write(doc: dict[str, Any]) -> int:
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
@@ -227,15 +228,15 @@ def _audit(args: argparse.Namespace) -> int:
             db = Database(Settings().db_url)
             try:
                 if args.audit_command == "anchor":
-                    return write(await audit.anchor(db))
+                    return write(await audit.anchor(SqlStore(db)))
                 if args.audit_command == "export":
                     try:
-                        return write(await audit.export_session(db, args.session))
+                        return write(await audit.export_session(SqlStore(db), args.session))
                     except NotFound as e:
                         print(e)
                         return 2
                 anchor = json.loads(args.anchor.read_text()) if args.anchor else None
-                n, problems = await audit.verify(db, anchor)
+                n, problems = await audit.verify(SqlStore(db), anchor)
             finally:
                 await db.dispose()
         for p in problems:
@@ -261,6 +262,7 @@ def _ops(args: argparse.Namespace) -> int:
     from domain.errors import DomainError
     from orchestration.client import SessionWorkflows
     from persistence.db import Database
+    from persistence.uow import SqlStore
     from worksession.temporal import TemporalConnectError, connect, exit_unconnected
 
     async def run() -> int:
@@ -271,7 +273,7 @@ def _ops(args: argparse.Namespace) -> int:
                 client = await connect(settings)
             except TemporalConnectError as e:
                 exit_unconnected(e)
-            ctx = Context(db=db, workflows=SessionWorkflows(
+            ctx = Context(store=SqlStore(db), workflows=SessionWorkflows(
                 client, settings.task_queue, settings.request_timeout_seconds,
                 settings.idle_timeout, settings.escalate_after_failures,
                 write_behind=settings.write_behind))

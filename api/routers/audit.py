@@ -14,8 +14,8 @@ from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
 from application.authz import Actor
+from domain.audit_chain import canonical, hashed_body
 from domain.errors import InvalidInput
-from persistence.audit import canonical, hashed_body
 
 router = APIRouter(prefix="/api/v1/audit", tags=["Audit"], route_class=PrecedenceRoute)
 

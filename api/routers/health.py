@@ -32,7 +32,7 @@ async def readyz(request: Request, exclude: list[Literal["worker"]] = Query(
     if ctx is None:
         checks["startup"] = "not finished"
     else:
-        checks["database"] = await _check(ctx.db.ping())
+        checks["database"] = await _check(ctx.store.ping())
         checks["temporal"] = await _check(_temporal(ctx))
         if "worker" in exclude:
             pass  # whether a worker polls is the same for every API process: not this one's

@@ -1,0 +1,195 @@
+"""What the use cases need from the outside, said in their own terms: a unit of work with its
+repositories (implemented in persistence/), and the session workflows (in orchestration/).
+Use cases import these, never an implementation, so each can run against fakes."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from domain.changes import AuditFacts, SessionChange
+from domain.sop import SessionPlan, Sop, SopStatus
+from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
+
+# ---- the database --------------------------------------------------------------------------
+
+
+@dataclass
+class StoredSession:
+    """A session as recorded: the aggregate (its row and its SOP's plan) and its run."""
+
+    session: WorkSession
+    workflow_id: str
+    run_id: str | None
+
+    @property
+    def state(self) -> SessionState:
+        return self.session.state
+
+
+@dataclass
+class ActiveSessionRef:
+    id: UUID
+    worker_id: UUID
+    started_at: datetime
+
+
+@dataclass
+class Percentiles:
+    median: float | None = None
+    p90: float | None = None
+
+
+@dataclass
+class StepStats:
+    reached: int = 0
+    passed: int = 0
+    first_try_passed: int = 0
+    tried: int = 0  # reached and checked at least once
+    failed_checks: int = 0
+    seconds: Percentiles | None = None  # of the passed ones: time until passed
+
+
+@dataclass
+class SopStats:
+    sessions: dict[str, int]  # by status
+    session_seconds: Percentiles  # completed sessions: active time, pauses not counted
+    steps: dict[UUID, StepStats]
+
+
+class SessionRepository(Protocol):
+    written: list[SessionChange]  # what this unit of work wrote (counted once committed)
+
+    async def write_change(self, change: SessionChange) -> bool: ...
+    async def record_rejection(self, session_id: UUID, facts: AuditFacts,
+                               at: datetime) -> None: ...
+    async def load(self, session_id: UUID, *, with_checks: bool = True,
+                   for_update: bool = False) -> StoredSession | None: ...
+    async def active_for_worker(self, worker_id: UUID, *,
+                                with_checks: bool = True) -> StoredSession | None: ...
+    async def owner(self, session_id: UUID) -> UUID | None: ...
+    async def chain_head(self, session_id: UUID) -> tuple[int, str]: ...
+    async def list_page(self, owner: UUID | None, f: SessionFilter, limit: int,
+                        offset: int) -> tuple[list[dict], int]: ...
+    async def active_not_updated_since(self, before: datetime,
+                                       limit: int = 1000) -> list[StoredSession]: ...
+    async def count_needing_attention(self) -> int: ...
+    async def active_for_sop(self, sop_id: UUID) -> list[ActiveSessionRef]: ...
+
+
+class SopRepository(Protocol):
+    async def get(self, sop_id: UUID, *, lock: str | None = None,
+                  with_content: bool = True) -> Sop | None: ...
+    async def plan(self, sop_id: UUID) -> SessionPlan: ...
+    async def add(self, sop: Sop, created_by: UUID | None = None) -> None: ...
+    async def replace_content(self, sop: Sop) -> None: ...
+    async def save_status(self, sop: Sop) -> None: ...
+    async def list_page(self, status: SopStatus | None, limit: int,
+                        offset: int) -> tuple[list[Sop], int]: ...
+    async def latest_version(self, family_id: UUID) -> int: ...
+    async def is_referenced(self, sop_id: UUID) -> bool: ...
+    async def delete_sop(self, sop_id: UUID) -> None: ...
+
+
+class AuditRepository(Protocol):
+    async def append_to_sop_family(self, family_id: UUID, facts: AuditFacts,
+                                   at: datetime) -> None: ...
+    async def list_page(self, session_id: UUID | None, limit: int,
+                        offset: int) -> tuple[list[dict], int]: ...
+    async def of_session(self, session_id: UUID) -> list[dict[str, Any]]: ...
+    async def verify(self, anchor: dict[str, Any] | None = None
+                     ) -> tuple[int, list[str]]: ...
+    async def anchor(self, now: datetime) -> dict[str, Any]: ...
+
+
+class StatsQuery(Protocol):
+    async def of(self, sop_id: UUID, since: datetime | None,
+                 until: datetime | None) -> SopStats: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction: committed when its block ends, rolled back when it raises."""
+
+    sessions: SessionRepository
+    sops: SopRepository
+    audit: AuditRepository
+    stats: StatsQuery
+
+
+class Store(Protocol):
+    """Where units of work come from. `snapshot` (read only): all reads see one moment."""
+
+    def __call__(self, *, read_only: bool = False,
+                 snapshot: bool = False) -> AbstractAsyncContextManager[UnitOfWork]: ...
+    async def ping(self) -> None: ...
+
+
+# ---- the session workflows -----------------------------------------------------------------
+
+
+class RunClosed(Exception):
+    """The worker's workflow run has closed (or is not there): the database is the record."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """The open run of a worker's workflow, and the session it holds."""
+
+    session_id: UUID | None
+    run_id: str
+
+
+class WorkflowRunning(Exception):
+    """The worker's workflow ID is taken by a run that is still open."""
+
+    def __init__(self, running: Running | None) -> None:
+        super().__init__(f"running {running}")
+        self.running = running
+
+
+ACTIVITY_FAILING = "activity_failing"
+WORKFLOW_TASK_FAILING = "workflow_task_failing"
+NO_WORKER = "no_worker"
+
+
+@dataclass
+class Stuck:
+    """A session workflow that cannot make progress, and why (`kind`, one of the above)."""
+
+    workflow_id: str
+    run_id: str
+    session_id: str | None
+    worker_id: str | None
+    sop_id: str | None
+    kind: str
+    reason: str
+    attempts: int
+    since: datetime | None
+    last_error: str | None
+    activity_id: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class SessionWorkflows(Protocol):
+    """Each worker's session workflow. Every call is bounded in time (Unavailable past it);
+    a domain rule the run refuses comes back as the same domain error."""
+
+    async def start(self, plan: SessionPlan, state: SessionState,
+                    change: SessionChange | None) -> str: ...
+    async def running(self, worker_id: UUID) -> Running | None: ...
+    async def wait_closed(self, worker_id: UUID, run_id: str, within: float) -> bool: ...
+    async def terminate(self, worker_id: UUID, run_id: str, reason: str) -> None: ...
+    def workflow_id(self, worker_id: UUID) -> str: ...
+    async def submit_check(self, worker_id: UUID, session_id: UUID, sub: CheckSubmission,
+                           facts: AuditFacts) -> SessionChange | None: ...
+    async def command(self, worker_id: UUID, name: str, session_id: UUID,
+                      reason: str | None, facts: AuditFacts) -> SessionChange | None: ...
+    async def ask_to_write(self, worker_id: UUID) -> bool: ...
+    async def query(self, worker_id: UUID) -> dict[str, Any]: ...
+    async def find_stuck(self) -> list[Stuck]: ...
+    async def diagnose(self, worker_id: UUID) -> Stuck | None: ...
+    async def retry(self, stuck: Stuck) -> str: ...
+
