@@ -49,11 +49,6 @@ class Authenticator:
         return _shared_secret(token, self.secret, self.algorithms)
 
 
-def authenticate(authorization: str | None, secret: bytes, algorithms: list[str]) -> Actor:
-    """A shared-secret token (the development path)."""
-    return _shared_secret(_bearer(authorization), secret, algorithms)
-
-
 def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated("missing bearer token")
