@@ -23,6 +23,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from api.auth import PROVIDER_ALGORITHMS as ALGORITHMS
 from api.auth import Unauthenticated, check_numeric_dates
@@ -31,6 +32,7 @@ from domain.errors import Forbidden, Unavailable
 
 RANK = {Role.WORKER: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
 KEYS_MAX_AGE_SECONDS = 3600.0
+MIN_RSA_BITS = 2048  # shorter RSA keys are factorable at a cost within reach (NIST SP 800-131A)
 
 
 class IdentityProvider:
@@ -48,8 +50,14 @@ class IdentityProvider:
 
     async def actor(self, token: str, header: Mapping[str, Any]) -> Actor:
         key = await self._key(header.get("kid"))
+        if header.get("alg") != key.algorithm_name:
+            # The key's own algorithm decides: PyJWT given ES256 and an RSA key fails with a
+            # TypeError, not a verdict on the token.
+            raise Unauthenticated(f"invalid token: its key signs with {key.algorithm_name}, "
+                                  f"not {header.get('alg')}")
         try:
-            claims = jwt.decode(token, key.key, algorithms=ALGORITHMS, audience=self.audience,
+            claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name],
+                                audience=self.audience,
                                 issuer=self.issuer,
                                 options={"require": ["exp", "sub", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
@@ -108,7 +116,8 @@ class IdentityProvider:
             raise Unavailable(f"the identity provider's keys could not be read "
                               f"({type(e).__name__}); resend the request in a moment") from None
         self._keys = {k.key_id: k for k in keys
-                      if k.public_key_use in (None, "sig") and k.algorithm_name in ALGORITHMS}
+                      if k.public_key_use in (None, "sig") and k.algorithm_name in ALGORITHMS
+                      and not (isinstance(k.key, RSAPublicKey) and k.key.key_size < MIN_RSA_BITS)}
 
     async def _discover(self, http: httpx.AsyncClient) -> str:
         response = await http.get(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,8 +22,8 @@ from uuid import NAMESPACE_URL, uuid5
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api.app import create_app
@@ -84,13 +85,15 @@ class Provider:
         return {"keys": keys}
 
     def token(self, kid: str = "rsa-1", *, sub: str = "auth0|5f2c1e", groups: Any = None,
-              expires_in: float = 600, **claims: Any) -> str:
+              expires_in: float = 600, signer: str | None = None, **claims: Any) -> str:
+        """Signed by the key `kid` names, or by `signer`'s key (with its algorithm) instead."""
         now = int(time.time())
         body = {"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
                 "exp": now + int(expires_in),
                 "groups": ["floor-staff"] if groups is None else groups, **claims}
-        alg = "RS256" if kid.startswith("rsa") else "ES256"
-        return jwt.encode(body, self.keys[kid], algorithm=alg, headers={"kid": kid})
+        signer = signer or kid
+        alg = "RS256" if signer.startswith("rsa") else "ES256"
+        return jwt.encode(body, self.keys[signer], algorithm=alg, headers={"kid": kid})
 
     def public_pem(self, kid: str = "rsa-1") -> bytes:
         return self.keys[kid].public_key().public_bytes(
@@ -104,6 +107,16 @@ def hs256(key: bytes, claims: dict[str, Any]) -> str:
     signing_input = (part(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())
                      + "." + part(json.dumps(claims).encode()))
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{part(signature)}"
+
+
+def rs256(key: Any, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """Signed by hand: PyJWT will not write some of the headers a token may come with."""
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    signing_input = (part(json.dumps({"alg": "RS256", **header}).encode()) + "."
+                     + part(json.dumps(claims).encode()))
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input}.{part(signature)}"
 
 
@@ -236,3 +249,43 @@ async def test_a_non_uuid_sub_is_always_the_same_user_who_sees_only_their_own_se
     r = await api.post(f"/api/v1/sessions/{session['id']}/cancel", json={"reason": "done"},
                        headers=h(provider.token(sub=alice)))
     assert r.status_code == 200
+
+
+def no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    logged = [r for r in caplog.records if r.exc_info]
+    assert not logged, [r.getMessage() for r in logged]
+
+
+async def test_a_header_alg_that_does_not_fit_the_key_is_401_without_a_traceback(
+        api, provider: Provider, caplog: pytest.LogCaptureFixture):
+    # Signed with ES256 but naming the RSA key, and the other way round: the key's own
+    # algorithm decides, and PyJWT is never asked to use an RSA key for ES256 (a TypeError).
+    for token in (provider.token("rsa-1", signer="ec-1"), provider.token("ec-1", signer="rsa-1")):
+        r = await api.get("/api/v1/sessions", headers=h(token))
+        assert r.status_code == 401, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "signs with" in r.json()["detail"]
+    no_traceback(caplog)
+
+
+async def test_a_kid_that_is_not_a_string_is_401(api, provider: Provider,
+                                                 caplog: pytest.LogCaptureFixture):
+    for kid in (["rsa-1"], {"k": 1}, 7):
+        token = rs256(provider.keys["rsa-1"], {"kid": kid}, {
+            "iss": provider.issuer, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 600,
+            "groups": ["it-ops"]})
+        r = await api.get("/api/v1/sessions", headers=h(token))
+        assert r.status_code == 401, (kid, r.text)
+    no_traceback(caplog)
+
+
+async def test_rsa_keys_under_2048_bits_are_not_used(api, provider: Provider):
+    with warnings.catch_warnings():  # PyJWT warns that the key is short: that is the point
+        warnings.simplefilter("ignore")
+        provider.keys["rsa-weak"] = rsa.generate_private_key(65537, 1024)
+        provider.published.add("rsa-weak")
+        weak = provider.token("rsa-weak")
+    r = await api.get("/api/v1/sessions", headers=h(weak))
+    assert r.status_code == 401, r.text
+    assert await status(api, provider.token("rsa-1")) == 200  # the rest of the set is used
+
