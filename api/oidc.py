@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from api.auth import PROVIDER_ALGORITHMS as ALGORITHMS
-from api.auth import Unauthenticated, check_numeric_dates
+from api.auth import Unauthenticated, canonical_uuid, check_numeric_dates
 from application.authz import Actor, Role
 from domain.errors import Forbidden, Unavailable
 
@@ -129,8 +129,6 @@ class IdentityProvider:
 
 
 def user_id(sub: str, issuer: str) -> UUID:
-    """The user's id: `sub` when it is a UUID, else a UUID made from it, stable per issuer."""
-    try:
-        return UUID(sub)
-    except ValueError:
-        return uuid5(NAMESPACE_URL, f"{issuer}#{sub}")
+    """The user's id: `sub` when it is a UUID (written canonically), else a UUID made from it,
+    stable per issuer."""
+    return canonical_uuid(sub) or uuid5(NAMESPACE_URL, f"{issuer}#{sub}")

@@ -289,3 +289,27 @@ async def test_rsa_keys_under_2048_bits_are_not_used(api, provider: Provider):
     assert r.status_code == 401, r.text
     assert await status(api, provider.token("rsa-1")) == 200  # the rest of the set is used
 
+
+async def test_only_the_canonical_spelling_of_a_uuid_sub_is_that_user(
+        api, provider: Provider, supervisor: Any):
+    """UUID() reads many spellings of one id; each but str(UUID)'s own is another user (the
+    issuer's name for someone else), not the one the id belongs to."""
+    user = uuid.uuid4()
+    sop = await make_confirmed_sop(api, supervisor)
+    started = await api.post("/api/v1/sessions", json={"sop_id": sop["id"]},
+                             headers=h(provider.token(sub=str(user))))
+    assert started.status_code == 201, started.text
+    session = started.json()
+    assert session["worker_id"] == str(user)  # a canonical UUID sub is the id as it is
+    hex32 = user.hex
+    spellings = [f"urn:uuid:{user}", f"{{{user}}}", str(user).upper(), hex32,
+                 f"{hex32[:4]}-{hex32[4:16]}-{hex32[16:]}", f"uuid:{user}", f" {user}"]
+    for spelling in spellings:
+        token = provider.token(sub=spelling)
+        theirs = await api.get(f"/api/v1/sessions/{session['id']}", headers=h(token))
+        assert theirs.status_code == 404, (spelling, theirs.text)
+        listed = await api.get("/api/v1/sessions", headers=h(token))
+        assert listed.json()["total"] == 0, spelling
+    r = await api.post(f"/api/v1/sessions/{session['id']}/cancel", json={"reason": "done"},
+                       headers=h(provider.token(sub=str(user))))
+    assert r.status_code == 200
