@@ -52,6 +52,7 @@ def test_a_role_claim_other_than_role_needs_a_role_map():
     ("oidc_issuer", "sso.example.com/realms/plant"),
     ("jwks_url", "http://sso.example.com/certs"),
     ("jwks_url", "http://127.0.0.1.nip.io/certs"),
+    ("jwks_url", "https://[::1/certs"),
 ])
 def test_a_provider_address_must_be_https_but_on_this_machine(name: str, url: str):
     with pytest.raises(SystemExit, match=f"WORKSESSION_{name.upper()} must be an https"):

@@ -24,7 +24,10 @@ SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key")
 def https_or_loopback(url: str) -> bool:
     """An identity provider's address we may trust what we read from: https, or plain http to
     this machine only (a provider in a test, or one beside the service)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return False
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
         return True
@@ -104,9 +107,6 @@ class Settings(BaseSettings):
     role_claim: str = "role"
     # A claim's values -> roles, e.g. {"floor-staff": "worker", "leads": "supervisor"}.
     role_map: dict[str, Literal["worker", "supervisor", "admin"]] = {}
-    # A token naming a key not in the cache fetches the provider's keys again, at most this
-    # often (a stream of made-up key ids must not become a stream of requests to it).
-    jwks_refresh: timedelta = timedelta(seconds=30)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
