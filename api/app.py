@@ -51,8 +51,7 @@ def identity_provider(settings: Settings) -> IdentityProvider | None:
     assert settings.jwt_audience is not None  # Settings refuses one without the other
     return IdentityProvider(issuer=settings.oidc_issuer, audience=settings.jwt_audience,
                             jwks_url=settings.jwks_url, role_claim=settings.role_claim,
-                            role_map=settings.role_map,
-                            refresh_every=settings.jwks_refresh.total_seconds())
+                            role_map=settings.role_map)
 
 
 def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client | None = None,

@@ -9,6 +9,7 @@ with the shared secret only, never with a provider's public key."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from api.oidc import IdentityProvider
 
 NUMERIC_DATES = ("exp", "nbf", "iat")
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PROVIDER_ALGORITHMS = ["RS256", "ES256"]  # an identity provider's tokens, and only these
 
 
@@ -49,11 +51,6 @@ class Authenticator:
         return _shared_secret(token, self.secret, self.algorithms)
 
 
-def authenticate(authorization: str | None, secret: bytes, algorithms: list[str]) -> Actor:
-    """A shared-secret token (the development path)."""
-    return _shared_secret(_bearer(authorization), secret, algorithms)
-
-
 def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated("missing bearer token")
@@ -72,15 +69,23 @@ def _shared_secret(token: str, secret: bytes, algorithms: list[str]) -> Actor:
     except jwt.PyJWTError as e:
         raise Unauthenticated(f"invalid token: {e}") from None
     check_numeric_dates(claims)
-    try:
-        sub = UUID(str(claims["sub"]))
-    except ValueError:
-        raise Unauthenticated("token 'sub' must be a UUID") from None
+    sub = canonical_uuid(claims["sub"])
+    if sub is None:
+        raise Unauthenticated("token 'sub' must be a UUID (lowercase, 8-4-4-4-12 hex digits)")
     try:
         role = Role(claims.get("role"))
     except ValueError:
         raise Unauthenticated("token 'role' must be worker, supervisor or admin") from None
     return Actor(id=sub, role=role)
+
+
+def canonical_uuid(sub: object) -> UUID | None:
+    """`sub` as a UUID when written the one way `str(UUID)` writes one. `UUID()` also reads
+    `urn:uuid:…`, `{…}`, upper case, 32 bare digits and any hyphens: each such spelling of a
+    user's id would otherwise be that user."""
+    if isinstance(sub, str) and CANONICAL_UUID.fullmatch(sub):
+        return UUID(sub)
+    return None
 
 
 def check_numeric_dates(claims: Mapping[str, Any]) -> None:

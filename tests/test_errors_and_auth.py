@@ -559,6 +559,14 @@ async def test_whitespace_only_title_is_422(http, boss):
 
 # --- tokens ---------------------------------------------------------------------------------
 
+_ID = uuid.uuid4()
+NON_CANONICAL_UUIDS = {
+    "urn-uuid": f"urn:uuid:{_ID}", "braced": f"{{{_ID}}}", "upper-case": str(_ID).upper(),
+    "32-hex-digits": _ID.hex, "odd-hyphens": f"{_ID.hex[:4]}-{_ID.hex[4:16]}-{_ID.hex[16:]}",
+    "trailing-newline": f"{_ID}\n",
+}
+
+
 def _tokens() -> dict[str, str]:
     now = datetime.now(UTC)
     with warnings.catch_warnings():  # PyJWT warns that the test secret is short for HS512
@@ -580,6 +588,9 @@ def _tokens() -> dict[str, str]:
         "role-list": jwt.encode(claims(role=["admin"]), SECRET, algorithm="HS256"),
         "role-object": jwt.encode(claims(role={"admin": True}), SECRET, algorithm="HS256"),
         "non-uuid-sub": jwt.encode(claims(sub="alice"), SECRET, algorithm="HS256"),
+        # UUID() reads these as the id they spell: only str(UUID)'s own spelling is a user
+        **{f"sub-{name}": jwt.encode(claims(sub=spelling), SECRET, algorithm="HS256")
+           for name, spelling in NON_CANONICAL_UUIDS.items()},
         "empty-sub": jwt.encode(claims(sub=""), SECRET, algorithm="HS256"),
         "int-sub": raw_token({"alg": "HS256", "typ": "JWT"}, claims(sub=12345)),
         "exp-string": raw_token({"alg": "HS256", "typ": "JWT"}, claims(exp="tomorrow")),
@@ -591,6 +602,8 @@ def _tokens() -> dict[str, str]:
         "rs256-header-hmac-signed": raw_token({"alg": "RS256", "typ": "JWT"}, claims()),
         "header-not-object": raw_token("[]", claims()),
         "header-not-json": raw_token("{nope", claims()),
+        # PyJWT 2.9 let json's RecursionError out of this header (503): the floor is past it
+        "header-nested-1000-deep": raw_token("[" * 1000 + "]" * 1000, claims()),
         "claims-not-object": raw_token({"alg": "HS256", "typ": "JWT"}, "[1, 2]"),
         "claims-not-json": raw_token({"alg": "HS256", "typ": "JWT"}, "{nope"),
         "signature-stripped": jwt.encode(claims(), SECRET, algorithm="HS256").rsplit(".", 1)[0]

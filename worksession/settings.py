@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")  # all a shared secret can sign with
 
 # Settings that are secrets: each can also be read from the file WORKSESSION_<NAME>_FILE
 # names (how containers get secrets), and none is ever logged or shown in /readyz.
 SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key")
+
+
+def https_or_loopback(url: str) -> bool:
+    """An identity provider's address we may trust what we read from: https, or plain http to
+    this machine only (a provider in a test, or one beside the service)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return False
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return True
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _SecretFiles(PydanticBaseSettingsSource):
@@ -74,7 +97,7 @@ class Settings(BaseSettings):
     task_queue: str = "work-sessions"
     temporal_ui_url: str = "http://127.0.0.1:8233"
     jwt_secret: SecretStr | None = None
-    jwt_algorithms: list[str] = ["HS256"]
+    jwt_algorithms: list[str] = ["HS256"]  # the shared secret's: HMAC ones only
     # An OpenID Connect provider's tokens (api/oidc.py), besides the shared secret's: its
     # issuer (discovery at <issuer>/.well-known/openid-configuration), or its JWKS address
     # (the issuer still names what `iss` must be), and the audience its tokens must name.
@@ -84,9 +107,6 @@ class Settings(BaseSettings):
     role_claim: str = "role"
     # A claim's values -> roles, e.g. {"floor-staff": "worker", "leads": "supervisor"}.
     role_map: dict[str, Literal["worker", "supervisor", "admin"]] = {}
-    # A token naming a key not in the cache fetches the provider's keys again, at most this
-    # often (a stream of made-up key ids must not become a stream of requests to it).
-    jwks_refresh: timedelta = timedelta(seconds=30)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
@@ -138,11 +158,28 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.data_dir / 'worksession.db').resolve()}"
 
     @model_validator(mode="after")
-    def _provider_complete(self) -> Settings:
-        if (self.oidc_issuer or self.jwks_url) and not (self.oidc_issuer and self.jwt_audience):
-            raise ValueError("an identity provider needs WORKSESSION_OIDC_ISSUER (what its "
+    def _sign_in_sound(self) -> Settings:
+        """Settings under which tokens would be checked wrongly are refused at start, each
+        with one line (SystemExit passes through pydantic as it is)."""
+        if not self.jwt_algorithms or not set(self.jwt_algorithms) <= set(HMAC_ALGORITHMS):
+            raise SystemExit(f"WORKSESSION_JWT_ALGORITHMS is {self.jwt_algorithms}: the shared "
+                             f"secret signs with HMAC, name some of {', '.join(HMAC_ALGORITHMS)}")
+        if not (self.oidc_issuer or self.jwks_url):
+            return self
+        if not (self.oidc_issuer and self.jwt_audience):
+            raise SystemExit("an identity provider needs WORKSESSION_OIDC_ISSUER (what its "
                              "tokens' iss must be) and WORKSESSION_JWT_AUDIENCE (what their "
                              "aud must name)")
+        for name, url in (("OIDC_ISSUER", self.oidc_issuer), ("JWKS_URL", self.jwks_url)):
+            if url is not None and not https_or_loopback(url):
+                raise SystemExit(f"WORKSESSION_{name} must be an https address (plain http "
+                                 f"only to this machine), not {url!r}")
+        if self.role_claim != "role" and not self.role_map:
+            # Unmapped, the claim's values are taken as role names: anyone in a group called
+            # "admin" would be an admin.
+            raise SystemExit(f"WORKSESSION_ROLE_CLAIM is {self.role_claim!r} but "
+                             "WORKSESSION_ROLE_MAP is not set: map its values to worker, "
+                             "supervisor or admin")
         return self
 
     def require_jwt_secret(self) -> bytes | None:
