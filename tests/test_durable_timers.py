@@ -14,11 +14,11 @@ from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
 from domain.sop import CheckResult
+from faults.harness import temporal_test_server
 from orchestration.client import SessionWorkflows
 from persistence.sessions import SessionRepository
 from tests.conftest import make_confirmed_sop, on
 from worker import build_worker
-from worksession.binaries import temporal_test_server
 from worksession.temporal import register_search_attributes
 
 
