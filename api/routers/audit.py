@@ -7,9 +7,16 @@ import io
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.deps import Ctx, CurrentActor, PageParams, problems, require
+from api.deps import (
+    Ctx,
+    CurrentActor,
+    PageParams,
+    problems,
+    refuse_unknown_parameters,
+    require,
+)
 from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
@@ -23,14 +30,22 @@ CSV = "text/csv"
 COLUMNS = list(AuditEntryOut.model_fields)
 
 
+async def _audit_filter(request: Request, session_id: UUID | None = Query(None)
+                        ) -> UUID | None:
+    refuse_unknown_parameters(request, _audit_filter, "limit", "offset")
+    return session_id
+
+
 @router.get("", response_model=Page[AuditEntryOut], responses={**problems(403), 200: {
     "description": "JSON: a page of entries, oldest first. CSV (`Accept: text/csv`, with "
                    "`session_id`): the session's whole chain, unpaged, one entry per row, "
                    "`detail` as the canonical JSON its hash covers.",
     "content": {CSV: {"schema": {"type": "string"}}}}})
 async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: PageParams,
-                     session_id: UUID | None = Query(None),
-                     _: Actor = require("audit.read")) -> Any:
+                     _: Actor = require("audit.read"),
+                     # after `require`: FastAPI runs dependencies in this order, and 403
+                     # comes before 422 (CONTRACT.md, "Error precedence")
+                     session_id: UUID | None = Depends(_audit_filter)) -> Any:
     if prefers_csv(request.headers.get("accept", "")):
         if session_id is None:
             raise InvalidInput("the CSV export is one session's chain: add session_id=",
