@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from api import problems
 from api.auth import Authenticator
-from api.front_door import FrontDoor
+from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
 from api.routers import audit, health, ops, sessions, sops
@@ -110,5 +110,5 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
         app.add_middleware(RequestMetrics, registry=meter.registry)
     if tracer_provider is not None:
         tracing.instrument_app(app, tracer_provider)
-    problems.document(app)
+    problems.document(app, NEVER_SHED)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Unauthenticated
-from api.front_door import NEVER_SHED
 from domain import errors as e
 
 log = logging.getLogger("worksession.api")
@@ -149,9 +148,12 @@ SHED = {"503": "Service unavailable: a dependency is down, or the service is at 
                "(`/problems/overloaded`); retry after Retry-After"}
 
 
-def document(app: FastAPI) -> None:
+def document(app: FastAPI, never_shed: Collection[str]) -> None:
     """Make the OpenAPI document say what is sent: every error as application/problem+json
-    with the Problem schema, and the statuses every operation can answer."""
+    with the Problem schema, and the statuses every operation can answer.
+
+    `never_shed`: the paths the front door never sheds. Passed in, not imported: the front
+    door answers with this module's problems, so this module must not import it back."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -162,7 +164,7 @@ def document(app: FastAPI) -> None:
         for path, item in schema["paths"].items():
             for op in item.values():
                 responses = op.setdefault("responses", {})
-                always = ANY_OPERATION if path in NEVER_SHED else ANY_OPERATION | SHED
+                always = ANY_OPERATION if path in never_shed else ANY_OPERATION | SHED
                 for code, description in always.items():
                     responses.setdefault(code, {"description": description})
                 for code, response in responses.items():

@@ -620,7 +620,7 @@ async def drive(api: str, data_dir: Path, minutes: float, devices: int, think: f
 # --- the run ----------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from worksession.devproc import DevProcess
+    from faults.harness import DevProcess
 
     dashboard = json.loads(DASHBOARD.read_text())
     out: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(), "settings": {

@@ -40,7 +40,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from benchmarks.raw_floor import RawSession, RawSessionFloor
-from worksession.devproc import DevProcess
+from faults.harness import DevProcess
 from worksession.tokens import load_or_create_dev_secret, mint
 
 BIN = Path(sys.executable).parent

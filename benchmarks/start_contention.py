@@ -22,8 +22,8 @@ import asyncpg
 import httpx
 
 from benchmarks.load import RESULTS, confirm_steps, confirmed_sop, pct
+from faults.harness import free_port
 from faults.stack import BIN, Proc, Stack
-from worksession.devproc import free_port
 
 
 async def sample(dsn: str, database: str, done: asyncio.Event, every_s: float = 0.05

@@ -13,4 +13,8 @@ while a fault is injected (`faults.scenarios`):
 ``python -m faults --quick`` (CI size, about 2 minutes) or ``python -m faults`` (long, about
 10 minutes) runs them, prints the figures and exits non-zero on any lost, duplicated or
 disagreeing check. See docs/reliability.md.
+
+``faults.harness`` is the test harness that tests/ and benchmarks/ share with it (free ports,
+`worksession dev` as a child process): test tooling, like the rest of this package, that the
+service never imports and the image leaves out.
 """

@@ -30,9 +30,9 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from faults.harness import free_port
 from persistence.migrate import upgrade_async
 from worksession.binaries import temporal_cli
-from worksession.devproc import free_port
 from worksession.settings import Settings
 from worksession.temporal import DEV_SERVER_STORE_FLAGS, connect, register_search_attributes
 from worksession.tokens import mint

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from api.routers.audit import spreadsheet_safe
 from domain.audit_chain import entry_hash
 from tests.conftest import audit_cli, check, pass_step, start
 
@@ -38,17 +39,19 @@ async def entries_as_json(http: Any, user: Any, session_id: str) -> list[dict[st
     return r.json()["items"]
 
 
-async def test_csv_is_the_sessions_whole_chain_and_rechecks_from_its_cells(
-        http, supervisor, finished):
-    r = await http.get(f"/api/v1/audit?session_id={finished['id']}&limit=2",
-                       headers={**supervisor.h, "Accept": "text/csv"})
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "text/csv; charset=utf-8"
-    assert r.headers["content-disposition"] == \
-        f'attachment; filename="audit-session-{finished["id"]}.csv"'
-    rows = list(csv.DictReader(io.StringIO(r.text)))
-    expected = await entries_as_json(http, supervisor, finished["id"])
-    assert len(rows) == len(expected) == 6  # the start, 4 checks (the last completes), a refusal
+def unescaped(cell: str) -> str:
+    """The reader's side of spreadsheet_safe, as the OpenAPI description tells it."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return [{k: unescaped(v) for k, v in row.items()}
+            for row in csv.DictReader(io.StringIO(text))]
+
+
+def rechecks(rows: list[dict[str, str]], expected: list[dict[str, Any]]) -> None:
+    """Each row is its JSON entry, and the chain re-hashes from the (un-escaped) cells."""
+    assert len(rows) == len(expected)
     prev = "0" * 64
     for row, entry in zip(rows, expected, strict=True):
         body = {k: (None if row[k] == "" else int(row[k]) if k == "seq"
@@ -57,8 +60,60 @@ async def test_csv_is_the_sessions_whole_chain_and_rechecks_from_its_cells(
         assert body == {k: v for k, v in entry.items() if k != "hash"}
         assert row["prev_hash"] == prev and entry_hash(prev, body) == row["hash"]
         prev = row["hash"]
+
+
+RUNS_AS_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list
+
+
+@pytest.mark.parametrize("cell", ["", "plain", "-A1:B2", "=1+1", "+1", "@SUM(A1)", "\tx",
+                                  "\rx", "'", "'=1+1", "''", "a=b", " =1", '{"a": 1}'])
+def test_spreadsheet_safe_neutralises_a_formula_start_and_undoes_exactly(cell):
+    safe = spreadsheet_safe(cell)
+    assert not safe.startswith(RUNS_AS_FORMULA)
+    assert safe == ("'" + cell if cell.startswith((*RUNS_AS_FORMULA, "'")) else cell)
+    assert unescaped(safe) == cell  # unambiguous: a cell that began with `'` got one more
+
+
+async def test_csv_is_the_sessions_whole_chain_and_rechecks_from_its_cells(
+        http, supervisor, finished):
+    r = await http.get(f"/api/v1/audit?session_id={finished['id']}&limit=2",
+                       headers={**supervisor.h, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert r.headers["content-disposition"] == \
+        f'attachment; filename="audit-session-{finished["id"]}.csv"'
+    rows = csv_rows(r.text)
+    expected = await entries_as_json(http, supervisor, finished["id"])
+    assert len(rows) == len(expected) == 6  # the start, 4 checks (the last completes), a refusal
+    rechecks(rows, expected)
     assert [row["action"] for row in rows][-1] == "check_submitted"
     assert rows[-1]["outcome"] == "rejected"
+
+
+async def test_a_request_id_that_is_a_formula_is_neutralised_and_the_chain_still_rechecks(
+        http, supervisor, worker_user, confirmed_sop):
+    """`-A1:B2` is a valid request id (CONTRACT.md, "Request ids") and, to a spreadsheet, a
+    formula; the request-id charset allows no other formula start."""
+    r = await http.post("/api/v1/sessions", json={"sop_id": confirmed_sop["id"]},
+                        headers={**worker_user.h, "X-Request-ID": "-A1:B2"})
+    assert r.status_code == 201 and r.headers["x-request-id"] == "-A1:B2", r.text
+    s = r.json()
+    r = await http.post(f"/api/v1/sessions/{s['id']}/checks",
+                        json={"step_id": s["current_step_id"], "result": "failed"},
+                        headers={**worker_user.h, "X-Request-ID": "-2.5"})
+    assert r.status_code == 200, r.text
+    r = await http.get(f"/api/v1/audit?session_id={s['id']}",
+                       headers={**supervisor.h, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert '"\'-A1:B2"' in r.text and '"\'-2.5"' in r.text, r.text
+    raw = list(csv.reader(io.StringIO(r.text)))
+    quoted = io.StringIO()
+    csv.writer(quoted, quoting=csv.QUOTE_ALL).writerows(raw)
+    assert quoted.getvalue() == r.text  # every cell quoted
+    assert not [c for row in raw for c in row if c.startswith(RUNS_AS_FORMULA)]
+    rows = csv_rows(r.text)
+    assert [row["request_id"] for row in rows] == ["-A1:B2", "-2.5"]
+    rechecks(rows, await entries_as_json(http, supervisor, s["id"]))
 
 
 async def test_csv_is_asked_for_by_accept_and_refused_as_json_asks(http, supervisor,

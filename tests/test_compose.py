@@ -124,7 +124,8 @@ def test_dockerfile_installs_the_project_and_runs_the_api_as_non_root() -> None:
     assert re.search(r'^CMD \["worksession", "api"\]\s*$', text, re.M)
 
 
-# Test tooling the package ships for the fault-injection tests; the service never imports it.
+# Test tooling the package ships (the fault-injection tests, and faults.harness that the other
+# tests and the benchmarks use too); the service never imports it.
 NOT_IN_IMAGE = {"faults"}
 
 

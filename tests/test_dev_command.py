@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from faults.harness import DevProcess, free_port
 from tests.conftest import sop_body
-from worksession.devproc import DevProcess, free_port
 
 BIN = Path(sys.executable).parent
 

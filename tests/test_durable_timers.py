@@ -14,12 +14,12 @@ from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
 from domain.sop import CheckResult
+from faults.harness import temporal_test_server
 from orchestration.client import SessionWorkflows
 from persistence.sessions import SessionRepository
 from persistence.uow import SqlStore
 from tests.conftest import make_confirmed_sop, on, submission
 from worker import build_worker
-from worksession.binaries import temporal_test_server
 from worksession.temporal import register_search_attributes
 
 

@@ -285,6 +285,27 @@ async def test_bad_audit_query_params_are_422(http, boss, query):
     assert error_fields(body), body
 
 
+@pytest.mark.parametrize("path, good, misspelt", [
+    (SOPS, "status=confirmed", "stauts"),
+    (SESSIONS, "status=completed", "stauts"),
+    ("/api/v1/audit", "session_id=00000000-0000-4000-8000-000000000001", "sesion_id"),
+])
+async def test_an_unknown_query_parameter_is_422_on_every_list(http, boss, path, good,
+                                                                misspelt):
+    """Ignored, a misspelt filter would answer as if it had matched: everything."""
+    value = good.split("=", 1)[1]
+    r = await http.get(f"{path}?{good}&limit=5", headers=boss.h)
+    assert r.status_code == 200, r.text
+    body = assert_problem(await http.get(f"{path}?{misspelt}={value}&limit=5",
+                                         headers=boss.h), 422)
+    assert error_fields(body) == [f"query.{misspelt}"] and misspelt in body["detail"], body
+    # the error precedence holds: 401, then 403, before this 422
+    assert_problem(await http.get(f"{path}?{misspelt}=1"), 401)
+    if path == "/api/v1/audit":
+        worker = User(uuid.uuid4(), "worker")
+        assert_problem(await http.get(f"{path}?{misspelt}=1", headers=worker.h), 403)
+
+
 async def test_huge_limit_within_int_range_is_capped_not_an_error(http, boss):
     r = await http.get(f"{SOPS}?limit=2147483647&offset=2147483647", headers=boss.h)
     assert r.status_code == 200, r.text

@@ -7,8 +7,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
+from faults.harness import free_port
 from tests.conftest import SECRET
-from worksession.devproc import free_port
 
 
 async def test_readyz_is_503_naming_temporal_and_the_worker_when_temporal_is_down(

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from faults.harness import DevProcess, free_port
 from tests.conftest import (
     SECRET,
     User,
@@ -33,7 +34,6 @@ from tests.conftest import (
     sop_body,
 )
 from worksession import logs
-from worksession.devproc import DevProcess, free_port
 
 BIN = Path(sys.executable).parent
 ONE_STEP = sop_body((1,), measurement_at=None)

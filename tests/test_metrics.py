@@ -19,6 +19,7 @@ from application.context import Context
 from application.ops import keep_gauges
 from domain.errors import Unavailable
 from domain.sop import CheckResult
+from faults.harness import DevProcess, free_port
 from orchestration import ops
 from orchestration.client import SessionWorkflows
 from persistence.db import Database
@@ -34,7 +35,6 @@ from tests.conftest import (
 )
 from worker import build_worker
 from workflows.messages import workflow_id_for
-from worksession.devproc import DevProcess, free_port
 from worksession.metrics import PrometheusMeter
 
 CHECKS_ROUTE = "/api/v1/sessions/{session_id}/checks"

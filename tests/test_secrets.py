@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worksession.devproc import free_port
+from faults.harness import free_port
 from worksession.settings import SECRET_SETTINGS, Settings
 from worksession.tokens import mint
 

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from api.app import create_app
+from faults.harness import free_port
 from tests.conftest import SECRET, User, make_confirmed_sop, pass_step, start
-from worksession.devproc import free_port
 from worksession.settings import Settings
 from worksession.temporal import TemporalConnectError, connect, worker_polls
 

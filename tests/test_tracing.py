@@ -19,8 +19,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from faults.harness import DevProcess
 from tests.conftest import sop_body
-from worksession.devproc import DevProcess
 
 CHECKS = "POST /api/v1/sessions/{session_id}/checks"
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worksession.devproc import DevProcess
+from faults.harness import DevProcess
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

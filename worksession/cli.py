@@ -302,16 +302,6 @@ def _ops(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def dev_users(data_dir: Path) -> dict[str, str]:
-    """Stable development users, so the printed tokens name the same people each run."""
-    path = data_dir / "dev-users.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    users = {"worker": str(uuid4()), "supervisor": str(uuid4()), "admin": str(uuid4())}
-    path.write_text(json.dumps(users, indent=2) + "\n")
-    return users
-
-
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:] if len(sys.argv) > 1 else None)
     os._exit(0)

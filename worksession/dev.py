@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 from temporalio.client import Client
@@ -281,10 +282,18 @@ def _metrics_lines(api_metrics: list[int], worker_metrics: int) -> str:
     return f"  Metrics:      {api} (API)\n                {worker} (worker)"
 
 
+def dev_users(data_dir: Path) -> dict[str, str]:
+    """Stable development users, so the printed tokens name the same people each run."""
+    path = data_dir / "dev-users.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    users = {"worker": str(uuid4()), "supervisor": str(uuid4()), "admin": str(uuid4())}
+    path.write_text(json.dumps(users, indent=2) + "\n")
+    return users
+
+
 def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int,
             api_processes: int, api_metrics: list[int], worker_metrics: int) -> None:
-    from worksession.cli import dev_users
-
     users = dev_users(data_dir)
     ttl = timedelta(hours=12)
     worker_token = mint(secret, "worker", UUID(users["worker"]), ttl)

@@ -7,9 +7,16 @@ import io
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.deps import Ctx, CurrentActor, PageParams, problems, require
+from api.deps import (
+    Ctx,
+    CurrentActor,
+    PageParams,
+    problems,
+    refuse_unknown_parameters,
+    require,
+)
 from api.routing import PrecedenceRoute
 from api.schemas import AuditEntryOut, Page
 from application import audit as uc
@@ -23,14 +30,27 @@ CSV = "text/csv"
 COLUMNS = list(AuditEntryOut.model_fields)
 
 
+async def _audit_filter(request: Request, session_id: UUID | None = Query(None)
+                        ) -> UUID | None:
+    refuse_unknown_parameters(request, _audit_filter, "limit", "offset")
+    return session_id
+
+
 @router.get("", response_model=Page[AuditEntryOut], responses={**problems(403), 200: {
     "description": "JSON: a page of entries, oldest first. CSV (`Accept: text/csv`, with "
                    "`session_id`): the session's whole chain, unpaged, one entry per row, "
-                   "`detail` as the canonical JSON its hash covers.",
+                   "`detail` as the canonical JSON its hash covers. Every cell is quoted, "
+                   "and a cell that would begin with `=`, `+`, `-`, `@`, a tab, a carriage "
+                   "return or `'` begins with one more `'`, so that a spreadsheet shows it "
+                   "as text instead of running it as a formula (OWASP, CSV injection). To "
+                   "re-check the hashes from the cells, first drop one leading `'` from "
+                   "every cell that has one.",
     "content": {CSV: {"schema": {"type": "string"}}}}})
 async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: PageParams,
-                     session_id: UUID | None = Query(None),
-                     _: Actor = require("audit.read")) -> Any:
+                     _: Actor = require("audit.read"),
+                     # after `require`: FastAPI runs dependencies in this order, and 403
+                     # comes before 422 (CONTRACT.md, "Error precedence")
+                     session_id: UUID | None = Depends(_audit_filter)) -> Any:
     if prefers_csv(request.headers.get("accept", "")):
         if session_id is None:
             raise InvalidInput("the CSV export is one session's chain: add session_id=",
@@ -60,11 +80,21 @@ def prefers_csv(accept: str) -> bool:
     return weights.get(CSV, 0.0) > 0 and weights[CSV] >= weights.get("application/json", 0.0)
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection), and `'` itself,
+# so that a reader can always undo the escape: drop one leading `'` wherever there is one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """The cell as a spreadsheet will show it as text: one `'` before a formula start."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def as_csv(entries: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    w = csv.writer(out)
+    w = csv.writer(out, quoting=csv.QUOTE_ALL)
     w.writerow(COLUMNS)
     for e in entries:
-        w.writerow(["" if e[k] is None else canonical(e[k]) if k == "detail" else e[k]
-                    for k in COLUMNS])
+        w.writerow([spreadsheet_safe("" if e[k] is None else canonical(e[k]) if k == "detail"
+                                     else str(e[k])) for k in COLUMNS])
     return out.getvalue()

@@ -58,9 +58,15 @@ async def create_sop(body: SopIn, actor: CurrentActor, ctx: Ctx, rid: RequestId,
     return sop_out(await uc.create_sop(ctx, actor, body.model_dump(), rid))
 
 
+async def _sop_filter(request: Request, status: SopStatus | None = Query(None)
+                     ) -> SopStatus | None:
+    refuse_unknown_parameters(request, _sop_filter, "limit", "offset")
+    return status
+
+
 @router.get("", response_model=Page[SopOut], responses=problems())
 async def list_sops(actor: CurrentActor, ctx: Ctx, paging: PageParams,
-                    status: SopStatus | None = Query(None)) -> dict[str, Any]:
+                    status: SopStatus | None = Depends(_sop_filter)) -> dict[str, Any]:
     items, total = await uc.list_sops(ctx, actor, status, paging.limit, paging.offset)
     return paging.page([sop_out(s) for s in items], total)
 

