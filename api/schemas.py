@@ -8,8 +8,8 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.sop import CheckResult
-from domain.work_session import CheckSubmission
+from domain.sop import CheckKind, CheckResult
+from domain.work_session import CheckSubmission, WorkSession
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # …and at least one non-space character
@@ -71,7 +71,8 @@ class SopIn(BaseModel):
 
 
 class CheckSpecOut(BaseModel):
-    kind: Literal["confirm", "measurement"]
+    model_config = ConfigDict(from_attributes=True)  # built from domain.sop.CheckSpec
+    kind: CheckKind
     prompt: str
     unit: str | None = None
     min: float | None = None
@@ -161,9 +162,10 @@ class SopRef(BaseModel):
 
 
 class CheckOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from domain.work_session.Check
     id: UUID
     step_id: UUID
-    result: Literal["passed", "failed"]
+    result: CheckResult
     value: float | None
     notes: str | None
     evidence_uri: str | None
@@ -208,6 +210,41 @@ class SessionOut(BaseModel):
     run_id: str | None
     step_times: list[StepTimeOut] = Field(
         description="one entry per step the session reached, in SOP order")
+
+    @classmethod
+    def of(cls, session: WorkSession, *, workflow_id: str | None, run_id: str | None,
+           now: datetime | None) -> SessionOut:
+        """The session in the contract's shape (the API's answers, the workflow's query and
+        the audit export all use it); `now` counts the current step's time up to then."""
+        s, plan = session.state, session.plan
+        current = next_step = None
+        if s.current_step_id is not None:
+            i = plan.index_of(s.current_step_id)
+            assert i is not None
+            step = plan.steps[i]
+            current = CurrentStep(
+                id=step.id, title=step.title, instructions=step.instructions,
+                check=CheckSpecOut.model_validate(step.check),
+                task=TaskRef(id=step.task_id, title=step.task_title), index=i,
+                total=len(plan.steps))
+            if i + 1 < len(plan.steps):
+                next_step = StepRef(id=plan.steps[i + 1].id, title=plan.steps[i + 1].title)
+        order = {step.id: i for i, step in enumerate(plan.steps)}
+        return cls(
+            id=s.id, status=s.status.value,
+            sop=SopRef(id=s.sop_id, title=s.sop_title, version=s.sop_version),
+            worker_id=s.worker_id, current_step_id=s.current_step_id, current_step=current,
+            next_step=next_step, checks=[CheckOut.model_validate(c) for c in s.checks],
+            started_at=s.started_at, paused_at=s.paused_at, paused_reason=s.paused_reason,
+            paused_seconds=round(s.paused_seconds, 3), completed_at=s.completed_at,
+            cancelled_at=s.cancelled_at, cancel_reason=s.cancel_reason,
+            unchecked_step_ids=s.unchecked_step_ids, needs_attention=s.needs_attention,
+            locked=s.locked, approved_by=s.approved_by, approved_at=s.approved_at,
+            workflow_id=workflow_id, run_id=run_id,
+            step_times=[StepTimeOut(
+                step_id=t.step_id, started_at=t.started_at, passed_at=t.passed_at,
+                active_seconds=round(s.active_seconds(t, now), 3), attempts=t.attempts)
+                for t in sorted(s.step_times, key=lambda t: order.get(t.step_id, 0))])
 
 
 class SessionCounts(BaseModel):

@@ -4,13 +4,14 @@ case that records it (persistence.sessions.write_change, the SOP catalog)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from application.authz import Actor, authorize
 from application.context import Context
-from application.ports import Store
+from application.ports import Store, StoredSession
 from domain.audit_chain import anchor_digest, session_chain, verify_chain
 from domain.errors import NotFound
 
@@ -31,18 +32,18 @@ async def of_session(ctx: Context, actor: Actor, session_id: UUID) -> list[dict[
         return await uow.audit.of_session(session_id)
 
 
-async def export_session(store: Store, session_id: UUID) -> dict[str, Any]:
-    """One session as one document: the session (the API's shape, its checks and step times
-    included), its audit chain as the API shows it, and the chain's head as the session's
-    row records it. `verify_export` checks it with no database."""
+async def export_session(store: Store, session_id: UUID,
+                         render: Callable[[StoredSession, datetime], dict[str, Any]]
+                         ) -> dict[str, Any]:
+    """One session as one document: the session (as `render` shows it: the API's shape, its
+    checks and step times included), its audit chain as the API shows it, and the chain's
+    head as the session's row records it. `verify_export` checks it with no database."""
     now = datetime.now(UTC)
     async with store(read_only=True, snapshot=True) as uow:
         stored = await uow.sessions.load(session_id)
         if stored is None:
             raise NotFound(f"session {session_id} is not recorded")
-        view = stored.session.view(run_id=stored.run_id, workflow_id=stored.workflow_id,
-                                   now=now)
-        view.pop("as_of")
+        view = render(stored, now)
         entries = await uow.audit.of_session(session_id)
         head = await uow.sessions.chain_head(session_id)
     return {"format": EXPORT_FORMAT, "exported_at": now.isoformat(), "session": view,

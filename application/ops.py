@@ -118,9 +118,9 @@ async def retry_session(ctx: Context, actor: Actor | None, session_id: UUID) -> 
 
 
 def _step_label(session: WorkSession) -> str:
-    view = session.view()
-    step = view["current_step"]
-    return f"{step['index'] + 1} of {step['total']}" if step else "none"
+    step = session.state.current_step_id
+    i = None if step is None else session.plan.index_of(step)
+    return "none" if i is None else f"{i + 1} of {len(session.plan.steps)}"
 
 
 async def keep_gauges(ctx: Context, meter: Meter, every: timedelta) -> None:

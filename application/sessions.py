@@ -35,9 +35,7 @@ from domain.work_session import (
     CheckSubmission,
     SessionFilter,
     SessionState,
-    SessionStatus,
     WorkSession,
-    brought_up_to,
 )
 from worksession import logs
 
@@ -80,13 +78,8 @@ def _facts(actor: Actor, action: str, request_id: str | None, **detail: Any) -> 
     return AuditFacts(action, actor.id, actor.role.value, detail, request_id)
 
 
-def _answer(ctx: Context, stored: StoredSession) -> dict[str, Any]:
-    return stored.session.view(run_id=stored.run_id, workflow_id=stored.workflow_id,
-                               now=ctx.clock())
-
-
 async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
-                 ) -> dict[str, Any]:
+                 ) -> StoredSession:
     """Write the change (when there is one) and answer with the session as now recorded."""
     logs.bind(run_id=change.run_id if change else None)
     try:
@@ -100,7 +93,7 @@ async def _write(ctx: Context, session_id: UUID, change: SessionChange | None
         raise
     if change is not None:
         _log_written(change, new)
-    return _answer(ctx, stored)
+    return stored
 
 
 async def _load(uow: UnitOfWork, session_id: UUID, **kw: Any) -> StoredSession:
@@ -116,7 +109,7 @@ async def _reject(ctx: Context, session_id: UUID, facts: AuditFacts) -> None:
 
 
 async def _audited(ctx: Context, session_id: UUID, facts: AuditFacts,
-                   decide: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+                   decide: Callable[[], Awaitable[StoredSession]]) -> StoredSession:
     """Run `decide`; a refusal leaves its audit entry (`modification_rejected` when the
     session is locked). What `decide` accepts is audited by the change it writes."""
     try:
@@ -134,7 +127,7 @@ async def _audited(ctx: Context, session_id: UUID, facts: AuditFacts,
 
 # ---- start (session-001, session-009) ---------------------------------------------------------
 async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
-                        request_id: str | None = None) -> dict[str, Any]:
+                        request_id: str | None = None) -> StoredSession:
     """No transaction is open while Temporal is called, and starts of one SOP do not wait
     on each other: the SOP is read, the run started, then the session written while the SOP
     row is held in share mode, so that an SOP delete racing starts is decided one way or the
@@ -175,7 +168,7 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
         raise SopNotStartable("the SOP was archived or deleted while the session started")
     _log_written(change, new)
     ctx.owners.remember(session.state.id, actor.id)
-    return _answer(ctx, StoredSession(session, change.workflow_id, change.run_id))
+    return StoredSession(session, change.workflow_id, change.run_id)
 
 
 async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
@@ -227,8 +220,8 @@ async def _recorded(ctx: Context, session_id: UUID, within: float) -> bool:
 # ---- worker actions on a session ---------------------------------------------------------
 async def _act(ctx: Context, access: Access, facts: AuditFacts,
                live: Callable[[], Awaitable[SessionChange | None]],
-               offline: Callable[[WorkSession], Any]) -> dict[str, Any]:
-    async def decide() -> dict[str, Any]:
+               offline: Callable[[WorkSession], Any]) -> StoredSession:
+    async def decide() -> StoredSession:
         # The request goes first to the worker's own run (the workflow ID is the worker's;
         # `gate` let only the session's worker through), which takes it only for the session
         # it holds: no read is needed to know whether it is active. What no run holds (a
@@ -245,13 +238,13 @@ async def _act(ctx: Context, access: Access, facts: AuditFacts,
             raise Unavailable("this session's workflow is not running; operators can "
                               "restart it with `worksession ops retry`. Resend later.")
         offline(stored.session.copy())  # locked, wrong state, or an idempotent repeat
-        return _answer(ctx, stored)
+        return stored
 
     return await _audited(ctx, access.session_id, facts, decide)
 
 
 async def submit_check(ctx: Context, access: Access, sub: CheckSubmission,
-                       request_id: str | None = None) -> dict[str, Any]:
+                       request_id: str | None = None) -> StoredSession:
     actor = access.actor
     facts = _facts(actor, "check_submitted", request_id, check_id=str(sub.check_id),
                    step_id=str(sub.step_id), result=sub.result.value if sub.result else None,
@@ -263,32 +256,32 @@ async def submit_check(ctx: Context, access: Access, sub: CheckSubmission,
 
 
 async def complete_session(ctx: Context, access: Access,
-                           request_id: str | None = None) -> dict[str, Any]:
+                           request_id: str | None = None) -> StoredSession:
     return await _command(ctx, access, "complete",
                           lambda s: s.complete(ctx.clock(), manual=True), None, request_id)
 
 
 async def pause_session(ctx: Context, access: Access,
-                        request_id: str | None = None) -> dict[str, Any]:
+                        request_id: str | None = None) -> StoredSession:
     return await _command(ctx, access, "pause", lambda s: s.pause(ctx.clock()), None,
                           request_id)
 
 
 async def resume_session(ctx: Context, access: Access,
-                         request_id: str | None = None) -> dict[str, Any]:
+                         request_id: str | None = None) -> StoredSession:
     return await _command(ctx, access, "resume", lambda s: s.resume(ctx.clock()), None,
                           request_id)
 
 
 async def cancel_session(ctx: Context, access: Access, reason: str,
-                         request_id: str | None = None) -> dict[str, Any]:
+                         request_id: str | None = None) -> StoredSession:
     return await _command(ctx, access, "cancel", lambda s: s.cancel(reason, ctx.clock()),
                           reason, request_id)
 
 
 async def _command(ctx: Context, access: Access, name: str,
                    offline: Callable[[WorkSession], Any], reason: str | None,
-                   request_id: str | None) -> dict[str, Any]:
+                   request_id: str | None) -> StoredSession:
     detail = {"reason": reason} if reason else {}
     facts = _facts(access.actor, f"session_{name}", request_id, **detail)
     return await _act(ctx, access, facts,
@@ -299,10 +292,10 @@ async def _command(ctx: Context, access: Access, name: str,
 
 # ---- supervisor actions --------------------------------------------------------------------
 async def approve_session(ctx: Context, access: Access,
-                          request_id: str | None = None) -> dict[str, Any]:
+                          request_id: str | None = None) -> StoredSession:
     facts = _facts(access.actor, "session_approve", request_id)
 
-    async def approve() -> dict[str, Any]:
+    async def approve() -> StoredSession:
         async with ctx.uow(read_only=True) as uow:
             stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals come first
@@ -317,7 +310,7 @@ async def approve_session(ctx: Context, access: Access,
                                       stored.workflow_id, stored.run_id)
             new = await uow.sessions.write_change(change)
         _log_written(change, new)
-        return _answer(ctx, stored)
+        return stored
 
     return await _audited(ctx, access.session_id, facts, approve)
 
@@ -336,11 +329,11 @@ async def _ensure_run_closed(ctx: Context, state: SessionState) -> None:
 
 
 async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUID | None,
-                         request_id: str | None = None) -> dict[str, Any]:
+                         request_id: str | None = None) -> StoredSession:
     facts = _facts(access.actor, "session_reopen", request_id, reason=reason,
                    step_id=str(step_id) if step_id else None)
 
-    async def reopen() -> dict[str, Any]:
+    async def reopen() -> StoredSession:
         async with ctx.uow(read_only=True) as uow:
             stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals first; then decide on the record its closed run completed
@@ -373,22 +366,22 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             now.session.copy().reopen(ctx.clock(), step_id)
             raise Conflict("the session changed while it was being reopened; try again")
         _log_written(change, new)
-        return _answer(ctx, StoredSession(session, stored.workflow_id, change.run_id))
+        return StoredSession(session, stored.workflow_id, change.run_id)
 
     return await _audited(ctx, access.session_id, facts, reopen)
 
 
 # ---- reads (session-003) -------------------------------------------------------------------
-async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
+async def current_session(ctx: Context, actor: Actor) -> StoredSession:
     """The worker's active session, as its live workflow knows it."""
     if not allowed(actor, "session.start"):  # only those who work sessions have a current one
         raise NotFound("supervisors and admins have no current session")
     # The worker's workflow ID is the worker's: ask its run first (a closed run refuses the
     # query at once instead of replaying its history).
     try:
-        view = await ctx.workflows.query(actor.id)
-        if SessionStatus(view["status"]) in ACTIVE_STATUSES:
-            return brought_up_to(view, ctx.clock())
+        live = await ctx.workflows.live(actor.id)
+        if live.session.is_active:
+            return live
     except RunClosed:
         pass
     # No open run holds an active session; the database may still (a run terminated by
@@ -397,12 +390,12 @@ async def current_session(ctx: Context, actor: Actor) -> dict[str, Any]:
         stored = await uow.sessions.active_for_worker(actor.id)
     if stored is None:
         raise NotFound("you have no session in progress or paused")
-    return _answer(ctx, stored)
+    return stored
 
 
-async def get_session(ctx: Context, access: Access) -> dict[str, Any]:
+async def get_session(ctx: Context, access: Access) -> StoredSession:
     async with ctx.uow(read_only=True) as uow:
-        return _answer(ctx, await _load(uow, access.session_id))
+        return await _load(uow, access.session_id)
 
 
 async def list_sessions(ctx: Context, actor: Actor, f: SessionFilter, limit: int,

@@ -23,11 +23,11 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from application.ports import RunClosed, Running, Stuck, WorkflowRunning
+from application.ports import RunClosed, Running, StoredSession, Stuck, WorkflowRunning
 from domain.changes import AuditFacts, SessionChange
 from domain.errors import Unavailable, error_from_payload
 from domain.sop import SessionPlan
-from domain.work_session import CheckSubmission, SessionState
+from domain.work_session import CheckSubmission, SessionState, WorkSession
 from orchestration import ops
 from workflows import search_attributes
 from workflows.messages import (
@@ -148,11 +148,11 @@ class SessionWorkflows:
             return False
         return True
 
-    async def query(self, worker_id: UUID) -> dict[str, Any]:
+    async def live(self, worker_id: UUID) -> StoredSession:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
         try:
-            return await self._bounded(handle.query(
-                WorkSessionWorkflow.session, rpc_timeout=timedelta(seconds=self.timeout),
+            snap = await self._bounded(handle.query(
+                WorkSessionWorkflow.snapshot, rpc_timeout=timedelta(seconds=self.timeout),
                 reject_condition=QueryRejectCondition.NOT_OPEN))
         except WorkflowQueryRejectedError:
             raise RunClosed() from None
@@ -160,6 +160,8 @@ class SessionWorkflows:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise RunClosed() from None
             raise
+        return StoredSession(WorkSession(plan=snap.plan, state=snap.state),
+                             workflow_id_for(worker_id), snap.run_id)
 
     async def _update(self, worker_id: UUID, update: Any, arg: Any, update_id: str) -> Any:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))

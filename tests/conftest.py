@@ -234,6 +234,13 @@ async def eventually(predicate: Any, within: float = 10.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+def shown(stored: Any) -> dict[str, Any]:
+    """A use case's answer (a StoredSession) as the API shows it."""
+    from api.schemas import SessionOut
+    return SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
+                         now=None).model_dump(mode="json")
+
+
 def submission(*, step_id: Any, check_id: UUID | None = None, **content: Any) -> Any:
     """A check as the API's edge builds it from a request."""
     from domain.work_session import CheckSubmission

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from api.schemas import SessionOut
 from domain.errors import (
     Conflict,
     DomainError,
@@ -44,6 +45,18 @@ PASSED, FAILED = CheckResult.PASSED, CheckResult.FAILED
 WORKER = UUID("00000000-0000-0000-0000-00000000000a")
 SUPERVISOR = UUID("00000000-0000-0000-0000-00000000000b")
 
+
+
+def iso(t: datetime) -> str:
+    """A time as the API writes it (UTC as `Z`)."""
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def shown(s: WorkSession, run_id: str | None = None, workflow_id: str | None = None,
+          now: datetime | None = None) -> dict:
+    """The session as the API and the workflow's query show it."""
+    return SessionOut.of(s, workflow_id=workflow_id, run_id=run_id,
+                         now=now).model_dump(mode="json")
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
@@ -723,7 +736,7 @@ CONTRACT_CHECK_KEYS = {"id", "step_id", "result", "value", "notes", "evidence_ur
 def test_view_shape_matches_the_contracts_session_shape_keys() -> None:
     s = started()
     s.add_check(sub(step_ids(s)[0], FAILED, notes="n"), by=WORKER, now=at(1))
-    v = s.view(run_id="run-1", workflow_id=f"work-session-{WORKER}")
+    v = shown(s, run_id="run-1", workflow_id=f"work-session-{WORKER}")
     assert CONTRACT_SESSION_KEYS <= set(v)
     assert set(v["sop"]) == {"id", "title", "version"}
     assert CONTRACT_CURRENT_STEP_KEYS <= set(v["current_step"])
@@ -736,7 +749,7 @@ def test_view_shape_matches_the_contracts_session_shape_keys() -> None:
 def test_view_of_a_new_session_names_first_and_next_step() -> None:
     s = started()
     first, second, _ = s.plan.steps
-    v = s.view()
+    v = shown(s)
     assert v["id"] == str(s.state.id)
     assert v["status"] == "in_progress"
     assert v["sop"] == {"id": str(s.state.sop_id), "title": "Lockout/Tagout - Press 4",
@@ -746,7 +759,8 @@ def test_view_of_a_new_session_names_first_and_next_step() -> None:
     assert v["current_step"] == {
         "id": str(first.id), "title": "Stop the press",
         "instructions": "Press the red stop button",
-        "check": {"kind": "confirm", "prompt": "Press has stopped"},
+        "check": {"kind": "confirm", "prompt": "Press has stopped", "unit": None, "min": None,
+                  "max": None},
         "task": {"id": str(first.task_id), "title": "Isolate"},
         "index": 0, "total": 3,
     }
@@ -759,36 +773,36 @@ def test_view_of_a_new_session_names_first_and_next_step() -> None:
 def test_view_of_measurement_step_shows_unit_min_max() -> None:
     s = started()
     pass_current(s)
-    check = s.view()["current_step"]["check"]
+    check = shown(s)["current_step"]["check"]
     assert check == {"kind": "measurement", "prompt": "Voltage at terminal A", "unit": "V",
                      "min": 0, "max": 0.5}
 
 
 def test_view_of_last_step_has_no_next_step() -> None:
-    v = _at_last_step().view()
+    v = shown(_at_last_step())
     assert v["current_step"]["index"] == 2
     assert v["current_step"]["task"]["title"] == "Verify"
     assert v["next_step"] is None
 
 
 def test_view_of_completed_session_has_no_current_or_next_step() -> None:
-    v = completed().view()
+    v = shown(completed())
     assert v["status"] == "completed"
     assert v["current_step_id"] is None
     assert v["current_step"] is None and v["next_step"] is None
     assert len(v["checks"]) == 3
-    assert v["completed_at"] == T0.isoformat()
+    assert v["completed_at"] == iso(T0)
 
 
 def test_view_timestamps_are_iso_8601_with_time_zone() -> None:
     s = started()
     s.add_check(sub(step_ids(s)[0], FAILED), by=WORKER, now=at(1))
     s.pause(at(2))
-    v = s.view()
+    v = shown(s)
     for ts in (v["started_at"], v["paused_at"], v["checks"][0]["checked_at"]):
         parsed = datetime.fromisoformat(ts)
         assert parsed.tzinfo is not None
-    assert v["paused_at"] == "2024-05-01T08:00:02+00:00"
+    assert v["paused_at"] == "2024-05-01T08:00:02Z"
 
 
 def test_view_renders_checks_as_json_values() -> None:
@@ -796,7 +810,7 @@ def test_view_renders_checks_as_json_values() -> None:
     pass_current(s)
     s.add_check(sub(s.state.current_step_id, value=3.0, evidence_uri="s3://b/k"),
                 by=WORKER, now=at(1))
-    c = s.view()["checks"][1]
+    c = shown(s)["checks"][1]
     assert c["step_id"] == str(step_ids(s)[1])
     assert (c["result"], c["value"], c["evidence_uri"]) == ("failed", 3.0, "s3://b/k")
     assert c["checked_by"] == str(WORKER)
@@ -805,20 +819,20 @@ def test_view_renders_checks_as_json_values() -> None:
 def test_view_of_manually_completed_session_lists_unchecked_step_ids_as_strings() -> None:
     s = started()
     s.complete(at(5), manual=True)
-    assert s.view()["unchecked_step_ids"] == [str(i) for i in step_ids(s)]
+    assert shown(s)["unchecked_step_ids"] == [str(i) for i in step_ids(s)]
 
 
 def test_view_of_approved_session_shows_lock_and_approver() -> None:
-    v = approved().view()
+    v = shown(approved())
     assert v["locked"] is True
     assert v["approved_by"] == str(SUPERVISOR)
-    assert v["approved_at"] == at(100).isoformat()
+    assert v["approved_at"] == iso(at(100))
 
 
 def test_view_of_resumed_session_totals_paused_seconds() -> None:
     s = paused()
     s.resume(at(25.5))
-    v = s.view()
+    v = shown(s)
     assert v["paused_seconds"] == 15.5
     assert v["paused_at"] is None
 
@@ -863,23 +877,23 @@ def test_reopen_locked_session_with_unknown_step_is_invalid_before_locked() -> N
 # ---- step times (contract v1.1) ------------------------------------------------------------
 def times(s: WorkSession, now: datetime | None = None) -> list[tuple[Any, ...]]:
     return [(UUID(t["step_id"]), t["started_at"], t["passed_at"], t["active_seconds"],
-             t["attempts"]) for t in s.view(now=now)["step_times"]]
+             t["attempts"]) for t in shown(s, now=now)["step_times"]]
 
 
 def test_step_times_count_time_on_each_step_without_the_pauses():
     s = started()
     stop, volt, try_start = step_ids(s)
-    assert times(s, at(7)) == [(stop, at(0).isoformat(), None, 7.0, 0)]
+    assert times(s, at(7)) == [(stop, iso(at(0)), None, 7.0, 0)]
     s.add_check(sub(stop, FAILED), WORKER, at(10))
     s.pause(at(15))
-    assert times(s, at(100)) == [(stop, at(0).isoformat(), None, 15.0, 1)]  # paused since 15
+    assert times(s, at(100)) == [(stop, iso(at(0)), None, 15.0, 1)]  # paused since 15
     s.resume(at(115))
     s.add_check(sub(stop, PASSED), WORKER, at(130))  # 130 s on it, 100 of them paused
     s.add_check(sub(volt, value=0.2), WORKER, at(142))
     assert times(s, at(150)) == [
-        (stop, at(0).isoformat(), at(130).isoformat(), 30.0, 2),
-        (volt, at(130).isoformat(), at(142).isoformat(), 12.0, 1),
-        (try_start, at(142).isoformat(), None, 8.0, 0)]
+        (stop, iso(at(0)), iso(at(130)), 30.0, 2),
+        (volt, iso(at(130)), iso(at(142)), 12.0, 1),
+        (try_start, iso(at(142)), None, 8.0, 0)]
     s.add_check(sub(try_start, PASSED), WORKER, at(160))
     assert s.state.status is SessionStatus.COMPLETED
     assert [t[3] for t in times(s, at(9999))] == [30.0, 12.0, 18.0]  # closed: time stops
@@ -901,10 +915,10 @@ def test_reopening_at_a_step_starts_a_new_stretch_on_it():
     s.add_check(sub(stop, PASSED), WORKER, at(20))
     s.cancel("wrong press", at(50))
     s.reopen(at(1000), stop)
-    assert times(s, at(1005)) == [(stop, at(0).isoformat(), None, 25.0, 1),
-                                  (volt, at(20).isoformat(), None, 30.0, 0)]
+    assert times(s, at(1005)) == [(stop, iso(at(0)), None, 25.0, 1),
+                                  (volt, iso(at(20)), None, 30.0, 0)]
     s.add_check(sub(stop, PASSED), WORKER, at(1010))
-    assert times(s, at(1010))[0] == (stop, at(0).isoformat(), at(1010).isoformat(), 30.0, 2)
+    assert times(s, at(1010))[0] == (stop, iso(at(0)), iso(at(1010)), 30.0, 2)
 
 
 def test_a_change_carries_only_the_step_times_it_changed():

@@ -18,7 +18,7 @@ from faults.harness import temporal_test_server
 from orchestration.client import SessionWorkflows
 from persistence.sessions import SessionRepository
 from persistence.uow import SqlStore
-from tests.conftest import make_confirmed_sop, on, submission
+from tests.conftest import make_confirmed_sop, on, shown, submission
 from worker import build_worker
 from worksession.temporal import register_search_attributes
 
@@ -45,23 +45,23 @@ async def test_idle_session_pauses_itself_after_the_idle_timeout(skipping_env, d
     ctx = context(skipping_env, db, queue, timedelta(hours=8))
     actor = Actor(uuid.uuid4(), Role.WORKER)
     async with build_worker(skipping_env.client, db, queue):
-        view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
         await skipping_env.sleep(timedelta(hours=7))
-        assert (await ctx.workflows.query(actor.id))["status"] == "in_progress"
+        assert (shown(await ctx.workflows.live(actor.id)))["status"] == "in_progress"
         # activity resets the clock
-        view = await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+        view = shown(await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
             submission(step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.FAILED,
-                       check_id=None))
+                       check_id=None)))
         await skipping_env.sleep(timedelta(hours=7))
-        assert (await ctx.workflows.query(actor.id))["status"] == "in_progress"
+        assert (shown(await ctx.workflows.live(actor.id)))["status"] == "in_progress"
         await skipping_env.sleep(timedelta(hours=1, minutes=5))
-        live = await ctx.workflows.query(actor.id)
+        live = shown(await ctx.workflows.live(actor.id))
         assert live["status"] == "paused" and live["paused_reason"] == "idle"
         assert live["current_step_id"] == view["current_step_id"]
         async with db.read() as conn:
             row = await SessionRepository(conn).load(uuid.UUID(view["id"]))
         assert row.state.status.value == "paused" and row.state.paused_reason == "idle"
-        resumed = await uc.resume_session(ctx, await on(ctx, actor, uuid.UUID(view["id"])))
+        resumed = shown(await uc.resume_session(ctx, await on(ctx, actor, uuid.UUID(view["id"]))))
         assert resumed["status"] == "in_progress" and resumed["paused_reason"] is None
         await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(view["id"])), "done testing")
 
@@ -73,16 +73,16 @@ async def test_repeated_failed_checks_mark_the_session_as_needing_attention(
     ctx = context(skipping_env, db, queue, timedelta(hours=8))
     actor = Actor(uuid.uuid4(), Role.WORKER)
     async with build_worker(skipping_env.client, db, queue):
-        view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
         sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
         for n in range(3):
             assert view["needs_attention"] is False, n
-            view = await uc.submit_check(ctx, await on(ctx, actor, sid),
-                submission(step_id=step, result=CheckResult.FAILED, check_id=None))
+            view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                submission(step_id=step, result=CheckResult.FAILED, check_id=None)))
         assert view["needs_attention"] is True
         async with db.read() as conn:
             assert (await SessionRepository(conn).load(sid)).state.needs_attention is True
-        view = await uc.submit_check(ctx, await on(ctx, actor, sid),
-            submission(step_id=step, result=CheckResult.PASSED, check_id=None))
+        view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+            submission(step_id=step, result=CheckResult.PASSED, check_id=None)))
         assert view["needs_attention"] is False
-        await uc.cancel_session(ctx, await on(ctx, actor, sid), "done testing")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "done testing"))

@@ -30,6 +30,7 @@ from tests.conftest import (
     make_confirmed_sop,
     on,
     ops_cli,
+    shown,
     sop_body,
     submission,
 )
@@ -167,19 +168,19 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, 
     try:
         async with build_worker(client, worker_db, queue):
             actor = Actor(uuid.uuid4(), Role.WORKER)
-            view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+            view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
             sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
             assert value(scrape(port), "worksession_sessions_started_total") == 1
             await asyncio.sleep(0.5)
             assert stuck("activity_failing") == 0
             async with WriteOutage(database_url):
                 with pytest.raises(Unavailable):
-                    await uc.submit_check(ctx, await on(ctx, actor, sid),
-                        submission(step_id=step, result=CheckResult.PASSED, check_id=uuid.uuid4()))
+                    shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                        submission(step_id=step, result=CheckResult.PASSED, check_id=uuid.uuid4())))
 
-                async def shown():
+                async def counted():
                     return await asyncio.to_thread(stuck, "activity_failing") == 1
-                await eventually(shown, within=30)
+                await eventually(counted, within=30)
 
                 async def backing_off():  # so that only `ops retry` makes it go soon
                     s = await ops.diagnose(client, workflow_id_for(actor.id))
@@ -198,7 +199,7 @@ async def test_a_stuck_session_shows_in_the_gauge_until_ops_retry(temporal_env, 
             assert {r: stuck(r) for r in ("workflow_task_failing", "no_worker",
                                           "workflow_not_running")} == {
                 "workflow_task_failing": 0, "no_worker": 0, "workflow_not_running": 0}
-            await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+            shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
     finally:
         gauges.cancel()
         server.shutdown()

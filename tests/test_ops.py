@@ -24,7 +24,15 @@ from orchestration.client import SessionWorkflows
 from persistence.db import Database
 from persistence.sessions import SessionRepository
 from persistence.uow import SqlStore
-from tests.conftest import WriteOutage, eventually, make_confirmed_sop, on, ops_cli, submission
+from tests.conftest import (
+    WriteOutage,
+    eventually,
+    make_confirmed_sop,
+    on,
+    ops_cli,
+    shown,
+    submission,
+)
 from worker import build_worker
 from workflows.messages import workflow_id_for
 
@@ -51,7 +59,7 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
         temporal_env, client, database_url, db, outage_stack):
     ctx, queue, sop = outage_stack
     actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
 
     code, _, err = await ops_cli(temporal_env, database_url, queue, "retry", str(sid))
@@ -61,8 +69,8 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
     async with WriteOutage(database_url):
         t0 = asyncio.get_running_loop().time()
         with pytest.raises(Unavailable):
-            await uc.submit_check(ctx, await on(ctx, actor, sid),
-                submission(step_id=step, result=CheckResult.PASSED, check_id=check_id))
+            shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                submission(step_id=step, result=CheckResult.PASSED, check_id=check_id)))
         assert asyncio.get_running_loop().time() - t0 < 6  # bounded, never hangs
 
         async def backing_off():
@@ -99,13 +107,13 @@ async def test_database_outage_makes_session_stuck_and_ops_retry_recovers_it(
     row = await eventually(recorded, within=3)  # sooner than the next automatic attempt
     assert [c.id for c in row.state.checks] == [check_id]
     # the client's resend is answered from the session as it is now, recorded once
-    again = await uc.submit_check(ctx, await on(ctx, actor, sid),
-        submission(step_id=step, result=CheckResult.PASSED, check_id=check_id))
+    again = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+        submission(step_id=step, result=CheckResult.PASSED, check_id=check_id)))
     assert [c["id"] for c in again["checks"]] == [str(check_id)]
     assert await ops.diagnose(client, workflow_id_for(actor.id)) is None
     code, _, err = await ops_cli(temporal_env, database_url, queue, "retry", str(sid))
     assert code == 1 and "is not stuck" in err  # safe to run twice
-    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
 
 
 async def test_ops_endpoints_are_for_admins_only(http, worker_user, supervisor, admin):
@@ -121,16 +129,16 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
         client, db, outage_stack):
     ctx, queue, sop = outage_stack
     actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
-    view = await uc.submit_check(ctx, await on(ctx, actor, sid),
-        submission(step_id=step, result=CheckResult.PASSED, check_id=None))
+    view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+        submission(step_id=step, result=CheckResult.PASSED, check_id=None)))
     await client.get_workflow_handle(workflow_id_for(actor.id)).terminate("operator mistake")
 
     # a check now must not be answered from a copy as if it had been recorded
     with pytest.raises(Unavailable):
-        await uc.submit_check(ctx, await on(ctx, actor, sid),
-            submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None))
+        shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+            submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None)))
     later = Context(store=ctx.store, workflows=ctx.workflows,
                     clock=lambda: datetime.now(UTC) + timedelta(minutes=5))
     from application import ops as ops_uc
@@ -138,12 +146,12 @@ async def test_a_session_whose_run_was_terminated_is_never_faked_and_ops_restart
     assert listed[str(sid)]["kind"] == "workflow_not_running"
     done = await ops_uc.retry_session(ctx, None, sid)
     assert "started a new run" in done["action"] and "step 2 of 3" in done["action"]
-    view = await uc.submit_check(ctx, await on(ctx, actor, sid),
-        submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None))
+    view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+        submission(step_id=uuid.UUID(view["current_step_id"]), value=0.1, check_id=None)))
     assert len(view["checks"]) == 2 and view["current_step"]["index"] == 2
     async with db.read() as conn:
         assert len((await SessionRepository(conn).load(sid)).state.checks) == 2
-    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
 
 
 async def test_a_write_cancelled_midway_never_leaves_the_database_locked(database_url, db,

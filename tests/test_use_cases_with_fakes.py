@@ -22,6 +22,7 @@ from domain.changes import AuditFacts, SessionChange
 from domain.errors import SessionLocked, WrongState
 from domain.sop import CheckKind, CheckResult, CheckSpec, Sop, SopStatus, SopStep, SopTask
 from domain.work_session import CheckSubmission, SessionState, WorkSession
+from tests.conftest import shown
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 
@@ -182,15 +183,15 @@ def world() -> tuple[Context, FakeDb, FakeWorkflows]:
 async def test_a_session_walked_to_its_end_is_recorded_change_by_change(world) -> None:
     ctx, db, workflows = world
     worker = Actor(uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, worker, db.sop.id, "req-1")
+    view = shown(await uc.start_session(ctx, worker, db.sop.id, "req-1"))
     sid = UUID(view["id"])
     assert view["status"] == "in_progress" and view["current_step"]["index"] == 0
 
     for _ in range(2):
-        view = await uc.submit_check(ctx, await uc.gate(ctx, worker, sid, "session.work"),
+        view = shown(await uc.submit_check(ctx, await uc.gate(ctx, worker, sid, "session.work"),
                                      CheckSubmission(check_id=uuid4(),
                                                      step_id=UUID(view["current_step_id"]),
-                                                     result=CheckResult.PASSED))
+                                                     result=CheckResult.PASSED)))
     assert view["status"] == "completed" and len(view["checks"]) == 2
     assert db.states[sid].status.value == "completed"
     assert [(e.action, e.outcome) for e in db.entries[sid]] == [
@@ -203,30 +204,30 @@ async def test_approval_waits_for_the_run_and_a_locked_session_refuses_with_an_e
         world) -> None:
     ctx, db, workflows = world
     worker, supervisor = Actor(uuid4(), Role.WORKER), Actor(uuid4(), Role.SUPERVISOR)
-    view = await uc.start_session(ctx, worker, db.sop.id)
+    view = shown(await uc.start_session(ctx, worker, db.sop.id))
     sid = UUID(view["id"])
     work = await uc.gate(ctx, worker, sid, "session.work")
     review = await uc.gate(ctx, supervisor, sid, "session.override")
 
     # still in progress: the domain refuses first, and the refusal is audited
     with pytest.raises(WrongState):
-        await uc.approve_session(ctx, review)
+        shown(await uc.approve_session(ctx, review))
     assert db.entries[sid][-1].outcome == "rejected"
 
     for _ in range(2):
-        view = await uc.submit_check(ctx, work, CheckSubmission(
+        view = shown(await uc.submit_check(ctx, work, CheckSubmission(
             check_id=uuid4(), step_id=UUID(view["current_step_id"]),
-            result=CheckResult.PASSED))
+            result=CheckResult.PASSED)))
     workflows.close(worker.id)  # the run closes after its final write
-    approved = await uc.approve_session(ctx, review, "req-approve")
+    approved = shown(await uc.approve_session(ctx, review, "req-approve"))
     assert approved["locked"] is True and db.states[sid].locked
     assert db.entries[sid][-1].action == "session_approve"
 
     # the run is gone: a late check is judged on the stored copy, refused, and audited
     with pytest.raises(SessionLocked):
-        await uc.submit_check(ctx, work, CheckSubmission(
+        shown(await uc.submit_check(ctx, work, CheckSubmission(
             check_id=uuid4(), step_id=db.sop.tasks[0].steps[0].id,
-            result=CheckResult.PASSED))
+            result=CheckResult.PASSED)))
     last = db.entries[sid][-1]
     assert (last.action, last.outcome, last.detail["attempted"]) == (
         "modification_rejected", "rejected", "check_submitted")

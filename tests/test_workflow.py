@@ -23,7 +23,7 @@ from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
 from persistence.sessions import SessionRepository
 from persistence.uow import SqlStore
-from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
+from tests.conftest import eventually, make_confirmed_sop, on, shown, sop_body, submission
 from worker import SANDBOX, build_worker
 from workflows.messages import workflow_id_for
 from workflows.work_session import WorkSessionWorkflow
@@ -40,10 +40,10 @@ def own_context(client, db, task_queue: str, **kw) -> Context:
 async def pass_current(ctx: Context, actor: Actor, view: dict, check_id=None) -> dict:
     step = view["current_step"]
     kind = step["check"]["kind"]
-    return await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+    return shown(await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
         submission(step_id=uuid.UUID(step["id"]),
                    result=CheckResult.PASSED if kind == "confirm" else None,
-                   value=0.1 if kind == "measurement" else None, check_id=check_id))
+                   value=0.1 if kind == "measurement" else None, check_id=check_id)))
 
 
 async def stored_check_ids(db, session_id: str) -> list[str]:
@@ -60,7 +60,7 @@ async def test_worker_restart_mid_session_loses_no_check(http, client, db, super
     acknowledged = []
 
     async with build_worker(client, db, queue):
-        view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
         view = await pass_current(ctx, actor, view)
         acknowledged.append(view["checks"][-1]["id"])
     # worker gone: a check sent now waits in Temporal until a worker is back
@@ -72,7 +72,7 @@ async def test_worker_restart_mid_session_loses_no_check(http, client, db, super
         acknowledged.append(view["checks"][-1]["id"])
         view = await pass_current(ctx, actor, view)
         acknowledged.append(view["checks"][-1]["id"])
-        live = await ctx.workflows.query(actor.id)
+        live = shown(await ctx.workflows.live(actor.id))
     assert [c["id"] for c in live["checks"]] == acknowledged
     assert await stored_check_ids(db, view["id"]) == acknowledged
     assert live["current_step"]["index"] == 3
@@ -83,19 +83,19 @@ async def test_continue_as_new_keeps_checks_and_idempotency(http, client, db, su
     sop = await make_confirmed_sop(http, supervisor, sop_body((3, 3), measurement_at=None))
     ctx = own_context(client, db, worker.task_queue, continue_as_new_after_updates=2)
     actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     first_run = view["run_id"]
     first_check = uuid.uuid4()
     view = await pass_current(ctx, actor, view, check_id=first_check)
     view = await pass_current(ctx, actor, view)
     view = await pass_current(ctx, actor, view)  # lands on the next run
-    live = await ctx.workflows.query(actor.id)
+    live = shown(await ctx.workflows.live(actor.id))
     assert live["run_id"] != first_run
     assert len(live["checks"]) == 3 and live["current_step"]["index"] == 3
     # the first check_id, resent after the rollover, is still recognised
-    again = await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
+    again = shown(await uc.submit_check(ctx, await on(ctx, actor, uuid.UUID(view["id"])),
         submission(step_id=uuid.UUID(live["checks"][0]["step_id"]), result=CheckResult.PASSED,
-                   check_id=first_check))
+                   check_id=first_check)))
     assert len(again["checks"]) == 3
     assert len(await stored_check_ids(db, view["id"])) == 3
     desc = await client.get_workflow_handle(workflow_id_for(actor.id)).describe()
@@ -113,7 +113,7 @@ async def test_a_change_whose_api_died_before_writing_it_reaches_the_read_model_
     sop = await make_confirmed_sop(http, supervisor, sop_body((3,), measurement_at=None))
     ctx = own_context(client, db, worker.task_queue, write_behind=timedelta(seconds=1))
     actor = Actor(uuid.uuid4(), Role.WORKER)
-    view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     sid = uuid.UUID(view["id"])
     cid = uuid.uuid4()
     facts = AuditFacts("check_submitted", actor.id, "worker", {"check_id": str(cid)},
@@ -162,7 +162,7 @@ async def test_concurrent_resends_of_one_check_across_a_worker_restart_apply_onc
     actor = Actor(uuid.uuid4(), Role.WORKER)
     cid = uuid.uuid4()
     async with build_worker(client, db, queue):
-        view = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
         sends = [asyncio.create_task(pass_current(ctx, actor, view, check_id=cid))
                  for _ in range(3)]
         await asyncio.sleep(0.05)
@@ -215,44 +215,44 @@ async def test_record_histories(http, client, db, supervisor, worker):
 
     ctx = own_context(client, db, worker.task_queue)
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
     step = uuid.UUID(v["current_step_id"])
-    v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
-        submission(step_id=step, result=CheckResult.FAILED, notes="stuck", check_id=None))
+    v = shown(await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
+        submission(step_id=step, result=CheckResult.FAILED, notes="stuck", check_id=None)))
     for _ in range(3):
         v = await pass_current(ctx, a, v)
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("failed-check-then-complete", a, [v["run_id"]])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
     v = await pass_current(ctx, a, v)
-    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    v = shown(await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("manual-complete", a, [v["run_id"]])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
-    await uc.pause_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
-    await uc.resume_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
-    v = await uc.cancel_session(ctx, await on(ctx, a, uuid.UUID(v["id"])), "machine down")
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
+    shown(await uc.pause_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
+    shown(await uc.resume_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
+    v = shown(await uc.cancel_session(ctx, await on(ctx, a, uuid.UUID(v["id"])), "machine down"))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("pause-resume-cancel", a, [v["run_id"]])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
     first = v["run_id"]
-    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    v = shown(await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
-    v = await uc.reopen_session(ctx, await on(ctx, sup, uuid.UUID(v["id"]), "session.override"),
-                                "missed step", None)
-    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    v = shown(await uc.reopen_session(
+        ctx, await on(ctx, sup, uuid.UUID(v["id"]), "session.override"), "missed step", None))
+    v = shown(await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("reopen", a, [first, v["run_id"]])
 
     can = own_context(client, db, worker.task_queue, continue_as_new_after_updates=2)
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(can, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(can, a, uuid.UUID(sop["id"])))
     first = v["run_id"]
     for _ in range(3):
         v = await pass_current(can, a, v)
@@ -260,28 +260,28 @@ async def test_record_histories(http, client, db, supervisor, worker):
     await record("continue-as-new", a, [first])
 
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(ctx, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
     for _ in range(3):
-        v = await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
+        v = shown(await uc.submit_check(ctx, await on(ctx, a, uuid.UUID(v["id"])),
             submission(step_id=uuid.UUID(v["current_step_id"]), result=CheckResult.FAILED,
-                       check_id=None))
+                       check_id=None)))
     assert v["needs_attention"] is True
     v = await pass_current(ctx, a, v)
-    v = await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"])))
+    v = shown(await uc.complete_session(ctx, await on(ctx, a, uuid.UUID(v["id"]))))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("escalation", a, [v["run_id"]])
 
     quick = own_context(client, db, worker.task_queue, write_behind=timedelta(seconds=1))
     quick.workflows.idle_timeout = timedelta(seconds=3)
     a = Actor(uuid.uuid4(), Role.WORKER)
-    v = await uc.start_session(quick, a, uuid.UUID(sop["id"]))
+    v = shown(await uc.start_session(quick, a, uuid.UUID(sop["id"])))
     v = await pass_current(quick, a, v)
 
     async def idle_paused():
-        return (await quick.workflows.query(a.id))["status"] == "paused"
+        return (shown(await quick.workflows.live(a.id)))["status"] == "paused"
     await eventually(idle_paused, within=15)
-    v = await uc.resume_session(quick, await on(quick, a, uuid.UUID(v["id"])))
-    v = await uc.cancel_session(quick, await on(quick, a, uuid.UUID(v["id"])), "done")
+    v = shown(await uc.resume_session(quick, await on(quick, a, uuid.UUID(v["id"]))))
+    v = shown(await uc.cancel_session(quick, await on(quick, a, uuid.UUID(v["id"])), "done"))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("idle-pause-and-write-behind", a, [v["run_id"]])
 
@@ -296,19 +296,19 @@ async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one
     sop = await make_confirmed_sop(http, supervisor)
     ctx = own_context(client, db, worker.task_queue)
     actor = Actor(uuid.uuid4(), Role.WORKER)
-    x = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
-    await uc.complete_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])))
-    y = await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+    x = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+    shown(await uc.complete_session(ctx, await on(ctx, actor, uuid.UUID(x["id"]))))
+    y = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     with pytest.raises(RunClosed):
         await ctx.workflows.command(actor.id, "cancel", uuid.UUID(x["id"]), "late",
                                     AuditFacts("session_cancel", actor.id, "worker"))
-    live = await ctx.workflows.query(actor.id)
+    live = shown(await ctx.workflows.live(actor.id))
     assert live["id"] == y["id"] and live["status"] == "in_progress"
     # and through the use case the late cancel is judged on X's stored copy: 409
     from domain.errors import WrongState
     with pytest.raises(WrongState):
-        await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])), "late")
-    await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(y["id"])), "test over")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(x["id"])), "late"))
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, uuid.UUID(y["id"])), "test over"))
 
 
 async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
@@ -335,15 +335,15 @@ async def test_a_start_whose_answer_was_lost_is_named_once_its_run_recorded_it(
         workflow_id_for(actor.id), None))
 
     with pytest.raises(Unavailable, match="still being recorded"):
-        await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+        shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
     async with build_worker(client, db, queue):
         with pytest.raises(ActiveSessionExists) as e:
-            await uc.start_session(ctx, actor, uuid.UUID(sop["id"]))
+            shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
         assert e.value.extra["existing_session_id"] == str(started.state.id)
         await eventually_stored(db, started.state.id)
         assert [(x["action"], x["request_id"]) for x in await audit_of(db, started.state.id)
                 ] == [("session_start", "req-1")]
-        await uc.cancel_session(ctx, await on(ctx, actor, started.state.id), "test over")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, started.state.id), "test over"))
 
 
 async def eventually_stored(db, session_id: uuid.UUID) -> None:

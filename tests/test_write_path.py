@@ -35,7 +35,7 @@ from persistence.sessions import SessionRepository
 from persistence.sops import SopRepository
 from persistence.tables import work_sessions
 from persistence.uow import SqlStore
-from tests.conftest import eventually, make_confirmed_sop, on, sop_body, submission
+from tests.conftest import eventually, make_confirmed_sop, on, shown, sop_body, submission
 from workflows.messages import WRITE_CHANGES_ACTIVITY, workflow_id_for
 
 DATABASE = os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite")
@@ -125,13 +125,13 @@ def worker_actor() -> Actor:
 
 async def started(ctx: Context, sop: dict, actor: Actor, request_id: str | None = None
                   ) -> dict:
-    return await uc.start_session(ctx, actor, uuid.UUID(sop["id"]), request_id)
+    return shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"]), request_id))
 
 
 async def passed(ctx: Context, actor: Actor, view: dict, check_id: uuid.UUID | None = None,
                  result: CheckResult = CheckResult.PASSED) -> dict:
-    return await uc.submit_check(ctx, await on(ctx, actor, view["id"]),
-        submission(step_id=uuid.UUID(view["current_step_id"]), result=result, check_id=check_id))
+    return shown(await uc.submit_check(ctx, await on(ctx, actor, view["id"]),
+        submission(step_id=uuid.UUID(view["current_step_id"]), result=result, check_id=check_id)))
 
 
 async def completed(ctx: Context, actor: Actor, view: dict) -> dict:
@@ -186,7 +186,7 @@ async def _(ctx, actor, view):
 
 @run_path("resume")
 async def _(ctx, actor, view):
-    view = await uc.pause_session(ctx, await on(ctx, actor, view["id"]))
+    view = shown(await uc.pause_session(ctx, await on(ctx, actor, view["id"])))
     return view, lambda access: uc.resume_session(ctx, access)
 
 
@@ -220,7 +220,7 @@ async def test_a_change_the_run_took_is_recorded_with_its_entry_once_whatever_th
     if path not in ("complete", "cancel"):
         assert now.state.version == row.state.version and entries == before
     # the run holds the change and writes it itself, with the worker's entry
-    live = await ctx.workflows.query(actor.id) if path not in ("complete", "cancel") else None
+    live = shown(await ctx.workflows.live(actor.id)) if path not in ("complete", "cancel") else None
     after, entries = await wait_recorded(db, sid, row.state.version + 1)
     if live is not None:
         assert after.state.status.value == live["status"]
@@ -232,7 +232,7 @@ async def test_a_change_the_run_took_is_recorded_with_its_entry_once_whatever_th
             ("check_submitted", "worker"), ("session_escalated", "system")]
         assert after.state.needs_attention is True
     if after.state.status.value in ("in_progress", "paused"):
-        await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
 
 
 async def test_a_start_whose_write_failed_is_recorded_by_its_run_with_its_entry(
@@ -249,7 +249,7 @@ async def test_a_start_whose_write_failed_is_recorded_by_its_run_with_its_entry(
     row, entries = await wait_recorded(db, running.session_id, 0)
     assert [(e["action"], e["actor_id"], e["request_id"]) for e in entries] == [
         ("session_start", actor.id, "req-start")]
-    await uc.cancel_session(ctx, await on(ctx, actor, running.session_id), "test over")
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, running.session_id), "test over"))
 
 
 async def test_a_reopen_whose_write_failed_is_recorded_by_its_new_run(
@@ -259,14 +259,14 @@ async def test_a_reopen_whose_write_failed_is_recorded_by_its_new_run(
     row, before = await assert_consistent(db, sid)
     with database_fails_in_the_api(monkeypatch, SessionRepository, "write_change"):
         with pytest.raises(Unavailable):
-            await uc.reopen_session(ctx, await on(ctx, boss, sid, "session.override"),
-                                    "missed a step", None)
+            shown(await uc.reopen_session(ctx, await on(ctx, boss, sid, "session.override"),
+                                    "missed a step", None))
     now, entries = await assert_consistent(db, sid)
     assert now.state.status.value == "completed" and entries == before
     after, entries = await wait_recorded(db, sid, row.state.version + 1)
     assert after.state.status.value == "in_progress"
     assert entries[-1]["action"] == "session_reopen" and entries[-1]["actor_id"] == boss.id
-    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
 
 
 # ---- changes no run takes: all or nothing, and a retry records them once --------------------
@@ -278,10 +278,10 @@ async def test_approval_whose_write_fails_changes_nothing_and_a_retry_locks_once
     access = await on(ctx, boss, sid, "session.override")
     with database_fails_in_the_api(monkeypatch, SessionRepository, "write_change"):
         with pytest.raises(Unavailable):
-            await uc.approve_session(ctx, access)
+            shown(await uc.approve_session(ctx, access))
     now, entries = await assert_consistent(db, sid)
     assert not now.state.locked and entries == before
-    assert (await uc.approve_session(ctx, access))["locked"] is True
+    assert (shown(await uc.approve_session(ctx, access)))["locked"] is True
     now, entries = await assert_consistent(db, sid)
     assert now.state.locked and [e["action"] for e in entries[len(before):]] == [
         "session_approve"]
@@ -297,21 +297,21 @@ async def test_a_rejected_attempt_whose_entry_fails_is_answered_503_and_records_
     if locked:
         await completed(ctx, actor, view)
         boss = Actor(supervisor.id, Role.SUPERVISOR)
-        await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override"))
+        shown(await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override")))
     _, before = await assert_consistent(db, sid)
     access = await on(ctx, actor, sid)
     with database_fails_in_the_api(monkeypatch, SessionRepository, "record_rejection"):
         with pytest.raises(Unavailable):
-            await uc.resume_session(ctx, access)  # in progress, or locked: a 409 to record
+            shown(await uc.resume_session(ctx, access))  # in progress, or locked: a 409 to record
     _, entries = await assert_consistent(db, sid)
     assert entries == before
     with pytest.raises(DomainError):
-        await uc.resume_session(ctx, access)
+        shown(await uc.resume_session(ctx, access))
     _, entries = await assert_consistent(db, sid)
     assert [(e["action"], e["outcome"]) for e in entries[len(before):]] == [
         ("modification_rejected" if locked else "session_resume", "rejected")]
     if not locked:
-        await uc.cancel_session(ctx, access, "test over")
+        shown(await uc.cancel_session(ctx, access, "test over"))
 
 
 SOP_ACTIONS = ["create", "edit", "confirm", "revise", "delete"]
@@ -377,7 +377,7 @@ async def test_an_idle_pause_is_recorded_by_the_run_with_a_system_entry(http, su
     assert row.state.status.value == "paused" and row.state.paused_reason == "idle"
     assert [(e["action"], e["actor_role"], e["actor_id"]) for e in entries] == [
         ("session_start", "worker", actor.id), ("session_pause", "system", None)]
-    await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over")
+    shown(await uc.cancel_session(ctx, await on(ctx, actor, sid), "test over"))
 
 
 # ---- late writes -------------------------------------------------------------------------
@@ -385,7 +385,7 @@ async def test_a_late_write_from_a_closed_run_after_approval_changes_neither_ver
         http, supervisor, ctx, db, client):
     actor, boss, view = await a_completed_session(http, supervisor, ctx, steps=2)
     sid = uuid.UUID(view["id"])
-    approved = await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override"))
+    approved = shown(await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override")))
     row, before = await assert_consistent(db, sid)
     assert row.state.locked
     # what the closed run wrote, exactly as its activity received it: delivered again late
@@ -482,7 +482,7 @@ async def test_two_starts_racing_after_a_cancel_answer_at_once_naming_the_winner
     for _ in range(3):
         actor = worker_actor()
         first = await started(ctx, sop, actor)
-        await uc.cancel_session(ctx, await on(ctx, actor, first["id"]), "wrong machine")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, first["id"]), "wrong machine"))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         results = await asyncio.gather(*(started(ctx, sop, actor) for _ in range(2)),
@@ -493,7 +493,7 @@ async def test_two_starts_racing_after_a_cancel_answer_at_once_naming_the_winner
         assert len(won) == 1 and len(lost) == 1, results
         assert lost[0].extra["existing_session_id"] == won[0]["id"] != first["id"]
         assert took < uc.CLOSING_RUN_WAIT_SECONDS
-        await uc.cancel_session(ctx, await on(ctx, actor, won[0]["id"]), "test over")
+        shown(await uc.cancel_session(ctx, await on(ctx, actor, won[0]["id"]), "test over"))
 
 
 # ---- the contract's promise about the log ------------------------------------------------

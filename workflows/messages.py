@@ -58,3 +58,11 @@ class SessionCommand(BaseModel):
     session_id: UUID
     reason: str | None = None
     audit: AuditFacts
+
+
+class SessionSnapshot(BaseModel):
+    """The session as its run holds it (the `snapshot` query): what the API answers from."""
+
+    plan: SessionPlan
+    state: SessionState
+    run_id: str

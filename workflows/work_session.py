@@ -22,6 +22,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from api.schemas import SessionOut
     from domain.changes import SYSTEM, AuditFacts, SessionChange
     from domain.errors import DomainError
     from domain.work_session import Mark, SessionStatus, WorkSession
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         WRITE_CHANGES_ACTIVITY,
         SessionCommand,
         SessionInput,
+        SessionSnapshot,
         SubmitCheck,
     )
 
@@ -173,9 +175,16 @@ class WorkSessionWorkflow:
 
     @workflow.query
     def session(self) -> dict[str, Any]:
+        """The session in the contract's shape, for people (the Temporal UI, tctl)."""
         info = workflow.info()
-        return self._session.view(run_id=info.run_id, workflow_id=info.workflow_id,
-                                  now=workflow.now())
+        return SessionOut.of(self._session, workflow_id=info.workflow_id,
+                             run_id=info.run_id, now=workflow.now()).model_dump(mode="json")
+
+    @workflow.query
+    def snapshot(self) -> SessionSnapshot:
+        """The session as this run holds it, for the API to answer from."""
+        return SessionSnapshot(plan=self._session.plan, state=self._session.state,
+                               run_id=workflow.info().run_id)
 
     # ---- machinery -----------------------------------------------------------------------
     def _dry_run(self, cmd: SubmitCheck | SessionCommand,

@@ -202,6 +202,13 @@ def _setup_temporal(_: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(stored: Any, now: Any) -> dict[str, Any]:
+    """A session as the API shows it."""
+    from api.schemas import SessionOut
+    return SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
+                         now=now).model_dump(mode="json")
+
+
 def _audit(args: argparse.Namespace) -> int:
     from application import audit
     from domain.errors import NotFound
@@ -231,7 +238,7 @@ def _audit(args: argparse.Namespace) -> int:
                     return write(await audit.anchor(SqlStore(db)))
                 if args.audit_command == "export":
                     try:
-                        return write(await audit.export_session(SqlStore(db), args.session))
+                        return write(await audit.export_session(SqlStore(db), args.session, _shown))
                     except NotFound as e:
                         print(e)
                         return 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.deps import (
     Ctx,
@@ -32,6 +32,8 @@ from api.schemas import (
 )
 from application import sessions as uc
 from application.authz import Actor
+from application.context import Context
+from application.ports import StoredSession
 from domain.work_session import SessionFilter, SessionStatus
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"], route_class=PrecedenceRoute)
@@ -41,6 +43,14 @@ def gate(permission: str) -> Any:
     async def dependency(session_id: str, actor: CurrentActor, ctx: Ctx) -> uc.Access:
         return await uc.gate(ctx, actor, parse_id(session_id, "session"), permission)
     return Depends(dependency)
+
+
+def answer(ctx: Context, stored: StoredSession, status: int = 200) -> Response:
+    """The session in the contract's shape, serialised once from its model (a returned
+    Response skips FastAPI's second validation of it)."""
+    out = SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
+                        now=ctx.clock())
+    return Response(out.model_dump_json(), status, media_type="application/json")
 
 
 def summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -54,13 +64,13 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("", status_code=201, response_model=SessionOut, responses=problems(403, 404, 409))
 async def start_session(body: StartSessionIn, actor: CurrentActor, ctx: Ctx,
-                        rid: RequestId, _: Actor = require("session.start")) -> dict[str, Any]:
-    return await uc.start_session(ctx, actor, body.sop_id, rid)
+                        rid: RequestId, _: Actor = require("session.start")) -> Response:
+    return answer(ctx, await uc.start_session(ctx, actor, body.sop_id, rid), 201)
 
 
 @router.get("/current", response_model=SessionOut, responses=problems(404))
-async def current_session(actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
-    return await uc.current_session(ctx, actor)
+async def current_session(actor: CurrentActor, ctx: Ctx) -> Response:
+    return answer(ctx, await uc.current_session(ctx, actor))
 
 
 async def session_filter(
@@ -91,54 +101,54 @@ async def list_sessions(actor: CurrentActor, ctx: Ctx, paging: PageParams,
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=problems(404))
-async def get_session(ctx: Ctx, access: uc.Access = gate("session.read")) -> dict[str, Any]:
-    return await uc.get_session(ctx, access)
+async def get_session(ctx: Ctx, access: uc.Access = gate("session.read")) -> Response:
+    return answer(ctx, await uc.get_session(ctx, access))
 
 
 @router.post("/{session_id}/checks", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def submit_check(body: CheckIn, ctx: Ctx, rid: RequestId,
-                       access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.submit_check(ctx, access, body.submission(), rid)
+                       access: uc.Access = gate("session.work")) -> Response:
+    return answer(ctx, await uc.submit_check(ctx, access, body.submission(), rid))
 
 
 @router.post("/{session_id}/complete", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def complete_session(ctx: Ctx, rid: RequestId,
-                           access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.complete_session(ctx, access, rid)
+                           access: uc.Access = gate("session.work")) -> Response:
+    return answer(ctx, await uc.complete_session(ctx, access, rid))
 
 
 @router.post("/{session_id}/pause", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def pause_session(ctx: Ctx, rid: RequestId,
-                        access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.pause_session(ctx, access, rid)
+                        access: uc.Access = gate("session.work")) -> Response:
+    return answer(ctx, await uc.pause_session(ctx, access, rid))
 
 
 @router.post("/{session_id}/resume", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def resume_session(ctx: Ctx, rid: RequestId,
-                         access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.resume_session(ctx, access, rid)
+                         access: uc.Access = gate("session.work")) -> Response:
+    return answer(ctx, await uc.resume_session(ctx, access, rid))
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def cancel_session(body: CancelIn, ctx: Ctx, rid: RequestId,
-                         access: uc.Access = gate("session.work")) -> dict[str, Any]:
-    return await uc.cancel_session(ctx, access, body.reason, rid)
+                         access: uc.Access = gate("session.work")) -> Response:
+    return answer(ctx, await uc.cancel_session(ctx, access, body.reason, rid))
 
 
 @router.post("/{session_id}/approve", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def approve_session(ctx: Ctx, rid: RequestId,
-                          access: uc.Access = gate("session.override")) -> dict[str, Any]:
-    return await uc.approve_session(ctx, access, rid)
+                          access: uc.Access = gate("session.override")) -> Response:
+    return answer(ctx, await uc.approve_session(ctx, access, rid))
 
 
 @router.post("/{session_id}/reopen", response_model=SessionOut,
              responses=problems(403, 404, 409))
 async def reopen_session(body: ReopenIn, ctx: Ctx, rid: RequestId,
-                         access: uc.Access = gate("session.override")) -> dict[str, Any]:
-    return await uc.reopen_session(ctx, access, body.reason, body.step_id, rid)
+                         access: uc.Access = gate("session.override")) -> Response:
+    return answer(ctx, await uc.reopen_session(ctx, access, body.reason, body.step_id, rid))

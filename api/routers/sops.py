@@ -21,11 +21,10 @@ from api.deps import (
     require,
 )
 from api.routing import PrecedenceRoute
-from api.schemas import Page, SopIn, SopOut, SopStatsOut
+from api.schemas import CheckSpecOut, Page, SopIn, SopOut, SopStatsOut
 from application import sops as uc
 from application.authz import Actor
 from domain.sop import Sop, SopStatus
-from domain.work_session import check_spec_view
 
 router = APIRouter(prefix="/api/v1/sops", tags=["SOPs"], route_class=PrecedenceRoute)
 
@@ -47,7 +46,7 @@ def sop_out(sop: Sop) -> dict[str, Any]:
         "confirmed_at": sop.confirmed_at,
         "tasks": [{"id": t.id, "position": t.position, "title": t.title, "steps": [
             {"id": s.id, "position": s.position, "title": s.title,
-             "instructions": s.instructions, "check": check_spec_view(s.check)}
+             "instructions": s.instructions, "check": CheckSpecOut.model_validate(s.check)}
             for s in t.steps]} for t in sop.tasks],
     }
 
