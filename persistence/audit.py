@@ -8,6 +8,7 @@ same transaction as the entry); an SOP family's, in `audit_chains`."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,15 @@ from domain.changes import AuditFacts
 from persistence.db import dialect_insert
 from persistence.tables import audit_chains, audit_log, work_sessions
 
+# Built once (per dialect): they run with every change of every session.
+_INSERT = audit_log.insert()
+
+
+@functools.cache
+def _insert_once(is_sqlite: bool) -> Any:
+    return dialect_insert(is_sqlite, audit_log).on_conflict_do_nothing(
+        index_elements=[audit_log.c.dedup_key])
+
 
 class AuditLog:
     def __init__(self, conn: AsyncConnection) -> None:
@@ -36,13 +46,11 @@ class AuditLog:
         self._sqlite = conn.dialect.name == "sqlite"
 
     async def insert(self, rows: list[dict[str, Any]]) -> None:
-        await self.conn.execute(audit_log.insert(), rows)
+        await self.conn.execute(_INSERT, rows)
 
     async def insert_once(self, row: dict[str, Any]) -> bool:
         """Insert unless an entry with the row's dedup_key is there; whether it was new."""
-        stmt = dialect_insert(self._sqlite, audit_log).on_conflict_do_nothing(
-            index_elements=[audit_log.c.dedup_key])
-        return (await self.conn.execute(stmt, row)).rowcount > 0
+        return (await self.conn.execute(_insert_once(self._sqlite), row)).rowcount > 0
 
     async def append_to_sop_family(self, family_id: UUID, facts: AuditFacts,
                                    at: datetime) -> None:

@@ -29,7 +29,9 @@ class Database:
         timeout, PostgreSQL's lock_timeout): a blocked database fails instead of hanging."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        # Every connection is used inside one `begin()` block, which ends its transaction
+        # (commit or rollback): the pool's own rollback on return would be a no-op trip.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_reset_on_return": None}
         if self.is_sqlite:
             kwargs["async_creator"] = sqlite_driver.creator(make_url(url).database or "",
                                                             lock_timeout_ms / 1000)

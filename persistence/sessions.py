@@ -126,35 +126,30 @@ class SessionRepository:
 
     async def owner(self, session_id: UUID) -> UUID | None:
         """The session's worker, or None when there is no such session."""
-        return (await self.conn.execute(select(work_sessions.c.worker_id).where(
-            work_sessions.c.id == session_id))).scalar_one_or_none()
+        return (await self.conn.execute(_OWNER, {"sid": session_id})).scalar_one_or_none()
 
     async def load(self, session_id: UUID, *, with_checks: bool = True,
                    for_update: bool = False) -> StoredSession | None:
         """`with_checks=False` when only the session's own fields matter (who, status,
         lock); `for_update` holds the row until the transaction ends (PostgreSQL; SQLite's
         write transaction already serialises writers)."""
-        return await self._one(work_sessions.c.id == session_id, with_checks, for_update)
+        row = (await self.conn.execute(_session_by_id(for_update and not self._sqlite),
+                                       {"sid": session_id})).mappings().first()
+        return await self._stored(row, with_checks) if row is not None else None
 
     async def active_for_worker(self, worker_id: UUID, *,
                                 with_checks: bool = True) -> StoredSession | None:
         return await self._one(and_(work_sessions.c.worker_id == worker_id,
                                     work_sessions.c.status.in_(ACTIVE_VALUES)), with_checks)
 
-    async def _one(self, cond: object, with_checks: bool,
-                   for_update: bool = False) -> StoredSession | None:
-        stmt = select(work_sessions).where(cond)
-        if for_update:  # FOR NO KEY UPDATE: holds the row, lets foreign-key checks through
-            stmt = stmt.with_for_update(key_share=True)
-        row = (await self.conn.execute(stmt)).mappings().first()
-        if row is None:
-            return None
+    async def _one(self, cond: object, with_checks: bool) -> StoredSession | None:
+        row = (await self.conn.execute(select(work_sessions).where(cond))).mappings().first()
+        return await self._stored(row, with_checks) if row is not None else None
+
+    async def _stored(self, row: Any, with_checks: bool) -> StoredSession:
         state = _state(row, await self._checks(row["id"]) if with_checks else [])
         if with_checks:
             state.step_times = await self._step_times(row["id"])
-        return await self._stored(row, state)
-
-    async def _stored(self, row: Any, state: SessionState) -> StoredSession:
         session = WorkSession(plan=await self._sops.plan(state.sop_id), state=state)
         return StoredSession(session, row["workflow_id"], row["run_id"])
 
@@ -163,8 +158,7 @@ class SessionRepository:
         return [_check(r) for r in rows]
 
     async def _step_times(self, session_id: UUID) -> list[StepTime]:
-        rows = (await self.conn.execute(select(session_steps).where(
-            session_steps.c.session_id == session_id))).mappings().all()
+        rows = (await self.conn.execute(_STEPS_OF, {"sid": session_id})).mappings().all()
         return [StepTime(**{k: r[k] for k in _STEP_FIELDS}, changed_in=r["version"])
                 for r in rows]
 
@@ -206,7 +200,7 @@ class SessionRepository:
             select(work_sessions).where(work_sessions.c.status.in_(ACTIVE_VALUES),
                                         work_sessions.c.updated_at < before)
             .order_by(work_sessions.c.updated_at).limit(limit))).mappings().all()
-        return [await self._stored(r, _state(r, [])) for r in rows]
+        return [await self._stored(r, with_checks=False) for r in rows]
 
     async def count_needing_attention(self) -> int:
         """Active sessions flagged for a supervisor (repeated failed checks)."""
@@ -252,6 +246,15 @@ def _checks_insert(is_sqlite: bool) -> Any:
         index_elements=[session_checks.c.session_id, session_checks.c.id])
 
 
+@functools.cache
+def _session_by_id(for_update: bool) -> Any:
+    stmt = select(work_sessions).where(work_sessions.c.id == bindparam("sid"))
+    # FOR NO KEY UPDATE: holds the row, lets foreign-key checks through (PostgreSQL)
+    return stmt.with_for_update(key_share=True) if for_update else stmt
+
+
+_OWNER = select(work_sessions.c.worker_id).where(work_sessions.c.id == bindparam("sid"))
+_STEPS_OF = select(session_steps).where(session_steps.c.session_id == bindparam("sid"))
 _CHECKS_OF = select(session_checks).where(
     session_checks.c.session_id == bindparam("sid")).order_by(session_checks.c.seq)
 _UPDATE_ALL = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
