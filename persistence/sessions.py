@@ -10,7 +10,7 @@ written (its dedup key names the change) makes the whole change a no-op."""
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -39,6 +39,8 @@ from persistence.tables import session_checks, session_steps, sops, work_session
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
 _STATE_FIELDS = [k for k in work_sessions.c.keys() if k not in ("id", "audit_seq", "audit_hash")]
+# The row's fields that are the state's own, by name.
+_ROW_FROM_STATE = [f.name for f in fields(SessionState) if f.name in _STATE_FIELDS]
 # A check's fields are its table's columns of the same names (`result` as its value).
 _CHECK_FIELDS = [f.name for f in fields(Check) if f.name != "result"]
 # A step time's fields as the table keeps them (`changed_in` is the row's `version`).
@@ -265,7 +267,7 @@ _UPDATE_HEAD = update(work_sessions).where(work_sessions.c.id == bindparam("sid"
 
 def _state_values(change: SessionChange) -> dict[str, Any]:
     st = change.state
-    values = {k: v for k, v in asdict(st).items() if k in _STATE_FIELDS}
+    values = {k: getattr(st, k) for k in _ROW_FROM_STATE}  # shallow: asdict deep-copies
     values.update(
         status=st.status.value, workflow_id=change.workflow_id, run_id=change.run_id,
         unchecked_step_ids=None if st.unchecked_step_ids is None
