@@ -15,8 +15,8 @@ Okta, Entra ID, Auth0 and the like.
 - Verification: RS256 or ES256 only (the allow-list, never the token's own `alg`), each key
   with its own algorithm (a header naming another is 401); `iss`, `aud`, `exp` and `sub`
   required and checked.
-- Who: a `sub` that is a UUID written as `str(UUID)` writes it (lowercase 8-4-4-4-12) is the
-  user's id; any other `sub` becomes `uuid5(NAMESPACE_URL, iss + "#" + sub)`, the same every
+- Who: a `sub` that is a UUID written as `str(UUID)` writes one (lowercase 8-4-4-4-12) is
+  the user's id; any other `sub` becomes `uuid5(NAMESPACE_URL, iss + "#" + sub)`, the same every
   time; the role comes from the claim `role_claim`, each of its values (a string or a list,
   such as `groups`) mapped through `role_map` when one is set (a claim other than `role` needs
   one: worksession/settings.py refuses to start without); the highest role wins; none is 403,

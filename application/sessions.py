@@ -111,7 +111,9 @@ async def _reject(ctx: Context, session_id: UUID, facts: AuditFacts) -> None:
 async def _audited(ctx: Context, session_id: UUID, facts: AuditFacts,
                    decide: Callable[[], Awaitable[StoredSession]]) -> StoredSession:
     """Run `decide`; a refusal leaves its audit entry (`modification_rejected` when the
-    session is locked). What `decide` accepts is audited by the change it writes."""
+    session is locked), in a transaction of its own: the refusal may come from the run or
+    from a transaction that it rolled back. What `decide` accepts is audited by the change
+    it writes."""
     try:
         return await decide()
     except SessionLocked as e:
@@ -131,7 +133,8 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
     """No transaction is open while Temporal is called, and starts of one SOP do not wait
     on each other: the SOP is read, the run started, then the session written while the SOP
     row is held in share mode, so that an SOP delete racing starts is decided one way or the
-    other (it holds the row exclusively while it looks for active sessions)."""
+    other (it holds the row exclusively while it looks for active sessions). Hence two
+    transactions around the run's start (a third only to audit a refusal)."""
     authorize(actor, "session.start")
     facts = _facts(actor, "session_start", request_id, sop_id=str(sop_id))
     async with ctx.uow(read_only=True) as uow:
@@ -296,6 +299,8 @@ async def approve_session(ctx: Context, access: Access,
     facts = _facts(access.actor, "session_approve", request_id)
 
     async def approve() -> StoredSession:
+        # Two transactions, Temporal between them: the session's run must have closed (and
+        # so written all it took) before the lock, and no transaction waits on Temporal.
         async with ctx.uow(read_only=True) as uow:
             stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals come first
@@ -334,6 +339,7 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
                    step_id=str(step_id) if step_id else None)
 
     async def reopen() -> StoredSession:
+        # As approval, and once more after the new run started (below).
         async with ctx.uow(read_only=True) as uow:
             stored = await _load(uow, access.session_id, with_checks=False)
         # the domain's refusals first; then decide on the record its closed run completed

@@ -537,8 +537,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.skip_sweep:
                 result["scale"] = {
                     "worker_rss_mb": await _memory(api, stack, args.open_sessions),
-                    "list_latency": await _list_latency(stack, http, sup, secret,
-                                                        args.list_rows)}
+                    "list_latency": None if os.environ.get("WORKSESSION_DATABASE_URL")
+                    else await _list_latency(stack, http, sup, secret,  # seeds SQLite directly
+                                             args.list_rows)}
     result["summary"] = _summary(result)
     return result
 
@@ -716,15 +717,24 @@ def _recovery(timeline: list[tuple[float, float]], t0: float,
 
 
 async def _persisted(stack: DevStack, acknowledged: set[str]) -> dict[str, int]:
-    import sqlite3
-    db = sqlite3.connect(stack.data_dir / "worksession.db")
-    stored = {row[0].replace("-", "") for row in db.execute("SELECT id FROM session_checks")}
-    doubled = db.execute("SELECT count(*) FROM (SELECT id FROM session_checks GROUP BY id "
-                         "HAVING count(*) > 1)").fetchone()[0]
-    db.close()
-    ack = {c.replace("-", "") for c in acknowledged}
-    return {"sent_acknowledged": len(ack), "persisted": len(ack & stored),
-            "lost": len(ack - stored), "duplicated": doubled}
+    """Every acknowledged check in the database once (SQLite, or the PostgreSQL database
+    WORKSESSION_DATABASE_URL names for the stack)."""
+    from sqlalchemy import func, select
+
+    from persistence.db import Database
+    from persistence.tables import session_checks
+    db = Database(os.environ.get("WORKSESSION_DATABASE_URL")
+                  or f"sqlite+aiosqlite:///{stack.data_dir / 'worksession.db'}")
+    try:
+        async with db.read() as conn:
+            stored = {str(i) for i in (await conn.execute(select(session_checks.c.id))).scalars()}
+            doubled = (await conn.execute(select(func.count()).select_from(
+                select(session_checks.c.id).group_by(session_checks.c.id)
+                .having(func.count() > 1).subquery()))).scalar_one()
+    finally:
+        await db.dispose()
+    return {"sent_acknowledged": len(acknowledged), "persisted": len(acknowledged & stored),
+            "lost": len(acknowledged - stored), "duplicated": doubled}
 
 
 async def _memory(api: ApiLoad, stack: DevStack, target: int) -> dict[str, Any]:

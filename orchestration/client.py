@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -156,6 +157,9 @@ class SessionWorkflows:
                 reject_condition=QueryRejectCondition.NOT_OPEN))
         except WorkflowQueryRejectedError:
             raise RunClosed() from None
+        except WorkflowQueryFailedError as e:  # a worker older than this API (deploy workers
+            # first, docs/versioning.md), or a run whose worker cannot answer now
+            raise Unavailable(f"the session's run could not answer: {e}") from None
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise RunClosed() from None

@@ -11,13 +11,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
 from application import sessions as uc
 from application.authz import Actor, Role
 from application.context import Context
+from domain.errors import Unavailable
 from domain.sop import CheckResult
 from orchestration.client import SessionWorkflows
 from persistence.audit import AuditLog
@@ -373,3 +375,31 @@ async def test_the_worker_sandbox_still_refuses_non_deterministic_calls(client):
         message = await eventually(task_failed)
         await handle.terminate("test over")
     assert "Cannot access datetime.datetime.now" in message
+
+
+@workflow.defn(name="WorkSession", sandboxed=False)
+class OlderWorkSession:
+    """A session run as a worker older than the API answers it: it has no `snapshot`
+    query (a deploy that replaced the API before the workers)."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.query
+    def session(self) -> dict:
+        return {}
+
+
+async def test_a_current_session_asked_of_an_older_worker_is_503_not_500(client, db):
+    queue = f"older-{uuid.uuid4()}"
+    ctx = own_context(client, db, queue)
+    worker_id = uuid.uuid4()
+    async with Worker(client, task_queue=queue, workflows=[OlderWorkSession]):
+        handle = await client.start_workflow(OlderWorkSession.run, id=workflow_id_for(worker_id),
+                                             task_queue=queue)
+        try:
+            with pytest.raises(Unavailable, match="could not answer"):
+                await ctx.workflows.live(worker_id)
+        finally:
+            await handle.terminate()
