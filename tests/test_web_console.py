@@ -131,8 +131,9 @@ class Console:
         assert unexpected == [], unexpected
 
 
-def open_page(browser: Browser, viewport: dict[str, int]) -> tuple[Page, Console]:
-    context = browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC")
+def open_page(browser: Browser, viewport: dict[str, int],
+              locale: str = "en-GB") -> tuple[Page, Console]:
+    context = browser.new_context(viewport=viewport, locale=locale, timezone_id="UTC")
     context.set_default_timeout(UI_WAIT)
     page = context.new_page()
     return page, Console(page)
@@ -165,13 +166,13 @@ def confirmed_sop(stack: Stack, supervisor: str, title: str) -> dict[str, Any]:
     return stack.call(supervisor, "POST", f"/sops/{sop['id']}/confirm")
 
 
-def started_on_a_phone(stack: Stack, supervisor: str, browser: Browser,
-                       title: str) -> tuple[str, Page, Console, Any]:
+def started_on_a_phone(stack: Stack, supervisor: str, browser: Browser, title: str,
+                       locale: str = "en-GB") -> tuple[str, Page, Console, Any]:
     """A new worker on a phone, signed in, with a session of a new three-step SOP at step
     1: the worker's token, the page, its console and the step card."""
     confirmed_sop(stack, supervisor, title)
     worker = new_worker(stack)
-    page, console = open_page(browser, PHONE)
+    page, console = open_page(browser, PHONE, locale)
     sign_in(page, stack.console_link(worker))
     page.get_by_role("button", name=f"Start {title}").click()
     card = page.locator(".step-card")
@@ -629,3 +630,33 @@ def test_sign_out_forgets_what_the_device_kept_of_the_worker(
         .some(k => k.startsWith('worksession-api-'))""")
     assert page.evaluate("localStorage.getItem('worksession.token')") is None
     console.assert_clean()
+
+
+@pytest.mark.parametrize("locale", ["en-GB", "de-DE"])
+def test_a_measurement_is_recorded_as_typed_with_a_decimal_comma_or_point(
+        stack: Stack, supervisor: str, browser: Browser, locale: str) -> None:
+    """`0,3` is 0.3 V, not 3 V (a number field read the comma as nothing), in a locale that
+    writes a decimal point and in one that writes a comma; what cannot be read one way only
+    is refused with a sentence and nothing is sent."""
+    for typed in ("0,3", "0.3 V"):
+        worker, page, console, card = started_on_a_phone(
+            stack, supervisor, browser, f"Decimal {locale} {typed} {uuid.uuid4().hex[:6]}",
+            locale)
+        card.get_by_label("Passed").check()
+        card.get_by_role("button", name="Record check").click()
+        value = card.get_by_label("Voltage at terminal A (V)")
+        expect(card).to_contain_text("Step 2 of 3")
+        for unreadable in ("1.234,5", "0.3 bar"):
+            value.fill(unreadable)
+            card.get_by_role("button", name="Record check").click()
+            expect(card.get_by_role("alert")).to_contain_text(f'"{unreadable.split()[-1]}')
+            expect(card).to_contain_text("Step 2 of 3")
+        value.fill(typed)
+        expect(card.locator(".value-reading")).to_have_text("Will record 0.3 V")
+        card.get_by_role("button", name="Record check").click()
+        expect(card).to_contain_text("Step 3 of 3")
+        session = stack.call(worker, "GET", "/sessions/current")
+        assert [c["value"] for c in session["checks"]] == [None, 0.3]
+        assert [c["result"] for c in session["checks"]] == ["passed", "passed"]
+        console.assert_clean()
+        page.context.close()

@@ -73,6 +73,40 @@ export function duration(seconds) {
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
+/**
+ * A measurement as the worker typed it: `{value}`, or `{error}` (a sentence to show; nothing
+ * is sent). A comma or a point is the decimal separator, whatever the locale: `0,3` is 0.3,
+ * never 3 (a number field read `0,3` as 3). No thousands separators: `1.234,5` is refused,
+ * and so is `1,234` where the locale groups thousands with a comma (`1.234` where it groups
+ * with a point), since either reading could be meant. The step's unit may follow (`0.3 V`);
+ * another unit is refused.
+ */
+export function readMeasurement(raw, unit, locale = navigator.language) {
+  let text = String(raw).trim().replace(/\u2212/g, '-');
+  const example = 'for example 0.3 or 0,3';
+  if (text === '') return { error: `Enter the value you measured, ${example}.` };
+  const typedUnit = text.match(/^(.*?[\d.,])\s*([^\d\s.,+-].*)$/);
+  if (typedUnit) {
+    if (!unit || typedUnit[2].toLowerCase() !== unit.toLowerCase()) {
+      return { error: `"${typedUnit[2]}" is not this step's unit${unit ? ` (${unit})` : ''}: `
+        + `enter the number only, ${example}.` };
+    }
+    text = typedUnit[1].trim();
+  }
+  if (!/^[+-]?(\d+([.,]\d*)?|[.,]\d+)$/.test(text)) {
+    return { error: `"${raw}" is not a number this page can read: write digits with one `
+      + `decimal comma or point and no thousands separators, ${example}.` };
+  }
+  const group = new Intl.NumberFormat(locale).formatToParts(12345).find((p) => p.type === 'group');
+  if (group && /^[+-]?\d{1,3}[.,]\d{3}$/.test(text) && text.includes(group.value)) {
+    return { error: `"${text}" could be read two ways here: write it without a thousands `
+      + `separator, as ${text.replace(group.value, group.value === ',' ? '.' : ',')} or `
+      + `${text.replace(group.value, '')}.` };
+  }
+  const value = Number(text.replace(',', '.'));
+  return Number.isFinite(value) ? { value } : { error: `Enter a number, ${example}.` };
+}
+
 export function formatNumber(value) {
   return typeof value === 'number' ? String(Number(value.toPrecision(12))) : '';
 }

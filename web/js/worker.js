@@ -2,7 +2,8 @@
 import { h, clear, uuid4 } from './dom.js';
 import { ApiError, describe, get, post, query } from './api.js';
 import {
-  ask, badge, field, formatNumber, lockBadge, notice, pager, rangeText, statusWord, when,
+  ask, badge, field, formatNumber, lockBadge, notice, pager, rangeText, readMeasurement,
+  statusWord, when,
 } from './ui.js';
 
 const HISTORY_PAGE = 10;
@@ -138,15 +139,23 @@ export function mountWorker(root, { outbox, pendingBar }) {
     let valueInput = null;
     if (check.kind === 'measurement') {
       const range = rangeText(check);
+      // Text, not type=number: a number field silently read a decimal comma as nothing.
       valueInput = h('input', {
-        type: 'number', name: 'value', inputmode: 'decimal', step: 'any', required: true,
+        type: 'text', name: 'value', inputmode: 'decimal', required: true,
         autocomplete: 'off', disabled: locked, class: 'value-input',
         value: pending ? formatNumber(pending.body.value) : '',
+      });
+      const reading = h('p', { class: 'hint value-reading', 'aria-live': 'polite' });
+      valueInput.addEventListener('input', () => {
+        const read = readMeasurement(valueInput.value, check.unit);
+        reading.textContent = 'value' in read
+          ? `Will record ${formatNumber(read.value)}${check.unit ? ` ${check.unit}` : ''}` : '';
       });
       const unit = check.unit ? ` (${check.unit})` : '';
       form.append(h('div', { class: 'check-prompt' },
         field(`${check.prompt}${unit}`, valueInput,
-          range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true })));
+          range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true }),
+        reading));
     } else {
       const option = (value, text) => h('label', { class: `choice choice-${value}` },
         h('input', {
@@ -199,15 +208,15 @@ export function mountWorker(root, { outbox, pendingBar }) {
     const body = { step_id: step.id, check_id: uuid4() };
     clear(errors);
     if (step.check.kind === 'measurement') {
-      const raw = valueInput.value.trim();
-      const value = Number(raw);
-      if (raw === '' || !Number.isFinite(value)) {
+      const read = readMeasurement(valueInput.value, step.check.unit);
+      if (!('value' in read)) {
         valueInput.setAttribute('aria-invalid', 'true');
-        notice(errors, 'error', 'Enter the measured value as a number, for example 0.3.');
+        notice(errors, 'error', read.error);
         valueInput.focus();
         return;
       }
-      body.value = value;
+      valueInput.removeAttribute('aria-invalid');
+      body.value = read.value;
     } else {
       const chosen = form.querySelector('input[name="result"]:checked');
       if (!chosen) {
