@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from domain.changes import AuditFacts, SessionChange
+from domain.people import Person
 from domain.sop import SessionPlan, Sop, SopStatus
 from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
 
@@ -110,6 +111,14 @@ class StatsQuery(Protocol):
                  until: datetime | None) -> SopStats: ...
 
 
+class PeopleRepository(Protocol):
+    async def seen(self, person_id: UUID, name: str | None, role: str, at: datetime, *,
+                   stale_before: datetime) -> None: ...
+    async def get(self, person_id: UUID) -> Person | None: ...
+    async def list_page(self, q: str | None, role: str | None, limit: int,
+                        offset: int) -> tuple[list[Person], int]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: committed when its block ends, rolled back when it raises."""
 
@@ -117,6 +126,7 @@ class UnitOfWork(Protocol):
     sops: SopRepository
     audit: AuditRepository
     stats: StatsQuery
+    people: PeopleRepository
 
 
 class Store(Protocol):

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 from domain.audit_chain import GENESIS  # the server default of a new head
+from domain.people import NAME_MAX, SEARCH_KEY_MAX
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
@@ -224,4 +225,20 @@ audit_chains = Table(
     Column("chain", String(80), primary_key=True),
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# The directory of people whose tokens the service accepted (CONTRACT.md v1.2, "People"),
+# written by the API as it authenticates (application/people.note_seen), never with a session
+# change. `id` is the token's user id; `name_key` is the name as searched (domain.people
+# .search_key), so that case-insensitive search and the list's order read one index the same
+# way on both databases (SQLite's lower() folds ASCII only).
+people = Table(
+    "people", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(NAME_MAX)),
+    Column("name_key", String(SEARCH_KEY_MAX)),
+    Column("role", String(16), nullable=False),
+    Column("first_seen", TZ, nullable=False),
+    Column("last_seen", TZ, nullable=False),
+    Index("ix_people_name_key", "name_key", "id"),
 )

@@ -1,5 +1,5 @@
-"""The unit of work (application/ports.py): one transaction with the session, SOP, audit and
-statistics repositories on it; `SqlStore` makes them for one database."""
+"""The unit of work (application/ports.py): one transaction with the session, SOP, audit,
+statistics and people repositories on it; `SqlStore` makes them for one database."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.audit import AuditLog
 from persistence.db import Database
+from persistence.people import PeopleRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
 from persistence.sops import PlanCache, SopRepository
@@ -21,6 +22,7 @@ class UnitOfWork:
         self.sessions = SessionRepository(conn, self.sops)
         self.audit = AuditLog(conn)
         self.stats = SopStatsQuery(conn)
+        self.people = PeopleRepository(conn)
 
 
 class SqlStore:
