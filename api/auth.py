@@ -5,7 +5,10 @@ Two kinds of token (CONTRACT.md): the shared secret's (HS256 by default; `sub` a
 `role` one of the three roles), and, when an identity provider is configured, its own
 (RS256/ES256, api/oidc.py). A token's header says which kind it claims to be; each kind is
 then verified with its own key and its own allow-list, so a token claiming HS256 is checked
-with the shared secret only, never with a provider's public key."""
+with the shared secret only, never with a provider's public key.
+
+Either kind may name the person (`name`, else `preferred_username`: `name_of`); a token
+without a usable name is accepted all the same."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from uuid import UUID
 import jwt
 
 from application.authz import Actor, Role
+from domain.people import display_name
 
 if TYPE_CHECKING:
     from api.oidc import IdentityProvider
@@ -76,7 +80,14 @@ def _shared_secret(token: str, secret: bytes, algorithms: list[str]) -> Actor:
         role = Role(claims.get("role"))
     except ValueError:
         raise Unauthenticated("token 'role' must be worker, supervisor or admin") from None
-    return Actor(id=sub, role=role)
+    return Actor(id=sub, role=role, name=name_of(claims))
+
+
+def name_of(claims: Mapping[str, Any]) -> str | None:
+    """The person's name to show: the `name` claim, else `preferred_username` (OpenID
+    Connect's standard claims), each taken only if it is a string with something to show,
+    cleaned and cut as domain.people.display_name says; else None."""
+    return display_name(claims.get("name"), claims.get("preferred_username"))
 
 
 def canonical_uuid(sub: object) -> UUID | None:

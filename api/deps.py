@@ -16,6 +16,7 @@ from api.auth import Unauthenticated
 from api.schemas import Problem
 from application.authz import Actor, authorize
 from application.context import Context
+from application.people import note_seen
 from domain.errors import InvalidInput, NotFound, Unavailable
 
 _bearer = HTTPBearer(auto_error=False, description="JWT: sub = user UUID, role, exp")
@@ -34,10 +35,17 @@ async def get_ctx(request: Request) -> Context:
 async def current_actor(request: Request,
                         creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
                         ) -> Actor:
+    """The caller, once per request (FastAPI caches a dependency within a request), and the
+    one place where the directory of people learns of them (`note_seen`: nothing to write,
+    and so no cost, unless something changed)."""
     header = request.headers.get("authorization")
     if creds is None and not header:
         raise Unauthenticated("missing bearer token")
-    return await request.app.state.auth.actor(header)
+    actor: Actor = await request.app.state.auth.actor(header)
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is not None:  # None while the service starts: no database to write to yet
+        await note_seen(ctx, actor)
+    return actor
 
 
 async def request_id(request: Request) -> str | None:

@@ -38,7 +38,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from api.auth import PROVIDER_ALGORITHMS as ALGORITHMS
-from api.auth import Unauthenticated, canonical_uuid, check_numeric_dates
+from api.auth import Unauthenticated, canonical_uuid, check_numeric_dates, name_of
 from application.authz import Actor, Role
 from domain.errors import Forbidden, Unavailable
 from worksession.settings import https_or_loopback
@@ -91,7 +91,7 @@ class IdentityProvider:
             raise Unauthenticated(f"invalid token: {e}") from None
         check_numeric_dates(claims)
         return Actor(id=user_id(str(claims["sub"]), str(claims["iss"])),
-                     role=self._role(claims.get(self.role_claim)))
+                     role=self._role(claims.get(self.role_claim)), name=name_of(claims))
 
     def _role(self, claim: object) -> Role:
         values = claim if isinstance(claim, list) else [claim]

@@ -17,8 +17,12 @@ class Role(StrEnum):
 
 @dataclass(frozen=True)
 class Actor:
+    """Who makes a request, as their token says: the user id, the role (after an identity
+    provider's mapping) and the name to show (domain.people.display_name), if any."""
+
     id: UUID
     role: Role
+    name: str | None = None
 
 
 W, S, A = Role.WORKER, Role.SUPERVISOR, Role.ADMIN
@@ -34,6 +38,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "session.override": frozenset({S, A}),  # approve, reopen
     "audit.read": frozenset({S, A}),
     "ops": frozenset({A}),
+    "people.read": frozenset({S, A}),
 }
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from application.authz import Actor, Role
 from application.metrics import Meter, NoMeter, count_written
 from application.ports import SessionWorkflows, Store, UnitOfWork
 
@@ -35,11 +36,50 @@ class OwnerCache:
         self.owners[session_id] = owner
 
 
+@dataclass(frozen=True)
+class Seen:
+    name: str | None
+    role: Role
+    at: datetime
+
+
+@dataclass
+class SeenPeople:
+    """What this process last wrote to the directory of people, per person, so that a
+    request whose caller it already wrote costs nothing: a write is due only for someone not
+    written yet, a role or a name that differs (a token without a name keeps the known
+    one), or a `last_seen` older than `every`. Bounded; the oldest go first (and are simply
+    written again when seen again)."""
+
+    every: timedelta = timedelta(minutes=1)
+    limit: int = 100_000
+    seen: dict[UUID, Seen] = field(default_factory=dict)
+
+    def due(self, actor: Actor, now: datetime) -> bool:
+        last = self.seen.get(actor.id)
+        return (last is None or last.role != actor.role or now - last.at >= self.every
+                or (actor.name is not None and actor.name != last.name))
+
+    def written(self, actor: Actor, now: datetime) -> None:
+        last = self.seen.pop(actor.id, None)
+        if len(self.seen) >= self.limit:
+            self.seen.pop(next(iter(self.seen)))
+        name = actor.name if actor.name is not None or last is None else last.name
+        self.seen[actor.id] = Seen(name, actor.role, now)
+
+    def name_of(self, person_id: UUID) -> str | None:
+        """The name this process last wrote for them (the directory's, unless another
+        process has written a newer one since)."""
+        last = self.seen.get(person_id)
+        return last.name if last is not None else None
+
+
 @dataclass
 class Context:
     store: Store
     workflows: SessionWorkflows
     owners: OwnerCache = field(default_factory=OwnerCache)
+    people: SeenPeople = field(default_factory=SeenPeople)
     clock: Callable[[], datetime] = utcnow
     meter: Meter = field(default_factory=NoMeter)
 

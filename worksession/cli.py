@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--role", required=True, choices=["worker", "supervisor", "admin"])
     tok.add_argument("--sub", type=UUID, default=None, help="user UUID (default: a new one)")
     tok.add_argument("--ttl", default="8h", help="lifetime, e.g. 30m, 8h, 2d")
+    tok.add_argument("--name", default=None,
+                     help="the person's name (the `name` claim; the directory of people and "
+                          "the console show it)")
     tok.add_argument("--data-dir", type=Path, default=Path("./data"))
 
     sub.add_parser("migrate", help="bring the database schema up to date")
@@ -165,7 +168,7 @@ def _token(args: argparse.Namespace) -> int:
         ttl = parse_ttl(args.ttl)
     except ValueError as e:
         return _fail(str(e))
-    print(mint(secret, args.role, args.sub or uuid4(), ttl))
+    print(mint(secret, args.role, args.sub or uuid4(), ttl, name=args.name))
     return 0
 
 

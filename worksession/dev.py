@@ -282,6 +282,10 @@ def _metrics_lines(api_metrics: list[int], worker_metrics: int) -> str:
     return f"  Metrics:      {api} (API)\n                {worker} (worker)"
 
 
+# The development users' names (the `name` claim of the tokens `dev` prints).
+DEV_NAMES = {"worker": "Dev Worker", "supervisor": "Dev Supervisor"}
+
+
 def dev_users(data_dir: Path) -> dict[str, str]:
     """Stable development users, so the printed tokens name the same people each run."""
     path = data_dir / "dev-users.json"
@@ -296,8 +300,10 @@ def _banner(settings: Settings, data_dir: Path, secret: bytes, port: int,
             api_processes: int, api_metrics: list[int], worker_metrics: int) -> None:
     users = dev_users(data_dir)
     ttl = timedelta(hours=12)
-    worker_token = mint(secret, "worker", UUID(users["worker"]), ttl)
-    supervisor_token = mint(secret, "supervisor", UUID(users["supervisor"]), ttl)
+    worker_token = mint(secret, "worker", UUID(users["worker"]), ttl,
+                        name=DEV_NAMES["worker"])
+    supervisor_token = mint(secret, "supervisor", UUID(users["supervisor"]), ttl,
+                            name=DEV_NAMES["supervisor"])
     console = f"http://{HOST}:{port}/app/"
     # the console links to the Temporal UI on this host's port 8233 unless told otherwise
     ui = "" if settings.temporal_ui_url.endswith(":8233") else \
@@ -310,13 +316,13 @@ Work Session Service is running (data in {data_dir}; {apis}, 1 worker, Temporal 
   Ready check:  http://{HOST}:{port}/readyz
 {_metrics_lines(api_metrics, worker_metrics)}
 
-  Worker token (user {users['worker']}, 12 h):
+  Worker token ({DEV_NAMES['worker']}, user {users['worker']}, 12 h):
     {worker_token}
-  Supervisor token (user {users['supervisor']}, 12 h):
+  Supervisor token ({DEV_NAMES['supervisor']}, user {users['supervisor']}, 12 h):
     {supervisor_token}
   Web console sign-in links:
     worker:      {console}#token={worker_token}
     supervisor:  {console}#token={supervisor_token}{ui}
-  More: worksession token --role worker|supervisor|admin --data-dir {data_dir}
+  More: worksession token --role worker|supervisor|admin [--name NAME] --data-dir {data_dir}
 
 Ctrl-C stops everything.""", flush=True)

@@ -22,12 +22,17 @@ def parse_ttl(text: str) -> timedelta:
 
 
 def mint(secret: bytes, role: str, sub: UUID | None = None,
-         ttl: timedelta = timedelta(hours=8), algorithm: str = "HS256") -> str:
+         ttl: timedelta = timedelta(hours=8), algorithm: str = "HS256",
+         name: str | None = None) -> str:
+    """`name`: the person's name, as the `name` claim (the directory of people shows it)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     now = datetime.now(UTC)
-    claims = {"sub": str(sub or uuid4()), "role": role, "iat": int(now.timestamp()),
-              "exp": int((now + ttl).timestamp())}
+    claims: dict[str, object] = {"sub": str(sub or uuid4()), "role": role,
+                                 "iat": int(now.timestamp()),
+                                 "exp": int((now + ttl).timestamp())}
+    if name is not None:
+        claims["name"] = name
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
