@@ -16,7 +16,7 @@ from api.auth import Authenticator
 from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
-from api.routers import audit, health, ops, sessions, sops
+from api.routers import audit, health, ops, people, sessions, sops
 from api.web import mount_web
 from application.context import Context
 from application.metrics import NoMeter
@@ -99,7 +99,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
     # Every inner wait has its own bound; this caps their sum (see api.routing).
     app.state.request_deadline = settings.request_timeout_seconds + 5
     problems.install(app)
-    for r in (health.router, sops.router, sessions.router, audit.router, ops.router):
+    for r in (health.router, sops.router, sessions.router, audit.router, ops.router,
+              people.router):
         app.include_router(r)
     mount_web(app)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,

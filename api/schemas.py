@@ -284,6 +284,26 @@ class SessionSummary(BaseModel):
     needs_attention: bool
 
 
+class PersonOut(BaseModel):
+    """Someone whose token the service has accepted, as their latest token showed them."""
+
+    id: UUID
+    name: str | None = Field(description="the token's `name`, else `preferred_username`; "
+                             "null when no token of theirs carried one")
+    role: Literal["worker", "supervisor", "admin"]
+    first_seen: datetime
+    last_seen: datetime = Field(description="their latest request, to within a minute")
+
+
+class MeOut(BaseModel):
+    """The caller as the API sees them: the role is the one the API decides on (an identity
+    provider's claim after `WORKSESSION_ROLE_MAP`), not whatever the token's `role` says."""
+
+    id: UUID
+    name: str | None = Field(description="the name the caller's token carries, if any")
+    role: Literal["worker", "supervisor", "admin"]
+
+
 class AuditEntryOut(BaseModel):
     """Exactly the fields the hash covers, serialised as hashed: `hash` is
     sha256(prev_hash + JSON of every other field, keys sorted, separators (",", ":"),

@@ -135,10 +135,11 @@ def bearer(role: str, sub: UUID | None = None, **kw: Any) -> dict[str, str]:
 class User:
     id: UUID
     role: str
+    name: str | None = None  # the token's `name` claim
 
     @property
     def h(self) -> dict[str, str]:
-        return bearer(self.role, self.id)
+        return bearer(self.role, self.id, name=self.name)
 
 
 @pytest.fixture

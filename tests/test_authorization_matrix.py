@@ -90,7 +90,8 @@ class Row:
     method: str
     path: str                         # as the app spells it, with every path id as {id}
     expect: dict[str, int]            # caller -> exact status
-    target: str | None = None         # what {id} is: "session", "sop" (confirmed), "draft"
+    target: str | None = None         # what {id} is: "session", "sop" (confirmed), "draft",
+    #                                   "person" (the owner, in the directory of people)
     prep: str | None = None           # owner's session state: None (in progress), pause, ...
     body: Body | None = None
     verify: Verify | None = None      # extra checks on an allowed answer
@@ -169,6 +170,21 @@ def verify_started(w: World, caller: str, r: httpx.Response) -> None:
         assert me is not None and r.json()["worker_id"] == str(me.id), r.json()
 
 
+def verify_people(w: World, caller: str, r: httpx.Response) -> None:
+    # every caller who made a request is in the directory; the owner has run a session
+    assert r.json()["total"] >= 1, r.json()
+
+
+def verify_person(w: World, caller: str, r: httpx.Response) -> None:
+    assert r.json()["id"] == str(w.owner.id) and r.json()["role"] == "worker", r.json()
+
+
+def verify_me(w: World, caller: str, r: httpx.Response) -> None:
+    me = w.users[caller]
+    assert me is not None
+    assert r.json() == {"id": str(me.id), "name": me.name, "role": me.role}, r.json()
+
+
 def verify_stats(w: World, caller: str, r: httpx.Response) -> None:
     assert r.json()["sessions"]["in_progress"] >= 1, r.json()  # the owner's session
 
@@ -221,6 +237,11 @@ TABLE: list[Row] = [
         changes=False),
     Row("POST", "/api/v1/ops/sessions/{id}/retry",
         {ANON: 401, OWNER: 403, OTHER: 404, SUP: 403, ADMIN: 409}, target="session"),
+    # --- people (v1.2): the directory is for supervisors and admins; /me for everyone ---
+    Row("GET", "/api/v1/people", by_role(403, 200), verify=verify_people, changes=False),
+    Row("GET", "/api/v1/people/{id}", by_role(403, 200), target="person",
+        verify=verify_person, changes=False),
+    Row("GET", "/api/v1/me", by_role(200, 200), verify=verify_me, changes=False),
 ]
 
 # Known defects of the service, by case id -> "BUG: ...": they become strict xfails.
@@ -311,8 +332,8 @@ async def snapshot(w: World, row: Row) -> Any:
 
 
 def target_id(w: World, row: Row) -> str:
-    return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"]}[
-        row.target or ""]
+    return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"],
+            "person": str(w.owner.id)}[row.target or ""]
 
 
 def assert_problem(r: httpx.Response) -> None:
