@@ -162,6 +162,7 @@ class SopRef(BaseModel):
 
 
 SessionStatusName = Literal["in_progress", "paused", "completed", "cancelled"]
+WORKER_NAME = "the worker's name in the directory of people; null when it has none"
 
 
 class StepTimeOut(BaseModel):
@@ -178,6 +179,7 @@ class SessionOut(BaseModel):
     status: SessionStatusName
     sop: SopRef
     worker_id: UUID
+    worker_name: str | None = Field(None, description=WORKER_NAME)
     current_step_id: UUID | None
     current_step: CurrentStep | None
     next_step: StepRef | None
@@ -203,9 +205,10 @@ class SessionOut(BaseModel):
 
     @classmethod
     def of(cls, session: WorkSession, *, workflow_id: str | None, run_id: str | None,
-           now: datetime | None) -> SessionOut:
+           now: datetime | None, worker_name: str | None = None) -> SessionOut:
         """The session in the contract's shape (the API's answers, the workflow's query and
-        the audit export all use it); `now` counts the current step's time up to then."""
+        the audit export all use it); `now` counts the current step's time up to then;
+        `worker_name` as the stored session has it (the workflow's query has none)."""
         s, plan = session.state, session.plan
         current = next_step = None
         if s.current_step_id is not None:
@@ -223,7 +226,8 @@ class SessionOut(BaseModel):
         return cls(
             id=s.id, status=s.status.value,
             sop=SopRef(id=s.sop_id, title=s.sop_title, version=s.sop_version),
-            worker_id=s.worker_id, current_step_id=s.current_step_id, current_step=current,
+            worker_id=s.worker_id, worker_name=worker_name,
+            current_step_id=s.current_step_id, current_step=current,
             next_step=next_step, checks=s.checks,
             started_at=s.started_at, paused_at=s.paused_at, paused_reason=s.paused_reason,
             paused_seconds=round(s.paused_seconds, 3), completed_at=s.completed_at,
@@ -277,6 +281,7 @@ class SessionSummary(BaseModel):
     status: SessionStatusName
     sop: SopRef
     worker_id: UUID
+    worker_name: str | None = Field(None, description=WORKER_NAME)
     started_at: datetime
     completed_at: datetime | None
     cancelled_at: datetime | None

@@ -20,11 +20,13 @@ from domain.work_session import CheckSubmission, SessionFilter, SessionState, Wo
 
 @dataclass
 class StoredSession:
-    """A session as recorded: the aggregate (its row and its SOP's plan) and its run."""
+    """A session as recorded: the aggregate (its row and its SOP's plan) and its run, and its
+    worker's name as the directory of people has it (None when it has none)."""
 
     session: WorkSession
     workflow_id: str
     run_id: str | None
+    worker_name: str | None = None
 
     @property
     def state(self) -> SessionState:

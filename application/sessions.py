@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -171,7 +171,14 @@ async def start_session(ctx: Context, actor: Actor, sop_id: UUID,
         raise SopNotStartable("the SOP was archived or deleted while the session started")
     _log_written(change, new)
     ctx.owners.remember(session.state.id, actor.id)
-    return StoredSession(session, change.workflow_id, change.run_id)
+    return StoredSession(session, change.workflow_id, change.run_id, _own_name(ctx, actor))
+
+
+def _own_name(ctx: Context, actor: Actor) -> str | None:
+    """The caller's name in the directory, for an answer about their own session that is not
+    read from the database (a start, the live run's): this request has just written it there
+    if it differed (api/deps.current_actor), so this process's memo knows it."""
+    return ctx.people.name_of(actor.id)
 
 
 async def _start_run(ctx: Context, plan: SessionPlan, state: Any,
@@ -372,7 +379,7 @@ async def reopen_session(ctx: Context, access: Access, reason: str, step_id: UUI
             now.session.copy().reopen(ctx.clock(), step_id)
             raise Conflict("the session changed while it was being reopened; try again")
         _log_written(change, new)
-        return StoredSession(session, stored.workflow_id, change.run_id)
+        return StoredSession(session, stored.workflow_id, change.run_id, stored.worker_name)
 
     return await _audited(ctx, access.session_id, facts, reopen)
 
@@ -387,7 +394,7 @@ async def current_session(ctx: Context, actor: Actor) -> StoredSession:
     try:
         live = await ctx.workflows.live(actor.id)
         if live.session.is_active:
-            return live
+            return replace(live, worker_name=_own_name(ctx, actor))
     except RunClosed:
         pass
     # No open run holds an active session; the database may still (a run terminated by

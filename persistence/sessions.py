@@ -34,7 +34,7 @@ from domain.work_session import (
 from persistence.audit import AuditLog
 from persistence.db import dialect_insert
 from persistence.sops import SopRepository
-from persistence.tables import session_checks, session_steps, sops, work_sessions
+from persistence.tables import people, session_checks, session_steps, sops, work_sessions
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
@@ -145,7 +145,7 @@ class SessionRepository:
                                     work_sessions.c.status.in_(ACTIVE_VALUES)), with_checks)
 
     async def _one(self, cond: object, with_checks: bool) -> StoredSession | None:
-        row = (await self.conn.execute(select(work_sessions).where(cond))).mappings().first()
+        row = (await self.conn.execute(_SESSIONS.where(cond))).mappings().first()
         return await self._stored(row, with_checks) if row is not None else None
 
     async def _stored(self, row: Any, with_checks: bool) -> StoredSession:
@@ -153,7 +153,7 @@ class SessionRepository:
         if with_checks:
             state.step_times = await self._step_times(row["id"])
         session = WorkSession(plan=await self._sops.plan(state.sop_id), state=state)
-        return StoredSession(session, row["workflow_id"], row["run_id"])
+        return StoredSession(session, row["workflow_id"], row["run_id"], row["worker_name"])
 
     async def _checks(self, session_id: UUID) -> list[Check]:
         rows = (await self.conn.execute(_CHECKS_OF, {"sid": session_id})).mappings().all()
@@ -190,8 +190,10 @@ class SessionRepository:
                                          .where(where))).scalar_one()
         rows = (await self.conn.execute(
             select(c.id, c.status, c.sop_id, c.sop_title, c.sop_version, c.worker_id,
-                   c.started_at, c.completed_at, c.cancelled_at, c.locked, c.needs_attention)
-            .where(where).order_by(c.started_at.desc(), c.id.desc()).limit(limit)
+                   _WORKER_NAME, c.started_at, c.completed_at, c.cancelled_at, c.locked,
+                   c.needs_attention)
+            .select_from(_WITH_WORKER).where(where)
+            .order_by(c.started_at.desc(), c.id.desc()).limit(limit)
             .offset(offset))).mappings().all()
         return [dict(r) for r in rows], total
 
@@ -199,8 +201,8 @@ class SessionRepository:
                                        limit: int = 1000) -> list[StoredSession]:
         """Active sessions untouched since `before` (ops: candidates for a lost workflow)."""
         rows = (await self.conn.execute(
-            select(work_sessions).where(work_sessions.c.status.in_(ACTIVE_VALUES),
-                                        work_sessions.c.updated_at < before)
+            _SESSIONS.where(work_sessions.c.status.in_(ACTIVE_VALUES),
+                            work_sessions.c.updated_at < before)
             .order_by(work_sessions.c.updated_at).limit(limit))).mappings().all()
         return [await self._stored(r, with_checks=False) for r in rows]
 
@@ -216,6 +218,13 @@ class SessionRepository:
                                         .where(c.sop_id == sop_id, c.status.in_(ACTIVE_VALUES))
                                         .order_by(c.started_at))).all()
         return [ActiveSessionRef(r.id, r.worker_id, r.started_at) for r in rows]
+
+
+# A session's row with its worker's name from the directory of people, in the same SELECT
+# (a session's worker need not be in the directory: rows before it, tokens not seen since).
+_WITH_WORKER = work_sessions.outerjoin(people, people.c.id == work_sessions.c.worker_id)
+_WORKER_NAME = people.c.name.label("worker_name")
+_SESSIONS = select(work_sessions, _WORKER_NAME).select_from(_WITH_WORKER)
 
 
 # Statements are built once (per dialect) and carry no literal values: they run on every
@@ -250,9 +259,10 @@ def _checks_insert(is_sqlite: bool) -> Any:
 
 @functools.cache
 def _session_by_id(for_update: bool) -> Any:
-    stmt = select(work_sessions).where(work_sessions.c.id == bindparam("sid"))
-    # FOR NO KEY UPDATE: holds the row, lets foreign-key checks through (PostgreSQL)
-    return stmt.with_for_update(key_share=True) if for_update else stmt
+    stmt = _SESSIONS.where(work_sessions.c.id == bindparam("sid"))
+    # FOR NO KEY UPDATE: holds the session's row, lets foreign-key checks through
+    # (PostgreSQL); the directory's row is only read
+    return stmt.with_for_update(key_share=True, of=work_sessions) if for_update else stmt
 
 
 _OWNER = select(work_sessions.c.worker_id).where(work_sessions.c.id == bindparam("sid"))

@@ -239,7 +239,7 @@ def shown(stored: Any) -> dict[str, Any]:
     """A use case's answer (a StoredSession) as the API shows it."""
     from api.schemas import SessionOut
     return SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
-                         now=None).model_dump(mode="json")
+                         now=None, worker_name=stored.worker_name).model_dump(mode="json")
 
 
 def submission(*, step_id: Any, check_id: UUID | None = None, **content: Any) -> Any:

@@ -209,7 +209,7 @@ def _shown(stored: Any, now: Any) -> dict[str, Any]:
     """A session as the API shows it."""
     from api.schemas import SessionOut
     return SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
-                         now=now).model_dump(mode="json")
+                         now=now, worker_name=stored.worker_name).model_dump(mode="json")
 
 
 def _audit(args: argparse.Namespace) -> int:

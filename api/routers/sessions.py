@@ -49,7 +49,7 @@ def answer(ctx: Context, stored: StoredSession, status: int = 200) -> Response:
     """The session in the contract's shape, serialised once from its model (a returned
     Response skips FastAPI's second validation of it)."""
     out = SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
-                        now=ctx.clock())
+                        now=ctx.clock(), worker_name=stored.worker_name)
     return Response(out.model_dump_json(), status, media_type="application/json")
 
 
@@ -57,7 +57,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "status": row["status"],
             "sop": {"id": row["sop_id"], "title": row["sop_title"],
                     "version": row["sop_version"]},
-            "worker_id": row["worker_id"], "started_at": row["started_at"],
+            "worker_id": row["worker_id"], "worker_name": row["worker_name"],
+            "started_at": row["started_at"],
             "completed_at": row["completed_at"], "cancelled_at": row["cancelled_at"],
             "locked": row["locked"], "needs_attention": row["needs_attention"]}
 
