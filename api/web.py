@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
 
 log = logging.getLogger("worksession.api")
@@ -47,7 +47,8 @@ class _ConsoleFiles(StaticFiles):
 
 
 def mount_web(app: FastAPI) -> None:
-    """Serve the console at `/app` (and `/app/`, `/app/index.html`, its assets)."""
+    """Serve the console at `/app` (and `/app/`, `/app/index.html`, its assets); `/` sends
+    a browser there."""
     root = web_dir()
     index = root / "index.html"
     if not index.is_file():
@@ -58,5 +59,11 @@ def mount_web(app: FastAPI) -> None:
     async def console_index() -> FileResponse:
         # `/app` without the slash serves the page itself; its <base href> finds the assets.
         return FileResponse(index, headers=SECURITY_HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    async def to_console() -> RedirectResponse:
+        # 307, not 301: a permanent redirect would be cached by browsers for good, and `/`
+        # may serve something else one day.
+        return RedirectResponse(f"{PREFIX}/", status_code=307)
 
     app.mount(PREFIX, _ConsoleFiles(directory=root, html=True), name="web-console")
