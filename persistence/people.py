@@ -41,8 +41,9 @@ class PeopleRepository:
         """People by name (case-insensitively; the nameless last), then id. `q`: names that
         contain it, as plain text (`%`, `_` and the escape character match themselves)."""
         conds: list[Any] = []
-        if q:
-            conds.append(people.c.name_key.contains(search_key(q), autoescape=True))
+        key = search_key(q) if q else ""
+        if key:  # a q of nothing but spaces (or invisible characters) selects everyone
+            conds.append(people.c.name_key.contains(key, autoescape=True))
         if role is not None:
             conds.append(people.c.role == role)
         total = (await self.conn.execute(

@@ -231,8 +231,10 @@ async def test_q_is_plain_text_wildcards_quotes_and_markup_included(
     r = await http.get(PEOPLE, params={"q": f"{t} <script>"}, headers=supervisor.h)
     assert r.headers["content-type"] == "application/json"
     assert r.json()["items"][0]["name"] == names["script"]
-    # a q with characters no name holds is still a search: it finds nothing, refuses nothing
+    # characters no name holds are read as a name's would be: not refused, not an error
     assert await named(f"{t}\x00\u202e") == sorted(names.values())
+    # nothing to search for is no filter (the nameless included), not "has a name"
+    assert (await found(http, supervisor, q=" \n "))["total"] == everyone
 
 
 async def test_role_selects_people_by_their_role(http: httpx.AsyncClient,
