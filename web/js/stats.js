@@ -3,7 +3,7 @@
 // figures in a table for screen readers and for copying.
 import { h, clear, uid } from './dom.js';
 import { describe, get, query } from './api.js';
-import { duration, field, notice } from './ui.js';
+import { dayRange, duration, field, notice } from './ui.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -59,7 +59,7 @@ export function showSopStats(root, sop, { back }) {
     h('h1', { id: 'stats-title', tabindex: '-1' }, `Statistics: ${sop.title} `,
       h('span', { class: 'muted' }, `v${sop.version}`)),
     h('form', { class: 'filters', 'aria-label': 'Sessions started', onsubmit: (e) => { e.preventDefault(); load(); } },
-      field('Started from', since), field('Started before', until),
+      field('Started from', since), field('Started to', until, 'That day included'),
       h('button', { type: 'submit', class: 'secondary' }, 'Show')),
     messages, area);
   since.addEventListener('change', load);
@@ -69,7 +69,8 @@ export function showSopStats(root, sop, { back }) {
   async function load() {
     let stats;
     try {
-      stats = await get(`/sops/${sop.id}/stats${query({ since: since.value, until: until.value })}`);
+      const { after, before } = dayRange(since.value, until.value);
+      stats = await get(`/sops/${sop.id}/stats${query({ since: after, until: before })}`);
       notice(messages, 'info', '');
     } catch (error) {
       notice(messages, 'error', describe(error));

@@ -3,8 +3,8 @@
 import { h, clear } from './dom.js';
 import { ApiError, describe, get, post, query } from './api.js';
 import {
-  ask, badge, duration, field, formatNumber, lockBadge, notice, pager, rangeText, shortId, statusWord,
-  when,
+  ask, badge, dayRange, duration, field, formatNumber, lockBadge, notice, pager, personName, rangeText,
+  shortId, statusWord, when,
 } from './ui.js';
 import { mountSopEditor } from './editor.js';
 import { showSopStats } from './stats.js';
@@ -29,12 +29,12 @@ function explain(error) {
   return describe(error);
 }
 
-// The session list's filters: the API's query parameters, kept in the page's address so a
-// filtered list can be bookmarked or sent. `started_before` is the day after the "to" date.
+// The session list's filters, kept in the page's address so a filtered list can be
+// bookmarked or sent: the API's query parameters, but for the days "from" and "to" (that day
+// included; `dayRange` turns them into instants for the API).
 const FILTERS = ['status', 'sop_id', 'sop_family_id', 'worker_id', 'needs_attention', 'locked',
-  'started_after', 'started_before', 'limit', 'offset'];
+  'from', 'to', 'limit', 'offset'];
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const DAY = /^\d{4}-\d{2}-\d{2}$/;
 export const REFRESH_MS = 5000;
 
 function filtersFromAddress() {
@@ -45,10 +45,58 @@ function filtersFromAddress() {
   return f;
 }
 
-function dayShift(day, days) {
-  const d = new Date(`${day}T00:00:00Z`);
-  d.setUTCDate(d.getUTCDate() + days);
-  return d.toISOString().slice(0, 10);
+/** The API's query for the filters: the days become instants. */
+function sessionQuery(filters) {
+  const { from, to, ...params } = filters;
+  const { after, before } = dayRange(from, to);
+  if (!params.offset) delete params.offset;
+  return { ...params, started_after: after, started_before: before };
+}
+
+/**
+ * The worker filter's name search: as the supervisor types, the directory's matching workers
+ * are offered (a datalist); `resolve()` turns what the field holds into a worker id: a person
+ * offered, a whole id, or a text that names exactly one worker. What is typed is only ever a
+ * search text (the API matches it as text).
+ */
+function peopleSearch(input, list) {
+  const offered = new Map(); // label -> id
+  const label = (p) => {
+    const text = `${p.name || 'No name'} (${shortId(p.id)})`;
+    offered.set(text, p.id);
+    return text;
+  };
+  const find = async (text, limit) => (await get(`/people${query({ q: text, role: 'worker', limit })}`)).items;
+  let timer = null;
+  input.addEventListener('input', () => {
+    clearTimeout(timer);
+    const text = input.value.trim();
+    if (!text || offered.has(text) || UUID.test(text)) return;
+    timer = setTimeout(async () => {
+      try {
+        const found = await find(text, 10);
+        clear(list).append(...found.map((p) => h('option', { value: label(p) })));
+      } catch {
+        // the filter still takes a whole id, or a name on Refresh
+      }
+    }, 250);
+  });
+  return {
+    label,
+    async resolve() {
+      const text = input.value.trim();
+      if (!text) return { id: '', problem: '' };
+      if (offered.has(text)) return { id: offered.get(text), problem: '' };
+      if (UUID.test(text)) return { id: text.toLowerCase(), problem: '' };
+      const found = await find(text, 2);
+      if (found.length === 1) {
+        input.value = label(found[0]);
+        return { id: found[0].id, problem: '' };
+      }
+      return { id: '', problem: found.length ? `More than one worker's name holds "${text}": pick one from the list.`
+        : `No worker's name holds "${text}".` };
+    },
+  };
 }
 
 export function mountSupervisor(root, { nav, temporalUi }) {
@@ -75,6 +123,40 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     return sops.get(id);
   }
 
+  const people = new Map(); // id -> the directory's person (null: not in it), asked once per page
+  async function person(id) {
+    if (!people.has(id)) {
+      try {
+        people.set(id, await get(`/people/${id}`));
+      } catch (error) {
+        if (!(error instanceof ApiError && error.status === 404)) throw error;
+        people.set(id, null);
+      }
+    }
+    return people.get(id);
+  }
+
+  /** Names of the people `ids` (a Map id -> name or null); an id the directory cannot give stays without. */
+  async function namesOf(ids) {
+    const unique = [...new Set(ids.filter(Boolean))];
+    const found = await Promise.all(unique.map((id) => person(id).catch(() => null)));
+    return new Map(unique.map((id, i) => [id, found[i]?.name || null]));
+  }
+
+  /** All of a session's audit entries, oldest first (null when the log cannot be read). */
+  async function sessionEntries(sessionId) {
+    const entries = [];
+    try {
+      for (;;) {
+        const page = await get(`/audit${query({ session_id: sessionId, limit: 100, offset: entries.length })}`);
+        entries.push(...page.items);
+        if (!page.items.length || entries.length >= page.total || entries.length >= 2000) return entries;
+      }
+    } catch {
+      return null;
+    }
+  }
+
   /** Confirmed and archived SOPs, for the SOP filter (sessions exist of those only). */
   async function catalog() {
     const [confirmed, archived] = await Promise.all([
@@ -94,9 +176,10 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       h('option', { value: '' }, 'All'),
       STATUSES.map((s) => h('option', { value: s, selected: filters.status === s }, statusWord(s))));
     const sop = h('select', { name: 'sop' }, h('option', { value: '' }, 'All SOPs'));
+    const choices = h('datalist', { id: 'worker-choices' });
     const worker = h('input', {
-      type: 'search', name: 'worker', value: filters.worker_id, autocomplete: 'off',
-      spellcheck: 'false', placeholder: 'a worker\'s full ID',
+      type: 'search', name: 'worker', autocomplete: 'off', spellcheck: 'false', list: choices.id,
+      placeholder: 'Type a name',
     });
     const attention = h('input', {
       type: 'checkbox', name: 'attention', checked: filters.needs_attention === 'true', id: 'f-attention',
@@ -104,31 +187,41 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     const approval = h('select', { name: 'locked' },
       [['', 'Any'], ['false', 'Not approved'], ['true', 'Approved and locked']]
         .map(([v, text]) => h('option', { value: v, selected: filters.locked === v }, text)));
-    const from = h('input', { type: 'date', name: 'from', value: filters.started_after });
-    const to = h('input', {
-      type: 'date', name: 'to', value: filters.started_before ? dayShift(filters.started_before, -1) : '',
-    });
+    const from = h('input', { type: 'date', name: 'from', value: filters.from });
+    const to = h('input', { type: 'date', name: 'to', value: filters.to });
     const limit = h('select', { name: 'limit' },
       [20, 50, 100].map((n) => h('option', { value: n, selected: filters.limit === n }, String(n))));
-    const workerField = field('Worker ID', worker, 'Paste the whole ID', { hintFirst: false });
+    const workerHint = 'A name, or part of one';
+    const workerField = field('Worker', worker, workerHint, { hintFirst: false });
+    workerField.append(choices);
+    const workerSearch = peopleSearch(worker, choices);
+    if (filters.worker_id) {
+      person(filters.worker_id).then((p) => { worker.value = workerSearch.label(p); }).catch(() => {
+        worker.value = filters.worker_id;
+      });
+    }
 
-    function apply() {
-      const id = worker.value.trim();
-      const badWorker = id !== '' && !UUID.test(id);
-      if (badWorker) worker.setAttribute('aria-invalid', 'true');
+    async function apply() {
+      let workerId = filters.worker_id;
+      let problem = '';
+      try {
+        ({ id: workerId, problem } = await workerSearch.resolve());
+      } catch (error) {
+        problem = describe(error);
+      }
+      if (problem) worker.setAttribute('aria-invalid', 'true');
       else worker.removeAttribute('aria-invalid');
-      workerField.querySelector('.hint').textContent = badWorker
-        ? 'Not a worker ID: paste the whole ID (a UUID).' : 'Paste the whole ID';
+      workerField.querySelector('.hint').textContent = problem || workerHint;
       const [kind, value] = sop.value ? sop.value.split(':') : ['', ''];
       Object.assign(filters, {
         status: status.value,
         sop_id: kind === 'sop' ? value : '',
         sop_family_id: kind === 'family' ? value : '',
-        worker_id: badWorker ? filters.worker_id : id,
+        worker_id: problem ? filters.worker_id : workerId,
         needs_attention: attention.checked ? 'true' : '',
         locked: approval.value,
-        started_after: DAY.test(from.value) ? from.value : '',
-        started_before: DAY.test(to.value) ? dayShift(to.value, 1) : '',
+        from: from.value,
+        to: to.value,
         limit: Number(limit.value),
         offset: 0,
       });
@@ -147,7 +240,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         workerField,
         field('Approval', approval),
         field('Started from', from),
-        field('Started to', to),
+        field('Started to', to, 'That day included'),
         h('div', { class: 'field check-field' }, attention, h('label', { for: 'f-attention' }, 'Needs attention only')),
         field('Per page', limit),
         h('button', { type: 'submit', class: 'secondary' }, 'Refresh')),
@@ -175,11 +268,10 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     /** Fetch the page the filters select; redraw only if it changed (keeps the focus). */
     async function load({ quiet = false } = {}) {
       const params = Object.fromEntries(FILTERS.map((k) => [k, filters[k]]));
-      if (!params.offset) delete params.offset;
-      const address = query({ ...params, limit: params.limit === 20 ? '' : params.limit });
+      const address = query({ ...params, offset: params.offset || '', limit: params.limit === 20 ? '' : params.limit });
       if (!quiet) history.replaceState(null, '', `${location.pathname}${address}${location.hash}`);
       try {
-        page = await get(`/sessions${query(params)}`);
+        page = await get(`/sessions${query(sessionQuery(params))}`);
         if (!quiet) notice(messages, 'info', '');
       } catch (error) {
         if (quiet) return; // the next round tries again; the list on screen stays
@@ -210,9 +302,9 @@ export function mountSupervisor(root, { nav, temporalUi }) {
             h('td', {}, when(s.started_at)),
             h('td', {}, h('button', {
               type: 'button', class: 'link', onclick: () => showDetail(s.id), dataset: { key: s.id },
-              'aria-label': `Open ${s.sop.title}, worker ${shortId(s.worker_id)}, ${statusWord(s.status)}`,
+              'aria-label': `Open ${s.sop.title}, ${personName(s.worker_name, s.worker_id)}, ${statusWord(s.status)}`,
             }, s.sop.title), ` v${s.sop.version}`),
-            h('td', { title: s.worker_id }, h('code', {}, shortId(s.worker_id))),
+            h('td', { title: s.worker_id, class: 'person' }, personName(s.worker_name, s.worker_id)),
             h('td', {}, badge(s.status)),
             h('td', {}, s.needs_attention ? badge('attention', 'Needs attention') : null,
               s.locked ? lockBadge() : null)))))));
@@ -250,6 +342,11 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     }
     const steps = new Map();
     (sop?.tasks || []).forEach((t) => t.steps.forEach((s) => steps.set(s.id, { ...s, task: t.title })));
+    const entries = await sessionEntries(session.id);
+    const names = await namesOf([session.worker_id, session.approved_by,
+      ...session.checks.map((c) => c.checked_by), ...(entries || []).map((e) => e.actor_id)]);
+    if (session.worker_name) names.set(session.worker_id, session.worker_name);
+    const who = (id) => personName(names.get(id), id);
 
     clear(root);
     const messages = h('div', { class: 'messages' });
@@ -265,7 +362,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         session.needs_attention ? badge('attention', 'Needs attention') : null),
       h('dl', { class: 'facts' },
         fact('Session', h('code', {}, session.id)),
-        fact('Worker', h('code', {}, session.worker_id)),
+        fact('Worker', [who(session.worker_id), ' ', h('code', { class: 'muted' }, session.worker_id)]),
         fact('Started', when(session.started_at)),
         session.current_step ? fact('Now at', `Step ${session.current_step.index + 1} of `
           + `${session.current_step.total}: ${session.current_step.title}`) : null,
@@ -274,13 +371,16 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         session.cancelled_at ? fact('Cancelled', when(session.cancelled_at)) : null,
         session.cancel_reason ? fact('Reason', session.cancel_reason) : null,
         session.approved_at ? fact('Approved', [when(session.approved_at), ' by ',
-          h('code', {}, shortId(session.approved_by))]) : null,
+          who(session.approved_by)]) : null,
         workflowUrl ? fact('Workflow', h('a', { href: workflowUrl, target: '_blank', rel: 'noopener noreferrer' },
           'Open in Temporal UI', h('span', { class: 'visually-hidden' }, ' (opens in a new tab)'))) : null),
       messages,
       overrideActions(session, steps, messages),
       h('h2', {}, 'Timeline'),
-      timeline(session, steps),
+      entries ? null : h('p', { class: 'notice notice-warn' },
+        'The audit log could not be read: the timeline shows checks only, without pauses, '
+        + 'resumptions or escalations.'),
+      timeline(session, steps, entries || [], who),
       h('h2', {}, 'Time per step'),
       stepTimes(session, steps),
       h('h2', {}, 'Audit log'));
@@ -288,7 +388,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     root.append(auditArea);
     if (message) notice(messages, 'ok', message);
     root.querySelector('#session-title').focus();
-    loadAudit(session.id, auditArea, steps);
+    loadAudit(session.id, auditArea, steps, who);
   }
 
   function backButton() {
@@ -361,8 +461,38 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     }
   }
 
-  function timeline(session, steps) {
-    const events = [{ at: session.started_at, kind: 'start', title: 'Session started' }];
+  // What each state change in the audit log is called on the timeline (checks come from the
+  // session itself, with their values; a refused attempt is in the audit log only).
+  const STATE_CHANGES = {
+    session_start: ['start', 'Session started'],
+    session_pause: ['paused', 'Paused'],
+    session_resume: ['resumed', 'Resumed'],
+    session_escalated: ['attention', 'Escalated: needs attention'],
+    session_complete: ['completed', 'Completed before the last step'],
+    session_cancel: ['cancelled', 'Cancelled'],
+    session_reopen: ['reopened', 'Reopened'],
+    session_approve: ['approved', 'Approved and locked'],
+  };
+
+  /** Every check and every state change of the session, oldest first, each with who and when. */
+  function timeline(session, steps, entries, who) {
+    const stepName = (id) => (steps.get(id) ? `${steps.get(id).task} › ${steps.get(id).title}` : `step ${shortId(id)}`);
+    const by = (e) => (e.actor_role === 'system' ? 'by the service' : `by ${who(e.actor_id)}`);
+    const events = [];
+    for (const e of entries) {
+      const known = STATE_CHANGES[e.action];
+      if (!known || e.outcome !== 'accepted') continue;
+      const [kind, title] = known;
+      const d = e.detail || {};
+      const lines = [];
+      if (e.action === 'session_pause' && d.reason === 'idle') lines.push('No activity for a while: paused by itself.');
+      if (e.action === 'session_escalated') {
+        lines.push(`${d.failed_checks_in_a_row} failed checks in a row on ${stepName(d.step_id)}.`);
+      }
+      if (d.reason && e.action !== 'session_pause') lines.push(`Reason: ${d.reason}`);
+      if (e.action === 'session_reopen') lines.push(d.step_id ? `To continue at ${stepName(d.step_id)}.` : 'To continue at the first step without a passed check.');
+      events.push({ at: e.at, kind, title: `${title} ${by(e)}`, body: lines.map((t) => h('p', {}, t)) });
+    }
     for (const c of session.checks) {
       const step = steps.get(c.step_id);
       const spec = step?.check || {};
@@ -370,7 +500,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       events.push({
         at: c.checked_at,
         kind: c.result,
-        title: step ? `${step.task} › ${step.title}` : `Step ${shortId(c.step_id)}`,
+        title: `${stepName(c.step_id)}, by ${who(c.checked_by)}`,
         body: [
           badge(c.result),
           c.value != null ? h('span', { class: 'value' }, ` ${formatNumber(c.value)}${unit}`,
@@ -381,21 +511,21 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         ],
       });
     }
-    if (session.paused_at) events.push({ at: session.paused_at, kind: 'paused', title: 'Paused' });
-    if (session.completed_at) {
+    // A session completes by itself when its last step is checked: no entry of its own says so.
+    const manual = entries.some((e) => e.action === 'session_complete' && e.outcome === 'accepted'
+      && Math.abs(new Date(e.at) - new Date(session.completed_at)) < 1000);
+    if (session.completed_at && !manual) {
       const unchecked = (session.unchecked_step_ids || []).map((id) => steps.get(id)?.title || shortId(id));
       events.push({
         at: session.completed_at, kind: 'completed', title: 'Completed',
         body: unchecked.length ? h('p', {}, `Not checked: ${unchecked.join(', ')}`) : null,
       });
     }
-    if (session.cancelled_at) {
-      events.push({ at: session.cancelled_at, kind: 'cancelled', title: 'Cancelled',
-        body: session.cancel_reason ? h('p', {}, `Reason: ${session.cancel_reason}`) : null });
-    }
-    if (session.approved_at) {
-      events.push({ at: session.approved_at, kind: 'approved', title: 'Approved and locked',
-        body: h('p', { class: 'muted' }, `by supervisor ${shortId(session.approved_by)}`) });
+    if (!entries.length) { // the audit log could not be read: what the session itself says
+      events.push({ at: session.started_at, kind: 'start', title: 'Session started' });
+      if (session.paused_at) events.push({ at: session.paused_at, kind: 'paused', title: 'Paused' });
+      if (session.cancelled_at) events.push({ at: session.cancelled_at, kind: 'cancelled', title: 'Cancelled' });
+      if (session.approved_at) events.push({ at: session.approved_at, kind: 'approved', title: 'Approved and locked' });
     }
     events.sort((a, b) => new Date(a.at) - new Date(b.at));
     if (session.current_step && (session.status === 'in_progress' || session.status === 'paused')) {
@@ -426,7 +556,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         }))));
   }
 
-  async function loadAudit(sessionId, area, steps, offset = 0) {
+  async function loadAudit(sessionId, area, steps, who, offset = 0) {
     let page;
     try {
       page = await get(`/audit${query({ session_id: sessionId, limit: 100, offset })}`);
@@ -446,7 +576,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       const detail = auditDetail(e.detail, steps);
       tbody.append(h('tr', {},
         h('td', {}, when(e.at, { seconds: true })),
-        h('td', {}, e.actor_role || '', ' ', e.actor_id ? h('code', { title: e.actor_id }, shortId(e.actor_id)) : ''),
+        h('td', { title: e.actor_id || null }, e.actor_role || '', e.actor_id ? ` ${who(e.actor_id)}` : ''),
         h('td', {}, e.action.replace(/_/g, ' ')),
         h('td', {}, badge(e.outcome === 'accepted' ? 'passed' : 'failed', e.outcome)),
         h('td', { class: 'detail', title: e.detail ? JSON.stringify(e.detail) : null },
@@ -455,7 +585,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     if (!page.total) area.append(h('p', { class: 'muted' }, 'No audit entries.'));
     const next = page.offset + page.items.length;
     if (next < page.total) {
-      area.append(h('button', { type: 'button', class: 'secondary small more', onclick: () => loadAudit(sessionId, area, steps, next) },
+      area.append(h('button', { type: 'button', class: 'secondary small more', onclick: () => loadAudit(sessionId, area, steps, who, next) },
         `Show more (${page.total - next} left)`));
     }
   }

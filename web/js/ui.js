@@ -173,3 +173,22 @@ export function pager(first, last, total, hasPrev, hasNext, move) {
     h('button', { type: 'button', class: 'secondary small', disabled: !hasNext, onclick: () => move(1) },
       'Next'));
 }
+
+/**
+ * The instants a "from" and a "to" day (YYYY-MM-DD, either may be '') stand for, in the
+ * browser's own time zone: from the start of "from" to the end of "to", that day included.
+ * Every date filter of the console goes through here, so "to today" means today everywhere.
+ */
+export function dayRange(from, to) {
+  const start = (day, plusDays = 0) => {
+    const [y, m, d] = day.split('-').map(Number);
+    return new Date(y, m - 1, d + plusDays).toISOString();
+  };
+  const day = /^\d{4}-\d{2}-\d{2}$/;
+  return { after: day.test(from) ? start(from) : '', before: day.test(to) ? start(to, 1) : '' };
+}
+
+/** A person as the console shows them: their name, else the start of their id. */
+export function personName(name, id) {
+  return name || (id ? `ID ${shortId(id)}` : 'unknown');
+}
