@@ -180,6 +180,17 @@ def started_on_a_phone(stack: Stack, supervisor: str, browser: Browser, title: s
     return worker, page, console, card
 
 
+UNDO_WAIT = 15_000  # ms: a tapped check is held UNDO_SECONDS (worker.js) for an Undo, then sent
+
+
+def tap_passed(card: Any) -> None:
+    """Pass the step card's confirm step: one tap on Passed; the check leaves the undo bar
+    (and goes to the outbox, then the service) once its few seconds for an Undo are over."""
+    card.get_by_role("button", name="Passed").click()
+    expect(card.locator(".undo")).to_be_visible()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+
+
 def outbox(page: Page) -> list[dict[str, Any]]:
     return page.evaluate("""() => Object.keys(localStorage)
         .filter(k => k.startsWith('worksession.outbox.'))
@@ -207,9 +218,8 @@ def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement
     expect(card).to_contain_text("Step 1 of 3")
     expect(card.get_by_role("heading", name="Stop the press")).to_be_visible()
     expect(card).to_contain_text("Press the red stop button")
-    card.get_by_label("Passed").check()
     card.get_by_label("Notes (optional)").fill("Red button pressed, flywheel stopped")
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
 
     expect(card).to_contain_text("Step 2 of 3")
     value = card.get_by_label("Voltage at terminal A (V)")
@@ -228,8 +238,7 @@ def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement
     card.get_by_role("button", name="Record check").click()
     expect(card).to_contain_text("Step 3 of 3")
     expect(card).to_contain_text("Task: Lock out")
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     expect(page.get_by_role("heading", name="Session completed")).to_be_visible()
     history = page.locator(".history")
     expect(history.locator("li").first).to_contain_text(title)
@@ -289,8 +298,7 @@ def test_a_check_the_service_sheds_is_sent_again_and_the_worker_is_told_it_is_bu
                           "type": "/problems/overloaded", "title": "Service overloaded",
                           "status": 503, "detail": "the service is at capacity"}))
     page.route("**/api/v1/sessions/*/checks", shed_twice)
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     busy = page.locator("#busy")
     expect(busy).to_contain_text("The service is busy, retrying in")
     expect(card).to_contain_text("Step 2 of 3")
@@ -309,11 +317,10 @@ def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
 
     # 1. The API cannot be reached at all: the check waits on the phone, then goes by itself.
     page.route("**/api/v1/**", lambda route: route.abort())
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     expect(pending).to_contain_text("1 check waiting to be sent")
     expect(card).to_contain_text("saved on this phone")
-    expect(card.get_by_role("button", name="Record check")).to_be_disabled()
+    expect(card.get_by_role("button", name="Passed")).to_be_disabled()
     [waiting] = outbox(page)
     assert waiting["body"]["result"] == "passed"
     first_id = waiting["body"]["check_id"]
@@ -596,8 +603,7 @@ def test_the_workers_page_opens_with_no_network_and_delivers_its_check_once(
     expect(card).to_contain_text("Stop the press")
     offline = page.locator("#offline")
     expect(offline).to_contain_text("No connection: this is what this device last saw")
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     pending = page.locator("#pending")
     expect(pending).to_contain_text("1 check waiting to be sent")
     expect(pending).to_contain_text("kept on this device since")
@@ -642,8 +648,7 @@ def test_a_measurement_is_recorded_as_typed_with_a_decimal_comma_or_point(
         worker, page, console, card = started_on_a_phone(
             stack, supervisor, browser, f"Decimal {locale} {typed} {uuid.uuid4().hex[:6]}",
             locale)
-        card.get_by_label("Passed").check()
-        card.get_by_role("button", name="Record check").click()
+        tap_passed(card)
         value = card.get_by_label("Voltage at terminal A (V)")
         expect(card).to_contain_text("Step 2 of 3")
         for unreadable in ("1.234,5", "0.3 bar"):
