@@ -463,7 +463,7 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
 
     page.get_by_role("button", name="Confirm SOP").click()
     page.get_by_role("dialog").get_by_role("button", name="Confirm SOP").click()
-    expect(page.get_by_role("status").filter(has_text="Confirmed: workers can now start")
+    expect(page.get_by_role("status").filter(has_text="Done: workers can now start")
            ).to_be_visible()
     expect(page.get_by_role("heading", level=1)).to_contain_text(title)
     expect(page.locator(".sop-outline")).to_contain_text("Measure: Line pressure "
