@@ -232,6 +232,7 @@ def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement
     expect(page.get_by_role("progressbar")).to_have_attribute("aria-label", "1 of 3 steps done")
     assert_phone_friendly(page)
     DOCS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the card from its top, Record check stuck below
     page.screenshot(path=str(DOCS / "screenshot-worker-step.png"))
 
     card.get_by_label("Voltage at terminal A (V)").fill("0.3")
