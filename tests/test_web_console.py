@@ -180,6 +180,17 @@ def started_on_a_phone(stack: Stack, supervisor: str, browser: Browser, title: s
     return worker, page, console, card
 
 
+UNDO_WAIT = 15_000  # ms: a tapped check is held UNDO_SECONDS (worker.js) for an Undo, then sent
+
+
+def tap_passed(card: Any) -> None:
+    """Pass the step card's confirm step: one tap on Passed; the check leaves the undo bar
+    (and goes to the outbox, then the service) once its few seconds for an Undo are over."""
+    card.get_by_role("button", name="Passed").click()
+    expect(card.locator(".undo")).to_be_visible()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+
+
 def outbox(page: Page) -> list[dict[str, Any]]:
     return page.evaluate("""() => Object.keys(localStorage)
         .filter(k => k.startsWith('worksession.outbox.'))
@@ -207,9 +218,8 @@ def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement
     expect(card).to_contain_text("Step 1 of 3")
     expect(card.get_by_role("heading", name="Stop the press")).to_be_visible()
     expect(card).to_contain_text("Press the red stop button")
-    card.get_by_label("Passed").check()
     card.get_by_label("Notes (optional)").fill("Red button pressed, flywheel stopped")
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
 
     expect(card).to_contain_text("Step 2 of 3")
     value = card.get_by_label("Voltage at terminal A (V)")
@@ -222,14 +232,14 @@ def test_worker_completes_a_three_step_sop_with_a_failed_then_passed_measurement
     expect(page.get_by_role("progressbar")).to_have_attribute("aria-label", "1 of 3 steps done")
     assert_phone_friendly(page)
     DOCS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the card from its top, Record check stuck below
     page.screenshot(path=str(DOCS / "screenshot-worker-step.png"))
 
     card.get_by_label("Voltage at terminal A (V)").fill("0.3")
     card.get_by_role("button", name="Record check").click()
     expect(card).to_contain_text("Step 3 of 3")
     expect(card).to_contain_text("Task: Lock out")
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     expect(page.get_by_role("heading", name="Session completed")).to_be_visible()
     history = page.locator(".history")
     expect(history.locator("li").first).to_contain_text(title)
@@ -289,8 +299,7 @@ def test_a_check_the_service_sheds_is_sent_again_and_the_worker_is_told_it_is_bu
                           "type": "/problems/overloaded", "title": "Service overloaded",
                           "status": 503, "detail": "the service is at capacity"}))
     page.route("**/api/v1/sessions/*/checks", shed_twice)
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     busy = page.locator("#busy")
     expect(busy).to_contain_text("The service is busy, retrying in")
     expect(card).to_contain_text("Step 2 of 3")
@@ -309,11 +318,10 @@ def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
 
     # 1. The API cannot be reached at all: the check waits on the phone, then goes by itself.
     page.route("**/api/v1/**", lambda route: route.abort())
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     expect(pending).to_contain_text("1 check waiting to be sent")
     expect(card).to_contain_text("saved on this phone")
-    expect(card.get_by_role("button", name="Record check")).to_be_disabled()
+    expect(card.get_by_role("button", name="Passed")).to_be_disabled()
     [waiting] = outbox(page)
     assert waiting["body"]["result"] == "passed"
     first_id = waiting["body"]["check_id"]
@@ -456,7 +464,7 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
 
     page.get_by_role("button", name="Confirm SOP").click()
     page.get_by_role("dialog").get_by_role("button", name="Confirm SOP").click()
-    expect(page.get_by_role("status").filter(has_text="Confirmed: workers can now start")
+    expect(page.get_by_role("status").filter(has_text="Done: workers can now start")
            ).to_be_visible()
     expect(page.get_by_role("heading", level=1)).to_contain_text(title)
     expect(page.locator(".sop-outline")).to_contain_text("Measure: Line pressure "
@@ -596,8 +604,7 @@ def test_the_workers_page_opens_with_no_network_and_delivers_its_check_once(
     expect(card).to_contain_text("Stop the press")
     offline = page.locator("#offline")
     expect(offline).to_contain_text("No connection: this is what this device last saw")
-    card.get_by_label("Passed").check()
-    card.get_by_role("button", name="Record check").click()
+    tap_passed(card)
     pending = page.locator("#pending")
     expect(pending).to_contain_text("1 check waiting to be sent")
     expect(pending).to_contain_text("kept on this device since")
@@ -642,8 +649,7 @@ def test_a_measurement_is_recorded_as_typed_with_a_decimal_comma_or_point(
         worker, page, console, card = started_on_a_phone(
             stack, supervisor, browser, f"Decimal {locale} {typed} {uuid.uuid4().hex[:6]}",
             locale)
-        card.get_by_label("Passed").check()
-        card.get_by_role("button", name="Record check").click()
+        tap_passed(card)
         value = card.get_by_label("Voltage at terminal A (V)")
         expect(card).to_contain_text("Step 2 of 3")
         for unreadable in ("1.234,5", "0.3 bar"):

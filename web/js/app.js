@@ -1,7 +1,7 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
 import { setBusyHandler, setOfflineCopyHandler, setToken, setUnauthorizedHandler } from './api.js';
-import { notice, shortId } from './ui.js';
+import { ask, notice, shortId } from './ui.js';
 import { Outbox } from './outbox.js';
 import { mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
@@ -108,11 +108,17 @@ function showSignIn(message) {
     },
   },
   h('h1', {}, 'Sign in'),
-  h('p', { id: 'token-hint' }, 'Open the sign-in link you were given, or paste your access token. ',
-    '(', h('code', {}, 'worksession dev'), ' prints a link for a worker and one for a supervisor.)'),
+  h('p', {}, 'Open the sign-in link from your supervisor, or sign in through your company\'s '
+    + 'sign-in page, which brings you back here.'),
+  h('p', {}, 'No link, or it has expired? Ask your supervisor for a new one.'),
   status,
-  h('div', { class: 'field' }, h('label', { for: 'token-input' }, 'Access token'), input),
-  h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+  h('div', { class: 'field' }, h('label', { for: 'token-input' }, 'Access token'),
+    h('p', { class: 'hint', id: 'token-hint' }, 'Only if you were given one to paste.'), input),
+  h('button', { type: 'submit', class: 'primary' }, 'Sign in'),
+  h('details', { class: 'admin-note' }, h('summary', {}, 'For administrators'),
+    h('p', {}, 'Sign-in links carry a token from the identity provider the service trusts. '
+      + 'On a development machine, ', h('code', {}, 'worksession dev'), ' prints a link for a '
+      + 'worker and one for a supervisor, and ', h('code', {}, 'worksession token'), ' makes more.')));
   clear(main).append(form);
   if (message) notice(status, 'error', message);
 }
@@ -147,7 +153,26 @@ function start() {
   return undefined;
 }
 
-signOut.addEventListener('click', () => {
+signOut.addEventListener('click', async () => {
+  // A check tapped a moment ago (still undoable) joins the outbox now, to be counted and kept.
+  window.dispatchEvent(new Event('worksession:before-sign-out'));
+  const waiting = running?.size || 0;
+  if (waiting) {
+    // The outbox is kept per worker in this browser (outbox.js): signing in again sends it.
+    const one = waiting === 1;
+    const checks = `${waiting} check${one ? '' : 's'}`;
+    const ok = await ask({
+      title: `Sign out with ${checks} not sent?`,
+      text: `${checks} ${one ? 'is' : 'are'} still waiting to be sent: your supervisor does not `
+        + `have ${one ? 'it' : 'them'} yet. ${one ? 'It stays' : 'They stay'} on this device and `
+        + `${one ? 'is' : 'are'} sent when you sign in here again. If you can, stay signed in `
+        + 'until the connection returns.',
+      confirmLabel: 'Sign out anyway',
+      cancelLabel: 'Stay signed in',
+      danger: true,
+    });
+    if (!ok) return;
+  }
   // what this device kept of the worker's sessions goes with the sign-in
   const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
   if (sub) navigator.serviceWorker?.controller?.postMessage({ forget: sub });

@@ -7,6 +7,9 @@ const blankStep = () => ({
   title: '', instructions: '', check: { kind: 'confirm', prompt: '', unit: '', min: '', max: '' },
 });
 const blankTask = () => ({ title: '', steps: [blankStep()] });
+// Which task or step a button acts on, for a screen reader: its name is the visible words
+// and then this ("Move up task 2"), so a person who says what they see reaches it.
+const which = (text) => h('span', { class: 'visually-hidden' }, ` ${text}`);
 
 function fromSop(sop) {
   return {
@@ -119,7 +122,9 @@ export function mountSopEditor(root, { onChange, onStats }) {
       h('button', { type: 'button', class: 'secondary small back', onclick: () => showList() },
         h('span', { 'aria-hidden': 'true' }, '← '), 'All SOPs'),
       h('h1', { id: 'sop-title', tabindex: '-1' }, sop.title, ' ', h('span', { class: 'muted' }, `v${sop.version}`)),
-      h('p', { class: 'meta' }, badge(sop.status), sop.confirmed_at ? [' Confirmed ', when(sop.confirmed_at)] : null),
+      // "Confirmed" once: the badge says it, the date follows
+      h('p', { class: 'meta' }, badge(sop.status), sop.confirmed_at
+        ? [sop.status === 'confirmed' ? ' since ' : ' · confirmed ', when(sop.confirmed_at)] : null),
       messages,
       sop.description ? h('p', {}, sop.description) : null,
       h('ol', { class: 'sop-outline' }, sop.tasks.map((t) => h('li', {}, h('h2', {}, t.title),
@@ -171,7 +176,12 @@ export function mountSopEditor(root, { onChange, onStats }) {
 
     function input(tag, path, get, set, attrs = {}) {
       const el = h(tag, { ...attrs, value: get(), dataset: { field: path } });
-      el.addEventListener('input', () => { set(el.value); dirty = true; el.removeAttribute('aria-invalid'); });
+      el.addEventListener('input', () => {
+        set(el.value);
+        dirty = true;
+        el.removeAttribute('aria-invalid');
+        recheck(path);
+      });
       return el;
     }
 
@@ -202,6 +212,7 @@ export function mountSopEditor(root, { onChange, onStats }) {
       form.append(h('div', { class: 'actions sticky-actions' },
         h('button', { type: 'submit', class: 'secondary', value: 'save' }, 'Save draft'),
         h('button', { type: 'button', class: 'primary', onclick: () => confirmSop() }, 'Confirm SOP')));
+      recheck();
       if (focusPath) form.querySelector(`[data-field="${focusPath}"]`)?.focus();
     }
 
@@ -225,13 +236,12 @@ export function mountSopEditor(root, { onChange, onStats }) {
             onclick: () => { task.steps.push(blankStep()); dirty = true; draw(`tasks.${ti}.steps.${task.steps.length - 1}.title`); },
           }, `Add step to task ${ti + 1}`),
           model.tasks.length > 1 ? [
-            h('button', { type: 'button', class: 'secondary small', disabled: ti === 0, 'aria-label': `Move task ${ti + 1} up`,
-              onclick: () => { move(model.tasks, ti, -1); draw(`tasks.${ti - 1}.title`); } }, 'Move up'),
+            h('button', { type: 'button', class: 'secondary small', disabled: ti === 0,
+              onclick: () => { move(model.tasks, ti, -1); draw(`tasks.${ti - 1}.title`); } }, 'Move up', which(`task ${ti + 1}`)),
             h('button', { type: 'button', class: 'secondary small', disabled: ti === model.tasks.length - 1,
-              'aria-label': `Move task ${ti + 1} down`,
-              onclick: () => { move(model.tasks, ti, 1); draw(`tasks.${ti + 1}.title`); } }, 'Move down'),
-            h('button', { type: 'button', class: 'danger small', 'aria-label': `Remove task ${ti + 1}`,
-              onclick: () => { model.tasks.splice(ti, 1); dirty = true; draw('title'); } }, 'Remove task'),
+              onclick: () => { move(model.tasks, ti, 1); draw(`tasks.${ti + 1}.title`); } }, 'Move down', which(`task ${ti + 1}`)),
+            h('button', { type: 'button', class: 'danger small',
+              onclick: () => { model.tasks.splice(ti, 1); dirty = true; draw('title'); } }, 'Remove task', which(`${ti + 1}`)),
           ] : null));
     }
 
@@ -266,35 +276,76 @@ export function mountSopEditor(root, { onChange, onStats }) {
           : 'The worker answers Passed or Failed.'),
         measurement,
         task.steps.length > 1 ? h('div', { class: 'actions' },
-          h('button', { type: 'button', class: 'secondary small', disabled: si === 0, 'aria-label': `Move step ${label} up`,
-            onclick: () => { move(task.steps, si, -1); draw(`tasks.${ti}.steps.${si - 1}.title`); } }, 'Move up'),
+          h('button', { type: 'button', class: 'secondary small', disabled: si === 0,
+            onclick: () => { move(task.steps, si, -1); draw(`tasks.${ti}.steps.${si - 1}.title`); } }, 'Move up', which(`step ${label}`)),
           h('button', { type: 'button', class: 'secondary small', disabled: si === task.steps.length - 1,
-            'aria-label': `Move step ${label} down`,
-            onclick: () => { move(task.steps, si, 1); draw(`tasks.${ti}.steps.${si + 1}.title`); } }, 'Move down'),
-          h('button', { type: 'button', class: 'danger small', 'aria-label': `Remove step ${label}`,
-            onclick: () => { task.steps.splice(si, 1); dirty = true; draw(`tasks.${ti}.title`); } }, 'Remove step'))
+            onclick: () => { move(task.steps, si, 1); draw(`tasks.${ti}.steps.${si + 1}.title`); } }, 'Move down', which(`step ${label}`)),
+          h('button', { type: 'button', class: 'danger small',
+            onclick: () => { task.steps.splice(si, 1); dirty = true; draw(`tasks.${ti}.title`); } }, 'Remove step', which(label)))
           : null);
     }
 
-    function showProblems(list, intro) {
-      form.querySelectorAll('[aria-invalid]').forEach((el) => el.removeAttribute('aria-invalid'));
-      const items = list.map((p) => {
+    // The problems on screen: { box, local, problems: [{ field, message, item }] }. `local`:
+    // found here before sending (toBody), so an edit can tell which are put right.
+    let shown = null;
+
+    function showProblems(list, intro, { local = false } = {}) {
+      const problems = list.map((p) => {
         const path = String(p.field || '').replace(/^body\./, '');
         const target = form.querySelector(`[data-field="${path}"]`);
-        target?.setAttribute('aria-invalid', 'true');
-        return h('li', {}, target ? h('button', { type: 'button', class: 'link', onclick: () => target.focus() },
-          p.message) : `${path}: ${p.message}`);
+        const item = h('li', {}, target ? h('button', {
+          type: 'button', class: 'link', onclick: () => form.querySelector(`[data-field="${path}"]`)?.focus(),
+        }, p.message) : `${path}: ${p.message}`);
+        return { field: path, message: p.message, item };
       });
-      clear(messages).append(h('div', { class: 'notice notice-error', role: 'alert' },
-        h('p', {}, intro), items.length ? h('ul', {}, items) : null));
+      const box = h('div', { class: 'notice notice-error', role: 'alert' },
+        h('p', {}, intro), problems.length ? h('ul', {}, problems.map((p) => p.item)) : null);
+      clear(messages).append(box);
+      shown = { box, local, problems };
+      markInvalid();
       messages.querySelector('button')?.focus();
+    }
+
+    function markInvalid() {
+      form.querySelectorAll('[aria-invalid]').forEach((el) => el.removeAttribute('aria-invalid'));
+      for (const p of shown?.problems || []) {
+        form.querySelector(`[data-field="${p.field}"]`)?.setAttribute('aria-invalid', 'true');
+      }
+    }
+
+    /**
+     * After an edit (of the field at `path`), the problems put right leave the list, and the
+     * list leaves the screen once none is left: no stale "is required" after the fix.
+     */
+    function recheck(path) {
+      if (!shown) return;
+      if (!messages.contains(shown.box)) { // another message took its place
+        shown = null;
+        return;
+      }
+      const still = shown.local
+        ? new Set(toBody(model).problems.map((p) => `${p.field}\n${p.message}`))
+        : null;
+      const fixed = shown.problems.filter((p) => (still
+        ? !still.has(`${p.field}\n${p.message}`) : p.field === path));
+      if (!fixed.length) {
+        markInvalid();
+        return;
+      }
+      fixed.forEach((p) => p.item.remove());
+      shown.problems = shown.problems.filter((p) => !fixed.includes(p));
+      if (!shown.problems.length) {
+        clear(messages);
+        shown = null;
+      }
+      markInvalid();
     }
 
     /** Saves the draft; the SOP as the API returned it, or null (the problem is shown). */
     async function save() {
       const { body, problems } = toBody(model);
       if (problems.length) {
-        showProblems(problems, 'Some fields need attention before the SOP can be saved:');
+        showProblems(problems, 'Some fields need attention before the SOP can be saved:', { local: true });
         return null;
       }
       try {
@@ -337,7 +388,7 @@ export function mountSopEditor(root, { onChange, onStats }) {
       try {
         const confirmed = await post(`/sops/${sop.id}/confirm`);
         onChange(confirmed);
-        view(confirmed, 'Confirmed: workers can now start sessions from this SOP.');
+        view(confirmed, 'Done: workers can now start sessions from this SOP.');
       } catch (error) {
         notice(messages, 'error', describe(error));
       }

@@ -20,16 +20,21 @@ const percent = (rate) => (rate == null ? '–' : `${Math.round(rate * 100)} %`)
 const seconds = (x) => (x == null ? '–' : x < 10 ? `${x.toFixed(1)} s` : duration(x));
 
 /**
- * Horizontal bars, one row per step: the step's title above its bars, so that titles keep
- * the whole width on a phone. `bars(step)` gives [{value, cls, label}] drawn from 0.
+ * Horizontal bars, one row per step: the step's title above its bars and their figures below
+ * them, so that each keeps the whole width on a phone. `bars(step)` gives [{value, cls,
+ * label}] drawn from 0. `width` is the width it is shown at: one user unit is one CSS pixel,
+ * so its 14 px text is 14 px on a phone and on a desktop alike.
  */
-function barChart({ title, summary, steps, max, bars, className }) {
-  const width = 320;
-  const rowHeight = 40;
+function barChart({ title, summary, steps, max, bars, className, width }) {
+  const BAR = 10;
+  const GAP = 2;
+  const rows = steps.map(bars);
+  const rowHeight = 24 + (rows[0]?.length || 1) * (BAR + GAP) + 30;
   const titleId = uid('chart-title');
   const descId = uid('chart-desc');
   const height = steps.length * rowHeight + 4;
-  const scale = (v) => (max > 0 ? (Math.max(0, v) / max) * (width - 64) : 0);
+  const chars = Math.floor(width / 8); // a 14 px title's characters that fit
+  const scale = (v) => (max > 0 ? (Math.max(0, v) / max) * (width - 2) : 0);
   return s('svg', {
     class: `chart ${className}`, viewBox: `0 0 ${width} ${height}`, role: 'img',
     'aria-labelledby': `${titleId} ${descId}`, preserveAspectRatio: 'xMinYMin meet',
@@ -38,14 +43,15 @@ function barChart({ title, summary, steps, max, bars, className }) {
   s('desc', { id: descId }, summary),
   steps.map((step, i) => {
     const y = i * rowHeight;
-    const parts = bars(step);
+    const parts = rows[i];
+    const barsEnd = y + 24 + parts.length * (BAR + GAP);
     return s('g', { class: 'chart-row', 'data-step': step.step_id },
-      s('text', { x: 0, y: y + 12, class: 'chart-label' }, clip(`${i + 1}. ${step.title}`, 52)),
+      s('text', { x: 0, y: y + 16, class: 'chart-label' }, clip(`${i + 1}. ${step.title}`, chars)),
       parts.map((b, j) => s('rect', {
-        x: 0, y: y + 16 + j * 9, height: 8, width: b.value == null ? 0 : scale(b.value).toFixed(2),
+        x: 0, y: y + 24 + j * (BAR + GAP), height: BAR, width: b.value == null ? 0 : scale(b.value).toFixed(2),
         class: `bar ${b.cls}`, 'data-value': b.value ?? '',
       })),
-      s('text', { x: width - 60, y: y + 24, class: 'chart-value' }, parts.map((b) => b.label).join(' · ')));
+      s('text', { x: 0, y: barsEnd + 16, class: 'chart-value' }, parts.map((b) => b.label).join(' · ')));
   }));
 }
 
@@ -83,6 +89,7 @@ export function showSopStats(root, sop, { back }) {
     const n = stats.sessions;
     const steps = stats.steps;
     const maxTime = Math.max(0, ...steps.map((x) => x.p90_seconds || 0));
+    const width = Math.round(Math.min(704, Math.max(280, area.clientWidth))); // .chart's max-width
     clear(area).append(
       h('dl', { class: 'facts' },
         fact('Sessions started', n.started),
@@ -98,16 +105,16 @@ export function showSopStats(root, sop, { back }) {
         title: 'Time per step, median and 90th percentile',
         summary: steps.map((x, i) => `Step ${i + 1}, ${x.title}: median ${seconds(x.median_seconds)}, `
           + `p90 ${seconds(x.p90_seconds)}`).join('. '),
-        steps, max: maxTime, className: 'chart-time',
+        steps, max: maxTime, className: 'chart-time', width,
         bars: (x) => [
-          { value: x.median_seconds, cls: 'bar-median', label: seconds(x.median_seconds) },
-          { value: x.p90_seconds, cls: 'bar-p90', label: seconds(x.p90_seconds) }],
+          { value: x.median_seconds, cls: 'bar-median', label: `median ${seconds(x.median_seconds)}` },
+          { value: x.p90_seconds, cls: 'bar-p90', label: `p90 ${seconds(x.p90_seconds)}` }],
       }),
       h('h2', {}, 'Passed at the first check'),
       barChart({
         title: 'Share of sessions whose first check on the step passed',
         summary: steps.map((x, i) => `Step ${i + 1}, ${x.title}: ${percent(x.first_try_pass_rate)}`).join('. '),
-        steps, max: 1, className: 'chart-rate',
+        steps, max: 1, className: 'chart-rate', width,
         bars: (x) => [{ value: x.first_try_pass_rate, cls: 'bar-rate', label: percent(x.first_try_pass_rate) }],
       }),
       h('details', { class: 'stats-table' }, h('summary', {}, 'The same figures as a table'),

@@ -125,7 +125,9 @@ export function rangeText(check) {
  * A modal dialog. `fields(form)` adds the inputs; resolves to the form's values, or null
  * when the person cancels (button, Escape).
  */
-export function ask({ title, text, fields, confirmLabel = 'OK', danger = false }) {
+export function ask({
+  title, text, fields, confirmLabel = 'OK', cancelLabel = 'Back', danger = false,
+}) {
   const titleId = uid('dialog-title');
   const dialog = h('dialog', { class: 'dialog', 'aria-labelledby': titleId });
   const form = h('form', { method: 'dialog' });
@@ -133,7 +135,7 @@ export function ask({ title, text, fields, confirmLabel = 'OK', danger = false }
   if (text) form.append(h('p', {}, text));
   if (fields) fields(form);
   form.append(h('div', { class: 'actions' },
-    h('button', { type: 'submit', value: 'cancel', formnovalidate: true, class: 'secondary' }, 'Back'),
+    h('button', { type: 'submit', value: 'cancel', formnovalidate: true, class: 'secondary' }, cancelLabel),
     h('button', { type: 'submit', value: 'ok', class: danger ? 'danger' : 'primary' }, confirmLabel)));
   dialog.append(form);
   document.body.append(dialog);

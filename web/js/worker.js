@@ -8,6 +8,9 @@ import {
 
 const HISTORY_PAGE = 10;
 const ACTIVE = new Set(['in_progress', 'paused']);
+// A confirm step is passed (or failed) with one tap; the check waits this long on the page,
+// with an Undo, before it goes to the outbox: a check the service has cannot be withdrawn.
+export const UNDO_SECONDS = 5;
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
 export function explain(error) {
@@ -45,7 +48,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
 
   const pageMessages = h('div', { class: 'messages' });
   const sessionArea = h('section', { class: 'stack', 'aria-label': 'Current session' });
-  const startArea = h('section', { class: 'stack', 'aria-labelledby': 'start-heading' });
+  const startArea = h('section', { class: 'stack' }); // named by its heading, when it has one
   const historyArea = h('section', { class: 'stack', 'aria-labelledby': 'history-heading' });
   root.append(pageMessages, sessionArea, startArea, historyArea);
 
@@ -68,6 +71,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
       state.loadError = error;
       notice(pageMessages, 'error', explain(error), [
         h('button', { type: 'button', class: 'secondary', onclick: load }, 'Try again')]);
+      pageMessages.prepend(h('h1', {}, 'Work sessions'));
     }
     render();
     loadHistory();
@@ -131,10 +135,11 @@ export function mountWorker(root, { outbox, pendingBar }) {
   function stepCard(s, step) {
     const check = step.check;
     const pending = outbox.pendingFor(s.id, step.id);
-    const locked = s.status !== 'in_progress' || Boolean(pending);
+    const undoable = heldFor(s.id, step.id);
+    const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable);
     const feedback = h('div', { class: 'feedback' });
     const errors = h('div');
-    const form = h('form', { class: 'check-form', novalidate: true });
+    const form = h('form', { class: 'check-form', id: 'check-form', novalidate: true });
 
     let valueInput = null;
     if (check.kind === 'measurement') {
@@ -157,25 +162,17 @@ export function mountWorker(root, { outbox, pendingBar }) {
           range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true }),
         reading));
     } else {
-      const option = (value, text) => h('label', { class: `choice choice-${value}` },
-        h('input', {
-          type: 'radio', name: 'result', value, required: true, disabled: locked,
-          checked: pending?.body.result === value,
-        }),
-        h('span', {}, text));
-      form.append(h('fieldset', { class: 'check-prompt choices' },
-        h('legend', {}, check.prompt),
-        option('passed', 'Passed'), option('failed', 'Failed')));
+      // answered by the Passed / Failed buttons of the step's bar, one tap
+      form.append(h('p', { class: 'check-prompt confirm-prompt', id: 'check-prompt' }, check.prompt));
     }
     form.append(field('Notes (optional)', h('textarea', {
       name: 'notes', rows: 2, maxlength: 2000, disabled: locked,
+      value: undoable?.body.notes || '',
     })));
     form.append(errors);
-    form.append(h('button', { type: 'submit', class: 'primary wide', disabled: locked },
-      'Record check'));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
-      submitCheck(form, errors, s, step, valueInput);
+      if (check.kind === 'measurement') submitCheck(form, errors, s, step, valueInput);
     });
 
     if (pending) {
@@ -196,6 +193,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
       step.instructions ? h('p', { class: 'instructions' }, step.instructions) : null,
       feedback,
       form,
+      stepBar(s, step, form, errors, valueInput, { locked, undoable }),
       attempts.length ? h('details', { class: 'attempts' },
         h('summary', {}, `${attempts.length} failed attempt${attempts.length === 1 ? '' : 's'} on this step`),
         h('ul', {}, attempts.map((c) => h('li', {}, when(c.checked_at, { seconds: true }), ': failed',
@@ -204,7 +202,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
       h('p', { class: 'next' }, s.next_step ? `Next: ${s.next_step.title}` : 'This is the last step.'));
   }
 
-  function submitCheck(form, errors, s, step, valueInput) {
+  function submitCheck(form, errors, s, step, valueInput, result) {
     const body = { step_id: step.id, check_id: uuid4() };
     clear(errors);
     if (step.check.kind === 'measurement') {
@@ -218,22 +216,116 @@ export function mountWorker(root, { outbox, pendingBar }) {
       valueInput.removeAttribute('aria-invalid');
       body.value = read.value;
     } else {
-      const chosen = form.querySelector('input[name="result"]:checked');
-      if (!chosen) {
-        notice(errors, 'error', 'Choose Passed or Failed.');
-        form.querySelector('input[name="result"]').focus();
-        return;
-      }
-      body.result = chosen.value;
+      body.result = result;
     }
     const notes = form.elements.notes.value.trim();
     if (notes) body.notes = notes;
+    if (body.result) {
+      holdForUndo(s, step, body);
+      return;
+    }
     // Kept on the device first, then sent: a lost connection loses nothing.
     outbox.add(s.id, body, { step_title: step.title, check: step.check });
     state.feedback = null;
     render();
     outbox.flush();
   }
+
+  /** The step's primary action, kept on the screen: Passed / Failed, Record check, or Resume. */
+  function stepBar(s, step, form, errors, valueInput, { locked, undoable }) {
+    if (undoable) return h('div', { class: 'step-bar' }, undoToast(undoable));
+    if (s.status === 'paused') {
+      return h('div', { class: 'step-bar' }, h('button', {
+        type: 'button', class: 'primary', onclick: () => act(() => post(`/sessions/${s.id}/resume`)),
+      }, 'Resume'));
+    }
+    if (step.check.kind === 'measurement') {
+      return h('div', { class: 'step-bar' }, h('button', {
+        type: 'submit', form: form.id, class: 'primary', disabled: locked,
+      }, 'Record check'));
+    }
+    const tap = (result) => () => submitCheck(form, errors, s, step, valueInput, result);
+    return h('div', { class: 'step-bar', role: 'group', 'aria-labelledby': 'check-prompt' },
+      h('button', { type: 'button', class: 'fail', disabled: locked, onclick: tap('failed') }, 'Failed'),
+      h('button', { type: 'button', class: 'pass', disabled: locked, onclick: tap('passed') }, 'Passed'));
+  }
+
+  // ---- one tap, then a few seconds to undo --------------------------------------------------
+  // A Passed / Failed tap waits here, on the page, for UNDO_SECONDS before it is kept in the
+  // outbox and sent; Undo drops it. It goes at once when the page is hidden or closed, before
+  // a session action and before sign-out, so a tapped check is never lost.
+  let held = null; // { sessionId, step, body, until, timer, tick }
+
+  function heldFor(sessionId, stepId) {
+    return held && held.sessionId === sessionId && held.step.id === stepId ? held : null;
+  }
+
+  function holdForUndo(s, step, body) {
+    commitHeld(); // one at a time
+    const ms = UNDO_SECONDS * 1000;
+    held = { sessionId: s.id, step, body, until: Date.now() + ms };
+    held.timer = setTimeout(commitHeld, ms);
+    held.tick = setInterval(() => {
+      const countdown = sessionArea.querySelector('.undo-countdown');
+      if (held && countdown) countdown.textContent = sendingIn(held.until - Date.now());
+    }, 250);
+    state.feedback = null;
+    render();
+    sessionArea.querySelector('.undo-text')?.focus();
+  }
+
+  function release() {
+    const item = held;
+    clearTimeout(item.timer);
+    clearInterval(item.tick);
+    held = null;
+    return item;
+  }
+
+  function commitHeld() {
+    if (!held) return;
+    const { sessionId, step, body } = release();
+    // Kept on the device first, then sent: a lost connection loses nothing.
+    outbox.add(sessionId, body, { step_title: step.title, check: step.check });
+    render();
+    outbox.flush();
+  }
+
+  function undo() {
+    if (!held) return;
+    const { body } = release();
+    state.feedback = {
+      kind: 'info',
+      text: `Undone: "${statusWord(body.result)}" was not recorded. Check the step and answer again.`,
+    };
+    render();
+    const notes = sessionArea.querySelector('textarea[name="notes"]');
+    if (notes && body.notes) notes.value = body.notes;
+    sessionArea.querySelector('.step-title')?.focus();
+  }
+
+  const sendingIn = (ms) => `Sending in ${Math.max(1, Math.ceil(ms / 1000))} s`;
+
+  function undoToast(item) {
+    const left = Math.max(0, item.until - Date.now());
+    const meter = h('span', { class: 'undo-meter', 'aria-hidden': 'true' });
+    meter.style.animationDuration = `${left}ms`;
+    const word = statusWord(item.body.result);
+    // Undo sits where Failed was, away from Passed: a bounced tap on Passed undoes nothing.
+    return h('div', { class: 'undo' }, meter,
+      h('button', { type: 'button', class: 'secondary', onclick: undo }, 'Undo'),
+      h('p', { class: `undo-text undo-${item.body.result}`, role: 'status', tabindex: '-1' },
+        `Recorded: ${word}`,
+        h('span', { class: 'visually-hidden' }, `. It is sent in ${UNDO_SECONDS} seconds; Undo takes it back.`),
+        h('span', { class: 'undo-countdown', 'aria-hidden': 'true' }, sendingIn(left))));
+  }
+
+  window.addEventListener('pagehide', commitHeld);
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'hidden') commitHeld();
+  });
+  // app.js asks before signing out when checks wait: a tapped one must be counted (and kept)
+  window.addEventListener('worksession:before-sign-out', commitHeld);
 
   function feedbackFor(item, session) {
     const check = session.checks.find((c) => c.id === item.body.check_id);
@@ -276,26 +368,34 @@ export function mountWorker(root, { outbox, pendingBar }) {
   });
 
   function sessionActions(s) {
-    const buttons = [];
+    let pauseOrResume = null;
     if (s.status === 'in_progress') {
-      buttons.push(h('button', {
+      pauseOrResume = h('button', {
         type: 'button', class: 'secondary', onclick: () => act(() => post(`/sessions/${s.id}/pause`)),
-      }, 'Pause'));
-    } else {
-      buttons.push(h('button', {
+      }, 'Pause');
+    } else if (!s.current_step) { // else Resume is the step bar's action
+      pauseOrResume = h('button', {
         type: 'button', class: 'primary', onclick: () => act(() => post(`/sessions/${s.id}/resume`)),
-      }, 'Resume'));
+      }, 'Resume');
     }
-    buttons.push(h('button', { type: 'button', class: 'secondary', onclick: () => completeNow(s) },
-      'Complete now'));
-    buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => cancel(s) },
-      'Cancel session'));
     const messages = h('div', { class: 'action-messages' });
+    // Ending the session early is set apart from Pause, below it, and each asks first.
     return h('div', { class: 'session-actions' }, h('h2', { class: 'visually-hidden' }, 'Session actions'),
-      messages, h('div', { class: 'actions' }, buttons));
+      messages, pauseOrResume ? h('div', { class: 'actions' }, pauseOrResume) : null,
+      h('div', { class: 'session-end', role: 'group', 'aria-labelledby': 'session-end-title' },
+        h('p', { id: 'session-end-title', class: 'session-end-title' }, 'End the session early'),
+        h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'danger', onclick: () => completeNow(s) },
+            'Complete session now'),
+          h('button', { type: 'button', class: 'danger', onclick: () => cancel(s) },
+            'Cancel session'))));
   }
 
   async function act(call) {
+    if (held) { // a check tapped a moment ago goes first
+      commitHeld();
+      await outbox.flush();
+    }
     try {
       state.feedback = null;
       applySession(await call());
@@ -320,7 +420,8 @@ export function mountWorker(root, { outbox, pendingBar }) {
         ? `${remaining} step${remaining === 1 ? ' has' : 's have'} not been checked. `
           + 'They will be listed as unchecked for your supervisor.'
         : 'Every step has been checked.',
-      confirmLabel: 'Complete now',
+      confirmLabel: 'Complete session now',
+      danger: true,
     });
     if (answer) act(() => post(`/sessions/${s.id}/complete`));
   }
@@ -355,9 +456,13 @@ export function mountWorker(root, { outbox, pendingBar }) {
 
   function renderStart() {
     clear(startArea);
+    startArea.removeAttribute('aria-labelledby');
     if (state.session || state.loadError) return;
+    startArea.setAttribute('aria-labelledby', 'start-heading');
     const messages = h('div', { class: 'start-messages' });
-    startArea.append(h('h2', { id: 'start-heading' }, 'Start a session'), messages);
+    // the page's heading, unless a session just closed (its card has the heading then)
+    const level = state.closed ? 2 : 1;
+    startArea.append(h(`h${level}`, { id: 'start-heading' }, 'Start a session'), messages);
     if (!state.sops.length) {
       startArea.append(h('p', { class: 'muted' }, 'No SOP is ready yet. Ask your supervisor to confirm one.'));
       return;
@@ -365,7 +470,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
     startArea.append(h('ul', { class: 'sop-list' }, state.sops.map((sop) => {
       const steps = sop.tasks.reduce((n, t) => n + t.steps.length, 0);
       return h('li', { class: 'card sop-card' },
-        h('h3', {}, sop.title, ' ', h('span', { class: 'muted' }, `v${sop.version}`)),
+        h(`h${level + 1}`, {}, sop.title, ' ', h('span', { class: 'muted' }, `v${sop.version}`)),
         sop.description ? h('p', {}, sop.description) : null,
         h('p', { class: 'meta' }, `${sop.tasks.length} task${sop.tasks.length === 1 ? '' : 's'}, `
           + `${steps} step${steps === 1 ? '' : 's'}`),
