@@ -321,11 +321,11 @@ def supervisor_views(stack: Stack, supervisor: str, browser: Browser,
         sign_in(page, stack.console_link(token))
         expect(page.locator("table.sessions tbody tr").first).to_be_visible()
         yield "sessions", page
-        page.get_by_label("Worker ID").fill("not an id")
-        page.get_by_label("Worker ID").press("Enter")
-        expect(page.get_by_text("Not a worker ID")).to_be_visible()
-        yield "sessions, a wrong worker ID", page
-        page.get_by_label("Worker ID").fill("")
+        page.get_by_label("Worker", exact=True).fill("nobody has this name")
+        page.get_by_label("Worker", exact=True).press("Enter")
+        expect(page.get_by_text("No worker's name holds")).to_be_visible()
+        yield "sessions, a worker nobody is called", page
+        page.get_by_label("Worker", exact=True).fill("")
         page.get_by_label("Status").select_option("cancelled")
         page.get_by_label("SOP", exact=True).select_option(f"sop:{sop['id']}")
         expect(page.get_by_text("No session matches.")).to_be_visible()
