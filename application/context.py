@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from application.metrics import Meter, NoMeter, count_written
-from application.ports import SessionWorkflows, Store, UnitOfWork
+from application.ports import EvidenceStore, SessionWorkflows, Store, UnitOfWork
 
 
 def utcnow() -> datetime:
@@ -42,6 +42,8 @@ class Context:
     owners: OwnerCache = field(default_factory=OwnerCache)
     clock: Callable[[], datetime] = utcnow
     meter: Meter = field(default_factory=NoMeter)
+    files: EvidenceStore | None = None  # evidence files' bytes (None: uploads are 503)
+    max_evidence_bytes: int = 20 * 1024 * 1024
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.audit import AuditLog
 from persistence.db import Database
+from persistence.evidence import EvidenceRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
 from persistence.sops import PlanCache, SopRepository
@@ -21,6 +22,7 @@ class UnitOfWork:
         self.sessions = SessionRepository(conn, self.sops)
         self.audit = AuditLog(conn)
         self.stats = SopStatsQuery(conn)
+        self.evidence = EvidenceRepository(conn)
 
 
 class SqlStore:
