@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--data-dir", type=Path, default=Path("./data"))
 
     sub.add_parser("migrate", help="bring the database schema up to date")
-    sub.add_parser("setup-temporal", help="register the custom search attributes")
+    sub.add_parser("setup-temporal", help="register the custom search attributes and the "
+                   "evidence cleanup's schedule")
 
     aud = sub.add_parser("audit", help="audit log tools")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
@@ -181,6 +182,7 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _setup_temporal(_: argparse.Namespace) -> int:
+    from orchestration.schedules import ensure_evidence_cleanup
     from worksession.temporal import (
         TemporalConnectError,
         connect,
@@ -188,17 +190,20 @@ def _setup_temporal(_: argparse.Namespace) -> int:
         register_search_attributes,
     )
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], str]:
         settings = Settings()
         client = await connect(settings)
-        return await register_search_attributes(client, settings.temporal_namespace)
+        added = await register_search_attributes(client, settings.temporal_namespace)
+        return added, await ensure_evidence_cleanup(client, settings.task_queue,
+                                                    settings.evidence_cleanup_after)
 
     try:
-        added = asyncio.run(run())
+        added, schedule = asyncio.run(run())
     except TemporalConnectError as e:
         exit_unconnected(e)
     print(f"search attributes added: {', '.join(added)}" if added
           else "search attributes already registered")
+    print(f"schedule {schedule}: the hourly evidence cleanup")
     return 0
 
 
