@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 SHA256 = re.compile(r"[0-9a-f]{64}")
 BUFFER = 1024 * 1024  # written (and hashed) a megabyte at a time, off the event loop
 READ_CHUNK = 256 * 1024
-STALE_SPOOL_SECONDS = 60  # a named spool file this old and unlocked: its writer was killed
+STALE_SPOOL_SECONDS = 5  # a named spool file this old and unlocked: its writer was killed
 
 
 def _checked(sha256: str) -> str:
