@@ -438,7 +438,7 @@ async def test_a_file_is_read_back_by_who_may_read_its_session(
     assert (await http.get(f"/api/v1/evidence/{a['id']}")).status_code == 401
 
 
-async def test_a_check_in_flight_when_the_api_reads_evidence_is_not_stalled(
+async def test_uploads_and_a_check_of_one_session_at_once_each_answer(
         http, worker_user, supervisor):
     """Uploads, checks and reads of one session at once: each answers."""
     sop = await confirmed(http, supervisor, sop_body((3,), measurement_at=None))
