@@ -21,7 +21,7 @@ COPY persistence/ persistence/
 COPY api/ api/
 COPY worksession/ worksession/
 COPY web/ /opt/worksession/web/
-RUN pip install . \
+RUN pip install '.[s3]' \
     && cd / && rm -rf /src \
     && useradd --create-home --uid 10001 --user-group worksession
 

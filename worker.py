@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
+import logging
 import signal
 import sys
 from datetime import timedelta
@@ -15,9 +16,14 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
+from activities.evidence_cleanup import EvidenceCleanup
 from activities.session_store import SessionStore
 from application.metrics import Meter
+from application.ports import EvidenceStore
+from orchestration.schedules import ensure_evidence_cleanup
+from persistence import files
 from persistence.db import Database
+from workflows.evidence_cleanup import EvidenceCleanupWorkflow
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
@@ -30,6 +36,8 @@ from worksession.temporal import TemporalConnectError, connect, exit_unconnected
 SANDBOX = SandboxedWorkflowRunner()
 # A write takes milliseconds; a stuck one is cut off by its 15 s timeout anyway.
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+
+log = logging.getLogger("worksession.worker")
 
 
 def _workflow_bytecode() -> None:
@@ -45,14 +53,20 @@ def _workflow_bytecode() -> None:
 def build_worker(client: Client, db: Database, task_queue: str,
                  cache_size: int = Settings.model_fields["workflow_cache_size"].default,
                  graceful_shutdown: timedelta = timedelta(0),
-                 meter: Meter | None = None) -> Worker:
+                 meter: Meter | None = None, evidence: EvidenceStore | None = None) -> Worker:
     """`graceful_shutdown`: how long a stopping worker lets a running write finish before
     cancelling it (it is retried, idempotent, on another worker either way). `meter`
-    counts the changes its writes record."""
+    counts the changes its writes record. With `evidence` (the store the API uses), it
+    also runs the evidence cleanup."""
     _workflow_bytecode()
     store = SessionStore(db, meter)
-    return Worker(client, task_queue=task_queue, workflows=[WorkSessionWorkflow],
-                  activities=[store.write_changes], max_cached_workflows=cache_size,
+    workflow_types: list[type] = [WorkSessionWorkflow]
+    activities: list[object] = [store.write_changes]
+    if evidence is not None:
+        workflow_types.append(EvidenceCleanupWorkflow)
+        activities.append(EvidenceCleanup(db, evidence).remove_unattached)
+    return Worker(client, task_queue=task_queue, workflows=workflow_types,
+                  activities=activities, max_cached_workflows=cache_size,
                   workflow_runner=SANDBOX, graceful_shutdown_timeout=graceful_shutdown)
 
 
@@ -74,12 +88,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     db = Database(settings.db_url)
     if tracer is not None:
         tracing.instrument_database(db, tracer)
+    evidence = files.for_settings(settings)
     worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
-                          graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter)
+                          graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter, evidence=evidence)
+    try:
+        await ensure_evidence_cleanup(client, settings.task_queue,
+                                      settings.evidence_cleanup_after)
+    except Exception:  # the sessions do not need it: say so, and serve them
+        log.warning("could not set up the evidence cleanup's schedule", exc_info=True)
     try:
         async with worker:
             await stop.wait()
     finally:
+        await evidence.close()
         await db.dispose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,12 +17,13 @@ from api.auth import Authenticator
 from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
-from api.routers import audit, health, ops, people, sessions, sops
+from api.routers import audit, evidence, health, ops, people, sessions, sops
 from api.web import mount_web
 from application.context import Context
 from application.metrics import NoMeter
 from application.ops import keep_gauges
 from orchestration.client import SessionWorkflows
+from persistence import files
 from persistence.db import Database
 from persistence.uow import SqlStore
 from worksession import tracing
@@ -32,6 +34,7 @@ from worksession.temporal import connect
 log = logging.getLogger("worksession.api")
 
 PLANNER_STATISTICS_EVERY_SECONDS = 6 * 3600
+UPLOADS = re.compile(r"/api/v1/sessions/[^/]+/evidence")  # bodies streamed, not buffered
 
 
 async def _keep_planner_statistics(db: Database) -> None:
@@ -71,10 +74,16 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
             tracing.instrument_database(database, tracer_provider)
         temporal = client or await connect(
             settings, lazy=True, plugins=tracing.temporal_plugins(tracer_provider))
+        evidence_files = files.for_settings(settings)
+        try:  # scratch files of uploads a killed process left (never files under a hash)
+            await evidence_files.sweep()
+        except OSError:
+            log.warning("could not sweep the evidence store's scratch space", exc_info=True)
         app.state.ctx = Context(store=SqlStore(database), workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
-            write_behind=settings.write_behind), meter=meter or NoMeter())
+            write_behind=settings.write_behind), meter=meter or NoMeter(),
+            files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes)
         background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
             else []
         if meter is not None and settings.metrics_refresh.total_seconds() > 0:
@@ -86,6 +95,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
             app.state.ctx = None
             for task in background:
                 task.cancel()
+            await evidence_files.close()
             if own_db:
                 await database.dispose()
 
@@ -98,15 +108,17 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
                                    identity_provider(settings))
     # Every inner wait has its own bound; this caps their sum (see api.routing).
     app.state.request_deadline = settings.request_timeout_seconds + 5
+    app.state.upload_idle = settings.request_timeout_seconds  # between two chunks of a file
     problems.install(app)
-    for r in (health.router, sops.router, sessions.router, audit.router, ops.router,
-              people.router):
+    for r in (health.router, sops.router, sessions.router, evidence.uploads, evidence.files,
+              audit.router, ops.router, people.router):
         app.include_router(r)
     mount_web(app)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,
                        max_in_flight=settings.max_in_flight,
                        admission_wait_seconds=settings.admission_wait.total_seconds(),
-                       retry_after_seconds=settings.retry_after_seconds)
+                       retry_after_seconds=settings.retry_after_seconds,
+                       streamed=UPLOADS, max_streamed=settings.max_evidence_bytes)
     if meter is not None:  # outside the front door: what it sheds is counted too
         app.add_middleware(RequestMetrics, registry=meter.registry)
     if tracer_provider is not None:

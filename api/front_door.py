@@ -12,7 +12,9 @@ before any routing, authentication or body parsing (CONTRACT.md, "Health", v1.1)
   checks are neither counted nor refused.
 - **Body bound**: a body over `max_body` bytes is 413, once the upload is read and thrown
   away (bounded), so that a client still sending can read the answer instead of having its
-  connection reset.
+  connection reset. File uploads (`streamed`: evidence files) are bounded by `max_streamed`
+  instead, and only by their declared length here: their body is streamed to the endpoint
+  as it arrives, which counts it (api/uploads.py).
 - **HEAD** is answered wherever GET is: the GET's status and headers, no body.
 """
 
@@ -40,9 +42,11 @@ def request_id(sent: bytes | None) -> str:
 
 class FrontDoor:
     def __init__(self, app: Any, *, max_body: int, max_in_flight: int,
-                 admission_wait_seconds: float, retry_after_seconds: int) -> None:
+                 admission_wait_seconds: float, retry_after_seconds: int,
+                 streamed: re.Pattern[str] | None = None, max_streamed: int = 0) -> None:
         self.app = app
         self.max_body = max_body
+        self.streamed, self.max_streamed = streamed, max_streamed
         self.places = Places(max_in_flight, admission_wait_seconds)
         self.retry_after = str(retry_after_seconds)
 
@@ -60,15 +64,20 @@ class FrontDoor:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
             send = _without_body(send)
+        streamed = self.streamed is not None and scope["method"] == "POST" and \
+            self.streamed.fullmatch(scope["path"]) is not None
+        limit = self.max_streamed if streamed else self.max_body
         declared = headers.get(b"content-length")
         try:
-            too_big = declared is not None and int(declared) > self.max_body
+            too_big = declared is not None and int(declared) > limit
         except ValueError:
             too_big = True
         if too_big:  # refused before it takes a place: a slow upload holds none
-            return await self._refuse_body(send, receive, headers, 0)
+            return await self._refuse_body(send, receive, headers, 0, limit=limit)
         if scope["path"] in NEVER_SHED:
             return await self._admitted(scope, receive, send, headers)
+        if streamed:
+            scope["state"]["streamed_body"] = True  # the endpoint reads and counts it
         if not await self.places.take():
             scope["state"]["shed"] = True  # counted by api/metrics.py
             return await self._answer(send, problems.problem(
@@ -82,7 +91,8 @@ class FrontDoor:
 
     async def _admitted(self, scope: Any, receive: Any, send: Any,
                         headers: dict[bytes, bytes]) -> None:
-        if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
+        if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH") \
+                and not scope["state"].get("streamed_body"):
             # A streamed body of unknown length: read it here, bounded, then replay it.
             chunks: list[bytes] = []
             size, more = 0, True
@@ -100,14 +110,14 @@ class FrontDoor:
         await self.app(scope, receive, send)
 
     async def _refuse_body(self, send: Any, receive: Any, headers: dict[bytes, bytes],
-                           read: int, more: bool = True) -> None:
+                           read: int, more: bool = True, limit: int | None = None) -> None:
         # Read first: a server answers a client asking `Connection: close` by closing, and
         # closing on unread data resets the connection. A client that waits for
         # `100 Continue` has sent nothing to read.
         if more and headers.get(b"expect", b"").lower() != b"100-continue":
-            await _drain(receive, DRAIN_BYTES - read)
+            await drain(receive, DRAIN_BYTES - read)
         await self._answer(send, problems.problem(
-            413, f"request body larger than {self.max_body} bytes"))
+            413, f"request body larger than {limit or self.max_body} bytes"))
 
     @staticmethod
     async def _answer(send: Any, response: Any) -> None:
@@ -156,7 +166,7 @@ class Places:
         self.taken -= 1
 
 
-async def _drain(receive: Any, budget: int) -> None:
+async def drain(receive: Any, budget: int = DRAIN_BYTES) -> None:
     """Read and drop the rest of a refused upload, within a byte and a time budget."""
     async def read() -> None:
         left = budget

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Unauthenticated
 from domain import errors as e
+from domain import evidence
 
 log = logging.getLogger("worksession.api")
 
@@ -27,6 +28,9 @@ STATUS: dict[type[e.DomainError], int] = {
     e.Conflict: 409,
     e.SopHasActiveSessions: 400,
     e.Unavailable: 503,
+    evidence.UnsupportedType: 415,
+    evidence.TooLarge: 413,
+    evidence.Incomplete: 408,
 }
 
 TITLES: dict[str, str] = {
@@ -42,6 +46,9 @@ TITLES: dict[str, str] = {
     e.SopNotEditable.code: "SOP cannot be changed",
     e.SopHasActiveSessions.code: "SOP has active sessions",
     e.Unavailable.code: "Service unavailable",
+    evidence.UnsupportedType.code: "Unsupported file type",
+    evidence.TooLarge.code: "File too large",
+    evidence.Incomplete.code: "Upload incomplete",
 }
 
 

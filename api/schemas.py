@@ -8,7 +8,8 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.sop import CheckKind, CheckResult
+from domain.evidence import MAX_FILES_PER_CHECK, Evidence
+from domain.sop import CheckKind, CheckResult, EvidenceRule
 from domain.work_session import Check, CheckSubmission, WorkSession
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
@@ -28,12 +29,18 @@ Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # no true ->
 Reason = Text(500, 1, strip=True)
 
 
+EVIDENCE_RULE = ("which checks on the step need an evidence file: `none` (no file may be "
+                 "attached), `optional`, `required` (every check), `required_on_fail` (a "
+                 "failed check)")
+
+
 class ConfirmCheckIn(BaseModel):
     """The worker states passed or failed."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["confirm"]
     prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
+    evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
 
 
 class MeasurementCheckIn(BaseModel):
@@ -48,6 +55,7 @@ class MeasurementCheckIn(BaseModel):
     unit: Text(32) | None = None  # type: ignore[valid-type]
     min: Finite | None = None
     max: Finite | None = None
+    evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
 
 
 CheckSpecIn = Annotated[ConfirmCheckIn | MeasurementCheckIn, Field(discriminator="kind")]
@@ -77,6 +85,7 @@ class CheckSpecOut(BaseModel):
     unit: str | None = None
     min: float | None = None
     max: float | None = None
+    evidence: EvidenceRule = EvidenceRule.OPTIONAL
 
 
 class StepOut(BaseModel):
@@ -119,11 +128,39 @@ class CheckIn(BaseModel):
     evidence_uri: Text(2048) | None = None  # type: ignore[valid-type]
     check_id: UUID | None = Field(
         default=None, description="client-chosen UUID: resending it records the check once")
+    evidence_ids: tuple[UUID, ...] = Field(
+        default=(), max_length=MAX_FILES_PER_CHECK,
+        description="files uploaded to this session (`POST .../evidence`) that are evidence of "
+                    "this check, each at most on one check")
 
     def submission(self) -> CheckSubmission:
         """The one shape of a check from here on: every field as the request has it."""
         return CheckSubmission(**self.model_dump(exclude={"check_id"}),
                                check_id=self.check_id or uuid4())
+
+
+class EvidenceOut(BaseModel):
+    """An upload: the file's bytes are at `GET /api/v1/evidence/{id}`."""
+
+    id: UUID
+    sha256: str = Field(description="of the file's bytes, hex; the name it is stored under")
+    content_type: str = Field(description="decided from the file's first bytes")
+    bytes: int
+    filename: str | None
+    uploaded_at: datetime
+    uploaded_by: UUID
+    session_id: UUID
+
+    @classmethod
+    def of(cls, e: Evidence) -> EvidenceOut:
+        return cls.model_validate(e, from_attributes=True)
+
+
+class EvidenceRecordOut(EvidenceOut):
+    """An upload as the audit export lists it: with the check it is evidence of."""
+
+    check_id: UUID | None
+    attached_at: datetime | None
 
 
 class CancelIn(BaseModel):

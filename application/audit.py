@@ -14,6 +14,7 @@ from application.context import Context
 from application.ports import Store, StoredSession
 from domain.audit_chain import anchor_digest, session_chain, verify_chain
 from domain.errors import NotFound
+from domain.evidence import Evidence
 
 EXPORT_FORMAT = "worksession-audit-export/1"
 
@@ -33,27 +34,34 @@ async def of_session(ctx: Context, actor: Actor, session_id: UUID) -> list[dict[
 
 
 async def export_session(store: Store, session_id: UUID,
-                         render: Callable[[StoredSession, datetime], dict[str, Any]]
+                         render: Callable[[StoredSession, datetime], dict[str, Any]],
+                         render_upload: Callable[[Evidence], dict[str, Any]]
                          ) -> dict[str, Any]:
     """One session as one document: the session (as `render` shows it: the API's shape, its
-    checks and step times included), its audit chain as the API shows it, and the chain's
-    head as the session's row records it. `verify_export` checks it with no database."""
+    checks with their files and its step times included), every upload of evidence files to
+    it (as `render_upload` shows one: attached to a check or not), its audit chain as the API
+    shows it, and the chain's head as the session's row records it. `verify_export` checks it
+    with no database (and the files' bytes, given a directory of them)."""
     now = datetime.now(UTC)
     async with store(read_only=True, snapshot=True) as uow:
         stored = await uow.sessions.load(session_id)
         if stored is None:
             raise NotFound(f"session {session_id} is not recorded")
         view = render(stored, now)
+        uploads = [render_upload(e) for e in await uow.evidence.of_session(session_id)]
         entries = await uow.audit.of_session(session_id)
         head = await uow.sessions.chain_head(session_id)
     return {"format": EXPORT_FORMAT, "exported_at": now.isoformat(), "session": view,
-            "audit": entries, "head": {"seq": head[0], "hash": head[1]}}
+            "evidence": uploads, "audit": entries, "head": {"seq": head[0], "hash": head[1]}}
 
 
-def verify_export(doc: dict[str, Any]) -> tuple[int, list[str]]:
+def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | None = None
+                  ) -> tuple[int, list[str]]:
     """(entries checked, problems) of an exported session: its chain links from the first
     entry and matches every hash, ends at the head the session recorded, and records every
-    check of the session once."""
+    check of the session once, with the hashes of its files; every upload is in the chain
+    with its hash. With `file_hash` (the sha256 of the bytes kept under a name, None when
+    there are none), every file the record names is also checked: missing or altered."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         return 0, [f"not a session export ({EXPORT_FORMAT})"]
     session, entries = doc.get("session"), doc.get("audit")
@@ -69,15 +77,52 @@ def verify_export(doc: dict[str, Any]) -> tuple[int, list[str]]:
         problems.append(f"{chain}: the session records {head.get('seq')} entries ending in "
                         f"{str(head.get('hash'))[:12]}…, the export has {last[0]} "
                         f"(entries removed or added at the end)")
-    recorded = [e["detail"].get("check_id") for e in entries
-                if e.get("action") == "check_submitted" and e.get("outcome") == "accepted"
-                and e.get("detail")]
-    kept = Counter(str(c.get("id")) for c in session.get("checks") or [])
-    chained = Counter(str(c) for c in recorded)
+    accepted = [e for e in entries if e.get("outcome") == "accepted" and e.get("detail")]
+    submitted = [e["detail"] for e in accepted if e.get("action") == "check_submitted"]
+    recorded = {str(d.get("check_id")): d for d in submitted}
+    checks = session.get("checks") or []
+    kept = Counter(str(c.get("id")) for c in checks)
+    chained = Counter(str(d.get("check_id")) for d in submitted)
     for check_id in sorted((kept - chained) | (chained - kept)):
         problems.append(f"check {check_id}: the session holds it {kept[check_id]} time(s), "
                         f"its chain records it {chained[check_id]} time(s)")
+    # the files: named by the chain (which covers their hashes), described by the export
+    named: dict[str, str] = {}  # sha256 -> what names it
+    for c in checks:
+        files = [f.get("sha256") for f in c.get("evidence") or []]
+        in_chain = (recorded.get(str(c.get("id"))) or {}).get("evidence") or []
+        if files != in_chain:
+            problems.append(f"check {c.get('id')}: its files {_short(files)} are not the "
+                            f"ones its chain entry records {_short(in_chain)}")
+        named.update({h: f"check {c.get('id')}" for h in in_chain})
+    uploads = {e["detail"].get("evidence_id"): e["detail"].get("sha256") for e in accepted
+               if e.get("action") == "evidence_upload"}
+    for u in doc.get("evidence") or []:
+        if uploads.get(u.get("id")) != u.get("sha256"):
+            problems.append(f"upload {u.get('id')}: its hash {_short([u.get('sha256')])} is "
+                            "not the one its chain entry records")
+        elif u.get("sha256"):
+            named.setdefault(u["sha256"], f"upload {u.get('id')}")
+    if file_hash is not None:
+        for sha256, what in sorted(named.items(), key=lambda kv: kv[1]):
+            found = file_hash(sha256)
+            if found is None:
+                problems.append(f"evidence file {sha256} ({what}): missing")
+            elif found != sha256:
+                problems.append(f"evidence file {sha256} ({what}): altered (its bytes now "
+                                f"hash to {found})")
     return checked, problems
+
+
+def files_named(doc: dict[str, Any]) -> int:
+    """How many distinct files an export names (for the verdict's line)."""
+    shas = {f.get("sha256") for c in (doc.get("session") or {}).get("checks") or []
+            for f in c.get("evidence") or []}
+    return len(shas | {u.get("sha256") for u in doc.get("evidence") or []})
+
+
+def _short(hashes: list[Any]) -> str:
+    return "[" + ", ".join(f"{str(h)[:12]}…" for h in hashes) + "]"
 
 
 async def verify(store: Store, anchor: dict[str, Any] | None = None

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from application.authz import Actor, Role
 from application.metrics import Meter, NoMeter, count_written
-from application.ports import SessionWorkflows, Store, UnitOfWork
+from application.ports import EvidenceStore, SessionWorkflows, Store, UnitOfWork
 
 
 def utcnow() -> datetime:
@@ -82,6 +82,8 @@ class Context:
     people: SeenPeople = field(default_factory=SeenPeople)
     clock: Callable[[], datetime] = utcnow
     meter: Meter = field(default_factory=NoMeter)
+    files: EvidenceStore | None = None  # evidence files' bytes (None: uploads are 503)
+    max_evidence_bytes: int = 20 * 1024 * 1024
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,

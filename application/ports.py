@@ -4,6 +4,7 @@ Use cases import these, never an implementation, so each can run against fakes."
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from domain.changes import AuditFacts, SessionChange
+from domain.evidence import Evidence
 from domain.people import Person
 from domain.sop import SessionPlan, Sop, SopStatus
 from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
@@ -69,6 +71,8 @@ class SessionRepository(Protocol):
     async def write_change(self, change: SessionChange) -> bool: ...
     async def record_rejection(self, session_id: UUID, facts: AuditFacts,
                                at: datetime) -> None: ...
+    async def record_entry(self, session_id: UUID, facts: AuditFacts,
+                           at: datetime) -> None: ...
     async def load(self, session_id: UUID, *, with_checks: bool = True,
                    for_update: bool = False) -> StoredSession | None: ...
     async def active_for_worker(self, worker_id: UUID, *,
@@ -108,6 +112,19 @@ class AuditRepository(Protocol):
     async def anchor(self, now: datetime) -> dict[str, Any]: ...
 
 
+class EvidenceRepository(Protocol):
+    async def hold_bytes(self, sha256: str) -> None: ...
+    async def add(self, e: Evidence) -> None: ...
+    async def get(self, evidence_id: UUID) -> Evidence | None: ...
+    async def find(self, session_id: UUID, sha256: str) -> Evidence | None: ...
+    async def of_session(self, session_id: UUID) -> list[Evidence]: ...
+    async def named(self, session_id: UUID, ids: Iterable[UUID],
+                    at: datetime) -> list[Evidence]: ...
+    async def unattached_before(self, before: datetime, limit: int) -> list[str]: ...
+    async def remove_unattached(self, sha256: str, before: datetime) -> int: ...
+    async def names_bytes(self, sha256: str) -> bool: ...
+
+
 class StatsQuery(Protocol):
     async def of(self, sop_id: UUID, since: datetime | None,
                  until: datetime | None) -> SopStats: ...
@@ -129,6 +146,7 @@ class UnitOfWork(Protocol):
     audit: AuditRepository
     stats: StatsQuery
     people: PeopleRepository
+    evidence: EvidenceRepository
 
 
 class Store(Protocol):
@@ -137,6 +155,35 @@ class Store(Protocol):
     def __call__(self, *, read_only: bool = False,
                  snapshot: bool = False) -> AbstractAsyncContextManager[UnitOfWork]: ...
     async def ping(self) -> None: ...
+
+
+# ---- the evidence store --------------------------------------------------------------------
+
+
+class Incoming(Protocol):
+    """A file received whole into the store's scratch space, hashed on its way in, under no
+    name anyone reads. It is gone when its `receive` block ends, unless kept."""
+
+    sha256: str
+    bytes: int
+
+    async def keep(self) -> None:
+        """Make it visible under its sha256, all at once (never a partial file under the
+        hash). Bytes already there under that hash stay as they are."""
+
+
+class EvidenceStore(Protocol):
+    """Where evidence files' bytes are kept, each under its sha256 (persistence/files.py: a
+    directory, or S3-compatible object storage)."""
+
+    def receive(self, chunks: AsyncIterator[bytes]
+                ) -> AbstractAsyncContextManager[Incoming]: ...
+    async def open(self, sha256: str) -> AsyncIterator[bytes]:
+        """The bytes, streamed; FileNotFoundError (before any byte) when there are none."""
+    async def exists(self, sha256: str) -> bool: ...
+    async def delete(self, sha256: str) -> None: ...
+    async def sweep(self) -> int:
+        """Remove scratch files a killed process left (where they can have a name)."""
 
 
 # ---- the session workflows -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from application.authz import Actor, allowed, authorize, ensure_visible
@@ -40,6 +40,7 @@ from domain.work_session import (
 from worksession import logs
 
 log = logging.getLogger("worksession.api")
+T = TypeVar("T")
 
 # How long a start, reopen or approval waits for a run to close once the database says its
 # session is closed (it closes within milliseconds of its final write; a generous bound).
@@ -109,7 +110,7 @@ async def _reject(ctx: Context, session_id: UUID, facts: AuditFacts) -> None:
 
 
 async def _audited(ctx: Context, session_id: UUID, facts: AuditFacts,
-                   decide: Callable[[], Awaitable[StoredSession]]) -> StoredSession:
+                   decide: Callable[[], Awaitable[T]]) -> T:
     """Run `decide`; a refusal leaves its audit entry (`modification_rejected` when the
     session is locked), in a transaction of its own: the refusal may come from the run or
     from a transaction that it rolled back. What `decide` accepts is audited by the change
@@ -259,10 +260,25 @@ async def submit_check(ctx: Context, access: Access, sub: CheckSubmission,
     facts = _facts(actor, "check_submitted", request_id, check_id=str(sub.check_id),
                    step_id=str(sub.step_id), result=sub.result.value if sub.result else None,
                    value=sub.value)
+    if sub.evidence_ids:
+        sub = await _audited(ctx, access.session_id, facts,
+                             lambda: _with_files(ctx, access, sub))
+        # the entry names the files' bytes: the session's hash chain covers them
+        facts = replace(facts, detail={**facts.detail,
+                                       "evidence": [f.sha256 for f in sub.evidence]})
     return await _act(ctx, access, facts,
                       live=lambda: ctx.workflows.submit_check(actor.id, access.session_id,
                                                               sub, facts),
                       offline=lambda s: s.add_check(sub, by=actor.id, now=ctx.clock()))
+
+
+async def _with_files(ctx: Context, access: Access, sub: CheckSubmission
+                      ) -> CheckSubmission:
+    """The files the check names, found among the session's uploads (422 for any other).
+    Whether one is on another check is the session's to say (its run holds the checks)."""
+    async with ctx.uow() as uow:
+        uploads = await uow.evidence.named(access.session_id, sub.evidence_ids, ctx.clock())
+    return sub.with_files(u.file() for u in uploads)
 
 
 async def complete_session(ctx: Context, access: Access,

@@ -11,7 +11,7 @@ from application.context import Context
 from application.ports import Percentiles, StepStats, UnitOfWork
 from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
-from domain.sop import CheckKind, CheckSpec, Sop, SopStatus, SopStep, SopTask
+from domain.sop import CheckKind, CheckSpec, EvidenceRule, Sop, SopStatus, SopStep, SopTask
 
 
 def _tasks(content: dict[str, Any]) -> list[SopTask]:
@@ -22,7 +22,8 @@ def _tasks(content: dict[str, Any]) -> list[SopTask]:
                     position=si, check=CheckSpec(
                         kind=CheckKind(s["check"]["kind"]), prompt=s["check"]["prompt"],
                         unit=s["check"].get("unit"), min=s["check"].get("min"),
-                        max=s["check"].get("max")))
+                        max=s["check"].get("max"),
+                        evidence=EvidenceRule(s["check"].get("evidence", "optional"))))
             for si, s in enumerate(t["steps"])])
         for ti, t in enumerate(content["tasks"])
     ]
@@ -150,7 +151,8 @@ async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID,
         content = {"tasks": [{"title": t.title, "steps": [
             {"title": s.title, "instructions": s.instructions,
              "check": {"kind": s.check.kind.value, "prompt": s.check.prompt,
-                       "unit": s.check.unit, "min": s.check.min, "max": s.check.max}}
+                       "unit": s.check.unit, "min": s.check.min, "max": s.check.max,
+                       "evidence": s.check.evidence}}
             for s in t.steps]} for t in base.tasks]}
         sop = Sop(id=uuid4(), family_id=base.family_id,
                   version=await uow.sops.latest_version(base.family_id) + 1,

@@ -27,6 +27,16 @@ class CheckResult(StrEnum):
     FAILED = "failed"
 
 
+class EvidenceRule(StrEnum):
+    """Which checks on a step need a file (photo, document) as evidence. SOPs from before
+    the rule existed read as `optional`."""
+
+    NONE = "none"  # no file may be attached
+    OPTIONAL = "optional"
+    REQUIRED = "required"  # every check needs at least one
+    REQUIRED_ON_FAIL = "required_on_fail"  # a failed check needs at least one
+
+
 @dataclass(frozen=True)
 class CheckSpec:
     kind: CheckKind
@@ -34,6 +44,7 @@ class CheckSpec:
     unit: str | None = None
     min: float | None = None
     max: float | None = None
+    evidence: EvidenceRule = EvidenceRule.OPTIONAL
 
     def validate(self) -> None:
         if self.kind is CheckKind.MEASUREMENT:
@@ -66,6 +77,19 @@ class CheckSpec:
                 errors=[{"field": "result", "message": "contradicts value"}],
             )
         return measured
+
+    def ensure_evidence(self, result: CheckResult, files: int) -> None:
+        """The step's evidence rule, for a check with that result and that many files."""
+        if self.evidence is EvidenceRule.NONE and files:
+            raise InvalidInput("this step takes no evidence files", errors=[
+                {"field": "evidence_ids", "message": "not allowed on this step"}])
+        needed = self.evidence is EvidenceRule.REQUIRED or (
+            self.evidence is EvidenceRule.REQUIRED_ON_FAIL and result is CheckResult.FAILED)
+        if needed and not files:
+            which = "a" if self.evidence is EvidenceRule.REQUIRED else "a failed"
+            raise InvalidInput(f"{which} check on this step needs at least one evidence "
+                               "file: upload it to the session and name it in evidence_ids",
+                               errors=[{"field": "evidence_ids", "message": "required"}])
 
 
 @dataclass

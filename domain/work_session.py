@@ -5,6 +5,7 @@ Temporal workflow and in the API against the read model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -12,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from domain.errors import InvalidInput, SessionLocked, StepNotCurrent, WrongState
+from domain.evidence import EvidenceFile
 from domain.sop import CheckResult, SessionPlan
 
 
@@ -35,6 +37,8 @@ class CheckContent:
     value: float | None = None
     notes: str | None = None
     evidence_uri: str | None = None
+    # Files uploaded to the session (CONTRACT.md, "Evidence files"), in the order named.
+    evidence: tuple[EvidenceFile, ...] = ()
 
     def content(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(CheckContent)}
@@ -42,10 +46,27 @@ class CheckContent:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckSubmission(CheckContent):
-    """A check as submitted: built once from the request, carried whole to `add_check`."""
+    """A check as submitted: built once from the request, carried whole to `add_check`.
+    The files it names (`evidence_ids`) are looked up among the session's uploads before it
+    goes to the session (`with_files`), which needs the record: `evidence` holds them."""
 
     check_id: UUID
     result: CheckResult | None = None  # a measurement's result is decided from its value
+    evidence_ids: tuple[UUID, ...] = ()
+
+    def with_files(self, uploads: Iterable[EvidenceFile]) -> CheckSubmission:
+        """The submission with the files it names, found among its session's `uploads`: an
+        id that is not one of them (unknown, or another session's file) is refused."""
+        found = {f.id: f for f in uploads}
+        if len(set(self.evidence_ids)) != len(self.evidence_ids):
+            raise InvalidInput("evidence_ids names a file twice", errors=[
+                {"field": "evidence_ids", "message": "a file named twice"}])
+        missing = [str(i) for i in self.evidence_ids if i not in found]
+        if missing:
+            raise InvalidInput(
+                f"not uploaded to this session: {', '.join(missing)}", unknown_ids=missing,
+                errors=[{"field": "evidence_ids", "message": "not an upload of this session"}])
+        return replace(self, evidence=tuple(found[i] for i in self.evidence_ids))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +240,10 @@ class WorkSession:
             raise WrongState(f"cannot {doing}: session is {self.state.status.value}, "
                              f"not {wanted}", session_status=self.state.status.value)
 
+    def ensure_takes_evidence(self) -> None:
+        """Files are uploaded to a session while it is worked on: in progress or paused."""
+        self._ensure_status(*ACTIVE_STATUSES, doing="upload evidence")
+
     def _changed(self) -> None:
         self.state.version += 1
 
@@ -257,6 +282,9 @@ class WorkSession:
         step = self.plan.step(sub.step_id)
         # A body that cannot be a check of that step is invalid (422) whatever the state.
         result = step.check.decide(sub.result, sub.value) if step is not None else None
+        if step is not None and result is not None:
+            step.check.ensure_evidence(result, len(sub.evidence))
+        self._ensure_files_free(sub)
         self._ensure_status(SessionStatus.IN_PROGRESS, doing="record a check")
         if step is None or sub.step_id != self.state.current_step_id:
             raise StepNotCurrent(
@@ -281,9 +309,20 @@ class WorkSession:
             self.state.needs_attention = True
         return check
 
+    def _ensure_files_free(self, sub: CheckSubmission) -> None:
+        """A file is evidence of one check only (decided here, on the session's own checks,
+        so two checks naming one file cannot both be taken)."""
+        taken = {f.id: c.id for c in self.state.checks for f in c.evidence}
+        on_other = [f"{f.id} (on check {taken[f.id]})" for f in sub.evidence if f.id in taken]
+        if on_other:
+            raise InvalidInput(f"already attached to another check: {', '.join(on_other)}",
+                               errors=[{"field": "evidence_ids",
+                                        "message": "attached to another check"}])
+
     def _ensure_same_submission(self, seen: Check, sub: CheckSubmission) -> None:
         same = (seen.step_id == sub.step_id and seen.value == sub.value
-                and (sub.result is None or sub.result is seen.result))
+                and (sub.result is None or sub.result is seen.result)
+                and {f.id for f in seen.evidence} == set(sub.evidence_ids))
         if not same:
             raise InvalidInput(
                 "this check_id was already used for a different check",

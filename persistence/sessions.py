@@ -33,6 +33,7 @@ from domain.work_session import (
 )
 from persistence.audit import AuditLog
 from persistence.db import dialect_insert
+from persistence.evidence import attach
 from persistence.sops import SopRepository
 from persistence.tables import people, session_checks, session_steps, sops, work_sessions
 
@@ -94,6 +95,7 @@ class SessionRepository:
             await self.conn.execute(_checks_insert(self._sqlite), [
                 _check_row(st.id, change.first_check_seq + i, k)
                 for i, k in enumerate(change.checks)])
+            await attach(self.conn, st.id, change.checks)  # their files: evidence from now on
         if change.step_times:  # each replaced only by a newer change, as the row is
             await self.conn.execute(_steps_upsert(self._sqlite), [
                 _step_row(st, t) for t in change.step_times])
@@ -110,6 +112,11 @@ class SessionRepository:
                                at: datetime) -> None:
         """An attempt that changed nothing (refused, or on a locked session): its entry on
         the session's chain."""
+        await self.record_entry(session_id, facts, at)
+
+    async def record_entry(self, session_id: UUID, facts: AuditFacts, at: datetime) -> None:
+        """An entry on the session's chain that changes nothing of the session's own record:
+        a refused attempt, an evidence upload (written in the upload's transaction)."""
         head = (await self.conn.execute(_head(self._sqlite), {"id": session_id})).first()
         if head is None:  # no such session recorded: nothing to chain it to
             raise LookupError(f"session {session_id} is not recorded")

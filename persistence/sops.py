@@ -8,7 +8,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.errors import NotFound
-from domain.sop import CheckKind, CheckSpec, SessionPlan, Sop, SopStatus, SopStep, SopTask
+from domain.sop import (
+    CheckKind,
+    CheckSpec,
+    EvidenceRule,
+    SessionPlan,
+    Sop,
+    SopStatus,
+    SopStep,
+    SopTask,
+)
 from persistence.tables import sop_steps, sop_tasks, sops, work_sessions
 
 
@@ -53,7 +62,8 @@ class SopRepository:
         steps = [{"id": s.id, "sop_id": sop.id, "task_id": t.id, "position": s.position,
                   "title": s.title, "instructions": s.instructions,
                   "check_kind": s.check.kind.value, "check_prompt": s.check.prompt,
-                  "check_unit": s.check.unit, "check_min": s.check.min, "check_max": s.check.max}
+                  "check_unit": s.check.unit, "check_min": s.check.min, "check_max": s.check.max,
+                  "check_evidence": s.check.evidence.value}
                  for t in sop.tasks for s in t.steps]
         if tasks:
             await self.conn.execute(sop_tasks.insert(), tasks)
@@ -115,7 +125,9 @@ class SopRepository:
                 id=s["id"], title=s["title"], instructions=s["instructions"],
                 position=s["position"],
                 check=CheckSpec(kind=CheckKind(s["check_kind"]), prompt=s["check_prompt"],
-                                unit=s["check_unit"], min=s["check_min"], max=s["check_max"])))
+                                unit=s["check_unit"], min=s["check_min"], max=s["check_max"],
+                                # steps from before the rule existed: optional
+                                evidence=EvidenceRule(s["check_evidence"] or "optional"))))
         tasks_by_sop: dict[UUID, list[SopTask]] = {}
         for t in task_rows:
             tasks_by_sop.setdefault(t["sop_id"], []).append(SopTask(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -24,6 +26,7 @@ from sqlalchemy import (
 )
 
 from domain.audit_chain import GENESIS  # the server default of a new head
+from domain.evidence import EvidenceFile
 from domain.people import NAME_MAX, SEARCH_KEY_MAX
 
 metadata = MetaData(naming_convention={
@@ -56,6 +59,25 @@ class UTCDateTime(TypeDecorator):
 
 
 TZ = UTCDateTime()
+
+
+class EvidenceFiles(TypeDecorator):
+    """A check's evidence files (domain.evidence.EvidenceFile), as a JSON list of objects;
+    none is an empty tuple (checks from before evidence files existed hold NULL)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[EvidenceFile, ...] | None,
+                           dialect: Any) -> list[dict[str, Any]] | None:
+        if not value:
+            return None
+        return [{"id": str(f.id), "sha256": f.sha256, "content_type": f.content_type,
+                 "bytes": f.bytes, "filename": f.filename} for f in value]
+
+    def process_result_value(self, value: list[dict[str, Any]] | None,
+                             dialect: Any) -> tuple[EvidenceFile, ...]:
+        return tuple(EvidenceFile(**{**f, "id": UUID(f["id"])}) for f in value or ())
 
 sops = Table(
     "sops", metadata,
@@ -94,6 +116,7 @@ sop_steps = Table(
     Column("check_unit", String(32)),
     Column("check_min", Float),
     Column("check_max", Float),
+    Column("check_evidence", String(20)),  # domain.sop.EvidenceRule; NULL (older): optional
 )
 
 ACTIVE = "status IN ('in_progress', 'paused')"
@@ -160,8 +183,36 @@ session_checks = Table(
     Column("value", Float),
     Column("notes", Text),
     Column("evidence_uri", String(2048)),
+    Column("evidence", EvidenceFiles()),
     Column("checked_at", TZ, nullable=False),
     Column("checked_by", Uuid, nullable=False),
+)
+
+# Files uploaded to a session (CONTRACT.md, "Evidence files"), one row per upload; the bytes
+# are in the evidence store under `sha256` (several rows, of several sessions, may share
+# them). A row is attached to a check (`check_id`) by the write of the change that recorded
+# the check (persistence.sessions.write_change); one never attached is removed after a day
+# (application/evidence.remove_unattached), counted from the last time a check named it
+# (`named_at`: a check in flight between the API's look-up and its write keeps its file).
+evidence = Table(
+    "evidence", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("session_id", Uuid, ForeignKey("work_sessions.id"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("filename", String(255)),
+    Column("uploaded_at", TZ, nullable=False),
+    Column("uploaded_by", Uuid, nullable=False),
+    Column("check_id", Uuid),
+    Column("attached_at", TZ),
+    Column("named_at", TZ),
+    # the same bytes uploaded again to the same session are the same upload
+    Index("uq_evidence_session_sha256", "session_id", "sha256", unique=True),
+    Index("ix_evidence_sha256", "sha256"),
+    # the cleanup's candidates: the few never attached, oldest first
+    Index("ix_evidence_unattached", "uploaded_at", sqlite_where=text("check_id IS NULL"),
+          postgresql_where=text("check_id IS NULL")),
 )
 
 # Time on each step a session reached (`step_times`), as its changes arrive: a row is

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.audit import AuditLog
 from persistence.db import Database
+from persistence.evidence import EvidenceRepository
 from persistence.people import PeopleRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
@@ -23,6 +24,7 @@ class UnitOfWork:
         self.audit = AuditLog(conn)
         self.stats = SopStatsQuery(conn)
         self.people = PeopleRepository(conn)
+        self.evidence = EvidenceRepository(conn)
 
 
 class SqlStore:

@@ -108,9 +108,16 @@ async def worker(client: Client, db: Database, task_queue: str) -> AsyncIterator
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, task_queue: str) -> Settings:
+def evidence_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's app keeps evidence files."""
+    return tmp_path_factory.mktemp("evidence")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, task_queue: str, evidence_dir: Path) -> Settings:
     return Settings(database_url=database_url, task_queue=task_queue,
-                    request_timeout_seconds=10, idle_timeout=timedelta(hours=8))
+                    request_timeout_seconds=10, idle_timeout=timedelta(hours=8),
+                    evidence_store=str(evidence_dir))
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,13 @@ For the tests that need a real socket: fuzzing, and the front door (shedding, up
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -51,6 +54,7 @@ class LiveServer:
         self.error: BaseException | None = None
         self.server: uvicorn.Server | None = None
         self.database_url = ""
+        self.data_dir = Path()
         self.thread = threading.Thread(target=self._run, name=f"{label}-api", daemon=True)
 
     def _run(self) -> None:
@@ -68,9 +72,13 @@ class LiveServer:
             client = await Client.connect(self.temporal_target,
                                           data_converter=pydantic_data_converter)
             db = Database(url)
+            scratch = tempfile.mkdtemp(prefix=f"worksession-{self.label}-data-")
+            self.data_dir = Path(scratch)
             settings = Settings(**{"database_url": url, "task_queue": self.task_queue,
                                    "request_timeout_seconds": 10,
-                                   "idle_timeout": timedelta(hours=8), **self.overrides})
+                                   "idle_timeout": timedelta(hours=8),
+                                   "data_dir": self.data_dir,  # evidence files, by default
+                                   **self.overrides})
             app = create_app(settings, jwt_secret=SECRET, client=client, db=db)
             self.server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on",
                                                  access_log=False), self.ready)
@@ -93,3 +101,5 @@ class LiveServer:
         self.thread.join(60)
         self.sock.close()
         assert not self.thread.is_alive(), "the API server did not stop"
+        if self.data_dir != Path():
+            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -186,3 +186,66 @@ async def test_export_of_an_unknown_session_says_so(db, tmp_path):
     code, text = await audit_cli(db.url, "export", "--session",
                                  "00000000-0000-0000-0000-000000000000")
     assert code == 2 and "is not recorded" in text, text
+
+
+async def test_the_export_names_each_file_and_verify_finds_a_missing_or_altered_one(
+        db, http, supervisor, worker_user, confirmed_sop, evidence_dir, tmp_path):
+    """`audit export` lists every upload with its metadata; `audit verify --file F
+    --evidence DIR` checks every file the record names against DIR/<sha256>: the hash chain
+    covers the files' hashes, so a file whose bytes changed, or is gone, is reported."""
+    import shutil
+
+    from tests.evidence_files import jpeg, pdf
+
+    s = await start(http, worker_user, confirmed_sop)
+    photo, report = jpeg(), pdf()
+    ups = []
+    for data in (photo, report):
+        r = await http.post(f"/api/v1/sessions/{s['id']}/evidence", content=data,
+                            headers=worker_user.h, params={"filename": "x"})
+        assert r.status_code == 201, r.text
+        ups.append(r.json())
+    r = await check(http, worker_user, s["id"], s["current_step_id"], result="failed",
+                    evidence_ids=[ups[0]["id"]])
+    assert r.status_code == 200, r.text
+    out = tmp_path / "session.json"
+    code, text = await audit_cli(db.url, "export", "--session", s["id"], "--out", str(out))
+    assert code == 0, text
+    doc = json.loads(out.read_text("utf-8"))
+    listed = {u["id"]: u for u in doc["evidence"]}
+    assert set(listed) == {u["id"] for u in ups}
+    assert listed[ups[0]["id"]]["check_id"] == r.json()["checks"][0]["id"]
+    assert listed[ups[1]["id"]]["check_id"] is None
+    assert {k: listed[ups[1]["id"]][k] for k in ups[1]} == ups[1]
+    assert doc["session"]["checks"][0]["evidence"][0]["sha256"] == ups[0]["sha256"]
+
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(out), "--evidence",
+                                 str(evidence_dir))
+    assert code == 0, text
+    assert "2 evidence files intact" in text, text
+
+    copy = tmp_path / "evidence"
+    copy.mkdir()
+    for u in ups:
+        shutil.copy(evidence_dir / u["sha256"], copy / u["sha256"])
+    altered = copy / ups[0]["sha256"]
+    altered.write_bytes(altered.read_bytes()[:-1] + b"\x00")
+    (copy / ups[1]["sha256"]).unlink()
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(out), "--evidence",
+                                 str(copy))
+    assert code == 1, text
+    assert f"evidence file {ups[0]['sha256']} (check {doc['session']['checks'][0]['id']}): " \
+        "altered" in text, text
+    assert f"evidence file {ups[1]['sha256']} (upload {ups[1]['id']}): missing" in text, text
+
+    # an export whose file list was rewritten no longer matches its chain
+    doc["session"]["checks"][0]["evidence"][0]["sha256"] = ups[1]["sha256"]
+    doc["evidence"][0]["sha256"] = "0" * 64
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc), "utf-8")
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(forged))
+    assert code == 1, text
+    assert "are not the ones its chain entry records" in text, text
+    assert "is not the one its chain entry records" in text, text
+    code, text = await audit_cli(NO_DATABASE, "verify", "--evidence", str(copy))
+    assert code == 2 and "give --file too" in text, text

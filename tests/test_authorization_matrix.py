@@ -24,6 +24,7 @@ import jwt
 import pytest
 
 from tests.conftest import SECRET, User, make_confirmed_sop, sop_body, start
+from tests.evidence_files import jpeg
 
 SOPS = "/api/v1/sops"
 SESSIONS = "/api/v1/sessions"
@@ -43,6 +44,7 @@ class World:
     sop: dict[str, Any]        # confirmed; the owner runs `session` on it
     draft: dict[str, Any]      # never confirmed
     session: dict[str, Any]    # the owner's, as returned by the last preparation step
+    evidence: dict[str, Any] | None = None  # a file the owner uploaded to it, when asked
 
     @property
     def owner(self) -> User:
@@ -62,7 +64,7 @@ class World:
 
 
 async def build_world(http: httpx.AsyncClient, owner: User, other: User, supervisor: User,
-                      admin: User, prep: str | None) -> World:
+                      admin: User, prep: str | None, evidence: bool = False) -> World:
     sop = await make_confirmed_sop(http, supervisor,
                                    sop_body(title=f"authz {uuid.uuid4().hex}"))
     r = await http.post(SOPS, json=sop_body(title=f"authz draft {uuid.uuid4().hex}"),
@@ -70,13 +72,19 @@ async def build_world(http: httpx.AsyncClient, owner: User, other: User, supervi
     assert r.status_code == 201, r.text
     draft = r.json()
     session = await start(http, owner, sop)
+    uploaded = None
+    if evidence:
+        r = await http.post(f"{SESSIONS}/{session['id']}/evidence", content=jpeg(),
+                            headers=owner.h)
+        assert r.status_code == 201, r.text
+        uploaded = r.json()
     if prep is not None:  # "pause" or "complete", done by the owner
         r = await http.post(f"{SESSIONS}/{session['id']}/{prep}", headers=owner.h)
         assert r.status_code == 200, r.text
         session = r.json()
     users: dict[str, User | None] = {ANON: None, OWNER: owner, OTHER: other, SUP: supervisor,
                                      ADMIN: admin}
-    return World(http, users, sop, draft, session)
+    return World(http, users, sop, draft, session, uploaded)
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -92,8 +100,10 @@ class Row:
     expect: dict[str, int]            # caller -> exact status
     target: str | None = None         # what {id} is: "session", "sop" (confirmed), "draft",
     #                                   "person" (the owner, in the directory of people)
+                                      # "evidence" (a file the owner uploaded)
     prep: str | None = None           # owner's session state: None (in progress), pause, ...
     body: Body | None = None
+    content: Callable[[World], bytes] | None = None  # a raw body (a file), instead of JSON
     verify: Verify | None = None      # extra checks on an allowed answer
     variant: str = ""                 # shown in the case id when one endpoint has two rows
     changes: bool = True              # a denied call must leave the target unchanged
@@ -189,6 +199,14 @@ def verify_stats(w: World, caller: str, r: httpx.Response) -> None:
     assert r.json()["sessions"]["in_progress"] >= 1, r.json()  # the owner's session
 
 
+def verify_uploaded(w: World, caller: str, r: httpx.Response) -> None:
+    assert r.json()["session_id"] == w.session["id"], r.json()
+
+
+def verify_file(w: World, caller: str, r: httpx.Response) -> None:
+    assert w.evidence is not None and r.headers["etag"] == f'"{w.evidence["sha256"]}"'
+
+
 SID = f"{SESSIONS}/{{id}}"
 SOP_ID = f"{SOPS}/{{id}}"
 
@@ -230,6 +248,11 @@ TABLE: list[Row] = [
     Row("POST", f"{SID}/approve", override(409), target="session",
         variant="session in progress"),
     Row("POST", f"{SID}/reopen", override(), target="session", prep="complete", body=reason),
+    # --- evidence files: uploaded by the session's worker, read by who may read it ---
+    Row("POST", f"{SID}/evidence", owner_only(201), target="session",
+        content=lambda _: jpeg(), verify=verify_uploaded),
+    Row("GET", "/api/v1/evidence/{id}", visible(), target="evidence", changes=False,
+        verify=verify_file),
     # --- audit ---
     Row("GET", "/api/v1/audit", by_role(403, 200), changes=False),
     # --- ops: admins only; a session that is making progress is not stuck (409) ---
@@ -333,7 +356,8 @@ async def snapshot(w: World, row: Row) -> Any:
 
 def target_id(w: World, row: Row) -> str:
     return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"],
-            "person": str(w.owner.id)}[row.target or ""]
+            "person": str(w.owner.id),
+            "evidence": (w.evidence or {}).get("id")}[row.target or ""]
 
 
 def assert_problem(r: httpx.Response) -> None:
@@ -347,11 +371,14 @@ def assert_problem(r: httpx.Response) -> None:
 async def test_authorization_matrix(http: httpx.AsyncClient, worker_user: User,
                                     other_worker: User, supervisor: User, admin: User,
                                     row: Row, caller: str) -> None:
-    w = await build_world(http, worker_user, other_worker, supervisor, admin, row.prep)
+    w = await build_world(http, worker_user, other_worker, supervisor, admin, row.prep,
+                          evidence=row.target == "evidence")
     path = row.path.replace("{id}", target_id(w, row)) if row.target else row.path
     kwargs: dict[str, Any] = {"headers": w.headers(caller)}
     if row.body is not None:
         kwargs["json"] = row.body(w)
+    if row.content is not None:
+        kwargs["content"] = row.content(w)
     want = row.expect[caller]
     before = await snapshot(w, row) if want in DENIALS and row.changes else None
 

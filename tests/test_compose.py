@@ -118,7 +118,9 @@ def test_app_services_build_from_the_repository_dockerfile() -> None:
 def test_dockerfile_installs_the_project_and_runs_the_api_as_non_root() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    assert re.search(r"pip install \.(\s|$)", text)
+    assert re.search(r"pip install '?\.(\[[a-z0-9,]+\])?'?(\s|$)", text)
+    assert re.search(r"pip install '\.\[[a-z0-9,]*\bs3\b", text), \
+        "the image needs the s3 extra: compose keeps evidence files in MinIO"
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^CMD \["worksession", "api"\]\s*$', text, re.M)
@@ -362,3 +364,32 @@ def test_monitoring_data_lives_in_named_volumes() -> None:
 def test_production_logs_json_lines() -> None:
     for name in LONG_RUNNING:
         assert _env(_service(name))["WORKSESSION_LOG_FORMAT"] == "json", name
+
+
+# --- Evidence files in object storage (MinIO) -----------------------------------------------
+
+def test_api_and_worker_keep_evidence_in_the_minio_bucket_the_setup_job_makes() -> None:
+    envs = [_env(_service(name)) for name in LONG_RUNNING]
+    for env in envs:
+        assert env["WORKSESSION_EVIDENCE_STORE"] == "s3://evidence/"
+        assert urlsplit(env["WORKSESSION_S3_ENDPOINT_URL"]).hostname == "minio"
+        assert REQUIRED_VAR.match(env["WORKSESSION_S3_SECRET_ACCESS_KEY"])
+    assert all(envs[0][k] == envs[1][k] for k in envs[0] if k.startswith("WORKSESSION_S3"))
+    setup = _service("minio-setup")
+    command = " ".join(setup["command"])
+    assert "mc mb --ignore-existing local/evidence" in command
+    assert f"mc admin user add local {envs[0]['WORKSESSION_S3_ACCESS_KEY_ID']} " in command
+    assert _env(setup)["EVIDENCE_SECRET"] == envs[0]["WORKSESSION_S3_SECRET_ACCESS_KEY"]
+    assert setup["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name in (*LONG_RUNNING, "setup"):
+        assert _service(name)["depends_on"]["minio-setup"]["condition"] == \
+            "service_completed_successfully", name
+
+
+def test_minio_keeps_its_data_in_a_named_volume_and_asks_for_a_root_password() -> None:
+    compose = _compose()
+    minio = compose["services"]["minio"]
+    sources = {str(v).split(":", 1)[0] for v in minio["volumes"]}
+    assert sources and sources <= set(compose["volumes"])
+    assert REQUIRED_VAR.match(_env(minio)["MINIO_ROOT_PASSWORD"])
+    assert re.match(r"^minio/minio:RELEASE\.", minio["image"])

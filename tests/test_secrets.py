@@ -36,13 +36,21 @@ def test_every_secret_setting_reads_a_file(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("WORKSESSION_DATABASE_URL_FILE", str(tmp_path / "db"))
     (tmp_path / "key").write_text("tcld-api-key-123\n")
     monkeypatch.setenv("WORKSESSION_TEMPORAL_API_KEY_FILE", str(tmp_path / "key"))
+    (tmp_path / "s3-id").write_text("evidence-writer\n")
+    (tmp_path / "s3-secret").write_text("s3-" + "z" * 30 + "\n")
+    monkeypatch.setenv("WORKSESSION_S3_ACCESS_KEY_ID_FILE", str(tmp_path / "s3-id"))
+    monkeypatch.setenv("WORKSESSION_S3_SECRET_ACCESS_KEY_FILE", str(tmp_path / "s3-secret"))
     settings = Settings()
     assert settings.require_jwt_secret() == SECRET.encode()
     assert settings.db_url == url
     assert settings.temporal_api_key is not None
     assert settings.temporal_api_key.get_secret_value() == "tcld-api-key-123"
     assert settings.temporal_tls  # an API key means TLS
-    assert set(SECRET_SETTINGS) == {"jwt_secret", "database_url", "temporal_api_key"}
+    assert settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None
+    assert settings.s3_access_key_id.get_secret_value() == "evidence-writer"
+    assert settings.s3_secret_access_key.get_secret_value() == "s3-" + "z" * 30
+    assert set(SECRET_SETTINGS) == {"jwt_secret", "database_url", "temporal_api_key",
+                                    "s3_access_key_id", "s3_secret_access_key"}
     assert SECRET not in repr(settings)  # a SecretStr shows as '**********'
 
 

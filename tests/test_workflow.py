@@ -27,6 +27,7 @@ from persistence.sessions import SessionRepository
 from persistence.uow import SqlStore
 from tests.conftest import eventually, make_confirmed_sop, on, shown, sop_body, submission
 from worker import SANDBOX, build_worker
+from workflows.evidence_cleanup import CleanupInput, EvidenceCleanupWorkflow
 from workflows.messages import workflow_id_for
 from workflows.work_session import WorkSessionWorkflow
 
@@ -185,15 +186,16 @@ def _histories() -> list[Path]:
 @pytest.mark.parametrize("path", _histories(), ids=lambda p: p.stem)
 async def test_recorded_history_replays_without_nondeterminism(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[WorkSessionWorkflow], workflow_runner=SANDBOX,
-                        data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[WorkSessionWorkflow, EvidenceCleanupWorkflow],
+                        workflow_runner=SANDBOX, data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 
 
 def test_histories_are_recorded_for_every_path():
     assert {p.stem.split(".")[0].split("-", 1)[1] for p in _histories()} >= {
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
-        "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind"}
+        "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind",
+        "checks-with-evidence", "evidence-cleanup"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
@@ -286,6 +288,59 @@ async def test_record_histories(http, client, db, supervisor, worker):
     v = shown(await uc.cancel_session(quick, await on(quick, a, uuid.UUID(v["id"])), "done"))
     await client.get_workflow_handle(workflow_id_for(a.id)).result()
     await record("idle-pause-and-write-behind", a, [v["run_id"]])
+
+
+@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
+                    reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
+async def test_record_evidence_histories(http, client, db, supervisor, worker, evidence_dir):
+    """Evidence files (v1.2): a session whose checks carry files (one failed with a photo,
+    a resend, one passed with two), and a run of the evidence cleanup."""
+    from persistence.files import DirectoryStore
+    from tests.conftest import User
+    from tests.evidence_files import jpeg, pdf
+
+    label = os.environ["RECORD_HISTORIES"]
+
+    async def record(name: str, workflow_id: str, run_id: str | None = None) -> None:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        (HISTORIES / f"{label}-{name}.json").write_text(
+            json.dumps(json.loads(history.to_json()), indent=1))
+
+    body = sop_body((3,), measurement_at=None)
+    body["tasks"][0]["steps"][1]["check"]["evidence"] = "required"
+    sop = await make_confirmed_sop(http, supervisor, body)
+    ctx = own_context(client, db, worker.task_queue)
+    a = Actor(uuid.uuid4(), Role.WORKER)
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
+    files = []
+    for data in (jpeg(), jpeg(), pdf()):
+        r = await http.post(f"/api/v1/sessions/{v['id']}/evidence", content=data,
+                            headers=User(a.id, "worker").h)
+        assert r.status_code == 201, r.text
+        files.append(uuid.UUID(r.json()["id"]))
+    access = await on(ctx, a, uuid.UUID(v["id"]))
+    step = uuid.UUID(v["current_step_id"])
+    failed = uuid.uuid4()
+    v = shown(await uc.submit_check(ctx, access, submission(
+        step_id=step, result=CheckResult.FAILED, check_id=failed, evidence_ids=(files[0],))))
+    v = shown(await uc.submit_check(ctx, access, submission(
+        step_id=step, result=CheckResult.FAILED, check_id=failed, evidence_ids=(files[0],))))
+    v = await pass_current(ctx, a, v)
+    v = shown(await uc.submit_check(ctx, access, submission(
+        step_id=uuid.UUID(v["current_step_id"]), result=CheckResult.PASSED,
+        evidence_ids=(files[1], files[2]))))
+    v = await pass_current(ctx, a, v)
+    assert v["status"] == "completed" and [len(c["evidence"]) for c in v["checks"]] == \
+        [1, 0, 2, 0]
+    await client.get_workflow_handle(workflow_id_for(a.id)).result()
+    await record("checks-with-evidence", workflow_id_for(a.id), v["run_id"])
+
+    queue = f"record-cleanup-{uuid.uuid4()}"
+    async with build_worker(client, db, queue, evidence=DirectoryStore(evidence_dir)):
+        cleanup_id = f"evidence-cleanup-record-{uuid.uuid4()}"
+        await client.execute_workflow(EvidenceCleanupWorkflow.run, CleanupInput(),
+                                      id=cleanup_id, task_queue=queue)
+    await record("evidence-cleanup", cleanup_id)
 
 
 async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one(

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from api.schemas import SessionOut
     from domain.changes import SYSTEM, AuditFacts, SessionChange
     from domain.errors import DomainError
+    from domain.evidence import EvidenceFile  # noqa: F401 (see below)
     from domain.work_session import Mark, SessionStatus, WorkSession
     from workflows import search_attributes
     from workflows.messages import (
@@ -36,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
         SubmitCheck,
     )
 
+# domain.evidence is imported above so that the sandbox knows its module: pydantic resolves
+# a check's evidence files (in every SubmitCheck and SessionState) by looking it up there.
 T = TypeVar("T")
 
 # A failing database must never lose a change: keep retrying; ops see the session as stuck.

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--data-dir", type=Path, default=Path("./data"))
 
     sub.add_parser("migrate", help="bring the database schema up to date")
-    sub.add_parser("setup-temporal", help="register the custom search attributes")
+    sub.add_parser("setup-temporal", help="register the custom search attributes and the "
+                   "evidence cleanup's schedule")
 
     aud = sub.add_parser("audit", help="audit log tools")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     ver.add_argument("--file", type=Path, default=None,
                      help="check a session export (`audit export`) instead of the database: "
                           "needs no database, on any machine")
+    ver.add_argument("--evidence", type=Path, default=None, metavar="DIR",
+                     help="with --file: also check every evidence file the export names "
+                          "against DIR/<sha256> (the directory store, or a copy of the "
+                          "bucket's objects): which are missing or altered")
     exp = aud_sub.add_parser("export", help="write one session, its checks and its audit "
                              "chain as one JSON document (`audit verify --file` checks it)")
     exp.add_argument("--session", type=UUID, required=True, help="the session's id")
@@ -184,6 +189,7 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _setup_temporal(_: argparse.Namespace) -> int:
+    from orchestration.schedules import ensure_evidence_cleanup
     from worksession.temporal import (
         TemporalConnectError,
         connect,
@@ -191,17 +197,20 @@ def _setup_temporal(_: argparse.Namespace) -> int:
         register_search_attributes,
     )
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], str]:
         settings = Settings()
         client = await connect(settings)
-        return await register_search_attributes(client, settings.temporal_namespace)
+        added = await register_search_attributes(client, settings.temporal_namespace)
+        return added, await ensure_evidence_cleanup(client, settings.task_queue,
+                                                    settings.evidence_cleanup_after)
 
     try:
-        added = asyncio.run(run())
+        added, schedule = asyncio.run(run())
     except TemporalConnectError as e:
         exit_unconnected(e)
     print(f"search attributes added: {', '.join(added)}" if added
           else "search attributes already registered")
+    print(f"schedule {schedule}: the hourly evidence cleanup")
     return 0
 
 
@@ -210,6 +219,28 @@ def _shown(stored: Any, now: Any) -> dict[str, Any]:
     from api.schemas import SessionOut
     return SessionOut.of(stored.session, workflow_id=stored.workflow_id, run_id=stored.run_id,
                          now=now, worker_name=stored.worker_name).model_dump(mode="json")
+
+
+def _shown_upload(e: Any) -> dict[str, Any]:
+    """An evidence upload as the audit export lists it."""
+    from api.schemas import EvidenceRecordOut
+    return EvidenceRecordOut.model_validate(e, from_attributes=True).model_dump(mode="json")
+
+
+def _hash_in(directory: Path) -> Any:
+    """The sha256 of the file named `name` in `directory`, None when there is none."""
+    import hashlib
+
+    def file_hash(name: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            with (directory / name).open("rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    digest.update(chunk)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return digest.hexdigest()
+    return file_hash
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -228,9 +259,17 @@ def _audit(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         anchor = None
+        if args.audit_command == "verify" and args.evidence and not args.file:
+            print("--evidence DIR checks the files a session export names: give --file too")
+            return 2
+        if args.audit_command == "verify" and args.evidence and not args.evidence.is_dir():
+            print(f"--evidence: {args.evidence} is not a directory")
+            return 2
         if args.audit_command == "verify" and args.file:
             try:
-                n, problems = audit.verify_export(json.loads(args.file.read_text("utf-8")))
+                doc = json.loads(args.file.read_text("utf-8"))
+                n, problems = audit.verify_export(
+                    doc, _hash_in(args.evidence) if args.evidence else None)
             except (OSError, ValueError) as e:
                 print(f"cannot read {args.file}: {e}")
                 return 2
@@ -241,7 +280,8 @@ def _audit(args: argparse.Namespace) -> int:
                     return write(await audit.anchor(SqlStore(db)))
                 if args.audit_command == "export":
                     try:
-                        return write(await audit.export_session(SqlStore(db), args.session, _shown))
+                        return write(await audit.export_session(
+                            SqlStore(db), args.session, _shown, _shown_upload))
                     except NotFound as e:
                         print(e)
                         return 2
@@ -257,7 +297,10 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"{what} BROKEN: {len(problems)} problem(s) in {n} entries")
             return 1
         if args.audit_command == "verify" and args.file:
-            print(f"session export intact: {n} entries verified, every check recorded once")
+            files = f", {audit.files_named(doc)} evidence files intact in {args.evidence}" \
+                if args.evidence else ""
+            print(f"session export intact: {n} entries verified, every check recorded "
+                  f"once{files}")
             return 0
         print(f"audit log intact: {n} entries verified"
               + (f", anchor of {len(anchor['chains'])} chains held" if anchor else ""))

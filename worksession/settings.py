@@ -18,7 +18,8 @@ HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")  # all a shared secret can sign wi
 
 # Settings that are secrets: each can also be read from the file WORKSESSION_<NAME>_FILE
 # names (how containers get secrets), and none is ever logged or shown in /readyz.
-SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key")
+SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key", "s3_access_key_id",
+                   "s3_secret_access_key")
 
 
 def https_or_loopback(url: str) -> bool:
@@ -107,6 +108,18 @@ class Settings(BaseSettings):
     role_claim: str = "role"
     # A claim's values -> roles, e.g. {"floor-staff": "worker", "leads": "supervisor"}.
     role_map: dict[str, Literal["worker", "supervisor", "admin"]] = {}
+    # Evidence files (CONTRACT.md, "Evidence files"): where their bytes are kept, a directory
+    # (default <data_dir>/evidence) or S3-compatible object storage, `s3://bucket/prefix`,
+    # with the endpoint (MinIO and others; unset: AWS) and credentials (unset: the SDK's own
+    # chain, e.g. an instance role). The API and the worker (its cleanup) need the same one.
+    evidence_store: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    max_evidence_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    # An upload no check took within this time may be removed (checked hourly).
+    evidence_cleanup_after: timedelta = timedelta(hours=24)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
@@ -150,6 +163,10 @@ class Settings(BaseSettings):
                 self.temporal_api_key)):
             self.temporal_tls = True
         return self
+
+    @property
+    def evidence_location(self) -> str:
+        return self.evidence_store or str((self.data_dir / "evidence").resolve())
 
     @property
     def db_url(self) -> str:

@@ -1,0 +1,50 @@
+"""Durable schedules on the Temporal cluster: the hourly evidence cleanup. Made (or brought
+up to date) by each worker as it starts and by `worksession setup-temporal`; one per task
+queue, so that stacks sharing a namespace keep to their own."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from workflows.evidence_cleanup import CleanupInput, EvidenceCleanupWorkflow
+
+CLEANUP_EVERY = timedelta(hours=1)
+
+
+def cleanup_schedule_id(task_queue: str) -> str:
+    return f"evidence-cleanup-{task_queue}"
+
+
+async def ensure_evidence_cleanup(client: Client, task_queue: str, older_than: timedelta,
+                                  every: timedelta = CLEANUP_EVERY) -> str:
+    """Create the cleanup's schedule, or make the one there say what these settings say.
+    Returns its id."""
+    schedule_id = cleanup_schedule_id(task_queue)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            EvidenceCleanupWorkflow.run,
+            CleanupInput(older_than_seconds=older_than.total_seconds()),
+            id=schedule_id, task_queue=task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule.state = current.description.schedule.state  # paused by hand: stays so
+            return ScheduleUpdate(schedule=schedule)
+        await client.get_schedule_handle(schedule_id).update(replace)
+    return schedule_id
