@@ -1,7 +1,8 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
-import { setBusyHandler, setOfflineCopyHandler, setToken, setUnauthorizedHandler } from './api.js';
+import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { notice, shortId } from './ui.js';
+import { Keep } from './keep.js';
 import { Outbox } from './outbox.js';
 import { mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
@@ -19,13 +20,6 @@ setBusyHandler((wait) => {
   busy.hidden = !wait;
   busy.textContent = wait ? `The service is busy, retrying in ${Math.ceil(wait.seconds)} s `
     + `(attempt ${wait.attempt} of ${wait.of}). Nothing you entered is lost.` : '';
-});
-const offline = document.getElementById('offline');
-setOfflineCopyHandler((savedAt) => {
-  offline.hidden = !savedAt;
-  offline.textContent = savedAt ? `No connection: this is what this device last saw, at ${
-    new Date(savedAt).toLocaleTimeString()}. Checks you record are kept here and sent when the `
-    + 'connection returns.' : '';
 });
 
 // The worker's page opens with no network once it has been opened (sw.js). Served by the
@@ -138,7 +132,10 @@ function start() {
   clear(main);
   if (claims.role === 'worker') {
     const outbox = new Outbox(claims.sub);
-    mountWorker(main, { claims, outbox, pendingBar: document.getElementById('pending') });
+    mountWorker(main, {
+      claims, outbox, pendingBar: document.getElementById('pending'),
+      offlineBar: document.getElementById('offline'),
+    });
     outbox.start();
     running = outbox;
   } else {
@@ -150,7 +147,7 @@ function start() {
 signOut.addEventListener('click', () => {
   // what this device kept of the worker's sessions goes with the sign-in
   const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
-  if (sub) navigator.serviceWorker?.controller?.postMessage({ forget: sub });
+  if (sub) Keep.forget(sub);
   localStorage.removeItem(TOKEN_KEY);
   setToken(null);
   location.reload();
