@@ -385,6 +385,7 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
       step_title: step.title, check: step.check, step_index: step.index,
       result: decide(step.check, body),
     });
+    outbox.flush(); // on the wire before the card is drawn again
     told = [];
     clear(disagreements);
     const before = state.session;
@@ -395,7 +396,6 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     } else if (!state.session) {
       sessionArea.querySelector('.closed-title')?.focus();
     }
-    outbox.flush();
   }
 
   /** What the card says of the worker's last check: its outcome, and whether it waits. */
