@@ -42,8 +42,10 @@ OUTAGE_BOUND_S = 8.0  # reload with the API silent -> the step and the plain mes
 def under_service_worker(page: Page) -> None:
     """The page is controlled by the console's service worker (it claims the page once
     active): what it keeps is what a reopened page gets."""
-    page.wait_for_function("navigator.serviceWorker.ready.then(r => !!r.active)")
-    page.wait_for_function("!!navigator.serviceWorker.controller")
+    # (evaluated once, awaiting: Playwright's polling evals, which the console's CSP refuses)
+    assert page.evaluate("""() => navigator.serviceWorker.ready.then(() =>
+        !!navigator.serviceWorker.controller || new Promise(resolve => navigator.serviceWorker
+            .addEventListener('controllerchange', () => resolve(true), { once: true })))""")
 
 
 def record_passed(card: Locator) -> None:
@@ -73,10 +75,10 @@ def check_posts(page: Page) -> list[str]:
 
 
 @contextmanager
-def api_silent(stack: Stack) -> Iterator[None]:
+def api_silent(dev: Stack) -> Iterator[None]:
     """The API process stopped (SIGSTOP): the kernel still accepts its connections, nothing
     answers, neither the API nor the console's files it serves. Continued on the way out."""
-    pids = stack.children()["api"]
+    pids = dev.children()["api"]
     assert pids, "no API process under worksession dev"
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
