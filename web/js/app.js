@@ -2,9 +2,8 @@
 import { h, clear } from './dom.js';
 import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { notice, shortId } from './ui.js';
-import { Keep } from './keep.js';
 import { Outbox } from './outbox.js';
-import { mountWorker } from './worker.js';
+import { forgetKept, mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
 
 const TOKEN_KEY = 'worksession.token';
@@ -147,7 +146,7 @@ function start() {
 signOut.addEventListener('click', () => {
   // what this device kept of the worker's sessions goes with the sign-in
   const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
-  if (sub) Keep.forget(sub);
+  if (sub) forgetKept(sub);
   localStorage.removeItem(TOKEN_KEY);
   setToken(null);
   location.reload();
