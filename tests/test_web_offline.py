@@ -48,6 +48,16 @@ def under_service_worker(page: Page) -> None:
             .addEventListener('controllerchange', () => resolve(true), { once: true })))""")
 
 
+def network(page: Page, up: bool) -> None:
+    """The phone's network off or on (Chromium's emulation). Not airtight: now and then a
+    check POST that the page saw fail (net::ERR_INTERNET_DISCONNECTED, the check kept in its
+    outbox) had reached the service, which recorded it (its log: the change written, no
+    access line, the client gone), with a route aborting the API's requests too. What the
+    service has while the phone is "offline" is therefore not asserted: that case is a check
+    sent whose answer was lost, sent again and recorded once (its check_id), as asserted."""
+    page.context.set_offline(not up)  # on: the `online` event, the page sends at once
+
+
 def record_passed(card: Locator) -> None:
     card.get_by_label("Passed").check()
     card.get_by_role("button", name="Record check").click()
@@ -103,7 +113,7 @@ def test_reopened_offline_the_page_carries_on_the_running_session(
     [first] = stack.call(worker, "GET", "/sessions/current")["checks"]
 
     # the basement: reopened with no network, on the step it was at
-    page.context.set_offline(True)
+    network(page, up=False)
     page.reload()
     expect(card.get_by_role("heading", name="Measure residual voltage")).to_be_visible()
     expect(card).to_contain_text("Step 2 of 3")
@@ -125,11 +135,9 @@ def test_reopened_offline_the_page_carries_on_the_running_session(
     expect(card.get_by_role("heading", name="Apply your padlock")).to_be_visible()
     expect(pending).to_contain_text("1 check waiting to be sent")
     assert [w["body"]["check_id"] for w in outbox(page)] == [waiting["body"]["check_id"]]
-    assert [c["id"] for c in stack.call(worker, "GET", "/sessions/current")["checks"]] == \
-        [first["id"]]
 
     sent = check_posts(page)
-    page.context.set_offline(False)  # sent now, once
+    network(page, up=True)  # sent now, once
     expect(pending).to_be_hidden(timeout=15_000)
     expect(offline).to_be_hidden()
     session = stack.call(worker, "GET", "/sessions/current")
@@ -192,17 +200,17 @@ def test_the_worker_is_told_when_the_service_had_the_session_elsewhere(
     pending = page.locator("#pending")
     session_id = stack.call(worker, "GET", "/sessions/current")["id"]
 
-    page.context.set_offline(True)
+    network(page, up=False)
+    # meanwhile, on another device, the worker pauses the session; the phone cannot know
+    stack.call(worker, "POST", f"/sessions/{session_id}/pause")
     record_passed(card)
     expect(card).to_contain_text("Step 2 of 3")  # the phone moved on
     expect(pending).to_contain_text("1 check waiting to be sent")
-    # meanwhile, on another device, the worker pauses the session
-    stack.call(worker, "POST", f"/sessions/{session_id}/pause")
     if reopened:
         page.reload()
         expect(card).to_contain_text("Step 2 of 3")
 
-    page.context.set_offline(False)
+    network(page, up=True)
     told = page.get_by_role("alert").filter(has_text="your phone had moved on")
     expect(told).to_contain_text(
         "The service has this session paused at step 1 (Stop the press); your phone had moved "
