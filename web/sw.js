@@ -1,77 +1,66 @@
-// The console's service worker: the page opens with no network.
+// The console's service worker: the page opens with no network, or with a service that does
+// not answer.
 //
 // - The app shell (this folder's files) is kept at install and refreshed whenever the network
-//   answers: network first, the kept copy when it does not answer within a few seconds.
-// - A worker's reads of the API (the confirmed SOPs, their sessions) are kept the same way,
-//   in a cache of that worker's own (named by the token's subject), marked with the time they
-//   were fetched (`X-Worksession-Saved-At`) so the page can say how old what it shows is.
-//   Supervisors' reads are never kept. Sign-out deletes the worker's cache.
-// - Nothing else is touched: every change (POST) goes to the network as before; a check that
-//   cannot be sent waits in the page's outbox.
+//   answers: network first, the kept copy when it does not answer within a few seconds. A
+//   page whose document came from the kept copy gets its other files from the kept copy at
+//   once (same version, and no wait of a few seconds for each wave of module imports).
+// - The API is not touched: no answer of it is kept or served from here. What the worker's
+//   page needs to carry on (the running session as the service last answered it, its SOP's
+//   steps, the checks waiting to be sent) the page keeps itself (js/keep.js, js/outbox.js),
+//   written on every answer: a copy kept here answered for the session with whatever read
+//   came last, e.g. a list of running sessions fetched before the start ("no session").
+// - Every change (POST) goes to the network as before; a check that cannot be sent waits in
+//   the page's outbox.
 const SHELL = 'worksession-shell';
 const FILES = ['./', 'app.css', 'manifest.webmanifest', 'icon.svg', 'js/api.js', 'js/app.js',
-  'js/dom.js', 'js/editor.js', 'js/outbox.js', 'js/stats.js', 'js/supervisor.js', 'js/ui.js',
-  'js/worker.js'];
-const NETWORK_WAIT_MS = 4000;
-const SAVED_AT = 'X-Worksession-Saved-At';
+  'js/dom.js', 'js/editor.js', 'js/keep.js', 'js/outbox.js', 'js/stats.js', 'js/supervisor.js',
+  'js/ui.js', 'js/worker.js'];
+const NETWORK_WAIT_MS = 2500;
 
-const apiCache = (sub) => `worksession-api-${sub}`;
+// Pages (client ids) whose document was the kept copy: their files come from it too. Lost
+// when the browser stops this worker between events: those pages then wait for the network
+// first, as any other.
+const fromKept = new Set();
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
 });
 
-self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
-
-self.addEventListener('message', (event) => {
-  if (event.data && typeof event.data.forget === 'string') {
-    event.waitUntil(caches.delete(apiCache(event.data.forget)));
-  }
-});
-
-/** The token's claims, read only to choose a cache (the API checks the signature). */
-function claims(request) {
-  const auth = request.headers.get('Authorization') || '';
-  const part = auth.startsWith('Bearer ') ? auth.slice(7).split('.')[1] : null;
-  if (!part) return null;
-  try {
-    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(b64.padEnd(Math.ceil(b64.length / 4) * 4, '=')));
-  } catch {
-    return null;
-  }
-}
+// Caches of earlier versions (the API answers they kept, `worksession-api-<worker>`) go.
+self.addEventListener('activate', (event) => event.waitUntil(
+  caches.keys()
+    .then((keys) => Promise.all(keys.filter((k) => k !== SHELL).map((k) => caches.delete(k))))
+    .then(() => self.clients.claim())));
 
 self.addEventListener('fetch', (event) => {
   const { request } = event;
   const url = new URL(request.url);
   if (request.method !== 'GET' || url.origin !== self.location.origin) return;
-  if (url.pathname.startsWith('/api/v1/')) {
-    const who = claims(request);
-    if (!who || who.role !== 'worker' || typeof who.sub !== 'string') return;
-    event.respondWith(networkFirst(request, apiCache(who.sub), request.url));
-  } else if (request.mode === 'navigate' && (url.pathname === '/app' || url.pathname.startsWith('/app/'))) {
-    event.respondWith(networkFirst(request, SHELL, new URL('./', self.registration.scope).href));
-  } else if (url.pathname.startsWith('/app/')) {
-    event.respondWith(networkFirst(request, SHELL, url.origin + url.pathname));
+  if (!(url.pathname === '/app' || url.pathname.startsWith('/app/'))) return; // the API, …
+  if (request.mode === 'navigate') {
+    event.respondWith(networkFirst(request, new URL('./', self.registration.scope).href)
+      .then(({ response, kept }) => {
+        if (kept && event.resultingClientId) fromKept.add(event.resultingClientId);
+        return response;
+      }));
+  } else if (fromKept.has(event.clientId)) {
+    event.respondWith(keptFirst(request, url.origin + url.pathname));
+  } else {
+    event.respondWith(networkFirst(request, url.origin + url.pathname)
+      .then(({ response }) => response));
   }
 });
 
 /**
  * The network's answer, kept; or, when the network fails or keeps silent for a few seconds,
- * the copy kept last time (marked with when it was fetched). The network's answer still
- * refreshes the copy when it comes late.
+ * the copy kept last time (`kept`: true). The network's answer still refreshes the copy when
+ * it comes late.
  */
-async function networkFirst(request, cacheName, key) {
-  const cache = await caches.open(cacheName);
+async function networkFirst(request, key) {
+  const cache = await caches.open(SHELL);
   const fromNetwork = fetch(request).then(async (response) => {
-    if (response.ok) {
-      const headers = new Headers(response.headers);
-      headers.set(SAVED_AT, new Date().toISOString());
-      await cache.put(key, new Response(await response.clone().blob(), {
-        status: response.status, statusText: response.statusText, headers,
-      }));
-    }
+    if (response.ok) await cache.put(key, response.clone());
     return response;
   });
   fromNetwork.catch(() => {}); // a late failure is answered by the kept copy below
@@ -83,8 +72,14 @@ async function networkFirst(request, cacheName, key) {
     // unreachable: the kept copy below
   }
   // a gateway's "service down" is no better than no network
-  if (response && ![502, 503, 504].includes(response.status)) return response;
-  const kept = await cache.match(key);
-  if (kept) return kept;
-  return response || fromNetwork; // nothing kept: the network's answer, whenever it comes
+  if (response && ![502, 503, 504].includes(response.status)) return { response, kept: false };
+  const copy = await cache.match(key);
+  if (copy) return { response: copy, kept: true };
+  return { response: response || await fromNetwork, kept: false }; // nothing kept: wait
+}
+
+async function keptFirst(request, key) {
+  const copy = await caches.match(key, { cacheName: SHELL });
+  if (copy) return copy;
+  return (await networkFirst(request, key)).response;
 }

@@ -8,17 +8,18 @@ const BUSY_ATTEMPTS = 4;
 let token = null;
 let onUnauthorized = () => {};
 let onBusy = () => {};
-let onOfflineCopy = () => {};
+let onReach = () => {};
 
 export function setToken(value) { token = value; }
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 /** fn({ attempt, of, seconds }) while a shed request waits to be sent again; fn(null) after. */
 export function setBusyHandler(fn) { onBusy = fn; }
 /**
- * fn(savedAt) after each answer: the ISO time an answer was fetched when it is the copy this
- * device kept (the service worker answers with it when the network does not), else null.
+ * fn(true) when the service answered (a refusal or a problem of its own is an answer),
+ * fn(false) when it could not be reached or kept silent past the timeout, or when a gateway
+ * in front of it answered for it (502, 504, a 503 without the service's problem document).
  */
-export function setOfflineCopyHandler(fn) { onOfflineCopy = fn; }
+export function setReachHandler(fn) { onReach = fn; }
 
 /** The service answered with an RFC 9457 problem (or at least an error status). */
 export class ApiError extends Error {
@@ -79,11 +80,14 @@ async function send(method, path, body) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch {
+    onReach(false);
     throw new NetworkError();
   } finally {
     clearTimeout(timer);
   }
-  onOfflineCopy(response.headers.get('x-worksession-saved-at'));
+  const down = response.status === 502 || response.status === 504
+    || (response.status === 503 && !(response.headers.get('content-type') || '').includes('json'));
+  onReach(!down);
   if (response.status === 204) return null;
   let data = null;
   if ((response.headers.get('content-type') || '').includes('json')) {

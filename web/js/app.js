@@ -1,9 +1,9 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
-import { setBusyHandler, setOfflineCopyHandler, setToken, setUnauthorizedHandler } from './api.js';
+import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { ask, notice, shortId } from './ui.js';
 import { Outbox } from './outbox.js';
-import { mountWorker } from './worker.js';
+import { forgetKept, mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
 
 const TOKEN_KEY = 'worksession.token';
@@ -19,13 +19,6 @@ setBusyHandler((wait) => {
   busy.hidden = !wait;
   busy.textContent = wait ? `The service is busy, retrying in ${Math.ceil(wait.seconds)} s `
     + `(attempt ${wait.attempt} of ${wait.of}). Nothing you entered is lost.` : '';
-});
-const offline = document.getElementById('offline');
-setOfflineCopyHandler((savedAt) => {
-  offline.hidden = !savedAt;
-  offline.textContent = savedAt ? `No connection: this is what this device last saw, at ${
-    new Date(savedAt).toLocaleTimeString()}. Checks you record are kept here and sent when the `
-    + 'connection returns.' : '';
 });
 
 // The worker's page opens with no network once it has been opened (sw.js). Served by the
@@ -144,7 +137,10 @@ function start() {
   clear(main);
   if (claims.role === 'worker') {
     const outbox = new Outbox(claims.sub);
-    mountWorker(main, { claims, outbox, pendingBar: document.getElementById('pending') });
+    mountWorker(main, {
+      claims, outbox, pendingBar: document.getElementById('pending'),
+      offlineBar: document.getElementById('offline'),
+    });
     outbox.start();
     running = outbox;
   } else {
@@ -175,7 +171,7 @@ signOut.addEventListener('click', async () => {
   }
   // what this device kept of the worker's sessions goes with the sign-in
   const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
-  if (sub) navigator.serviceWorker?.controller?.postMessage({ forget: sub });
+  if (sub) forgetKept(sub);
   localStorage.removeItem(TOKEN_KEY);
   setToken(null);
   location.reload();

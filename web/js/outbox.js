@@ -39,8 +39,10 @@ export class Outbox extends EventTarget {
   }
 
   add(sessionId, body, label) {
-    this.items.push({ session_id: sessionId, body, label, queued_at: new Date().toISOString() });
+    const item = { session_id: sessionId, body, label, queued_at: new Date().toISOString() };
+    this.items.push(item);
     this.save();
+    return item;
   }
 
   remove(item) {
@@ -62,8 +64,10 @@ export class Outbox extends EventTarget {
       try {
         const session = await post(`/sessions/${item.session_id}/checks`, item.body);
         this.lastError = null;
-        this.remove(item);
+        // Told before it leaves the box, in the same task: the page keeps the service's
+        // answer (keep.js) first, so no reload finds the check in neither place.
         this.dispatchEvent(new CustomEvent('delivered', { detail: { item, session } }));
+        this.remove(item);
       } catch (error) {
         if (error.transient || error.status === 401) {
           // Kept for later: unreachable, busy, or the sign-in ran out (the check is not lost).

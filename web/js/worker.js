@@ -1,6 +1,9 @@
 // The worker's view, phone first: the current step as a card, the SOPs to start from, history.
 import { h, clear, uuid4 } from './dom.js';
-import { ApiError, describe, get, post, query } from './api.js';
+import { ApiError, describe, get, post, query, setReachHandler } from './api.js';
+import {
+  Keep, decide, disagreement, planSteps, withWaiting,
+} from './keep.js';
 import {
   ask, badge, field, formatNumber, lockBadge, notice, pager, rangeText, readMeasurement,
   statusWord, when,
@@ -11,6 +14,11 @@ const ACTIVE = new Set(['in_progress', 'paused']);
 // A confirm step is passed (or failed) with one tap; the check waits this long on the page,
 // with an Undo, before it goes to the outbox: a check the service has cannot be withdrawn.
 export const UNDO_SECONDS = 5;
+// The page opens on what it kept, and says the service is not answering when the first
+// answer has not come in this long (the kept copy is then all there is).
+const FIRST_ANSWER_MS = 3000;
+// While the service does not answer, the page asks it again this often.
+const RETRY_MS = 10000;
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
 export function explain(error) {
@@ -36,67 +44,217 @@ export function explain(error) {
   return describe(error);
 }
 
-export function mountWorker(root, { outbox, pendingBar }) {
+/**
+ * What this device kept of a worker's sessions goes (sign-out). Through this module, not
+ * keep.js imported by app.js: a seventh module at app.js's level waited for one of the
+ * browser's six connections, a round trip more on the first load.
+ */
+export const forgetKept = (userId) => Keep.forget(userId);
+
+export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
+  const keep = new Keep(claims.sub);
   const state = {
-    session: null, // the active session (in_progress / paused), as the API returned it
+    server: null, // the session as the service last answered (or the kept copy of that)
+    steps: null, // the steps of its SOP, in order (keep.js planSteps), for the local rule
+    stepsOf: null, // the SOP those steps are of
+    session: null, // shown: `server` (in_progress / paused) with the waiting checks applied
     closed: null, // the session that just closed, for its summary
     sops: [],
     feedback: null, // { kind, text } about the last check, shown on the card
+    lastCheck: null, // the outbox item of the worker's last check here, which `feedback` tells
     loadError: null,
+    answered: false, // the service has answered this page at least once
+    reached: true, // the last request reached the service
     historyOffset: 0,
   };
 
+  const disagreements = h('div', { class: 'messages disagreements' });
   const pageMessages = h('div', { class: 'messages' });
   const sessionArea = h('section', { class: 'stack', 'aria-label': 'Current session' });
   const startArea = h('section', { class: 'stack' }); // named by its heading, when it has one
   const historyArea = h('section', { class: 'stack', 'aria-labelledby': 'history-heading' });
-  root.append(pageMessages, sessionArea, startArea, historyArea);
+  root.append(disagreements, pageMessages, sessionArea, startArea, historyArea);
 
   // ---- loading ---------------------------------------------------------------------------
 
-  async function load() {
+  /** Opens on the kept copy (no wait), then asks the service, which has the last word. */
+  function startUp() {
+    if (keep.exists) {
+      state.sops = keep.sops || [];
+      state.server = keep.session;
+      state.steps = keep.steps;
+      state.stepsOf = keep.steps ? keep.session.sop.id : null;
+      project();
+      render();
+    }
+    renderLink();
+    load();
+    setTimeout(() => {
+      if (state.answered) return;
+      state.reached = false;
+      renderLink();
+      if (!keep.exists && !state.loadError) {
+        notice(pageMessages, 'info', 'The service has not answered yet: still trying.');
+      }
+    }, FIRST_ANSWER_MS);
+    const retry = setInterval(() => {
+      if (outbox.stopped) clearInterval(retry);
+      else if (!state.reached || state.loadError) load();
+    }, RETRY_MS);
+  }
+
+  let loading = null;
+  function load() {
+    loading ||= fetchState().finally(() => { loading = null; });
+    return loading;
+  }
+
+  async function fetchState() {
+    let answer;
     try {
+      // Checks waiting go first: a session read before they arrive would be older than them.
+      if (outbox.size) await outbox.flush();
       // The session list (not /sessions/current) finds the active one: no 404 when none.
       const [sops, running, paused] = await Promise.all([
         get('/sops?limit=100'),
         get('/sessions?status=in_progress&limit=1'),
         get('/sessions?status=paused&limit=1'),
       ]);
-      state.sops = sops.items.filter((s) => s.status === 'confirmed');
+      const confirmed = sops.items.filter((s) => s.status === 'confirmed');
       const active = running.items[0] || paused.items[0];
-      state.session = active ? await get(`/sessions/${active.id}`) : null;
-      state.loadError = null;
-      notice(pageMessages, 'info', '');
+      // the session this page had running, closed meanwhile (elsewhere): its summary
+      const gone = !active && state.server && ACTIVE.has(state.server.status) ? state.server.id : null;
+      const session = active || gone ? await get(`/sessions/${(active || { id: gone }).id}`) : null;
+      answer = { session, sops: confirmed, steps: session ? await stepsFor(session, confirmed) : null };
     } catch (error) {
-      state.loadError = error;
-      notice(pageMessages, 'error', explain(error), [
-        h('button', { type: 'button', class: 'secondary', onclick: load }, 'Try again')]);
-      pageMessages.prepend(h('h1', {}, 'Work sessions'));
+      const unreachable = error.transient || !(error instanceof ApiError);
+      if (unreachable && (state.server || keep.exists)) {
+        // carry on with what this phone kept; the bar above says the service is not answering
+        state.loadError = null;
+      } else {
+        state.loadError = error;
+        notice(pageMessages, 'error', explain(error), [
+          h('button', { type: 'button', class: 'secondary', onclick: load }, 'Try again')]);
+        pageMessages.prepend(h('h1', {}, 'Work sessions'));
+      }
+      render();
+      loadHistory();
+      return;
     }
-    render();
+    state.answered = true;
+    state.loadError = null;
+    notice(pageMessages, 'info', '');
+    state.sops = answer.sops;
+    fromService(answer.session, { steps: answer.steps, sops: answer.sops });
     loadHistory();
   }
 
-  function applySession(session, { focus = false } = {}) {
-    if (ACTIVE.has(session.status)) {
-      const stepChanged = state.session?.current_step_id !== session.current_step_id;
-      state.session = session;
+  /** The steps of a session's SOP: held already, in the list of SOPs, or asked for. */
+  async function stepsFor(session, sops = state.sops) {
+    if (state.steps && state.stepsOf === session.sop.id) return state.steps;
+    const sop = sops.find((s) => s.id === session.sop.id)
+      || await get(`/sops/${session.sop.id}`).catch(() => null); // e.g. archived since
+    return sop ? planSteps(sop) : null;
+  }
+
+  /** What the page shows: the service's session with the checks still waiting applied. */
+  function project() {
+    const s = state.server;
+    if (!s) {
+      state.session = null;
+      return;
+    }
+    const shown = withWaiting(s, state.steps, outbox.items);
+    if (ACTIVE.has(shown.status)) {
+      state.session = shown;
       state.closed = null;
-      render();
-      if (focus || stepChanged) sessionArea.querySelector('.step-title')?.focus();
     } else {
       state.session = null;
-      state.closed = session;
-      render();
+      state.closed = shown;
+    }
+  }
+
+  const shownNow = () => state.session || state.closed;
+  const look = (s) => (s ? [s.id, s.status, s.current_step_id, s.needs_attention, s.locked,
+    s.checks.length, s.held?.length || 0].join() : '');
+
+  /**
+   * An answer of the service about the worker's session (`session`, or none running):
+   * kept, then shown with the checks still waiting. When it puts the session elsewhere than
+   * the phone had it while checks of the phone's were in play (`item`: the one this answer
+   * is about), the worker is told. The card is built again only when what it shows changed
+   * (a value being typed on it stays).
+   */
+  function fromService(session, {
+    steps, sops, item = null, recorded = null, refusal = null, phone = shownNow(),
+    focus = false,
+  } = {}) {
+    // checks are only ever added: an answer with fewer than the one held is older than it
+    if (session && state.server && session.id === state.server.id
+        && session.checks.length < state.server.checks.length) return;
+    const waiting = item || outbox.items.some((i) => i.session_id === phone?.id);
+    if (session && steps === undefined && state.stepsOf !== session.sop.id) {
+      const sop = state.sops.find((x) => x.id === session.sop.id);
+      steps = sop ? planSteps(sop) : null;
+      if (!sop) stepsFor(session).then((found) => { if (found) useSteps(session, found); });
+    }
+    if (steps !== undefined && session) {
+      state.steps = steps;
+      state.stepsOf = steps ? session.sop.id : null;
+    }
+    state.server = session;
+    keep.save({ session, steps: state.steps, sops });
+    project();
+    const service = shownNow();
+    if (waiting) {
+      const text = disagreement({ phone, service, item, recorded, refusal });
+      if (text) tell(text);
+    }
+    if (!focus && state.session && look(phone) === look(service)
+        && sessionArea.querySelector('.step-card')) {
+      refreshFeedback();
+      renderPending();
+      return;
+    }
+    render();
+    if (state.session) {
+      if (focus || (phone && phone.current_step_id !== state.session.current_step_id)) {
+        sessionArea.querySelector('.step-title')?.focus();
+      }
+    } else if (state.closed && (focus || look(phone) !== look(service))) {
       sessionArea.querySelector('.closed-title')?.focus();
     }
+  }
+
+  function useSteps(session, steps) {
+    if (state.server?.id !== session.id) return;
+    state.steps = steps;
+    state.stepsOf = session.sop.id;
+    keep.save({ session: state.server, steps });
+    const before = look(shownNow());
+    project();
+    if (look(shownNow()) !== before) render();
+  }
+
+  function applySession(session, options = {}) {
+    fromService(session, options);
     loadHistory();
+  }
+
+  /** A disagreement between the phone and the service, shown until the next check. */
+  let told = [];
+  function tell(text) {
+    if (told.includes(text)) return;
+    told = [...told, text];
+    notice(disagreements, 'warn', told.join(' '));
   }
 
   function render() {
+    if (state.lastCheck) state.feedback = checkFeedback();
     renderSession();
     renderStart();
     renderPending();
+    renderLink();
   }
 
   // ---- the current session -----------------------------------------------------------------
@@ -134,7 +292,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
 
   function stepCard(s, step) {
     const check = step.check;
-    const pending = outbox.pendingFor(s.id, step.id);
+    const pending = s.held?.find((i) => i.body.step_id === step.id);
     const undoable = heldFor(s.id, step.id);
     const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable);
     const feedback = h('div', { class: 'feedback' });
@@ -224,11 +382,47 @@ export function mountWorker(root, { outbox, pendingBar }) {
       holdForUndo(s, step, body);
       return;
     }
-    // Kept on the device first, then sent: a lost connection loses nothing.
-    outbox.add(s.id, body, { step_title: step.title, check: step.check });
-    state.feedback = null;
+    send(s.id, step, body);
+  }
+
+  function send(sessionId, step, body) {
+    // Kept on the device first, then sent: a lost connection loses nothing. The card moves on
+    // at once as the service will decide (keep.js applyCheck); its answer has the last word.
+    state.lastCheck = outbox.add(sessionId, body, {
+      step_title: step.title, check: step.check, step_index: step.index,
+      result: decide(step.check, body),
+    });
+    outbox.flush(); // on the wire before the card is drawn again
+    told = [];
+    clear(disagreements);
+    const before = state.session;
+    project();
     render();
-    outbox.flush();
+    if (state.session && state.session.current_step_id !== before?.current_step_id) {
+      sessionArea.querySelector('.step-title')?.focus();
+    } else if (!state.session) {
+      sessionArea.querySelector('.closed-title')?.focus();
+    }
+  }
+
+  /** What the card says of the worker's last check: its outcome, and whether it waits. */
+  function checkFeedback() {
+    const item = state.lastCheck;
+    const said = feedbackFor(item, shownNow() || { checks: [] });
+    if (!said) return null;
+    const waiting = outbox.items.some((i) => i.body.check_id === item.body.check_id);
+    if (!waiting || (state.reached && navigator.onLine)) return said;
+    return { ...said, text: `${said.text} Your check is saved on this phone and will be sent `
+      + 'automatically: no need to do it again.' };
+  }
+
+  function refreshFeedback() {
+    if (!state.lastCheck) return;
+    state.feedback = checkFeedback();
+    const s = state.session;
+    if (s?.held?.some((i) => i.body.step_id === s.current_step_id)) return; // its own notice
+    const box = sessionArea.querySelector('.step-card .feedback');
+    if (box) notice(box, state.feedback?.kind, state.feedback?.text);
   }
 
   /** The step's primary action, kept on the screen: Passed / Failed, Record check, or Resume. */
@@ -285,10 +479,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
   function commitHeld() {
     if (!held) return;
     const { sessionId, step, body } = release();
-    // Kept on the device first, then sent: a lost connection loses nothing.
-    outbox.add(sessionId, body, { step_title: step.title, check: step.check });
-    render();
-    outbox.flush();
+    send(sessionId, step, body);
   }
 
   function undo() {
@@ -352,18 +543,30 @@ export function mountWorker(root, { outbox, pendingBar }) {
     };
   }
 
-  outbox.addEventListener('change', renderPending);
+  outbox.addEventListener('change', () => { renderPending(); refreshFeedback(); });
   outbox.addEventListener('delivered', ({ detail: { item, session } }) => {
-    if (state.session && state.session.id !== item.session_id) return;
-    state.feedback = feedbackFor(item, session);
-    applySession(session);
+    if (state.server && state.server.id !== item.session_id) return;
+    const recorded = session.checks.find((c) => c.id === item.body.check_id);
+    applySession(session, { item, recorded });
   });
   outbox.addEventListener('rejected', async ({ detail: { item, error } }) => {
-    state.feedback = { kind: 'error', text: explain(error) };
+    const phone = shownNow(); // with the refused check, which has left the outbox
+    const refusal = explain(error);
+    if (state.lastCheck?.body.check_id === item.body.check_id) state.lastCheck = null;
+    state.feedback = { kind: 'error', text: refusal };
+    let session = null;
     try {
-      applySession(await get(`/sessions/${item.session_id}`));
+      session = await get(`/sessions/${item.session_id}`);
     } catch {
+      // not answering: the kept session without the refused check
+    }
+    if (session) {
+      applySession(session, { item, refusal, phone });
+    } else {
+      project();
       render();
+      const text = disagreement({ phone, service: shownNow(), item, refusal });
+      if (text) tell(text);
     }
   });
 
@@ -397,7 +600,9 @@ export function mountWorker(root, { outbox, pendingBar }) {
       await outbox.flush();
     }
     try {
+      if (outbox.size) await outbox.flush(); // the checks made before come first
       state.feedback = null;
+      state.lastCheck = null;
       applySession(await call());
     } catch (error) {
       if (error instanceof ApiError && error.status === 409 && state.session) {
@@ -486,6 +691,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
     try {
       const session = await post('/sessions', { sop_id: sop.id });
       state.feedback = null;
+      state.lastCheck = null;
       applySession(session, { focus: true });
     } catch (error) {
       button.disabled = false;
@@ -507,6 +713,7 @@ export function mountWorker(root, { outbox, pendingBar }) {
   async function continueSession(id, messages) {
     try {
       state.feedback = null;
+      state.lastCheck = null;
       applySession(await get(`/sessions/${id}`), { focus: true });
     } catch (error) {
       notice(messages, 'error', explain(error));
@@ -529,8 +736,35 @@ export function mountWorker(root, { outbox, pendingBar }) {
     h('button', { type: 'button', class: 'secondary small', onclick: () => outbox.flush() },
       'Send now'));
   }
-  window.addEventListener('online', () => { if (state.loadError) load(); renderPending(); });
-  window.addEventListener('offline', renderPending);
+  // The bar that says the page shows what this phone kept: no network, or no answer.
+  function renderLink() {
+    if (!offlineBar) return;
+    const down = !navigator.onLine || !state.reached;
+    const at = keep.savedAt;
+    const seen = at ? `: this is what this device last saw, at ${new Date(at).toLocaleTimeString()}` : '';
+    let text = '';
+    if (down) {
+      text = navigator.onLine
+        ? `The service is not answering${seen}. Checks you record are kept here and sent when `
+          + 'it answers again.'
+        : `No connection${seen}. Checks you record are kept here and sent when the connection `
+          + 'returns.';
+    }
+    offlineBar.hidden = !down;
+    if (offlineBar.textContent !== text) offlineBar.textContent = text; // announced once
+  }
+
+  setReachHandler((reached) => {
+    const back = reached && !state.reached;
+    if (reached === state.reached) return;
+    state.reached = reached;
+    renderLink();
+    renderPending();
+    refreshFeedback();
+    if (back) load(); // what changed meanwhile (the outbox sends its checks first)
+  });
+  window.addEventListener('online', () => { load(); renderLink(); renderPending(); });
+  window.addEventListener('offline', () => { renderLink(); renderPending(); refreshFeedback(); });
 
   // ---- history -----------------------------------------------------------------------------
 
@@ -559,5 +793,5 @@ export function mountWorker(root, { outbox, pendingBar }) {
       (delta) => { state.historyOffset = Math.max(0, state.historyOffset + delta * HISTORY_PAGE); loadHistory(); }));
   }
 
-  load();
+  startUp();
 }
