@@ -212,7 +212,8 @@ export function disagreement({ phone, service, item, recorded, refusal }) {
     parts.push(`The service recorded ${step}${title} as ${recorded.result}; your phone had `
       + `${label.result === 'passed' ? 'moved on' : 'kept you on it'}.`);
   }
-  if (!samePlace(phone, service)) {
+  // a phone that showed nothing (signed in again, its kept copy forgotten) has no place to differ
+  if (phone && !samePlace(phone, service)) {
     let before = `showed it ${whereIs(phone)}`;
     if (phone?.status === 'completed') {
       before = 'had finished it';

@@ -19,6 +19,8 @@ export const UNDO_SECONDS = 5;
 const FIRST_ANSWER_MS = 3000;
 // While the service does not answer, the page asks it again this often.
 const RETRY_MS = 10000;
+// The service answering again reloads the page's state, at most this often.
+const REACH_RELOAD_MS = 3000;
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
 export function explain(error) {
@@ -104,7 +106,9 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
   }
 
   let loading = null;
+  let loadedAt = 0;
   function load() {
+    loadedAt = Date.now();
     loading ||= fetchState().finally(() => { loading = null; });
     return loading;
   }
@@ -761,7 +765,9 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     renderLink();
     renderPending();
     refreshFeedback();
-    if (back) load(); // what changed meanwhile (the outbox sends its checks first)
+    // what changed meanwhile (the outbox sends its checks first); not again at once after a
+    // read that half failed (one request refused, the next answered: that would loop)
+    if (back && Date.now() - loadedAt > REACH_RELOAD_MS) load();
   });
   window.addEventListener('online', () => { load(); renderLink(); renderPending(); });
   window.addEventListener('offline', () => { renderLink(); renderPending(); refreshFeedback(); });
