@@ -1,12 +1,13 @@
 // Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
-import { setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
+import { ApiError, get, setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { ask, notice, shortId } from './ui.js';
 import { Outbox } from './outbox.js';
 import { forgetKept, mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
 
 const TOKEN_KEY = 'worksession.token';
+const ME_KEY = 'worksession.me'; // who the API said this token's holder is, for opening offline
 const TEMPORAL_UI_KEY = 'worksession.temporal-ui';
 
 const main = document.getElementById('main');
@@ -59,21 +60,51 @@ export function temporalUi() {
   return { base: base.replace(/\/+$/, ''), namespace };
 }
 
-/** The token's claims, read only to pick a view: the API checks the signature. */
+/** The token's claims, read only for its expiry: the API checks the signature and says who. */
 function claimsOf(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
     const json = decodeURIComponent([...atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='))]
       .map((c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`).join(''));
     const claims = JSON.parse(json);
-    return claims && typeof claims.sub === 'string' && typeof claims.role === 'string' ? claims : null;
+    return claims && typeof claims.sub === 'string' ? claims : null;
   } catch {
     return null;
   }
 }
 
+/**
+ * Who the token's holder is, as the API decides it (`GET /me`: {id, name, role}, the role
+ * through the identity provider's claim and role map): the console never reads roles from
+ * the token itself. The answer is kept, so a page opened with no network still knows.
+ */
+async function whoAmI(token) {
+  const mark = token.slice(-24); // which token the kept answer is for
+  let kept = null;
+  try {
+    const stored = JSON.parse(localStorage.getItem(ME_KEY) || 'null');
+    kept = stored?.mark === mark ? stored.me : null;
+  } catch {
+    kept = null;
+  }
+  const keep = (answer) => localStorage.setItem(ME_KEY, JSON.stringify({ mark, me: answer }));
+  if (kept) { // open at once as the person this device knew; the API's answer has the last word
+    get('/me').then((fresh) => {
+      keep(fresh);
+      if (fresh.id !== kept.id || fresh.role !== kept.role) location.reload();
+    }).catch(() => {}); // offline or silent: the kept answer stands (a 401 signs out)
+    return kept;
+  }
+  const answer = await get('/me');
+  keep(answer);
+  return answer;
+}
+
+let me = null; // the signed-in person, as the API said
+
 function showSignIn(message) {
   localStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(ME_KEY);
   setToken(null);
   running?.stop();
   running = null;
@@ -116,7 +147,7 @@ function showSignIn(message) {
   if (message) notice(status, 'error', message);
 }
 
-function start() {
+async function start() {
   const token = localStorage.getItem(TOKEN_KEY);
   if (!token) return showSignIn();
   const claims = claimsOf(token);
@@ -130,21 +161,32 @@ function start() {
       showSignIn('Your sign-in is no longer valid. Open a new sign-in link.');
     }
   });
-  const role = claims.role === 'worker' ? 'Worker' : claims.role === 'admin' ? 'Admin' : 'Supervisor';
-  who.textContent = `${role} ${shortId(claims.sub)}`;
-  who.title = claims.sub;
+  try {
+    me = await whoAmI(token);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return undefined; // shown by the handler
+    clear(main).append(h('div', { class: 'card narrow' }, h('h1', {}, 'Signing in')));
+    notice(main.firstChild, 'error', `${error.message} Nothing is lost: try again in a moment.`, [
+      h('button', { type: 'button', class: 'primary', onclick: () => start() }, 'Try again')]);
+    return undefined;
+  }
+  const role = me.role === 'worker' ? 'Worker' : me.role === 'admin' ? 'Admin' : 'Supervisor';
+  who.textContent = `${role} ${me.name || shortId(me.id)}`;
+  who.title = me.id;
   signOut.hidden = false;
   clear(main);
-  if (claims.role === 'worker') {
-    const outbox = new Outbox(claims.sub);
+  // the views know the person by the API's id (a provider's `sub` need not be one)
+  const person = { sub: me.id, role: me.role, name: me.name };
+  if (me.role === 'worker') {
+    const outbox = new Outbox(me.id);
     mountWorker(main, {
-      claims, outbox, pendingBar: document.getElementById('pending'),
+      claims: person, outbox, pendingBar: document.getElementById('pending'),
       offlineBar: document.getElementById('offline'),
     });
     outbox.start();
     running = outbox;
   } else {
-    mountSupervisor(main, { claims, nav, temporalUi });
+    mountSupervisor(main, { claims: person, nav, temporalUi });
   }
   return undefined;
 }
@@ -170,9 +212,9 @@ signOut.addEventListener('click', async () => {
     if (!ok) return;
   }
   // what this device kept of the worker's sessions goes with the sign-in
-  const sub = claimsOf(localStorage.getItem(TOKEN_KEY) || '')?.sub;
-  if (sub) forgetKept(sub);
+  if (me) forgetKept(me.id);
   localStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(ME_KEY);
   setToken(null);
   location.reload();
 });
