@@ -612,7 +612,6 @@ def test_the_workers_page_opens_with_no_network_and_delivers_its_check_once(
     expect(pending).to_contain_text("kept on this device since")
     expect(pending).to_contain_text("when the connection returns")
     assert_phone_friendly(page)
-    page.screenshot(path=str(DOCS / "screenshot-worker-offline.png"), full_page=True)
     [waiting] = outbox(page)
 
     page.context.set_offline(False)  # the `online` event: sent now, once

@@ -28,6 +28,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.test_web_console import (  # noqa: F401  (fixtures: stack, supervisor, browser)
+    DOCS,
     Stack,
     browser,
     outbox,
@@ -129,6 +130,7 @@ def test_reopened_offline_the_page_carries_on_the_running_session(
     expect(pending).to_contain_text("1 check waiting to be sent")
     [waiting] = outbox(page)
     assert waiting["body"]["value"] == 0.3
+    page.screenshot(path=str(DOCS / "screenshot-worker-offline.png"))
 
     # reopened again before the network returns: the same card, the same check waiting
     page.reload()
@@ -180,6 +182,7 @@ def test_during_an_api_outage_the_page_reopens_on_its_step_within_seconds(
         expect(card.get_by_role("heading", name="Apply your padlock")).to_be_visible()
         expect(pending).to_contain_text("1 check waiting to be sent")
         [waiting] = outbox(page)
+        page.screenshot(path=str(DOCS / "screenshot-worker-outage.png"))
 
     # the API answers again: the check is delivered (once), the page says nothing more
     expect(pending).to_be_hidden(timeout=45_000)

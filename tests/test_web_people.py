@@ -22,7 +22,16 @@ from playwright.sync_api import Browser, expect
 
 from tests import test_web_console as web
 from tests.test_oidc import AUDIENCE, ROLE_MAP, Provider
-from tests.test_web_console import BIN, DESK, PHONE, Stack, confirmed_sop, open_page, sign_in
+from tests.test_web_console import (
+    BIN,
+    DESK,
+    DOCS,
+    PHONE,
+    Stack,
+    confirmed_sop,
+    open_page,
+    sign_in,
+)
 
 # the module-scoped fixtures of the console's tests: one `worksession dev` for this module
 stack = web.stack
@@ -62,7 +71,8 @@ def test_supervisor_finds_a_worker_by_name_and_reads_the_whole_story_with_names(
     name = f"Ana Ruiz {tag}"
     session = eventful_session(stack, supervisor, named_worker(stack, name))
     other = named_worker(stack, f"Ana Other {tag}")  # a second match for "Ana"
-    stack.call(other, "GET", "/sessions")  # a first request puts her in the directory
+    stack.call(other, "POST", "/sessions", {  # her first request puts her in the directory
+        "sop_id": confirmed_sop(stack, supervisor, f"Other {tag}")["id"]})
 
     page, console = open_page(browser, DESK)
     sign_in(page, stack.link("supervisor"))
@@ -75,6 +85,13 @@ def test_supervisor_finds_a_worker_by_name_and_reads_the_whole_story_with_names(
     rows = page.locator("table.sessions tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(name)
+    worker.fill("")  # everyone's sessions, by name, for the picture
+    worker.press("Enter")
+    expect(rows.nth(1)).to_be_visible()
+    page.screenshot(path=str(DOCS / "screenshot-supervisor-list.png"))
+    worker.fill(f"ruiz {tag}")
+    worker.press("Enter")
+    expect(rows).to_have_count(1)
     expect(worker).to_have_value(f"{name} ({session['worker_id'][:8]})")
     assert f"worker_id={session['worker_id']}" in page.url
     page.reload()  # the address keeps the worker; the field shows their name again
