@@ -346,3 +346,31 @@ async def test_a_step_s_verify_flag_must_be_a_boolean(http, supervisor):
     body["tasks"][0]["steps"][0]["check"]["verify"] = "yes"
     r = await http.post("/api/v1/sops", json=body, headers=supervisor.h)
     assert r.status_code == 422, r.text
+
+
+# ---- the audit export ----------------------------------------------------------------------------
+async def test_the_audit_export_shows_each_signature_s_manifest(
+        http, worker_user, supervisor, confirmed_sop, database_url):
+    import csv
+    import io
+    import json
+
+    from tests.conftest import audit_cli
+
+    supervisor.name = "=HYPERLINK(\"x\")"  # a name a spreadsheet would run
+    s = await completed(http, worker_user, confirmed_sop)
+    r = await sign(http, supervisor, s["id"], meaning="approved", statement="Reviewed")
+    assert r.status_code == 201, r.text
+    g = r.json()
+    r = await http.get("/api/v1/audit", params={"session_id": s["id"]},
+                       headers={**supervisor.h, "Accept": "text/csv"})
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    [row] = [x for x in rows if x["action"] == "signed"]
+    at = g["signed_at"].replace("T", " ").replace("Z", "")[:19]
+    assert row["manifest"] == f"'=HYPERLINK(\"x\"), {at} UTC, approved: \"Reviewed\"", row
+    assert all(x["manifest"] == "" for x in rows if x is not row)
+    code, out = await audit_cli(database_url, "export", "--session", s["id"])
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["signatures"] == [{"signature_id": g["id"], "manifest": row["manifest"][1:]}]
+    assert doc["session"]["signatures"] == [g]
