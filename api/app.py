@@ -83,7 +83,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
             write_behind=settings.write_behind), meter=meter or NoMeter(),
-            files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes)
+            files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes,
+            signature_max_age=settings.signature_max_age)
         background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
             else []
         if meter is not None and settings.metrics_refresh.total_seconds() > 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from domain.people import display_name
 if TYPE_CHECKING:
     from api.oidc import IdentityProvider
 
-NUMERIC_DATES = ("exp", "nbf", "iat")
+NUMERIC_DATES = ("exp", "nbf", "iat", "auth_time")
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PROVIDER_ALGORITHMS = ["RS256", "ES256"]  # an identity provider's tokens, and only these
 
@@ -80,7 +81,7 @@ def _shared_secret(token: str, secret: bytes, algorithms: list[str]) -> Actor:
         role = Role(claims.get("role"))
     except ValueError:
         raise Unauthenticated("token 'role' must be worker, supervisor or admin") from None
-    return Actor(id=sub, role=role, name=name_of(claims))
+    return Actor(id=sub, role=role, name=name_of(claims), auth_time=auth_time_of(claims))
 
 
 def name_of(claims: Mapping[str, Any]) -> str | None:
@@ -88,6 +89,18 @@ def name_of(claims: Mapping[str, Any]) -> str | None:
     Connect's standard claims), each taken only if it is a string with something to show,
     cleaned and cut as domain.people.display_name says; else None."""
     return display_name(claims.get("name"), claims.get("preferred_username"))
+
+
+def auth_time_of(claims: Mapping[str, Any]) -> datetime | None:
+    """When the person authenticated: OpenID Connect's `auth_time`, else the token's `iat`
+    (a token minted at sign-in); None when it has neither. Call after check_numeric_dates."""
+    value = claims.get("auth_time", claims.get("iat"))
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # a date no clock reads
+        raise Unauthenticated("invalid token: 'auth_time' is not a date") from None
 
 
 def canonical_uuid(sub: object) -> UUID | None:

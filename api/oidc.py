@@ -38,7 +38,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from api.auth import PROVIDER_ALGORITHMS as ALGORITHMS
-from api.auth import Unauthenticated, canonical_uuid, check_numeric_dates, name_of
+from api.auth import (
+    Unauthenticated,
+    auth_time_of,
+    canonical_uuid,
+    check_numeric_dates,
+    name_of,
+)
 from application.authz import Actor, Role
 from domain.errors import Forbidden, Unavailable
 from worksession.settings import https_or_loopback
@@ -91,7 +97,8 @@ class IdentityProvider:
             raise Unauthenticated(f"invalid token: {e}") from None
         check_numeric_dates(claims)
         return Actor(id=user_id(str(claims["sub"]), str(claims["iss"])),
-                     role=self._role(claims.get(self.role_claim)), name=name_of(claims))
+                     role=self._role(claims.get(self.role_claim)), name=name_of(claims),
+                     auth_time=auth_time_of(claims))
 
     def _role(self, claim: object) -> Role:
         values = claim if isinstance(claim, list) else [claim]

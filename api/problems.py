@@ -24,6 +24,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS: dict[type[e.DomainError], int] = {
     e.NotFound: 404,
     e.Forbidden: 403,
+    e.ReauthenticationRequired: 401,
     e.InvalidInput: 422,
     e.Conflict: 409,
     e.SopHasActiveSessions: 400,
@@ -41,6 +42,9 @@ TITLES: dict[str, str] = {
     e.SessionLocked.code: "Session is locked",
     e.WrongState.code: "Session is not in the right state",
     e.StepNotCurrent.code: "Step is not the current step",
+    e.ReauthenticationRequired.code: "Re-authentication required",
+    e.StepAwaitsVerification.code: "Step awaits verification",
+    e.StepNotAwaitingVerification.code: "Step is not awaiting verification",
     e.ActiveSessionExists.code: "Worker already has an active session",
     e.SopNotStartable.code: "SOP cannot be started",
     e.SopNotEditable.code: "SOP cannot be changed",
@@ -109,7 +113,8 @@ def install(app: FastAPI) -> None:
     async def domain_error(_: Request, err: e.DomainError) -> JSONResponse:
         status = status_of(err)
         extra = {k: v for k, v in err.extra.items() if k not in RESERVED}
-        headers = {"Retry-After": "5"} if status == 503 else None
+        headers = {"Retry-After": "5"} if status == 503 else \
+            {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return problem(status, err.detail, type_=f"/problems/{err.code}",
                        title=TITLES.get(err.code), headers=headers, **extra)
 

@@ -9,8 +9,9 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.evidence import MAX_FILES_PER_CHECK, Evidence
+from domain.signature import STATEMENT_MAX, Meaning, Signature
 from domain.sop import CheckKind, CheckResult, EvidenceRule
-from domain.work_session import Check, CheckSubmission, WorkSession
+from domain.work_session import Check, CheckSubmission, VerificationWait, WorkSession
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # …and at least one non-space character
@@ -29,6 +30,10 @@ Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # no true ->
 Reason = Text(500, 1, strip=True)
 
 
+VERIFY = ("a passed check on the step waits for a second person's `verified` signature "
+          "(a supervisor or admin other than the worker) before the session moves on")
+StrictBool = Annotated[bool, Field(strict=True)]
+
 EVIDENCE_RULE = ("which checks on the step need an evidence file: `none` (no file may be "
                  "attached), `optional`, `required` (every check), `required_on_fail` (a "
                  "failed check)")
@@ -41,6 +46,7 @@ class ConfirmCheckIn(BaseModel):
     kind: Literal["confirm"]
     prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
     evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
+    verify: StrictBool = Field(False, description=VERIFY)
 
 
 class MeasurementCheckIn(BaseModel):
@@ -56,6 +62,7 @@ class MeasurementCheckIn(BaseModel):
     min: Finite | None = None
     max: Finite | None = None
     evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
+    verify: StrictBool = Field(False, description=VERIFY)
 
 
 CheckSpecIn = Annotated[ConfirmCheckIn | MeasurementCheckIn, Field(discriminator="kind")]
@@ -86,6 +93,7 @@ class CheckSpecOut(BaseModel):
     min: float | None = None
     max: float | None = None
     evidence: EvidenceRule = EvidenceRule.OPTIONAL
+    verify: bool = False
 
 
 class StepOut(BaseModel):
@@ -161,6 +169,21 @@ class EvidenceRecordOut(EvidenceOut):
 
     check_id: UUID | None
     attached_at: datetime | None
+
+
+Statement = Text(STATEMENT_MAX)
+
+
+class SignatureIn(BaseModel):
+    meaning: Meaning = Field(description="`performed` (the session's worker, once it is "
+                             "completed), `verified` (a second person, of the step awaiting "
+                             "it) or `approved` (a supervisor or admin: locks the session)")
+    step_id: UUID | None = Field(None, description="the step verified; only for `verified`")
+    statement: Statement | None = None  # type: ignore[valid-type]
+
+
+class ApproveIn(BaseModel):
+    statement: Statement | None = None  # type: ignore[valid-type]
 
 
 class CancelIn(BaseModel):
@@ -239,6 +262,11 @@ class SessionOut(BaseModel):
     run_id: str | None
     step_times: list[StepTimeOut] = Field(
         description="one entry per step the session reached, in SOP order")
+    awaiting_verification: VerificationWait | None = Field(
+        None, description="the passed check on the current step that waits for a second "
+        "person's `verified` signature; null when none does")
+    signatures: list[Signature] = Field(
+        default_factory=list, description="in signing order; never changed or removed")
 
     @classmethod
     def of(cls, session: WorkSession, *, workflow_id: str | None, run_id: str | None,
@@ -272,6 +300,7 @@ class SessionOut(BaseModel):
             unchecked_step_ids=s.unchecked_step_ids, needs_attention=s.needs_attention,
             locked=s.locked, approved_by=s.approved_by, approved_at=s.approved_at,
             workflow_id=workflow_id, run_id=run_id,
+            awaiting_verification=s.awaiting_verification, signatures=s.signatures,
             step_times=[StepTimeOut(
                 step_id=t.step_id, started_at=t.started_at, passed_at=t.passed_at,
                 active_seconds=round(s.active_seconds(t, now), 3), attempts=t.attempts)
@@ -324,6 +353,7 @@ class SessionSummary(BaseModel):
     cancelled_at: datetime | None
     locked: bool
     needs_attention: bool
+    awaiting_verification: VerificationWait | None = None
 
 
 class PersonOut(BaseModel):

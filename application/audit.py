@@ -51,8 +51,12 @@ async def export_session(store: Store, session_id: UUID,
         uploads = [render_upload(e) for e in await uow.evidence.of_session(session_id)]
         entries = await uow.audit.of_session(session_id)
         head = await uow.sessions.chain_head(session_id)
+    # each signature as a person reads it: name, date and time with zone, meaning, statement
+    manifests = [{"signature_id": str(g.id), "manifest": g.manifest()}
+                 for g in stored.state.signatures]
     return {"format": EXPORT_FORMAT, "exported_at": now.isoformat(), "session": view,
-            "evidence": uploads, "audit": entries, "head": {"seq": head[0], "hash": head[1]}}
+            "signatures": manifests, "evidence": uploads, "audit": entries,
+            "head": {"seq": head[0], "hash": head[1]}}
 
 
 def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | None = None

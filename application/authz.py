@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -18,11 +19,14 @@ class Role(StrEnum):
 @dataclass(frozen=True)
 class Actor:
     """Who makes a request, as their token says: the user id, the role (after an identity
-    provider's mapping) and the name to show (domain.people.display_name), if any."""
+    provider's mapping), the name to show (domain.people.display_name), if any, and when the
+    person last authenticated (the token's `auth_time`, else its `iat`; None when it says
+    neither): signing asks for a recent one (application/signatures.ensure_fresh)."""
 
     id: UUID
     role: Role
     name: str | None = None
+    auth_time: datetime | None = None
 
 
 W, S, A = Role.WORKER, Role.SUPERVISOR, Role.ADMIN

@@ -84,6 +84,7 @@ class Context:
     meter: Meter = field(default_factory=NoMeter)
     files: EvidenceStore | None = None  # evidence files' bytes (None: uploads are 503)
     max_evidence_bytes: int = 20 * 1024 * 1024
+    signature_max_age: int = 300  # seconds since the signer authenticated, at most
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,

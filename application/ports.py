@@ -14,6 +14,7 @@ from uuid import UUID
 from domain.changes import AuditFacts, SessionChange
 from domain.evidence import Evidence
 from domain.people import Person
+from domain.signature import Signature
 from domain.sop import SessionPlan, Sop, SopStatus
 from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
 
@@ -246,6 +247,8 @@ class SessionWorkflows(Protocol):
                            facts: AuditFacts) -> SessionChange | None: ...
     async def command(self, worker_id: UUID, name: str, session_id: UUID,
                       reason: str | None, facts: AuditFacts) -> SessionChange | None: ...
+    async def verify(self, worker_id: UUID, session_id: UUID, signature: Signature,
+                     facts: AuditFacts) -> SessionChange | None: ...
     async def ask_to_write(self, worker_id: UUID) -> bool: ...
     async def live(self, worker_id: UUID) -> StoredSession:
         """The session the worker's open run holds (RunClosed when none is open)."""

@@ -24,10 +24,12 @@ from domain.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    ReauthenticationRequired,
     SessionLocked,
     SopNotStartable,
     Unavailable,
 )
+from domain.signature import Meaning, Signature
 from domain.sop import SessionPlan, SopStatus
 from domain.work_session import (
     ACTIVE_STATUSES,
@@ -316,31 +318,99 @@ async def _command(ctx: Context, access: Access, name: str,
                       offline=offline)
 
 
-# ---- supervisor actions --------------------------------------------------------------------
-async def approve_session(ctx: Context, access: Access,
-                          request_id: str | None = None) -> StoredSession:
-    facts = _facts(access.actor, "session_approve", request_id)
+# ---- signatures (CONTRACT.md, "Electronic signatures") ------------------------------------
+# Who may sign with which meaning (the domain adds: performed by the session's own worker,
+# verified by anyone but them).
+SIGNING_PERMISSION = {Meaning.PERFORMED: "session.work", Meaning.VERIFIED: "session.override",
+                      Meaning.APPROVED: "session.override"}
 
-    async def approve() -> StoredSession:
-        # Two transactions, Temporal between them: the session's run must have closed (and
-        # so written all it took) before the lock, and no transaction waits on Temporal.
-        async with ctx.uow(read_only=True) as uow:
-            stored = await _load(uow, access.session_id, with_checks=False)
-        # the domain's refusals come first
-        stored.session.copy().approve(access.actor.id, ctx.clock())
-        await _ensure_run_closed(ctx, stored.state)
-        async with ctx.uow() as uow:
-            stored = await _load(uow, access.session_id, for_update=True)
-            session = stored.session
-            before = session.mark()
-            session.approve(access.actor.id, ctx.clock())
-            change = SessionChange.of(session.state, before, [facts], ctx.clock(),
-                                      stored.workflow_id, stored.run_id)
-            new = await uow.sessions.write_change(change)
-        _log_written(change, new)
-        return stored
 
-    return await _audited(ctx, access.session_id, facts, approve)
+def ensure_fresh(ctx: Context, actor: Actor) -> None:
+    """A signer authenticated at most `signature_max_age` seconds ago (the token's
+    `auth_time`, else its `iat`): 401 otherwise, before anything is read or recorded."""
+    max_age = ctx.signature_max_age
+    if actor.auth_time is None or \
+            (ctx.clock() - actor.auth_time).total_seconds() > max_age:
+        raise ReauthenticationRequired(
+            f"signing needs a sign-in at most {max_age} seconds old: sign in again and "
+            "resend the request with the new token", max_age=max_age)
+
+
+def _signature(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | None,
+               statement: str | None) -> Signature:
+    """The caller's signature, once they may sign with this meaning and are freshly
+    authenticated. Its name: the token's (`name`, else `preferred_username`), else the id."""
+    actor = access.actor
+    authorize(actor, SIGNING_PERMISSION[meaning])
+    ensure_fresh(ctx, actor)
+    return Signature(id=uuid4(), session_id=access.session_id, meaning=meaning,
+                     step_id=step_id, signer_id=actor.id, signer_name=actor.name or str(actor.id),
+                     signer_role=actor.role.value, signed_at=ctx.clock(), statement=statement)
+
+
+def _signed(sig: Signature, request_id: str | None) -> AuditFacts:
+    """The signature's own audit entry (`signed`): its manifest, on the hash chain."""
+    return AuditFacts("signed", sig.signer_id, sig.signer_role, {
+        "signature_id": str(sig.id), "meaning": sig.meaning.value,
+        "step_id": str(sig.step_id) if sig.step_id else None, "signer_name": sig.signer_name,
+        "signed_at": sig.signed_at.isoformat(), "statement": sig.statement,
+        "manifest": sig.manifest()}, request_id)
+
+
+async def sign(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | None,
+               statement: str | None, request_id: str | None = None) -> Signature:
+    """`POST /sessions/{id}/signatures`: the signature as recorded (with its record_hash)."""
+    if meaning is Meaning.APPROVED:
+        stored = await approve_session(ctx, access, request_id, statement, step_id)
+        return stored.state.signatures[-1]
+    sig = _signature(ctx, access, meaning, step_id, statement)
+    facts = _signed(sig, request_id)
+    if meaning is Meaning.VERIFIED:
+        # The run decides (it holds the wait): of two verifications at once, one is taken.
+        worker = await ctx.owner(access.session_id)
+        assert worker is not None  # `gate` let the request through: it is recorded
+        stored = await _act(ctx, access, facts,
+                            live=lambda: ctx.workflows.verify(worker, access.session_id, sig,
+                                                              facts),
+                            offline=lambda s: s.verify(sig))
+    else:
+        stored = await _audited(ctx, access.session_id, facts, lambda: _change_recorded(
+            ctx, access, [facts], lambda s: s.sign_performed(sig)))
+    return next(g for g in stored.state.signatures if g.id == sig.id)
+
+
+async def approve_session(ctx: Context, access: Access, request_id: str | None = None,
+                          statement: str | None = None,
+                          step_id: UUID | None = None) -> StoredSession:
+    """The approver's `approved` signature: it is the approval (locks the session)."""
+    sig = _signature(ctx, access, Meaning.APPROVED, step_id, statement)
+    facts = _facts(access.actor, "session_approve", request_id, signature_id=str(sig.id))
+    return await _audited(ctx, access.session_id, facts, lambda: _change_recorded(
+        ctx, access, [_signed(sig, request_id), facts],
+        lambda s: s.approve(sig.signer_id, sig.signed_at, sig)))
+
+
+async def _change_recorded(ctx: Context, access: Access, entries: list[AuditFacts],
+                           rule: Callable[[WorkSession], Any]) -> StoredSession:
+    """A change of a closed session, which no run holds (approval, a performed signature):
+    decided on the record and written with `entries`. Two transactions, Temporal between
+    them: the session's run must have closed (and so written all it took) first, and no
+    transaction waits on Temporal."""
+    async with ctx.uow(read_only=True) as uow:
+        stored = await _load(uow, access.session_id, with_checks=False)
+    rule(stored.session.copy())  # the domain's refusals come first
+    await _ensure_run_closed(ctx, stored.state)
+    async with ctx.uow() as uow:
+        stored = await _load(uow, access.session_id, for_update=True)
+        session = stored.session
+        before = session.mark()
+        rule(session)
+        change = SessionChange.of(session.state, before, entries, ctx.clock(),
+                                  stored.workflow_id, stored.run_id)
+        new = await uow.sessions.write_change(change)
+        stored = await _load(uow, access.session_id)  # the signatures as written
+    _log_written(change, new)
+    return stored
 
 
 async def _ensure_run_closed(ctx: Context, state: SessionState) -> None:

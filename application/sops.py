@@ -23,7 +23,8 @@ def _tasks(content: dict[str, Any]) -> list[SopTask]:
                         kind=CheckKind(s["check"]["kind"]), prompt=s["check"]["prompt"],
                         unit=s["check"].get("unit"), min=s["check"].get("min"),
                         max=s["check"].get("max"),
-                        evidence=EvidenceRule(s["check"].get("evidence", "optional"))))
+                        evidence=EvidenceRule(s["check"].get("evidence", "optional")),
+                        verify=s["check"].get("verify", False)))
             for si, s in enumerate(t["steps"])])
         for ti, t in enumerate(content["tasks"])
     ]

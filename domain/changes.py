@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain.signature import Signature
 from domain.work_session import Check, Mark, SessionState, StepTime
 
 SYSTEM = "system"  # actor_role of the changes the service makes by itself
@@ -46,16 +47,20 @@ class SessionChange:
     workflow_id: str
     run_id: str | None
     step_times: list[StepTime] = field(default_factory=list)  # those it changed
+    signatures: list[Signature] = field(default_factory=list)  # those it added
+    first_signature_seq: int = 0  # where `signatures` stand among the session's
 
     @classmethod
     def of(cls, state: SessionState, before: Mark, entries: list[AuditFacts],
            at: datetime, workflow_id: str, run_id: str | None) -> SessionChange:
         """The change that brought `state` about from where it stood `before`."""
-        return cls(state=replace(state, checks=[], step_times=[]),
+        return cls(state=replace(state, checks=[], step_times=[], signatures=[]),
                    checks=state.checks[before.checks:], first_check_seq=before.checks,
                    entries=entries, at=at, workflow_id=workflow_id, run_id=run_id,
                    step_times=[replace(t) for t in state.step_times
-                               if t.changed_in > before.version])
+                               if t.changed_in > before.version],
+                   signatures=state.signatures[before.signatures:],
+                   first_signature_seq=before.signatures)
 
     @property
     def version(self) -> int:

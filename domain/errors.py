@@ -32,6 +32,12 @@ class InvalidInput(DomainError):
     code = "invalid-input"
 
 
+class ReauthenticationRequired(DomainError):
+    """A signature needs its signer freshly authenticated (HTTP 401, `max_age` in seconds)."""
+
+    code = "reauthentication-required"
+
+
 class Conflict(DomainError):
     code = "conflict"
 
@@ -46,6 +52,18 @@ class WrongState(Conflict):
 
 class StepNotCurrent(Conflict):
     code = "step-not-current"
+
+
+class StepAwaitsVerification(Conflict):
+    """The current step's passed check waits for a second person's `verified` signature."""
+
+    code = "awaiting-verification"
+
+
+class StepNotAwaitingVerification(Conflict):
+    """A `verified` signature names a step that is not waiting for one."""
+
+    code = "not-awaiting-verification"
 
 
 class ActiveSessionExists(Conflict):

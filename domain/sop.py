@@ -45,6 +45,9 @@ class CheckSpec:
     min: float | None = None
     max: float | None = None
     evidence: EvidenceRule = EvidenceRule.OPTIONAL
+    # A passed check on the step waits for a second person's `verified` signature before
+    # the session moves on (CONTRACT.md, "Second-person verification").
+    verify: bool = False
 
     def validate(self) -> None:
         if self.kind is CheckKind.MEASUREMENT:

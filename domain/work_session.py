@@ -12,8 +12,17 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from domain.errors import InvalidInput, SessionLocked, StepNotCurrent, WrongState
+from domain.errors import (
+    Forbidden,
+    InvalidInput,
+    SessionLocked,
+    StepAwaitsVerification,
+    StepNotAwaitingVerification,
+    StepNotCurrent,
+    WrongState,
+)
 from domain.evidence import EvidenceFile
+from domain.signature import Meaning, Signature
 from domain.sop import CheckResult, SessionPlan
 
 
@@ -99,11 +108,21 @@ class StepTime:
 
 
 @dataclass(frozen=True)
+class VerificationWait:
+    """A passed check on a step that needs second-person verification, waiting for it."""
+
+    step_id: UUID
+    check_id: UUID
+    since: datetime
+
+
+@dataclass(frozen=True)
 class Mark:
     """Where a session stood before an action: what the change it makes adds is after it."""
 
     checks: int
     version: int
+    signatures: int = 0
 
 
 BEGINNING = Mark(checks=0, version=-1)  # before a session's start
@@ -135,6 +154,8 @@ class SessionState:
     approved_at: datetime | None = None
     version: int = 0
     step_times: list[StepTime] = field(default_factory=list)
+    signatures: list[Signature] = field(default_factory=list)  # in signing order
+    awaiting_verification: VerificationWait | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -167,6 +188,7 @@ class SessionFilter:
     worker_id: UUID | None = None
     needs_attention: bool | None = None
     locked: bool | None = None
+    awaiting_verification: bool | None = None
     started_after: datetime | None = None
     started_before: datetime | None = None
 
@@ -198,10 +220,10 @@ class WorkSession:
             s, checks=list(s.checks),
             unchecked_step_ids=None if s.unchecked_step_ids is None
             else list(s.unchecked_step_ids),
-            step_times=[replace(t) for t in s.step_times]))
+            step_times=[replace(t) for t in s.step_times], signatures=list(s.signatures)))
 
     def mark(self) -> Mark:
-        return Mark(len(self.state.checks), self.state.version)
+        return Mark(len(self.state.checks), self.state.version, len(self.state.signatures))
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -292,6 +314,10 @@ class WorkSession:
                 current_step_id=_str(self.state.current_step_id),
             )
         assert result is not None
+        if self.state.awaiting_verification is not None:
+            raise StepAwaitsVerification(
+                "this step's passed check awaits a second person's verification: no further "
+                "check until it is verified", step_id=str(step.id))
         check = Check(id=sub.check_id, result=result, checked_at=now, checked_by=by,
                       **sub.content())
         self.state.checks.append(check)
@@ -303,7 +329,10 @@ class WorkSession:
         self._changed()
         if result is CheckResult.PASSED:
             self.state.needs_attention = False  # the step that needed attention is done
-            self.advance_to_next_step(now)
+            if step.check.verify:  # done, but not released until a second person signs
+                self.state.awaiting_verification = VerificationWait(step.id, check.id, now)
+            else:
+                self.advance_to_next_step(now)
         elif escalate_after_failures and \
                 self.failures_in_a_row(sub.step_id) >= escalate_after_failures:
             self.state.needs_attention = True
@@ -348,6 +377,7 @@ class WorkSession:
             passed = self.passed_step_ids()
             self.state.unchecked_step_ids = [s.id for s in self.plan.steps if s.id not in passed]
         self._end_step(now, passed=False)
+        self.state.awaiting_verification = None  # ended early: the step stays unverified
         self.state.status = SessionStatus.COMPLETED
         self.state.completed_at = now
         self.state.current_step_id = None
@@ -374,18 +404,67 @@ class WorkSession:
         if self.state.status is SessionStatus.PAUSED:
             self.resume(now)
         self._end_step(now, passed=False)
+        self.state.awaiting_verification = None
         self.state.status = SessionStatus.CANCELLED
         self.state.cancelled_at = now
         self.state.cancel_reason = reason
         self.state.current_step_id = None
         self._changed()
 
-    def approve(self, by: UUID, now: datetime) -> None:
+    def approve(self, by: UUID, now: datetime, signature: Signature | None = None) -> None:
+        """Lock the completed session. With the approver's `approved` signature (every
+        approval through the API has one: it is the approval), `by` and `now` are its."""
+        if signature is not None:
+            self._ensure_signature(signature, Meaning.APPROVED)
         self._ensure_status(SessionStatus.COMPLETED, doing="approve")
+        if signature is not None:
+            self.state.signatures.append(signature)
         self.state.locked = True
         self.state.approved_by = by
         self.state.approved_at = now
         self._changed()
+
+    # ---- signatures (CONTRACT.md, "Electronic signatures") ---------------------------------
+    def sign_performed(self, signature: Signature) -> None:
+        """The session's own worker signs the work done, once the session is completed."""
+        self._ensure_signature(signature, Meaning.PERFORMED)
+        self._ensure_status(SessionStatus.COMPLETED, doing="sign it as performed")
+        if signature.signer_id != self.state.worker_id:
+            raise Forbidden("only the session's own worker signs it as performed")
+        self.state.signatures.append(signature)
+        self._changed()
+
+    def verify(self, signature: Signature) -> None:
+        """A second person (not the session's worker) verifies the step whose passed check
+        awaits it; the session then moves on exactly as that check would have moved it."""
+        self._ensure_signature(signature, Meaning.VERIFIED)
+        self._ensure_status(SessionStatus.IN_PROGRESS, doing="verify a step")
+        if signature.signer_id == self.state.worker_id:
+            raise Forbidden("the worker who performed the step cannot verify it: a second "
+                            "person signs it")
+        wait = self.state.awaiting_verification
+        if wait is None or wait.step_id != signature.step_id:
+            raise StepNotAwaitingVerification(
+                "this step is not awaiting verification",
+                awaiting_step_id=_str(wait.step_id if wait else None))
+        self.state.signatures.append(signature)
+        self.state.awaiting_verification = None
+        self._changed()
+        self.advance_to_next_step(signature.signed_at)
+
+    def _ensure_signature(self, signature: Signature, meaning: Meaning) -> None:
+        """A signature of this session, with this meaning, naming a step only for `verified`
+        (and then one of the session's steps)."""
+        if signature.session_id != self.state.id or signature.meaning is not meaning:
+            raise InvalidInput(f"not a {meaning.value} signature of this session")
+        if meaning is Meaning.VERIFIED:
+            if signature.step_id is None or self.plan.index_of(signature.step_id) is None:
+                raise InvalidInput("a verified signature names one of the session's steps",
+                                   errors=[{"field": "step_id", "message": "unknown step"
+                                            if signature.step_id else "required"}])
+        elif signature.step_id is not None:
+            raise InvalidInput(f"a {meaning.value} signature names no step",
+                               errors=[{"field": "step_id", "message": "not allowed"}])
 
     def reopen(self, now: datetime, step_id: UUID | None = None) -> None:
         """Supervisor override: a closed, unapproved session goes back to work at a step

@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from application.ports import RunClosed, Running, StoredSession, Stuck, WorkflowRunning
 from domain.changes import AuditFacts, SessionChange
 from domain.errors import Unavailable, error_from_payload
+from domain.signature import Signature
 from domain.sop import SessionPlan
 from domain.work_session import CheckSubmission, SessionState, WorkSession
 from orchestration import ops
@@ -35,6 +36,7 @@ from workflows.messages import (
     SESSION_MISMATCH,
     SessionCommand,
     SessionInput,
+    SignVerified,
     SubmitCheck,
     workflow_id_for,
 )
@@ -138,6 +140,14 @@ class SessionWorkflows:
             worker_id, getattr(WorkSessionWorkflow, name),
             SessionCommand(session_id=session_id, reason=reason, audit=facts),
             f"{name}-{uuid4()}")
+
+    async def verify(self, worker_id: UUID, session_id: UUID, signature: Signature,
+                     facts: AuditFacts) -> SessionChange | None:
+        """The `verified` signature to the worker's run, which decides it (one of two at
+        once: the other is refused, 409)."""
+        return await self._update(worker_id, WorkSessionWorkflow.verify,
+                                  SignVerified(session_id=session_id, signature=signature,
+                                               audit=facts), f"verify-{signature.id}")
 
     async def ask_to_write(self, worker_id: UUID) -> bool:
         """Ask the worker's run to write what it holds now. Best effort: a run writes an

@@ -10,7 +10,7 @@ written (its dedup key names the change) makes the whole change a no-op."""
 from __future__ import annotations
 
 import functools
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from application.ports import ActiveSessionRef, StoredSession
 from domain.audit_chain import GENESIS, link, session_chain
 from domain.changes import AuditFacts, SessionChange
+from domain.signature import Meaning, Signature
 from domain.sop import CheckResult
 from domain.work_session import (
     ACTIVE_STATUSES,
@@ -35,7 +36,14 @@ from persistence.audit import AuditLog
 from persistence.db import dialect_insert
 from persistence.evidence import attach
 from persistence.sops import SopRepository
-from persistence.tables import people, session_checks, session_steps, sops, work_sessions
+from persistence.tables import (
+    people,
+    session_checks,
+    session_steps,
+    signatures,
+    sops,
+    work_sessions,
+)
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 # The row's fields that a change sets (all but the id and the audit chain's head).
@@ -47,6 +55,8 @@ _CHECK_FIELDS = [f.name for f in fields(Check) if f.name != "result"]
 # A step time's fields as the table keeps them (`changed_in` is the row's `version`).
 _STEP_FIELDS = [k for k in session_steps.c.keys()
                 if k not in ("session_id", "version", "sop_id", "session_started_at")]
+# A signature's fields are its table's columns of the same names (`meaning` as its value).
+_SIGNATURE_FIELDS = [f.name for f in fields(Signature) if f.name != "meaning"]
 
 
 def change_key(change: SessionChange, entry: int) -> str:
@@ -81,6 +91,9 @@ class SessionRepository:
             # the lock is a run's that should not exist (a reopen that lost to an approval).
             return False
         seq, prev = head.audit_seq, head.audit_hash
+        # A signature binds the record as it stood when it was signed: the chain's head,
+        # read under the row's lock, before the entries of the change that signs.
+        signed = [replace(g, record_hash=prev) for g in change.signatures]
         rows = []
         for i, facts in enumerate(change.entries):
             seq += 1
@@ -96,6 +109,9 @@ class SessionRepository:
                 _check_row(st.id, change.first_check_seq + i, k)
                 for i, k in enumerate(change.checks)])
             await attach(self.conn, st.id, change.checks)  # their files: evidence from now on
+        if signed:
+            await self.conn.execute(signatures.insert(), [
+                _signature_row(change.first_signature_seq + i, g) for i, g in enumerate(signed)])
         if change.step_times:  # each replaced only by a newer change, as the row is
             await self.conn.execute(_steps_upsert(self._sqlite), [
                 _step_row(st, t) for t in change.step_times])
@@ -157,6 +173,7 @@ class SessionRepository:
 
     async def _stored(self, row: Any, with_checks: bool) -> StoredSession:
         state = _state(row, await self._checks(row["id"]) if with_checks else [])
+        state.signatures = await self._signatures(row["id"])  # few; approval needs them
         if with_checks:
             state.step_times = await self._step_times(row["id"])
         session = WorkSession(plan=await self._sops.plan(state.sop_id), state=state)
@@ -165,6 +182,11 @@ class SessionRepository:
     async def _checks(self, session_id: UUID) -> list[Check]:
         rows = (await self.conn.execute(_CHECKS_OF, {"sid": session_id})).mappings().all()
         return [_check(r) for r in rows]
+
+    async def _signatures(self, session_id: UUID) -> list[Signature]:
+        rows = (await self.conn.execute(_SIGNATURES_OF, {"sid": session_id})).mappings().all()
+        return [Signature(**{k: r[k] for k in _SIGNATURE_FIELDS}, meaning=Meaning(r["meaning"]))
+                for r in rows]
 
     async def _step_times(self, session_id: UUID) -> list[StepTime]:
         rows = (await self.conn.execute(_STEPS_OF, {"sid": session_id})).mappings().all()
@@ -188,6 +210,9 @@ class SessionRepository:
             conds.append(c.needs_attention == f.needs_attention)  # `IS` would use no index
         if f.locked is not None:
             conds.append(c.locked == f.locked)
+        if f.awaiting_verification is not None:
+            conds.append(c.awaiting_verification.is_not(None) if f.awaiting_verification
+                         else c.awaiting_verification.is_(None))
         if f.started_after is not None:
             conds.append(c.started_at >= f.started_after)
         if f.started_before is not None:
@@ -198,7 +223,7 @@ class SessionRepository:
         rows = (await self.conn.execute(
             select(c.id, c.status, c.sop_id, c.sop_title, c.sop_version, c.worker_id,
                    _WORKER_NAME, c.started_at, c.completed_at, c.cancelled_at, c.locked,
-                   c.needs_attention)
+                   c.needs_attention, c.awaiting_verification)
             .select_from(_WITH_WORKER).where(where)
             .order_by(c.started_at.desc(), c.id.desc()).limit(limit)
             .offset(offset))).mappings().all()
@@ -273,6 +298,8 @@ def _session_by_id(for_update: bool) -> Any:
 
 
 _OWNER = select(work_sessions.c.worker_id).where(work_sessions.c.id == bindparam("sid"))
+_SIGNATURES_OF = select(signatures).where(
+    signatures.c.session_id == bindparam("sid")).order_by(signatures.c.seq)
 _STEPS_OF = select(session_steps).where(session_steps.c.session_id == bindparam("sid"))
 _CHECKS_OF = select(session_checks).where(
     session_checks.c.session_id == bindparam("sid")).order_by(session_checks.c.seq)
@@ -303,6 +330,11 @@ def _check_row(session_id: UUID, seq: int, k: Check) -> dict[str, Any]:
             **{f: getattr(k, f) for f in _CHECK_FIELDS}, "result": k.result.value}
 
 
+def _signature_row(seq: int, g: Signature) -> dict[str, Any]:
+    return {"seq": seq, **{f: getattr(g, f) for f in _SIGNATURE_FIELDS},
+            "meaning": g.meaning.value}
+
+
 def _check(row: Any) -> Check:
     return Check(**{f: row[f] for f in _CHECK_FIELDS}, result=CheckResult(row["result"]))
 
@@ -320,4 +352,5 @@ def _state(row: Any, checks: list[Check]) -> SessionState:
         else [UUID(i) for i in row["unchecked_step_ids"]],
         needs_attention=row["needs_attention"], locked=row["locked"],
         approved_by=row["approved_by"], approved_at=row["approved_at"], version=row["version"],
+        awaiting_verification=row["awaiting_verification"],
     )

@@ -63,7 +63,7 @@ class SopRepository:
                   "title": s.title, "instructions": s.instructions,
                   "check_kind": s.check.kind.value, "check_prompt": s.check.prompt,
                   "check_unit": s.check.unit, "check_min": s.check.min, "check_max": s.check.max,
-                  "check_evidence": s.check.evidence.value}
+                  "check_evidence": s.check.evidence.value, "check_verify": s.check.verify}
                  for t in sop.tasks for s in t.steps]
         if tasks:
             await self.conn.execute(sop_tasks.insert(), tasks)
@@ -127,7 +127,8 @@ class SopRepository:
                 check=CheckSpec(kind=CheckKind(s["check_kind"]), prompt=s["check_prompt"],
                                 unit=s["check_unit"], min=s["check_min"], max=s["check_max"],
                                 # steps from before the rule existed: optional
-                                evidence=EvidenceRule(s["check_evidence"] or "optional"))))
+                                evidence=EvidenceRule(s["check_evidence"] or "optional"),
+                                verify=bool(s["check_verify"]))))
         tasks_by_sop: dict[UUID, list[SopTask]] = {}
         for t in task_rows:
             tasks_by_sop.setdefault(t["sop_id"], []).append(SopTask(

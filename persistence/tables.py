@@ -28,6 +28,8 @@ from sqlalchemy import (
 from domain.audit_chain import GENESIS  # the server default of a new head
 from domain.evidence import EvidenceFile
 from domain.people import NAME_MAX, SEARCH_KEY_MAX
+from domain.signature import STATEMENT_MAX
+from domain.work_session import VerificationWait
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
@@ -59,6 +61,28 @@ class UTCDateTime(TypeDecorator):
 
 
 TZ = UTCDateTime()
+
+
+class Wait(TypeDecorator):
+    """A session's wait for verification (domain.work_session.VerificationWait) as a JSON
+    object; none is SQL NULL (so that the session list's filter reads `IS NULL`)."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: VerificationWait | None,
+                           dialect: Any) -> dict[str, str] | None:
+        if value is None:
+            return None
+        return {"step_id": str(value.step_id), "check_id": str(value.check_id),
+                "since": value.since.astimezone(UTC).isoformat()}
+
+    def process_result_value(self, value: dict[str, str] | None,
+                             dialect: Any) -> VerificationWait | None:
+        if value is None:
+            return None
+        return VerificationWait(UUID(value["step_id"]), UUID(value["check_id"]),
+                                datetime.fromisoformat(value["since"]))
 
 
 class EvidenceFiles(TypeDecorator):
@@ -117,9 +141,11 @@ sop_steps = Table(
     Column("check_min", Float),
     Column("check_max", Float),
     Column("check_evidence", String(20)),  # domain.sop.EvidenceRule; NULL (older): optional
+    Column("check_verify", Boolean),  # second-person verification; NULL (older): false
 )
 
 ACTIVE = "status IN ('in_progress', 'paused')"
+AWAITING = "awaiting_verification IS NOT NULL"
 
 work_sessions = Table(
     "work_sessions", metadata,
@@ -154,6 +180,8 @@ work_sessions = Table(
     # how long its chain is, moved in the transaction of every entry appended to it.
     Column("audit_seq", Integer, nullable=False, server_default=text("0")),
     Column("audit_hash", String(64), nullable=False, server_default=text(f"'{GENESIS}'")),
+    # The passed check waiting for a second person's verification, if any (contract v1.2).
+    Column("awaiting_verification", Wait()),
     # Second line of defence behind Temporal's workflow ID: one active session per worker.
     Index("uq_work_sessions_one_active_per_worker", "worker_id", unique=True,
           sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
@@ -170,6 +198,28 @@ work_sessions = Table(
     Index("ix_work_sessions_attention_by_sop", "sop_id", "started_at",
           sqlite_where=text("needs_attention = 1"), postgresql_where=text("needs_attention")),
     Index("ix_work_sessions_locked_started", "locked", "started_at"),
+    # the few awaiting verification (the list's filter, `true`)
+    Index("ix_work_sessions_awaiting_started", "started_at",
+          sqlite_where=text(AWAITING), postgresql_where=text(AWAITING)),
+)
+
+# Electronic signatures (CONTRACT.md v1.2), in signing order (`seq`), written by
+# `write_change` with the change that made them and its `signed` audit entry; never updated
+# or deleted. `record_hash` is the session's chain head as that write found it.
+signatures = Table(
+    "signatures", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("session_id", Uuid, ForeignKey("work_sessions.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("meaning", String(16), nullable=False),
+    Column("step_id", Uuid),
+    Column("signer_id", Uuid, nullable=False),
+    Column("signer_name", String(NAME_MAX), nullable=False),
+    Column("signer_role", String(16), nullable=False),
+    Column("signed_at", TZ, nullable=False),
+    Column("statement", String(STATEMENT_MAX)),
+    Column("record_hash", String(64), nullable=False),
+    Index("uq_signatures_session_seq", "session_id", "seq", unique=True),
 )
 
 session_checks = Table(

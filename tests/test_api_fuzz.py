@@ -130,6 +130,8 @@ CONTENT_RULES = [
     ("/api/v1/sessions/{session_id}/checks", "POST"),
     ("/api/v1/sessions/{session_id}/cancel", "POST"),
     ("/api/v1/sessions/{session_id}/reopen", "POST"),
+    # `step_id`: required for `verified` (a step of the session's SOP), refused otherwise
+    ("/api/v1/sessions/{session_id}/signatures", "POST"),
 ]
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # the default
 

@@ -248,6 +248,15 @@ TABLE: list[Row] = [
     Row("POST", f"{SID}/approve", override(409), target="session",
         variant="session in progress"),
     Row("POST", f"{SID}/reopen", override(), target="session", prep="complete", body=reason),
+    # --- signatures (v1.2): each meaning has its signers ---
+    Row("POST", f"{SID}/signatures", owner_only(201), target="session", prep="complete",
+        body=lambda _: {"meaning": "performed"}, variant="performed"),
+    Row("POST", f"{SID}/signatures", override(201), target="session", prep="complete",
+        body=lambda _: {"meaning": "approved"}, variant="approved"),
+    # nothing awaits verification on the owner's session: 409 to those who may verify
+    Row("POST", f"{SID}/signatures", override(409), target="session",
+        body=lambda w: {"meaning": "verified", "step_id": w.session["current_step_id"]},
+        variant="verified"),
     # --- evidence files: uploaded by the session's worker, read by who may read it ---
     Row("POST", f"{SID}/evidence", owner_only(201), target="session",
         content=lambda _: jpeg(), verify=verify_uploaded),
@@ -340,7 +349,8 @@ async def snapshot(w: World, row: Row) -> Any:
         r = await w.http.get(f"{SESSIONS}/{w.session['id']}", headers=h)
         assert r.status_code == 200, r.text
         s = r.json()
-        return (s["status"], s["current_step_id"], len(s["checks"]), s["locked"], s["run_id"])
+        return (s["status"], s["current_step_id"], len(s["checks"]), s["locked"], s["run_id"],
+                len(s["signatures"]))
     if row.target in ("sop", "draft"):
         r = await w.http.get(f"{SOPS}/{target_id(w, row)}", headers=h)
         assert r.status_code == 200, r.text

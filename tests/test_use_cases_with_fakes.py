@@ -54,8 +54,10 @@ class FakeSessions:
         if st is not None and st.locked:
             return False
         checks = (st.checks if st else []) + change.checks
+        signatures = (st.signatures if st else []) + change.signatures
         if st is None or change.version > st.version:
-            self.db.states[change.state.id] = replace(change.state, checks=checks)
+            self.db.states[change.state.id] = replace(change.state, checks=checks,
+                                                      signatures=signatures)
             self.db.runs[change.state.id] = (change.workflow_id, change.run_id)
         else:
             st.checks = checks
@@ -203,7 +205,8 @@ async def test_a_session_walked_to_its_end_is_recorded_change_by_change(world) -
 async def test_approval_waits_for_the_run_and_a_locked_session_refuses_with_an_entry(
         world) -> None:
     ctx, db, workflows = world
-    worker, supervisor = Actor(uuid4(), Role.WORKER), Actor(uuid4(), Role.SUPERVISOR)
+    worker = Actor(uuid4(), Role.WORKER)
+    supervisor = Actor(uuid4(), Role.SUPERVISOR, auth_time=T0)  # signs: freshly signed in
     view = shown(await uc.start_session(ctx, worker, db.sop.id))
     sid = UUID(view["id"])
     work = await uc.gate(ctx, worker, sid, "session.work")

@@ -195,7 +195,7 @@ def test_histories_are_recorded_for_every_path():
     assert {p.stem.split(".")[0].split("-", 1)[1] for p in _histories()} >= {
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
         "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind",
-        "checks-with-evidence", "evidence-cleanup"}
+        "checks-with-evidence", "evidence-cleanup", "verified-step"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
@@ -341,6 +341,38 @@ async def test_record_evidence_histories(http, client, db, supervisor, worker, e
         await client.execute_workflow(EvidenceCleanupWorkflow.run, CleanupInput(),
                                       id=cleanup_id, task_queue=queue)
     await record("evidence-cleanup", cleanup_id)
+
+
+@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
+                    reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
+async def test_record_verification_histories(http, client, db, supervisor, worker):
+    """Second-person verification (v1.2 signatures): a passed check on a verify step waits
+    (the idle timer cancelled, the patch marker recorded), a supervisor's `verified`
+    signature releases it, the last step completes the session."""
+    from datetime import UTC, datetime
+
+    from domain.signature import Meaning
+
+    label = os.environ["RECORD_HISTORIES"]
+    body = sop_body((2,), measurement_at=None)
+    body["tasks"][0]["steps"][0]["check"]["verify"] = True
+    sop = await make_confirmed_sop(http, supervisor, body)
+    ctx = own_context(client, db, worker.task_queue)
+    a = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
+    v = await pass_current(ctx, a, v)
+    assert v["awaiting_verification"] is not None
+    await uc.sign(ctx, await on(ctx, boss, uuid.UUID(v["id"]), "session.read"),
+                  Meaning.VERIFIED, uuid.UUID(v["current_step_id"]), "seen done")
+    v = shown(await ctx.workflows.live(a.id))
+    v = await pass_current(ctx, a, v)
+    assert v["status"] == "completed" and len(v["signatures"]) == 1
+    await client.get_workflow_handle(workflow_id_for(a.id)).result()
+    history = await client.get_workflow_handle(workflow_id_for(a.id),
+                                               run_id=v["run_id"]).fetch_history()
+    (HISTORIES / f"{label}-verified-step.json").write_text(
+        json.dumps(json.loads(history.to_json()), indent=1))
 
 
 async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one(

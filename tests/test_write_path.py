@@ -11,7 +11,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -147,7 +147,7 @@ async def a_completed_session(http, supervisor, ctx: Context, steps: int
     sop = await make_confirmed_sop(http, supervisor, sop_body((steps,), measurement_at=None))
     actor = worker_actor()
     view = await completed(ctx, actor, await started(ctx, sop, actor))
-    return actor, Actor(supervisor.id, Role.SUPERVISOR), view
+    return actor, Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC)), view
 
 
 # ---- the run takes the change: the API's write fails, the run's write records it ----------
@@ -284,7 +284,7 @@ async def test_approval_whose_write_fails_changes_nothing_and_a_retry_locks_once
     assert (shown(await uc.approve_session(ctx, access)))["locked"] is True
     now, entries = await assert_consistent(db, sid)
     assert now.state.locked and [e["action"] for e in entries[len(before):]] == [
-        "session_approve"]
+        "signed", "session_approve"]  # the approval is the approver's signature
 
 
 @pytest.mark.parametrize("locked", [False, True], ids=["wrong state", "locked"])
@@ -296,7 +296,7 @@ async def test_a_rejected_attempt_whose_entry_fails_is_answered_503_and_records_
     sid = uuid.UUID(view["id"])
     if locked:
         await completed(ctx, actor, view)
-        boss = Actor(supervisor.id, Role.SUPERVISOR)
+        boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
         shown(await uc.approve_session(ctx, await on(ctx, boss, sid, "session.override")))
     _, before = await assert_consistent(db, sid)
     access = await on(ctx, actor, sid)
@@ -320,7 +320,7 @@ SOP_ACTIONS = ["create", "edit", "confirm", "revise", "delete"]
 @pytest.mark.parametrize("action", SOP_ACTIONS)
 async def test_a_catalog_change_and_its_entry_are_one_transaction(
         action, http, supervisor, ctx, db, monkeypatch):
-    boss = Actor(supervisor.id, Role.SUPERVISOR)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
     content = sop_body((1,), measurement_at=None)
     draft = await sop_uc.create_sop(ctx, boss, content)
     confirmed = await sop_uc.confirm_sop(ctx, boss, (await sop_uc.create_sop(

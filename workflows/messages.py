@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from domain.changes import AuditFacts, SessionChange
+from domain.signature import Signature
 from domain.sop import SessionPlan
 from domain.work_session import CheckSubmission, SessionState
 
@@ -57,6 +58,15 @@ class SubmitCheck(CheckSubmission):
 class SessionCommand(BaseModel):
     session_id: UUID
     reason: str | None = None
+    audit: AuditFacts
+
+
+class SignVerified(BaseModel):
+    """A second person's `verified` signature of the step awaiting it (its `signed_at` is
+    the run's time when it takes it)."""
+
+    session_id: UUID
+    signature: Signature
     audit: AuditFacts
 
 

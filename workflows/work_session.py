@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         SessionCommand,
         SessionInput,
         SessionSnapshot,
+        SignVerified,
         SubmitCheck,
     )
 
@@ -41,6 +42,9 @@ with workflow.unsafe.imports_passed_through():
 # a check's evidence files (in every SubmitCheck and SessionState) by looking it up there.
 T = TypeVar("T")
 
+# Since this patch a session awaiting second-person verification is not idle: the run waits
+# for the signature with no timer (docs/versioning.md). Runs recorded before it never await.
+VERIFICATION_WAIT_PATCH = "verification-wait-not-idle"
 # A failing database must never lose a change: keep retrying; ops see the session as stuck.
 WRITE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2,
                           maximum_interval=timedelta(seconds=10))
@@ -72,21 +76,31 @@ class WorkSessionWorkflow:
         self._write_now = False
         self._updates_this_run = 0
         self._last_touch = workflow.now()
+        self._wait_is_not_idle = False  # decided (patched) when a wait first begins
 
     @workflow.run
     async def run(self, inp: SessionInput) -> dict[str, Any]:
         self._show_progress()
+        self._note_verification_wait()  # a wait carried across continue-as-new
         # Held by the workflow (a task nobody references may be collected); never awaited.
         self._writer = asyncio.create_task(self._write_behind())
         idle = timedelta(seconds=inp.idle_timeout_seconds)
         while not self._must_stop():
+            if self._awaiting_verification():
+                # The wait is the session's own state (durable, carried across
+                # continue-as-new): no timer runs until a `verify` update ends it.
+                await workflow.wait_condition(
+                    lambda: self._must_stop() or not self._awaiting_verification())
+                continue
             # One timer per idle period, not one per change: a change only moves the deadline.
             due = self._last_touch + idle
             if workflow.now() >= due:
                 self._pause_when_idle()
                 continue
             try:
-                await workflow.wait_condition(self._must_stop, timeout=due - workflow.now())
+                await workflow.wait_condition(
+                    lambda: self._must_stop() or self._awaiting_verification(),
+                    timeout=due - workflow.now())
             except TimeoutError:
                 pass
         # Never return while an update is running, or its client sees "already completed".
@@ -176,6 +190,21 @@ class WorkSessionWorkflow:
     def _validate_cancel(self, cmd: SessionCommand) -> None:
         self._dry_run(cmd, lambda s: s.cancel(cmd.reason or "", workflow.now()))
 
+    @workflow.update
+    def verify(self, cmd: SignVerified) -> SessionChange | None:
+        """A second person's `verified` signature: releases the step awaiting it. Two at
+        once: the validator of the second sees the first's outcome (nothing awaits) and
+        refuses it, or, when both were validated before either ran, its handler does."""
+        return self._apply(cmd, lambda s: s.verify(self._signed_now(cmd)))
+
+    @verify.validator
+    def _validate_verify(self, cmd: SignVerified) -> None:
+        self._dry_run(cmd, lambda s: s.verify(self._signed_now(cmd)))
+
+    @staticmethod
+    def _signed_now(cmd: SignVerified) -> Any:
+        return replace(cmd.signature, signed_at=workflow.now())
+
     @workflow.query
     def session(self) -> dict[str, Any]:
         """The session in the contract's shape, for people (the Temporal UI, tctl)."""
@@ -190,19 +219,19 @@ class WorkSessionWorkflow:
                                run_id=workflow.info().run_id)
 
     # ---- machinery -----------------------------------------------------------------------
-    def _dry_run(self, cmd: SubmitCheck | SessionCommand,
+    def _dry_run(self, cmd: SubmitCheck | SessionCommand | SignVerified,
                  action: Callable[[WorkSession], Any]) -> None:
         """Validators reject wrong-state and wrong-step requests before they enter history."""
         self._ensure_same_session(cmd)
         domain_rule(lambda: action(self._session.copy()))
 
-    def _ensure_same_session(self, cmd: SubmitCheck | SessionCommand) -> None:
+    def _ensure_same_session(self, cmd: SubmitCheck | SessionCommand | SignVerified) -> None:
         if cmd.session_id != self._session.state.id:
             raise ApplicationError(f"this run holds session {self._session.state.id}, not "
                                    f"{cmd.session_id}", type=SESSION_MISMATCH,
                                    non_retryable=True)
 
-    def _apply(self, cmd: SubmitCheck | SessionCommand,
+    def _apply(self, cmd: SubmitCheck | SessionCommand | SignVerified,
                action: Callable[[WorkSession], Any]) -> SessionChange | None:
         self._ensure_same_session(cmd)
         state = self._session.state
@@ -210,6 +239,7 @@ class WorkSessionWorkflow:
         domain_rule(lambda: action(self._session))
         self._updates_this_run += 1
         self._last_touch = workflow.now()
+        self._note_verification_wait()
         if state.version == before.version:  # a resent check: answer with the change that took it
             return next((c for c in self._unwritten if isinstance(cmd, SubmitCheck)
                          and c.added_check(cmd.check_id)), None)
@@ -219,6 +249,15 @@ class WorkSessionWorkflow:
                 "step_id": str(state.current_step_id),
                 "failed_checks_in_a_row": self._input.escalate_after_failures}))
         return self._record(before, entries)
+
+    def _note_verification_wait(self) -> None:
+        """The first time this run holds a session awaiting verification, decide (once, by
+        the patch) whether the wait stops the idle timer: it does in every run since."""
+        if self._session.state.awaiting_verification is not None and not self._wait_is_not_idle:
+            self._wait_is_not_idle = workflow.patched(VERIFICATION_WAIT_PATCH)
+
+    def _awaiting_verification(self) -> bool:
+        return self._wait_is_not_idle and self._session.state.awaiting_verification is not None
 
     def _pause_when_idle(self) -> None:
         self._last_touch = workflow.now()
@@ -258,6 +297,8 @@ class WorkSessionWorkflow:
                 details = f"Paused at {details[0].lower()}{details[1:]}"
             if state.needs_attention:
                 details += " (needs attention)"
+            if state.awaiting_verification is not None:
+                details += " (awaiting verification)"
         # The static summary does not survive continue-as-new: name SOP and worker here too.
         workflow.set_current_details(f"{details}\n\nSOP: {plan.sop_title} "
                                      f"(v{plan.sop_version}) · worker {state.worker_id}")

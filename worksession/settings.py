@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     max_evidence_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     # An upload no check took within this time may be removed (checked hourly).
     evidence_cleanup_after: timedelta = timedelta(hours=24)
+    # Electronic signatures (CONTRACT.md): a signing request's token must say its holder
+    # authenticated (`auth_time`, else `iat`) at most this many seconds ago.
+    signature_max_age: int = Field(default=300, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0

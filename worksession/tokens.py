@@ -23,13 +23,17 @@ def parse_ttl(text: str) -> timedelta:
 
 def mint(secret: bytes, role: str, sub: UUID | None = None,
          ttl: timedelta = timedelta(hours=8), algorithm: str = "HS256",
-         name: str | None = None) -> str:
-    """`name`: the person's name, as the `name` claim (the directory of people shows it)."""
+         name: str | None = None, auth_time: datetime | None = None) -> str:
+    """`name`: the person's name, as the `name` claim (the directory of people shows it).
+    `auth_time` (OpenID Connect's claim: when the person authenticated) is the moment it
+    signs unless given: a fresh token is fresh enough to sign with (CONTRACT.md, "Electronic
+    signatures")."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     now = datetime.now(UTC)
     claims: dict[str, object] = {"sub": str(sub or uuid4()), "role": role,
                                  "iat": int(now.timestamp()),
+                                 "auth_time": int((auth_time or now).timestamp()),
                                  "exp": int((now + ttl).timestamp())}
     if name is not None:
         claims["name"] = name

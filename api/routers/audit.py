@@ -91,10 +91,21 @@ def spreadsheet_safe(cell: str) -> str:
 
 
 def as_csv(entries: list[dict[str, Any]]) -> str:
+    """The entries' hashed fields, then `manifest`: a signature as a person reads it (name,
+    date and time with zone, meaning, statement; from its `signed` entry's detail, which the
+    hash covers), empty on every other row."""
     out = io.StringIO()
     w = csv.writer(out, quoting=csv.QUOTE_ALL)
-    w.writerow(COLUMNS)
+    w.writerow([*COLUMNS, "manifest"])
     for e in entries:
-        w.writerow([spreadsheet_safe("" if e[k] is None else canonical(e[k]) if k == "detail"
-                                     else str(e[k])) for k in COLUMNS])
+        w.writerow([spreadsheet_safe(cell) for cell in [
+            *("" if e[k] is None else canonical(e[k]) if k == "detail" else str(e[k])
+              for k in COLUMNS), _manifest(e)]])
     return out.getvalue()
+
+
+def _manifest(entry: dict[str, Any]) -> str:
+    detail = entry.get("detail") or {}
+    if entry["action"] != "signed" or entry["outcome"] != "accepted":
+        return ""
+    return str(detail.get("manifest") or "")

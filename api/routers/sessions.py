@@ -22,18 +22,21 @@ from api.deps import (
 )
 from api.routing import PrecedenceRoute
 from api.schemas import (
+    ApproveIn,
     CancelIn,
     CheckIn,
     Page,
     ReopenIn,
     SessionOut,
     SessionSummary,
+    SignatureIn,
     StartSessionIn,
 )
 from application import sessions as uc
 from application.authz import Actor
 from application.context import Context
 from application.ports import StoredSession
+from domain.signature import Signature
 from domain.work_session import SessionFilter, SessionStatus
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["Sessions"], route_class=PrecedenceRoute)
@@ -60,7 +63,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
             "worker_id": row["worker_id"], "worker_name": row["worker_name"],
             "started_at": row["started_at"],
             "completed_at": row["completed_at"], "cancelled_at": row["cancelled_at"],
-            "locked": row["locked"], "needs_attention": row["needs_attention"]}
+            "locked": row["locked"], "needs_attention": row["needs_attention"],
+            "awaiting_verification": row["awaiting_verification"]}
 
 
 @router.post("", status_code=201, response_model=SessionOut, responses=problems(403, 404, 409))
@@ -83,6 +87,7 @@ async def session_filter(
                                    "this says: another worker's id selects nothing"),
     needs_attention: bool | None = Query(None),
     locked: bool | None = Query(None),
+    awaiting_verification: bool | None = Query(None),
     started_after: str | None = instant_query("started at or after"),
     started_before: str | None = instant_query("started before"),
 ) -> SessionFilter:
@@ -90,6 +95,7 @@ async def session_filter(
     return SessionFilter(
         status=status, sop_id=sop_id, sop_family_id=sop_family_id, worker_id=worker_id,
         needs_attention=needs_attention, locked=locked,
+        awaiting_verification=awaiting_verification,
         started_after=parse_instant(started_after, "started_after"),
         started_before=parse_instant(started_before, "started_before"))
 
@@ -143,9 +149,21 @@ async def cancel_session(body: CancelIn, ctx: Ctx, rid: RequestId,
 
 @router.post("/{session_id}/approve", response_model=SessionOut,
              responses=problems(403, 404, 409))
-async def approve_session(ctx: Ctx, rid: RequestId,
+async def approve_session(ctx: Ctx, rid: RequestId, body: ApproveIn | None = None,
                           access: uc.Access = gate("session.override")) -> Response:
-    return answer(ctx, await uc.approve_session(ctx, access, rid))
+    """The approver's `approved` signature (see `POST .../signatures`), under the same
+    re-authentication rule."""
+    statement = body.statement if body is not None else None
+    return answer(ctx, await uc.approve_session(ctx, access, rid, statement))
+
+
+@router.post("/{session_id}/signatures", status_code=201, response_model=Signature,
+             responses=problems(403, 404, 409))
+async def sign_session(body: SignatureIn, ctx: Ctx, rid: RequestId,
+                       access: uc.Access = gate("session.read")) -> Signature:
+    """A signature: the token must be at most WORKSESSION_SIGNATURE_MAX_AGE seconds from
+    its sign-in (401 `/problems/reauthentication-required` otherwise, with `max_age`)."""
+    return await uc.sign(ctx, access, body.meaning, body.step_id, body.statement, rid)
 
 
 @router.post("/{session_id}/reopen", response_model=SessionOut,
