@@ -315,7 +315,7 @@ def supervisor_views(stack: Stack, supervisor: str, browser: Browser,
     """A supervisor's (or an admin's) views: (name, page) at each."""
     session, _ = worker_session_with_history(stack, supervisor)
     sop = session["sop"]
-    token = supervisor if role == "supervisor" else stack.token(role)
+    token = stack.token(role)  # fresh: approving is a signature, which wants a recent sign-in
     page, console = open_page(browser, viewport)
     try:
         sign_in(page, stack.console_link(token))

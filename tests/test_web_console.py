@@ -381,7 +381,8 @@ def test_a_supervisor_approves_a_session_and_then_sees_it_locked(
         stack: Stack, supervisor: str, browser: Browser) -> None:
     session, _ = worker_session_with_history(stack, supervisor)
     page, console = open_page(browser, DESK)
-    sign_in(page, stack.link("supervisor"))
+    # fresh: approving is a signature, which wants a recent sign-in (the banner's is hours old)
+    sign_in(page, stack.console_link(stack.token("supervisor")))
     expect(page.get_by_role("heading", name="Work sessions")).to_be_visible()
     page.get_by_label("Status").select_option("completed")
     page.get_by_label("SOP", exact=True).select_option(f"sop:{session['sop']['id']}")
