@@ -1,6 +1,6 @@
 // The supervisor's view: sessions (filters, paging), one session's timeline and audit log,
 // approve / reopen, and the SOP editor.
-import { h, clear } from './dom.js';
+import { h, append, clear } from './dom.js';
 import { ApiError, describe, get, getBlob, post, query } from './api.js';
 import {
   ask, badge, dayRange, duration, field, fileSize, formatNumber, lockBadge, notice, pager, personName, rangeText,
@@ -354,7 +354,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     const workflowUrl = session.workflow_id
       ? `${base}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(session.workflow_id)}`
       : null;
-    root.append(
+    // dom.js append: a part that is not there (null) adds nothing (root.append wrote "null")
+    append(root, [
       backButton(),
       h('h1', { id: 'session-title', tabindex: '-1' }, session.sop.title, ' ',
         h('span', { class: 'muted' }, `v${session.sop.version}`)),
@@ -383,7 +384,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       timeline(session, steps, entries || [], who),
       h('h2', {}, 'Time per step'),
       stepTimes(session, steps),
-      h('h2', {}, 'Audit log'));
+      h('h2', {}, 'Audit log')]);
     const auditArea = h('div');
     root.append(auditArea);
     if (message) notice(messages, 'ok', message);
