@@ -1,6 +1,7 @@
 // The console's only door to the service: the public /api/v1 of CONTRACT.md, same origin.
 
 const TIMEOUT_MS = 15000;
+const BYTES_PER_SECOND = 32 * 1024; // the slowest link a file is given time for
 // A request the service shed (503 /problems/overloaded) never started: it is sent again,
 // unchanged (a check keeps its check_id), after Retry-After plus up to as much again at
 // random, so that the devices it turned away do not all come back in the same instant.
@@ -49,10 +50,14 @@ export class NetworkError extends Error {
   }
 }
 
-export async function api(method, path, body) {
+/**
+ * One request. `body`: JSON, or a Blob sent as it is (its type as Content-Type). `as`:
+ * 'blob' for an answer read as a Blob (a file), else JSON.
+ */
+export async function api(method, path, body, { as = 'json' } = {}) {
   for (let attempt = 1; ; attempt += 1) {
     try {
-      const result = await send(method, path, body);
+      const result = await send(method, path, body, as);
       if (attempt > 1) onBusy(null);
       return result;
     } catch (error) {
@@ -67,17 +72,21 @@ export async function api(method, path, body) {
   }
 }
 
-async function send(method, path, body) {
+async function send(method, path, body, as) {
   const headers = { Accept: 'application/json, application/problem+json' };
   if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const raw = body instanceof Blob;
+  if (raw) headers['Content-Type'] = body.type || 'application/octet-stream';
+  else if (body !== undefined) headers['Content-Type'] = 'application/json';
   const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+  // a file takes longer on a slow link: a second more for every BYTES_PER_SECOND
+  const wait = TIMEOUT_MS + (raw ? (body.size / BYTES_PER_SECOND) * 1000 : 0);
+  const timer = setTimeout(() => abort.abort(), wait);
   let response;
   try {
     response = await fetch(`/api/v1${path}`, {
       method, headers, cache: 'no-store', signal: abort.signal,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || raw ? body : JSON.stringify(body),
     });
   } catch {
     onReach(false);
@@ -89,6 +98,9 @@ async function send(method, path, body) {
     || (response.status === 503 && !(response.headers.get('content-type') || '').includes('json'));
   onReach(!down);
   if (response.status === 204) return null;
+  if (response.ok && as === 'blob') {
+    try { return await response.blob(); } catch { throw new NetworkError(); }
+  }
   let data = null;
   if ((response.headers.get('content-type') || '').includes('json')) {
     try { data = await response.json(); } catch { data = null; }
@@ -105,6 +117,10 @@ async function send(method, path, body) {
 export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body);
 export const put = (path, body) => api('PUT', path, body);
+/** A file (Blob) as the request's body, not JSON. */
+export const upload = (path, blob) => api('POST', path, blob);
+/** An answer that is a file: a Blob (e.g. an evidence file, read with the token). */
+export const getBlob = (path) => api('GET', path, undefined, { as: 'blob' });
 
 export function query(params) {
   const q = new URLSearchParams();

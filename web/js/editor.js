@@ -4,8 +4,20 @@ import { ApiError, describe, get, post, put } from './api.js';
 import { ask, badge, notice, rangeText, when } from './ui.js';
 
 const blankStep = () => ({
-  title: '', instructions: '', check: { kind: 'confirm', prompt: '', unit: '', min: '', max: '' },
+  title: '', instructions: '', check: {
+    kind: 'confirm', prompt: '', unit: '', min: '', max: '', evidence: 'optional',
+  },
 });
+// A step's check.evidence (CONTRACT.md, "Evidence files"): which checks need a photo or file.
+const EVIDENCE = [
+  ['none', 'None (no file)'],
+  ['optional', 'Optional'],
+  ['required', 'Required'],
+  ['required_on_fail', 'Required on a failed check'],
+];
+const EVIDENCE_SAID = {
+  required: 'photo or file required', required_on_fail: 'photo or file required on a failed check',
+};
 const blankTask = () => ({ title: '', steps: [blankStep()] });
 // Which task or step a button acts on, for a screen reader: its name is the visible words
 // and then this ("Move up task 2"), so a person who says what they see reaches it.
@@ -29,6 +41,7 @@ function fromSop(sop) {
           unit: s.check.unit || '',
           min: s.check.min == null ? '' : String(s.check.min),
           max: s.check.max == null ? '' : String(s.check.max),
+          evidence: s.check.evidence || 'optional',
         },
       })),
     })),
@@ -60,6 +73,7 @@ function toBody(model) {
         const check = {
           kind: s.check.kind,
           prompt: need(s.check.prompt, `${where}.check.prompt`, `${name}: what to check`),
+          evidence: s.check.evidence || 'optional',
         };
         if (s.check.kind === 'measurement') {
           check.unit = s.check.unit.trim() || null;
@@ -132,7 +146,8 @@ export function mountSopEditor(root, { onChange, onStats }) {
           s.instructions ? h('p', {}, s.instructions) : null,
           h('p', { class: 'muted' }, s.check.kind === 'measurement'
             ? `Measure: ${s.check.prompt}${rangeText(s.check) ? ` (allowed ${rangeText(s.check)})` : ''}`
-            : `Confirm: ${s.check.prompt}`))))))),
+            : `Confirm: ${s.check.prompt}`,
+          EVIDENCE_SAID[s.check.evidence] ? ` · ${EVIDENCE_SAID[s.check.evidence]}` : ''))))))),
       sop.status === 'confirmed' ? h('div', { class: 'actions' }, h('button', {
         type: 'button', class: 'secondary',
         onclick: async () => {
@@ -256,6 +271,14 @@ export function mountSopEditor(root, { onChange, onStats }) {
         dirty = true;
         draw(`${where}.check.kind`);
       });
+      const evidence = h('select', { dataset: { field: `${where}.check.evidence` } },
+        EVIDENCE.map(([value, text]) => h('option', {
+          value, selected: (step.check.evidence || 'optional') === value,
+        }, text)));
+      evidence.addEventListener('change', () => {
+        step.check.evidence = evidence.value;
+        dirty = true;
+      });
       const measurement = step.check.kind === 'measurement' ? h('div', { class: 'row-3' },
         labelled('Unit', input('input', `${where}.check.unit`, () => step.check.unit, (v) => { step.check.unit = v; },
           { type: 'text', maxlength: 32, autocomplete: 'off' })),
@@ -275,6 +298,8 @@ export function mountSopEditor(root, { onChange, onStats }) {
         step.check.kind === 'measurement' ? 'The worker enters a number; outside the range it fails.'
           : 'The worker answers Passed or Failed.'),
         measurement,
+        labelled('Evidence', evidence, 'A photo or PDF the worker adds to the check: '
+          + '"Required on a failed check" asks for one when the check fails.'),
         task.steps.length > 1 ? h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary small', disabled: si === 0,
             onclick: () => { move(task.steps, si, -1); draw(`tasks.${ti}.steps.${si - 1}.title`); } }, 'Move up', which(`step ${label}`)),

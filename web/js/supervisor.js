@@ -1,9 +1,9 @@
 // The supervisor's view: sessions (filters, paging), one session's timeline and audit log,
 // approve / reopen, and the SOP editor.
-import { h, clear } from './dom.js';
-import { ApiError, describe, get, post, query } from './api.js';
+import { h, append, clear } from './dom.js';
+import { ApiError, describe, get, getBlob, post, query } from './api.js';
 import {
-  ask, badge, dayRange, duration, field, formatNumber, lockBadge, notice, pager, personName, rangeText,
+  ask, badge, dayRange, duration, field, fileSize, formatNumber, lockBadge, notice, pager, personName, rangeText,
   shortId, statusWord, when,
 } from './ui.js';
 import { mountSopEditor } from './editor.js';
@@ -354,7 +354,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     const workflowUrl = session.workflow_id
       ? `${base}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(session.workflow_id)}`
       : null;
-    root.append(
+    // dom.js append: a part that is not there (null) adds nothing (root.append wrote "null")
+    append(root, [
       backButton(),
       h('h1', { id: 'session-title', tabindex: '-1' }, session.sop.title, ' ',
         h('span', { class: 'muted' }, `v${session.sop.version}`)),
@@ -383,7 +384,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       timeline(session, steps, entries || [], who),
       h('h2', {}, 'Time per step'),
       stepTimes(session, steps),
-      h('h2', {}, 'Audit log'));
+      h('h2', {}, 'Audit log')]);
     const auditArea = h('div');
     root.append(auditArea);
     if (message) notice(messages, 'ok', message);
@@ -508,6 +509,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
           spec.prompt ? h('p', { class: 'muted' }, spec.prompt) : null,
           c.notes ? h('p', { class: 'note' }, `Note: ${c.notes}`) : null,
           c.evidence_uri ? h('p', {}, 'Evidence: ', h('code', {}, c.evidence_uri)) : null,
+          c.evidence?.length ? evidenceFiles(c.evidence) : null,
         ],
       });
     }
@@ -535,6 +537,70 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     return h('ol', { class: 'timeline' }, events.map((e) => h('li', { class: `event event-${e.kind}` },
       h('div', { class: 'event-time' }, e.at ? when(e.at, { seconds: true }) : ''),
       h('div', { class: 'event-body' }, h('p', { class: 'event-title' }, e.title), e.body || null))));
+  }
+
+  /**
+   * A check's files: an image as a thumbnail that opens it whole, any other file (a PDF) as a
+   * link that saves it; each with its name and size. GET /evidence/{id} needs the token, so
+   * the bytes are fetched (api.js) and shown from an object URL.
+   */
+  function evidenceFiles(files) {
+    return h('ul', { class: 'files', 'aria-label': 'Evidence files' }, files.map((f) => {
+      const name = f.filename || `file ${shortId(f.id)}`;
+      const size = h('span', { class: 'muted' }, `${name} · ${fileSize(f.bytes)}`);
+      if (f.content_type.startsWith('image/')) {
+        const img = h('img', { class: 'thumb', alt: `Photo: ${name}` });
+        const link = h('a', {
+          href: `/api/v1/evidence/${f.id}`, class: 'thumb-link',
+          onclick: (event) => { event.preventDefault(); viewImage(f, name); },
+        }, img, h('span', { class: 'visually-hidden' }, ' (open the whole photo)'));
+        fileUrl(f.id).then((url) => { img.src = url; }, () => { img.alt = `${name}: could not be loaded`; });
+        return h('li', {}, link, size);
+      }
+      const link = h('a', {
+        href: `/api/v1/evidence/${f.id}`, class: 'file-link',
+        onclick: (event) => { event.preventDefault(); saveFile(f, name, link); },
+      }, `Open ${name}`, f.content_type === 'application/pdf' ? ' (PDF)' : '');
+      return h('li', {}, link, size);
+    }));
+  }
+
+  // object URLs of the files fetched for this page, by id (a file never changes)
+  const fileUrls = new Map();
+  function fileUrl(id) {
+    if (!fileUrls.has(id)) {
+      const loading = getBlob(`/evidence/${id}`).then((blob) => URL.createObjectURL(blob));
+      loading.catch(() => fileUrls.delete(id));
+      fileUrls.set(id, loading);
+    }
+    return fileUrls.get(id);
+  }
+
+  async function viewImage(f, name) {
+    const dialog = h('dialog', { class: 'dialog viewer', 'aria-label': name });
+    const img = h('img', { alt: `Photo: ${name}` });
+    const close = h('button', { type: 'button', class: 'secondary', onclick: () => dialog.close() }, 'Close');
+    dialog.append(h('p', {}, `${name} · ${fileSize(f.bytes)}`), img, h('div', { class: 'actions' }, close));
+    dialog.addEventListener('close', () => dialog.remove());
+    document.body.append(dialog);
+    dialog.showModal();
+    close.focus();
+    try {
+      img.src = await fileUrl(f.id);
+    } catch (error) {
+      img.replaceWith(h('p', { class: 'notice notice-error' }, explain(error)));
+    }
+  }
+
+  async function saveFile(f, name, link) {
+    try {
+      const a = h('a', { href: await fileUrl(f.id), download: name, hidden: true });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    } catch (error) {
+      link.after(h('span', { class: 'notice notice-error' }, explain(error)));
+    }
   }
 
   /** Time on each step reached (paused time left out), checks it took, when it was passed. */

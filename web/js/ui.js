@@ -63,6 +63,12 @@ export function when(iso, { seconds = false } = {}) {
   return h('time', { datetime: iso, title: d.toISOString() }, text);
 }
 
+/** "2.4 MB", "180 KB": a file's size for a person. */
+export function fileSize(bytes) {
+  if (bytes >= 1024 * 1024) return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+}
+
 export const shortId = (id) => (id ? String(id).slice(0, 8) : '');
 
 export function duration(seconds) {

@@ -4,8 +4,9 @@ import { ApiError, describe, get, post, query, setReachHandler } from './api.js'
 import {
   Keep, decide, disagreement, planSteps, withWaiting,
 } from './keep.js';
+import { putFile, removeFile } from './files.js';
 import {
-  ask, badge, field, formatNumber, lockBadge, notice, pager, rangeText, readMeasurement,
+  ask, badge, field, fileSize, formatNumber, lockBadge, notice, pager, rangeText, readMeasurement,
   statusWord, when,
 } from './ui.js';
 
@@ -21,9 +22,21 @@ const FIRST_ANSWER_MS = 3000;
 const RETRY_MS = 10000;
 // The service answering again reloads the page's state, at most this often.
 const REACH_RELOAD_MS = 3000;
+// At most this many files on one check (the API's limit).
+const MAX_FILES = 10;
+// What a step's check.evidence asks of the worker, as the card's heading of its files.
+const EVIDENCE_TITLE = {
+  optional: 'Photo or file (optional)',
+  required: 'Photo or file: required for this step',
+  required_on_fail: 'Photo or file: required if the check fails',
+};
+
+const evidenceRule = (step) => step.check.evidence || 'optional';
+
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
 export function explain(error) {
+  if (error?.sentence) return error.sentence; // outbox.js: a file refused or lost, in words
   if (error instanceof ApiError && error.status === 409) {
     const status = error.problem.session_status;
     switch (error.code) {
@@ -68,6 +81,10 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     answered: false, // the service has answered this page at least once
     reached: true, // the last request reached the service
     historyOffset: 0,
+    // the files picked for the step on the card, before its check is recorded: { sessionId,
+    // stepId, checkId (the check_id the check will carry; its files are kept under it in
+    // IndexedDB, files.js), files: [{ id, name, type, bytes, url, saving }], error }
+    draft: null,
   };
 
   const disagreements = h('div', { class: 'messages disagreements' });
@@ -317,6 +334,10 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
         const read = readMeasurement(valueInput.value, check.unit);
         reading.textContent = 'value' in read
           ? `Will record ${formatNumber(read.value)}${check.unit ? ` ${check.unit}` : ''}` : '';
+        if ('value' in read && evidenceRule(step) === 'required_on_fail'
+            && decide(check, { value: read.value }) === 'failed') {
+          reading.textContent += ': outside the allowed range, so a photo or file is needed.';
+        }
       });
       const unit = check.unit ? ` (${check.unit})` : '';
       form.append(h('div', { class: 'check-prompt' },
@@ -331,7 +352,7 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
       name: 'notes', rows: 2, maxlength: 2000, disabled: locked,
       value: undoable?.body.notes || '',
     })));
-    form.append(errors);
+    form.append(evidencePart(s, step, locked), errors);
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       if (check.kind === 'measurement') submitCheck(form, errors, s, step, valueInput);
@@ -364,8 +385,129 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
       h('p', { class: 'next' }, s.next_step ? `Next: ${s.next_step.title}` : 'This is the last step.'));
   }
 
-  function submitCheck(form, errors, s, step, valueInput, result) {
-    const body = { step_id: step.id, check_id: uuid4() };
+  // ---- evidence files: picked on the card, kept in IndexedDB, sent with the check ----------
+
+  /** The files being picked for this step (a draft for another step goes, files and all). */
+  function draftFor(s, step) {
+    const d = state.draft;
+    if (d && d.sessionId === s.id && d.stepId === step.id) return d;
+    dropDraft();
+    state.draft = { sessionId: s.id, stepId: step.id, checkId: uuid4(), files: [], error: null };
+    return state.draft;
+  }
+
+  function dropDraft() {
+    const d = state.draft;
+    if (!d) return;
+    for (const f of d.files) {
+      URL.revokeObjectURL(f.url);
+      removeFile(d.checkId, f.id).catch(() => {}); // else swept at the next start
+    }
+    state.draft = null;
+  }
+
+  function addFile(draft, file) {
+    if (draft.files.length >= MAX_FILES) {
+      draft.error = `At most ${MAX_FILES} files go with one check.`;
+      return;
+    }
+    const entry = {
+      id: uuid4(), name: file.name || '', type: file.type || '', bytes: file.size,
+      url: URL.createObjectURL(file),
+    };
+    entry.saving = putFile(claims.sub, draft.checkId, entry.id, file).catch(() => {
+      draft.files = draft.files.filter((f) => f !== entry);
+      URL.revokeObjectURL(entry.url);
+      draft.error = `"${entry.name || 'The photo'}" could not be kept on this phone (its `
+        + 'storage may be full). Try again, or free some space.';
+      drawEvidence();
+    });
+    draft.files.push(entry);
+    draft.error = null;
+  }
+
+  function removeDraftFile(draft, entry) {
+    draft.files = draft.files.filter((f) => f !== entry);
+    URL.revokeObjectURL(entry.url);
+    entry.saving.then(() => removeFile(draft.checkId, entry.id)).catch(() => {});
+    draft.error = null;
+    drawEvidence();
+    sessionArea.querySelector('.evidence-take')?.focus();
+  }
+
+  /** The card's part for files: what the step asks, the thumbnails, Take a photo / Choose a file. */
+  function evidencePart(s, step, locked) {
+    const rule = evidenceRule(step);
+    if (rule === 'none') return null;
+    const draft = draftFor(s, step);
+    const measurement = step.check.kind === 'measurement';
+    let hint = null;
+    if (rule === 'required') hint = 'Add at least one photo (or a PDF) before you record the check.';
+    if (rule === 'required_on_fail') {
+      hint = measurement ? 'A value outside the allowed range needs a photo (or a PDF) of what you found.'
+        : 'Failed needs a photo (or a PDF) of what is wrong.';
+    }
+    // Two inputs: the camera at once (capture), or any photo or PDF already on the phone.
+    // Hidden; the buttons open them (a 48 px target, a name a reader announces).
+    const pick = (event) => {
+      const picked = [...event.target.files];
+      event.target.value = '';
+      for (const file of picked) addFile(draft, file);
+      drawEvidence();
+    };
+    const camera = h('input', {
+      type: 'file', accept: 'image/*', capture: 'environment', hidden: true,
+      class: 'evidence-camera', 'aria-label': 'Take a photo', onchange: pick,
+    });
+    const chooser = h('input', {
+      type: 'file', accept: 'image/*,application/pdf', multiple: true, hidden: true,
+      class: 'evidence-chooser', 'aria-label': 'Choose a photo or PDF', onchange: pick,
+    });
+    const list = h('div', { class: 'evidence-files' });
+    const box = h('div', {
+      class: `evidence evidence-${rule}`, role: 'group', 'aria-labelledby': 'evidence-title',
+    },
+    h('p', { class: 'evidence-title', id: 'evidence-title' }, EVIDENCE_TITLE[rule] || EVIDENCE_TITLE.optional),
+    hint ? h('p', { class: 'hint' }, hint) : null,
+    list,
+    h('div', { class: 'actions evidence-actions' },
+      h('button', {
+        type: 'button', class: 'secondary evidence-take', disabled: locked,
+        onclick: () => camera.click(),
+      }, 'Take a photo'),
+      h('button', {
+        type: 'button', class: 'secondary evidence-choose', disabled: locked,
+        onclick: () => chooser.click(),
+      }, 'Choose a file')),
+    camera, chooser);
+    box.fill = () => {
+      clear(list);
+      if (draft.files.length) {
+        list.append(h('ul', { class: 'evidence-list' }, draft.files.map((f) => h('li', { class: 'evidence-item' },
+          f.type.startsWith('image/')
+            ? h('img', { class: 'thumb', src: f.url, alt: `Photo to send: ${f.name || 'photo'}` })
+            : h('span', { class: 'thumb thumb-file', 'aria-hidden': 'true' }, f.type === 'application/pdf' ? 'PDF' : 'File'),
+          h('span', { class: 'evidence-name' }, f.name || 'photo',
+            h('span', { class: 'muted' }, ` · ${fileSize(f.bytes)}`)),
+          h('button', {
+            type: 'button', class: 'secondary evidence-remove', disabled: locked,
+            onclick: () => removeDraftFile(draft, f),
+          }, 'Remove', h('span', { class: 'visually-hidden' }, ` ${f.name || 'photo'}`))))));
+      }
+      if (draft.error) list.append(h('p', { class: 'notice notice-error', role: 'alert' }, draft.error));
+    };
+    box.fill();
+    return box;
+  }
+
+  function drawEvidence() {
+    sessionArea.querySelector('.step-card .evidence')?.fill?.();
+  }
+
+  async function submitCheck(form, errors, s, step, valueInput, result) {
+    const draft = state.draft?.sessionId === s.id && state.draft.stepId === step.id
+      ? state.draft : null;
+    const body = { step_id: step.id, check_id: draft?.checkId || uuid4() };
     clear(errors);
     if (step.check.kind === 'measurement') {
       const read = readMeasurement(valueInput.value, step.check.unit);
@@ -382,20 +524,55 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     }
     const notes = form.elements.notes.value.trim();
     if (notes) body.notes = notes;
-    if (body.result) {
-      holdForUndo(s, step, body);
+    // the files are in IndexedDB before the check is recorded (a file that could not be kept
+    // leaves the draft, and says so)
+    if (draft?.files.length) await Promise.all(draft.files.map((f) => f.saving));
+    const files = draft ? draft.files.map(({ id, name, type, bytes }) => ({ id, name, type, bytes })) : [];
+    const missing = evidenceMissing(step, body, files);
+    if (missing) {
+      notice(errors, 'error', missing);
+      sessionArea.querySelector('.evidence-take')?.focus();
       return;
     }
-    send(s.id, step, body);
+    if (body.result) {
+      holdForUndo(s, step, body, files);
+      return;
+    }
+    send(s.id, step, body, files);
   }
 
-  function send(sessionId, step, body) {
+  /** Why the check cannot go without a file (the service would refuse it), or null. */
+  function evidenceMissing(step, body, files) {
+    if (files.length) return null;
+    const rule = evidenceRule(step);
+    const failed = decide(step.check, body) === 'failed';
+    if (rule === 'required') {
+      return 'This step needs a photo or file as evidence. Take a photo (or choose a file), '
+        + 'then record the check again. Nothing was sent.';
+    }
+    if (rule !== 'required_on_fail' || !failed) return null;
+    if (step.check.kind === 'measurement') {
+      const unit = step.check.unit ? ` ${step.check.unit}` : '';
+      return `${formatNumber(body.value)}${unit} is outside the allowed range, and a failed `
+        + 'check on this step needs a photo or file of what you found. Take a photo (or choose '
+        + 'a file), then record the check again. Nothing was sent.';
+    }
+    return 'A failed check on this step needs a photo or file of what is wrong. Take a photo '
+      + '(or choose a file), then tap Failed again. Nothing was sent.';
+  }
+
+  function send(sessionId, step, body, files = []) {
     // Kept on the device first, then sent: a lost connection loses nothing. The card moves on
     // at once as the service will decide (keep.js applyCheck); its answer has the last word.
     state.lastCheck = outbox.add(sessionId, body, {
       step_title: step.title, check: step.check, step_index: step.index,
       result: decide(step.check, body),
-    });
+    }, files);
+    if (state.draft?.checkId === body.check_id) {
+      // its files now belong to the outbox's check (they stay in IndexedDB until delivered)
+      for (const f of state.draft.files) URL.revokeObjectURL(f.url);
+      state.draft = null;
+    }
     outbox.flush(); // on the wire before the card is drawn again
     told = [];
     clear(disagreements);
@@ -416,7 +593,9 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     if (!said) return null;
     const waiting = outbox.items.some((i) => i.body.check_id === item.body.check_id);
     if (!waiting || (state.reached && navigator.onLine)) return said;
-    return { ...said, text: `${said.text} Your check is saved on this phone and will be sent `
+    const n = item.files?.length || 0;
+    const what = n ? `Your check and its ${n === 1 ? 'file are' : `${n} files are`}` : 'Your check is';
+    return { ...said, text: `${said.text} ${what} saved on this phone and will be sent `
       + 'automatically: no need to do it again.' };
   }
 
@@ -458,10 +637,10 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     return held && held.sessionId === sessionId && held.step.id === stepId ? held : null;
   }
 
-  function holdForUndo(s, step, body) {
+  function holdForUndo(s, step, body, files = []) {
     commitHeld(); // one at a time
     const ms = UNDO_SECONDS * 1000;
-    held = { sessionId: s.id, step, body, until: Date.now() + ms };
+    held = { sessionId: s.id, step, body, files, until: Date.now() + ms };
     held.timer = setTimeout(commitHeld, ms);
     held.tick = setInterval(() => {
       const countdown = sessionArea.querySelector('.undo-countdown');
@@ -482,8 +661,8 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
 
   function commitHeld() {
     if (!held) return;
-    const { sessionId, step, body } = release();
-    send(sessionId, step, body);
+    const { sessionId, step, body, files } = release();
+    send(sessionId, step, body, files);
   }
 
   function undo() {

@@ -1,0 +1,250 @@
+"""Evidence files in the web console (contract v1.2, "Evidence files"; issue #26), in headless
+Chromium against `worksession dev` (tests/test_web_console.py's harness and fixtures).
+
+- On a 360 px phone the worker takes a photo for a step that requires one, sees its
+  thumbnail, records the check offline, reloads offline (the photo and the check still
+  waiting on the phone: the bytes in IndexedDB, the check in the outbox) and comes back
+  online: the file is uploaded once and the check arrives once, with it. The supervisor sees
+  the thumbnail on the session's timeline and opens the whole photo.
+- A step that requires a file refuses to send a check without one, in a sentence; a file the
+  service refuses (415: a text file named .jpg) is shown as a refusal, and no check is sent.
+
+With WORKSESSION_SCREENSHOTS=1 it rewrites docs/screenshot-worker-photo.png and
+docs/screenshot-supervisor-thumbnail.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import struct
+import uuid
+import zlib
+from typing import Any
+
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from tests import test_web_console as web
+from tests.test_web_console import (
+    DESK,
+    DOCS,
+    UNDO_WAIT,
+    Stack,
+    new_worker,
+    open_page,
+    outbox,
+    sign_in,
+)
+from tests.test_web_offline import network, under_service_worker
+
+# the module-scoped fixtures of the console's tests: one `worksession dev` for this module
+stack = web.stack
+supervisor = web.supervisor
+browser = web.browser
+
+PHONE = {"width": 360, "height": 740}
+
+
+def png(width: int = 24, height: int = 16) -> bytes:
+    """A small real PNG of one random colour (so each test's file has its own sha256)."""
+    colour = bytes(random.randrange(256) for _ in range(3))
+    raw = b"".join(b"\x00" + colour * width for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def photo_sop(title: str) -> dict[str, Any]:
+    return {"title": title, "description": "Lockout with photos", "tasks": [
+        {"title": "Lock out", "steps": [
+            {"title": "Photograph the padlock", "instructions": "Padlock and tag in view",
+             "check": {"kind": "confirm", "prompt": "Padlock and tag in place",
+                       "evidence": "required"}},
+            {"title": "Check the guard", "check": {
+                "kind": "confirm", "prompt": "Guard closed", "evidence": "required_on_fail"}},
+            {"title": "Sign the tag", "check": {
+                "kind": "confirm", "prompt": "Tag signed", "evidence": "none"}}]}]}
+
+
+def started(stack: Stack, supervisor: str, browser: Browser,
+            ) -> tuple[str, dict[str, Any], Page, Any, Locator]:
+    title = f"Photo {uuid.uuid4().hex[:6]}"
+    sop = stack.call(supervisor, "POST", "/sops", photo_sop(title))
+    sop = stack.call(supervisor, "POST", f"/sops/{sop['id']}/confirm")
+    worker = new_worker(stack)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(worker))
+    page.get_by_role("button", name=f"Start {title}").click()
+    card = page.locator(".step-card")
+    expect(card).to_contain_text("Step 1 of 3")
+    return worker, sop, page, console, card
+
+
+def take_photo(page: Page, card: Locator, name: str, data: bytes,
+               mime: str = "image/png") -> None:
+    """The worker taps "Take a photo"; the phone's camera gives this file."""
+    with page.expect_file_chooser() as chooser:
+        card.get_by_role("button", name="Take a photo").click()
+    chooser.value.set_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def kept_files(page: Page) -> list[list[Any]]:
+    """The [check_id, file_id, bytes] of every file in the page's IndexedDB (files.js)."""
+    return page.evaluate("""() => new Promise((resolve, reject) => {
+        const open = indexedDB.open('worksession-evidence', 1);
+        open.onsuccess = () => {
+          const get = open.result.transaction('files').objectStore('files').getAll();
+          get.onsuccess = () => { resolve(get.result.map((r) => [r.check_id, r.file_id,
+            r.blob.size])); open.result.close(); };
+          get.onerror = () => reject(get.error);
+        };
+        open.onerror = () => reject(open.error);
+    })""")
+
+
+def gone_from_indexeddb(page: Page) -> bool:
+    """The page's IndexedDB holds no file within a few seconds (it removes them after the
+    check's answer; polled from here: Playwright's polling evaluate is refused by the CSP)."""
+    for _ in range(40):
+        if not kept_files(page):
+            return True
+        page.wait_for_timeout(250)
+    return False
+
+
+def loaded_width(page: Page, img: Locator) -> int:
+    """The natural width of an image once it has loaded (0: it did not)."""
+    return page.evaluate("""(img) => img.complete && img.naturalWidth ? img.naturalWidth
+        : new Promise((resolve) => {
+            img.addEventListener('load', () => resolve(img.naturalWidth), { once: true });
+            img.addEventListener('error', () => resolve(0), { once: true });
+        })""", img.element_handle())
+
+
+def posts(page: Page, ending: str) -> list[str]:
+    """The URL of every POST the page makes from now on whose path ends so."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url)
+            if r.method == "POST" and r.url.split("?")[0].endswith(ending) else None)
+    return sent
+
+
+def uploads_in_store(stack: Stack, sha256: str) -> int | None:
+    """Rows the service has for these bytes (None: not the SQLite database of `dev`)."""
+    db = stack.data_dir / "worksession.db"
+    if not db.exists():
+        return None
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return c.execute("SELECT count(*) FROM evidence WHERE sha256 = ?", (sha256,)).fetchone()[0]
+
+
+def test_a_photo_taken_offline_arrives_once_with_its_check_and_the_supervisor_sees_it(
+        stack: Stack, supervisor: str, browser: Browser) -> None:  # noqa: F811
+    worker, sop, page, console, card = started(stack, supervisor, browser)
+    under_service_worker(page)
+    pending = page.locator("#pending")
+    data = png()
+    sha = hashlib.sha256(data).hexdigest()
+    expect(card).to_contain_text("Photo or file: required for this step")
+
+    take_photo(page, card, "padlock.png", data)
+    thumb = card.locator("img.thumb")
+    expect(thumb).to_be_visible()
+    expect(thumb).to_have_attribute("alt", "Photo to send: padlock.png")
+    assert loaded_width(page, thumb) == 24
+    expect(card).to_contain_text("padlock.png")
+    page.screenshot(path=str(DOCS / "screenshot-worker-photo.png"))
+
+    # the basement: the check is recorded with no network
+    network(page, up=False)
+    card.get_by_role("button", name="Passed").click()
+    expect(card.locator(".undo")).to_be_visible()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+    expect(card).to_contain_text("Step 2 of 3")
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    [waiting] = outbox(page)
+    check_id = waiting["body"]["check_id"]
+    [file] = waiting["files"]
+    assert (file["name"], file["type"], file["bytes"]) == ("padlock.png", "image/png", len(data))
+    assert kept_files(page) == [[check_id, file["id"], len(data)]]
+
+    # reopened before the network returns: the check and its photo still waiting
+    page.reload()
+    expect(card).to_contain_text("Step 2 of 3")
+    expect(pending).to_contain_text("1 check waiting to be sent")
+    assert [w["body"]["check_id"] for w in outbox(page)] == [check_id]
+    assert kept_files(page) == [[check_id, file["id"], len(data)]]
+
+    uploads, checks = posts(page, "/evidence"), posts(page, "/checks")
+    network(page, up=True)  # the file, then the check: once each
+    expect(pending).to_be_hidden(timeout=20_000)
+    session = stack.call(worker, "GET", "/sessions/current")
+    [check] = session["checks"]
+    assert check["id"] == check_id and check["result"] == "passed"
+    [evidence] = check["evidence"]
+    assert (evidence["sha256"], evidence["content_type"], evidence["bytes"],
+            evidence["filename"]) == (sha, "image/png", len(data), "padlock.png")
+    assert len(uploads) == 1 and "filename=padlock.png" in uploads[0]
+    assert len(checks) == 1
+    assert uploads_in_store(stack, sha) in (1, None)
+    assert outbox(page) == []
+    assert gone_from_indexeddb(page)  # the photo leaves the phone once the check is in
+    console.assert_clean("net::ERR_INTERNET_DISCONNECTED", "net::ERR_FAILED")
+
+    # the supervisor, on a desktop, sees the thumbnail on the timeline and opens it
+    desk, desk_console = open_page(browser, DESK)
+    sign_in(desk, stack.link("supervisor"))
+    desk.get_by_label("SOP", exact=True).select_option(f"sop:{sop['id']}")
+    row = desk.locator("table.sessions tbody tr")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name=f"Open {sop['title']}").click()
+    timeline = desk.locator(".timeline")
+    shown = timeline.get_by_role("img", name="Photo: padlock.png")
+    expect(shown).to_be_visible()
+    expect(timeline).to_contain_text(f"padlock.png · {1 if len(data) < 1536 else 2} KB")
+    assert loaded_width(desk, shown) == 24  # the bytes, fetched with the token
+    shown.scroll_into_view_if_needed()
+    desk.screenshot(path=str(DOCS / "screenshot-supervisor-thumbnail.png"))
+    timeline.get_by_role("link", name="Photo: padlock.png").click()
+    viewer = desk.get_by_role("dialog", name="padlock.png")
+    expect(viewer).to_be_visible()
+    whole = viewer.get_by_role("img", name="Photo: padlock.png")
+    expect(whole).to_be_visible()
+    viewer.get_by_role("button", name="Close").click()
+    expect(viewer).to_have_count(0)
+    desk_console.assert_clean()
+
+
+def test_a_required_file_is_asked_for_and_a_refused_file_is_said(
+        stack: Stack, supervisor: str, browser: Browser) -> None:  # noqa: F811
+    worker, _, page, console, card = started(stack, supervisor, browser)
+    checks = posts(page, "/checks")
+
+    # no photo: nothing is sent, and the worker is told what to do
+    card.get_by_role("button", name="Passed").click()
+    expect(card.get_by_role("alert")).to_contain_text(
+        "This step needs a photo or file as evidence. Take a photo (or choose a file), then "
+        "record the check again. Nothing was sent.")
+    expect(card.locator(".undo")).to_have_count(0)
+    assert outbox(page) == [] and checks == []
+
+    # a text file that calls itself a JPEG: the service refuses it (415), the check is not sent
+    take_photo(page, card, "photo.jpg", b"not a photo at all\n", "image/jpeg")
+    expect(card).to_contain_text("photo.jpg")
+    card.get_by_role("button", name="Passed").click()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+    expect(card.get_by_role("alert")).to_contain_text(
+        '"photo.jpg" is not a photo or PDF the service takes (JPEG, PNG, WebP, HEIC or PDF), '
+        "so the check was not sent.", timeout=15_000)
+    expect(card).to_contain_text("Step 1 of 3")
+    assert checks == []
+    assert stack.call(worker, "GET", "/sessions/current")["checks"] == []
+    assert outbox(page) == []
+    assert gone_from_indexeddb(page)
+    console.assert_clean("status of 415")
