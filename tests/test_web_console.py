@@ -382,7 +382,8 @@ def test_a_supervisor_approves_a_session_and_then_sees_it_locked(
     session, _ = worker_session_with_history(stack, supervisor)
     page, console = open_page(browser, DESK)
     # fresh: approving is a signature, which wants a recent sign-in (the banner's is hours old)
-    sign_in(page, stack.console_link(stack.token("supervisor")))
+    fresh = stack.token("supervisor")  # the banner's link, with the Temporal UI's address
+    sign_in(page, re.sub(r"token=[^&]+", f"token={fresh}", stack.link("supervisor")))
     expect(page.get_by_role("heading", name="Work sessions")).to_be_visible()
     page.get_by_label("Status").select_option("completed")
     page.get_by_label("SOP", exact=True).select_option(f"sop:{session['sop']['id']}")

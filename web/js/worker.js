@@ -79,6 +79,7 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     lastCheck: null, // the outbox item of the worker's last check here, which `feedback` tells
     loadError: null,
     answered: false, // the service has answered this page at least once
+    answers: 0, // the service's answers about the session applied so far (fromService)
     reached: true, // the last request reached the service
     historyOffset: 0,
     // the files picked for the step on the card, before its check is recorded: { sessionId,
@@ -132,9 +133,11 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
 
   async function fetchState() {
     let answer;
+    let seen; // the answers applied when this read began
     try {
       // Checks waiting go first: a session read before they arrive would be older than them.
       if (outbox.size) await outbox.flush();
+      seen = state.answers;
       // The session list (not /sessions/current) finds the active one: no 404 when none.
       const [sops, running, paused] = await Promise.all([
         get('/sops?limit=100'),
@@ -166,7 +169,10 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     state.loadError = null;
     notice(pageMessages, 'info', '');
     state.sops = answer.sops;
-    fromService(answer.session, { steps: answer.steps, sops: answer.sops });
+    // an answer that came in while this read was under way (a start, a check delivered) is
+    // newer than it: the read must not put the session back as it was before
+    if (state.answers === seen) fromService(answer.session, { steps: answer.steps, sops: answer.sops });
+    else render();
     loadHistory();
   }
 
@@ -213,6 +219,7 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     // checks are only ever added: an answer with fewer than the one held is older than it
     if (session && state.server && session.id === state.server.id
         && session.checks.length < state.server.checks.length) return;
+    state.answers += 1;
     const waiting = item || outbox.items.some((i) => i.session_id === phone?.id);
     if (session && steps === undefined && state.stepsOf !== session.sop.id) {
       const sop = state.sops.find((x) => x.id === session.sop.id);
