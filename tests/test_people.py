@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
@@ -19,9 +19,12 @@ from application.authz import Actor, Role
 from application.context import Context, SeenPeople
 from persistence.people import PeopleRepository
 from persistence.uow import SqlStore
+from tests import test_oidc
 from tests.conftest import SECRET, User, bearer, make_confirmed_sop, pass_step, start
 from tests.test_oidc import AUDIENCE, ROLE_MAP, Provider, h
 from worksession.settings import Settings
+
+provider = test_oidc.provider  # the stand-in identity provider, one per test
 
 PEOPLE = "/api/v1/people"
 
@@ -285,13 +288,6 @@ async def test_me_is_the_caller_as_the_api_sees_them(http: httpx.AsyncClient) ->
     anonymous = await http.get("/api/v1/me")
     assert anonymous.status_code == 401
     assert anonymous.headers["content-type"] == "application/problem+json"
-
-
-@pytest.fixture
-def provider() -> Iterator[Provider]:
-    p = Provider()
-    yield p
-    p.server.shutdown()
 
 
 @pytest.fixture
