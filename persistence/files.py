@@ -49,7 +49,8 @@ class Spool:
         self.file: BinaryIO
         self.digest = hashlib.sha256()
         self.size = 0
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     def _open(self) -> None:
         if linkable(self.directory):
@@ -63,16 +64,25 @@ class Spool:
         fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)  # released if this process dies
 
     async def write(self, chunk: bytes) -> None:
-        self.digest.update(chunk)
         self.size += len(chunk)
-        self._buffer += chunk
-        if len(self._buffer) >= BUFFER:
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= BUFFER:
             await self._flush()
 
     async def _flush(self) -> None:
-        data, self._buffer = bytes(self._buffer), bytearray()
-        if data:
-            await asyncio.to_thread(self.file.write, data)
+        chunks, self._pending, self._pending_size = self._pending, [], 0
+        if chunks:
+            await asyncio.to_thread(self._hash_and_write, chunks)
+
+    def _hash_and_write(self, chunks: list[bytes]) -> None:
+        # The chunks as they came (no copy into a buffer: every megabyte copied is fresh
+        # memory, and its page faults cost more than the write), hashed off the event loop.
+        for chunk in chunks:
+            self.digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[self.file.write(view):]
 
     async def finish(self) -> None:
         await self._flush()
