@@ -119,7 +119,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
                        max_in_flight=settings.max_in_flight,
                        admission_wait_seconds=settings.admission_wait.total_seconds(),
                        retry_after_seconds=settings.retry_after_seconds,
-                       streamed=UPLOADS, max_streamed=settings.max_evidence_bytes)
+                       streamed=UPLOADS, max_streamed=settings.max_evidence_bytes,
+                       max_streamed_in_flight=settings.max_uploads_in_flight)
     if meter is not None:  # outside the front door: what it sheds is counted too
         app.add_middleware(RequestMetrics, registry=meter.registry)
     if tracer_provider is not None:

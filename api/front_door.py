@@ -14,7 +14,9 @@ before any routing, authentication or body parsing (CONTRACT.md, "Health", v1.1)
   away (bounded), so that a client still sending can read the answer instead of having its
   connection reset. File uploads (`streamed`: evidence files) are bounded by `max_streamed`
   instead, and only by their declared length here: their body is streamed to the endpoint
-  as it arrives, which counts it (api/uploads.py).
+  as it arrives, which counts it (api/uploads.py). They take their places from a pool of
+  their own (`max_streamed_in_flight`): an upload lasts as long as the phone's link, and
+  twelve photos on a slow network must not turn the next check away.
 - **HEAD** is answered wherever GET is: the GET's status and headers, no body.
 """
 
@@ -43,11 +45,13 @@ def request_id(sent: bytes | None) -> str:
 class FrontDoor:
     def __init__(self, app: Any, *, max_body: int, max_in_flight: int,
                  admission_wait_seconds: float, retry_after_seconds: int,
-                 streamed: re.Pattern[str] | None = None, max_streamed: int = 0) -> None:
+                 streamed: re.Pattern[str] | None = None, max_streamed: int = 0,
+                 max_streamed_in_flight: int = 1) -> None:
         self.app = app
         self.max_body = max_body
         self.streamed, self.max_streamed = streamed, max_streamed
         self.places = Places(max_in_flight, admission_wait_seconds)
+        self.upload_places = Places(max_streamed_in_flight, admission_wait_seconds)
         self.retry_after = str(retry_after_seconds)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -78,7 +82,8 @@ class FrontDoor:
             return await self._admitted(scope, receive, send, headers)
         if streamed:
             scope["state"]["streamed_body"] = True  # the endpoint reads and counts it
-        if not await self.places.take():
+        places = self.upload_places if streamed else self.places
+        if not await places.take():
             scope["state"]["shed"] = True  # counted by api/metrics.py
             return await self._answer(send, problems.problem(
                 503, "the service is at capacity; retry after the time in Retry-After",
@@ -87,7 +92,7 @@ class FrontDoor:
         try:
             await self._admitted(scope, receive, send, headers)
         finally:
-            self.places.give_back()
+            places.give_back()
 
     async def _admitted(self, scope: Any, receive: Any, send: Any,
                         headers: dict[bytes, bytes]) -> None:

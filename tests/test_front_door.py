@@ -29,6 +29,7 @@ from tests.conftest import (
     make_confirmed_sop,
     start,
 )
+from tests.evidence_files import jpeg
 from tests.live_server import LiveServer
 from workflows.work_session import WorkSessionWorkflow
 
@@ -124,6 +125,38 @@ async def test_a_request_that_finds_no_place_waits_for_one_before_it_is_shed(
         listed = await waiting
         assert listed.status_code == 200, listed.text
         assert [r.status_code for r in await asyncio.gather(*admitted)] == [200] * LIMIT
+
+
+async def test_uploads_on_slow_links_do_not_turn_a_check_away(small_door: LiveServer,
+                                                             supervisor: User):
+    """Evidence uploads take their places from a pool of their own: more photos than there
+    are places, each stalled halfway as on a slow link, and a check still goes straight in;
+    then every upload finishes."""
+    async with httpx.AsyncClient(base_url=small_door.base_url, timeout=60) as http:
+        sop = await make_confirmed_sop(http, supervisor)
+        worker = User(uuid.uuid4(), "worker")
+        session = await start(http, worker, sop)
+        link_back = asyncio.Event()
+
+        async def slow(data: bytes) -> Any:
+            yield data[:len(data) // 2]
+            await link_back.wait()
+            yield data[len(data) // 2:]
+
+        uploads = [asyncio.create_task(http.post(
+            f"{SESSIONS}/{session['id']}/evidence", content=slow(jpeg(200_000)),
+            headers={**worker.h, "Content-Type": "image/jpeg"})) for _ in range(LIMIT + 1)]
+        await asyncio.sleep(0.5)  # each inside, reading its body (they would hold every place)
+        t0 = time.monotonic()
+        r = await http.post(f"{SESSIONS}/{session['id']}/checks", headers=worker.h,
+                            json={"step_id": session["current_step_id"], "result": "passed"})
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - t0 < WAIT  # let in at once, not after a wait for a place
+        assert not any(u.done() for u in uploads)
+        link_back.set()
+        answered = await asyncio.gather(*uploads)
+        assert [u.status_code for u in answered] == [201] * (LIMIT + 1), \
+            [u.text for u in answered]
 
 
 def test_a_body_over_the_limit_is_a_413_the_client_can_read(small_door: LiveServer,

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # waits for a place at most `admission_wait`, then is answered 503 with this Retry-After.
     # Sizing: docs/deployment.md.
     max_in_flight: int = Field(default=12, ge=1)
+    # Evidence uploads in one API process at once, in a pool of their own (each may last as
+    # long as a phone's slow link; each holds at most ~1 MiB in memory and its file on disk).
+    max_uploads_in_flight: int = Field(default=20, ge=1)
     admission_wait: timedelta = timedelta(milliseconds=100)
     retry_after_seconds: int = Field(default=1, ge=1)
     idle_timeout: timedelta = timedelta(hours=8)
