@@ -451,6 +451,7 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
     step.get_by_label("Unit").fill("bar")
     step.get_by_label("Minimum").fill("0")
     step.get_by_label("Maximum").fill("0.2")
+    step.get_by_label("Evidence").select_option("required_on_fail")
 
     page.get_by_role("button", name="Add task").click()
     task2 = page.get_by_role("group", name="Task 2", exact=True)
@@ -481,6 +482,8 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
     check = sop["tasks"][0]["steps"][1]["check"]
     assert {k: check[k] for k in ("kind", "prompt", "unit", "min", "max")} == {
         "kind": "measurement", "prompt": "Line pressure", "unit": "bar", "min": 0, "max": 0.2}
+    assert check["evidence"] == "required_on_fail"
+    assert sop["tasks"][0]["steps"][0]["check"]["evidence"] == "optional"
     assert sop["tasks"][1]["steps"][0]["check"]["kind"] == "confirm"
     console.assert_clean()
 

@@ -8,6 +8,8 @@ Chromium against `worksession dev` (tests/test_web_console.py's harness and fixt
   the thumbnail on the session's timeline and opens the whole photo.
 - A step that requires a file refuses to send a check without one, in a sentence; a file the
   service refuses (415: a text file named .jpg) is shown as a refusal, and no check is sent.
+- A step that requires a file on failure: Failed without one is refused in a sentence, a
+  file over the limit (413) too, and a PDF goes with the check; the supervisor saves it.
 
 With WORKSESSION_SCREENSHOTS=1 it rewrites docs/screenshot-worker-photo.png and
 docs/screenshot-supervisor-thumbnail.png.
@@ -26,6 +28,7 @@ from typing import Any
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests import test_web_console as web
+from tests.evidence_files import jpeg, pdf
 from tests.test_web_console import (
     DESK,
     DOCS,
@@ -248,3 +251,68 @@ def test_a_required_file_is_asked_for_and_a_refused_file_is_said(
     assert outbox(page) == []
     assert gone_from_indexeddb(page)
     console.assert_clean("status of 415")
+
+
+def test_a_failed_check_needs_its_file_an_oversized_one_is_said_and_a_pdf_goes(
+        stack: Stack, supervisor: str, browser: Browser) -> None:  # noqa: F811
+    """`required_on_fail`: Passed needs nothing, Failed needs a file; a file over the
+    service's limit (20 MiB in `dev`) is refused in a sentence and nothing is sent; a PDF
+    chosen from the phone goes with the failed check, and the supervisor's timeline offers
+    it to open."""
+    worker, sop, page, console, card = started(stack, supervisor, browser)
+    take_photo(page, card, "padlock.png", png())
+    card.get_by_role("button", name="Passed").click()
+    expect(card).to_contain_text("Step 2 of 3", timeout=UNDO_WAIT)
+    expect(card).to_contain_text("Photo or file: required if the check fails")
+    checks = posts(page, "/checks")
+    expect(page.locator("#pending")).to_be_hidden(timeout=20_000)
+    checks.clear()
+
+    card.get_by_role("button", name="Failed").click()
+    expect(card.get_by_role("alert")).to_contain_text(
+        "A failed check on this step needs a photo or file of what is wrong. Take a photo "
+        "(or choose a file), then tap Failed again. Nothing was sent.")
+    assert checks == []
+
+    # a photo over the limit: refused by the service with a 413 the page reads out
+    take_photo(page, card, "huge.jpg", jpeg(20 * 1024 * 1024 + 1), "image/jpeg")
+    card.get_by_role("button", name="Failed").click()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+    expect(card.get_by_role("alert")).to_contain_text(
+        '"huge.jpg" is too large for the service, so the check was not sent. Take a smaller '
+        "photo or choose a smaller file, then record the check again.", timeout=30_000)
+    assert checks == []
+    assert len(stack.call(worker, "GET", "/sessions/current")["checks"]) == 1
+
+    # a PDF from the phone instead (the refused check took its file with it)
+    expect(card.locator(".evidence-list")).to_have_count(0)
+    document = pdf(3000)
+    with page.expect_file_chooser() as chooser:
+        card.get_by_role("button", name="Choose a file").click()
+    chooser.value.set_files(files=[{"name": "guard.pdf", "mimeType": "application/pdf",
+                                    "buffer": document}])
+    expect(card.locator(".thumb-file")).to_have_text("PDF")
+    card.get_by_role("button", name="Failed").click()
+    expect(card.locator(".undo")).to_be_hidden(timeout=UNDO_WAIT)
+    expect(page.locator("#pending")).to_be_hidden(timeout=20_000)
+    session = stack.call(worker, "GET", "/sessions/current")
+    failed = session["checks"][-1]
+    assert failed["result"] == "failed" and len(session["checks"]) == 2
+    [evidence] = failed["evidence"]
+    assert (evidence["content_type"], evidence["filename"], evidence["sha256"]) == (
+        "application/pdf", "guard.pdf", hashlib.sha256(document).hexdigest())
+    assert len(checks) == 1
+    console.assert_clean("status of 413")
+
+    desk, desk_console = open_page(browser, DESK)
+    sign_in(desk, stack.link("supervisor"))
+    desk.get_by_label("SOP", exact=True).select_option(f"sop:{sop['id']}")
+    desk.locator("table.sessions tbody tr").get_by_role(
+        "button", name=f"Open {sop['title']}").click()
+    opened = desk.locator(".timeline").get_by_role("link", name="Open guard.pdf (PDF)")
+    expect(opened).to_be_visible()
+    with desk.expect_download() as saved:
+        opened.click()
+    assert saved.value.suggested_filename == "guard.pdf"
+    assert open(saved.value.path(), "rb").read() == document
+    desk_console.assert_clean()
