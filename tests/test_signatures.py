@@ -206,6 +206,69 @@ async def test_a_session_awaiting_verification_survives_a_worker_restart_and_is_
         await uc.cancel_session(ctx, await on(ctx, actor, view["id"]), "test over")
 
 
+@pytest.mark.faults
+async def test_a_session_awaiting_verification_survives_a_temporal_and_worker_restart() -> None:
+    """On the stack of real subprocesses (faults/stack.py: the Temporal dev server persisted
+    to its database file, `worksession api`, `worksession worker`): the worker and the
+    Temporal server are both killed (SIGKILL) while a step awaits verification and started
+    again; the session still awaits, and the `verified` signature then releases it, once."""
+    import os
+    import signal
+
+    from faults.stack import Stack
+
+    wid, bid = uuid.uuid4(), uuid.uuid4()
+
+    def fresh(role: str, sub: uuid.UUID, name: str | None = None) -> dict[str, str]:
+        return {"Authorization": "Bearer " + mint(stack.secret, role, sub, name=name)}
+
+    async with Stack(os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite"),
+                     label="verify-restart") as stack, \
+            httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
+        r = await api.post("/api/v1/sops", json=verify_sop(), headers=fresh("supervisor", bid))
+        assert r.status_code == 201, r.text
+        r = await api.post(f"/api/v1/sops/{r.json()['id']}/confirm",
+                           headers=fresh("supervisor", bid))
+        r = await api.post("/api/v1/sessions", json={"sop_id": r.json()["id"]},
+                           headers=fresh("worker", wid))
+        assert r.status_code == 201, r.text
+        s = r.json()
+        r = await api.post(f"/api/v1/sessions/{s['id']}/checks", headers=fresh("worker", wid),
+                           json={"step_id": s["current_step_id"], "result": "passed"})
+        assert r.status_code == 200, r.text
+        wait = r.json()["awaiting_verification"]
+        assert wait["step_id"] == s["current_step_id"]
+
+        stack.kill_worker()
+        await stack.restart_temporal(signal.SIGKILL)
+        await stack.restart_worker_after_kill()
+        await stack.wait_worker_polling()
+
+        async def answered() -> httpx.Response | None:  # the API reconnects to Temporal
+            r = await api.get("/api/v1/sessions/current", headers=fresh("worker", wid))
+            return r if r.status_code == 200 else None
+        live = (await eventually(answered, within=60)).json()
+        assert live["id"] == s["id"] and live["status"] == "in_progress", live
+        assert live["awaiting_verification"] == wait
+        assert live["current_step"]["index"] == 0
+        r = await api.post(f"/api/v1/sessions/{s['id']}/checks", headers=fresh("worker", wid),
+                           json={"step_id": s["current_step_id"], "result": "passed"})
+        assert r.status_code == 409 and r.json()["type"].endswith("/awaiting-verification")
+
+        r = await api.post(SIGN.format(s["id"]), headers=fresh("supervisor", bid, "Dana"),
+                           json={"meaning": "verified", "step_id": wait["step_id"]})
+        assert r.status_code == 201, r.text
+        r = await api.get("/api/v1/sessions/current", headers=fresh("worker", wid))
+        live = r.json()
+        assert live["awaiting_verification"] is None and live["current_step"]["index"] == 1
+        assert [(g["meaning"], g["signer_name"]) for g in live["signatures"]] == [
+            ("verified", "Dana")]
+        r = await api.get("/api/v1/audit", params={"session_id": s["id"], "limit": 100},
+                          headers=fresh("supervisor", bid))
+        assert [e["action"] for e in r.json()["items"] if e["outcome"] == "accepted"] == [
+            "session_start", "check_submitted", "signed"]
+
+
 # ---- performed and approved ------------------------------------------------------------------
 async def test_performed_by_the_worker_once_completed_and_approved_locks(
         http, worker_user, supervisor, confirmed_sop):
