@@ -15,7 +15,11 @@ import pytest
 
 from application import sessions as uc
 from application.authz import Actor, Role
-from domain.errors import ReauthenticationRequired
+from domain.errors import (
+    ReauthenticationRequired,
+    StepAwaitsVerification,
+    StepNotAwaitingVerification,
+)
 from tests.conftest import (
     SECRET,
     User,
@@ -204,6 +208,54 @@ async def test_a_session_awaiting_verification_survives_a_worker_restart_and_is_
             return shown(await ctx.workflows.live(actor.id))["status"] == "paused"
         await eventually(paused, within=10)
         await uc.cancel_session(ctx, await on(ctx, actor, view["id"]), "test over")
+
+
+async def test_continue_as_new_while_awaiting_verification_keeps_the_wait(
+        http, client, db, supervisor, worker):
+    """The passed check that begins the wait is the run's last update (continue-as-new
+    after 2): the next run holds the wait (not idle: idle timeout 2 s here, checks refused),
+    and the signature then advances the session exactly one step."""
+    body = sop_body((3,), measurement_at=None)
+    body["tasks"][0]["steps"][1]["check"]["verify"] = True
+    sop = await make_confirmed_sop(http, supervisor, body)
+    ctx = own_context(client, db, worker.task_queue, continue_as_new_after_updates=2)
+    ctx.workflows.idle_timeout = timedelta(seconds=2)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+    first_run = view["run_id"]
+    view = await pass_current(ctx, actor, view)
+    view = await pass_current(ctx, actor, view)  # the second update: the run continues as new
+    wait = view["awaiting_verification"]
+    assert wait is not None and view["current_step"]["index"] == 1
+    handle = client.get_workflow_handle(view["workflow_id"])
+
+    async def next_run() -> bool:
+        return (await handle.describe()).run_id != first_run
+    await eventually(next_run, within=10)
+    await asyncio.sleep(3)  # past the idle timeout
+    live = shown(await ctx.workflows.live(actor.id))
+    assert live["run_id"] != first_run and live["status"] == "in_progress", live
+    assert live["awaiting_verification"] == wait
+    with pytest.raises(StepAwaitsVerification):
+        await pass_current(ctx, actor, live)
+    g = await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                      uc.Meaning.VERIFIED, uuid.UUID(wait["step_id"]), None)
+    live = shown(await ctx.workflows.live(actor.id))
+    assert live["awaiting_verification"] is None and live["current_step"]["index"] == 2
+    assert [x["id"] for x in live["signatures"]] == [str(g.id)]
+    assert len(live["checks"]) == 2
+    [t] = [t for t in live["step_times"] if t["step_id"] == wait["step_id"]]
+    assert t["passed_at"] is not None
+    with pytest.raises(StepNotAwaitingVerification):  # nothing awaits any more
+        await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                      uc.Meaning.VERIFIED, uuid.UUID(wait["step_id"]), None)
+    r = await http.get(f"/api/v1/sessions/{view['id']}", headers=supervisor.h)
+    assert r.json()["current_step"]["index"] == 2 and len(r.json()["signatures"]) == 1
+    signed = [e for e in await entries(http, supervisor, view["id"])
+              if e["action"] == "signed" and e["outcome"] == "accepted"]
+    assert len(signed) == 1
+    await uc.cancel_session(ctx, await on(ctx, actor, view["id"]), "test over")
 
 
 @pytest.mark.faults
