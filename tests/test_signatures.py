@@ -122,6 +122,9 @@ async def test_a_verify_step_waits_for_a_second_person_then_moves_on(
     signed = (await entries(http, supervisor, s["id"]))[-1]
     assert signed["action"] == "signed" and signed["prev_hash"] == g["record_hash"]
     assert signed["detail"]["manifest"].startswith("Dana Reviewer, ")
+    # the entry says the time the signature holds (the run's, when it took it)
+    assert datetime.fromisoformat(signed["detail"]["signed_at"]) == \
+        datetime.fromisoformat(g["signed_at"])
     # a second verification of the step: nothing awaits any more
     r = await sign(http, supervisor, s["id"], meaning="verified", step_id=step)
     assert r.status_code == 409 and r.json()["type"].endswith("/not-awaiting-verification")
@@ -489,3 +492,86 @@ async def test_the_audit_export_shows_each_signature_s_manifest(
     doc = json.loads(out)
     assert doc["signatures"] == [{"signature_id": g["id"], "manifest": row["manifest"][1:]}]
     assert doc["session"]["signatures"] == [g]
+
+
+async def test_audit_verify_checks_each_signature_against_its_signed_entry(
+        http, worker_user, supervisor, db, database_url, tmp_path):
+    """`worksession audit verify` (and `--file` for an export) finds each signature row as
+    its `signed` entry on the chain records it (meaning, step, signer, time, statement, the
+    head it was bound to); a signature row edited, forged or removed afterwards is reported,
+    naming the session's chain and the signature, with exit 1."""
+    import json
+
+    import sqlalchemy as sa
+
+    from persistence.tables import signatures
+    from tests.conftest import audit_cli
+
+    supervisor.name = "Dana Reviewer"
+    s = await awaiting(http, worker_user, supervisor)
+    r = await sign(http, supervisor, s["id"], meaning="verified", step_id=s["current_step_id"],
+                   statement="Saw it")
+    assert r.status_code == 201, r.text
+    s = (await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+    s = await pass_step(http, worker_user, s)
+    assert s["status"] == "completed"
+    assert (await sign(http, worker_user, s["id"], meaning="performed")).status_code == 201
+    assert (await sign(http, supervisor, s["id"], meaning="approved")).status_code == 201
+    verified, performed, approved = (await http.get(
+        f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()["signatures"]
+    chain = f"session:{s['id']}"
+
+    code, out = await audit_cli(database_url, "verify")
+    assert code == 0 and "audit log intact" in out, out
+    export = tmp_path / "export.json"
+    code, out = await audit_cli(database_url, "export", "--session", s["id"], "--out",
+                                str(export))
+    assert code == 0, out
+    code, out = await audit_cli(database_url, "verify", "--file", str(export))
+    assert code == 0, out
+
+    async def tampered(sig: dict, **values: Any) -> str:
+        """`audit verify` with the signature row changed, then put back."""
+        row = signatures.c.id == uuid.UUID(sig["id"])
+        async with db.write() as conn:
+            old = dict((await conn.execute(sa.select(signatures).where(row))).mappings().one())
+            await conn.execute(signatures.update().where(row).values(**values))
+        try:
+            code, out = await audit_cli(database_url, "verify")
+        finally:
+            async with db.write() as conn:
+                await conn.execute(signatures.update().where(row).values(**old))
+        assert code == 1, out
+        return out
+
+    for sig, values in ((verified, {"signer_name": "Someone Else"}),
+                        (verified, {"signer_id": worker_user.id}),
+                        (verified, {"step_id": uuid.UUID(s["checks"][1]["step_id"])}),
+                        (performed, {"meaning": "verified"}),
+                        (approved, {"statement": "Approved without reservation"}),
+                        (approved, {"signed_at": datetime.now(UTC) - timedelta(days=1)}),
+                        (approved, {"record_hash": "0" * 64})):
+        out = await tampered(sig, **values)
+        [field] = values
+        assert f"BROKEN: {chain}: signature {sig['id']} (" in out and f"its {field} " in out, \
+            (values, out)
+        assert "1 problem(s)" in out, out
+    # a signature row removed: its signed entry names a signature the session lacks
+    row = signatures.c.id == uuid.UUID(performed["id"])
+    async with db.write() as conn:
+        old = dict((await conn.execute(sa.select(signatures).where(row))).mappings().one())
+        await conn.execute(signatures.delete().where(row))
+    try:
+        code, out = await audit_cli(database_url, "verify")
+        assert code == 1 and f"records signature {performed['id']}" in out, out
+    finally:
+        async with db.write() as conn:
+            await conn.execute(signatures.insert().values(**old))
+    code, out = await audit_cli(database_url, "verify")
+    assert code == 0, out
+    # the same check on an export: its session's signature edited in the file
+    doc = json.loads(export.read_text())
+    doc["session"]["signatures"][0]["signer_name"] = "Someone Else"
+    export.write_text(json.dumps(doc))
+    code, out = await audit_cli(database_url, "verify", "--file", str(export))
+    assert code == 1 and f"signature {verified['id']}" in out and "signer_name" in out, out
