@@ -361,6 +361,31 @@ async def test_performed_by_the_worker_once_completed_and_approved_locks(
         "modification_rejected", "rejected", "signed")
 
 
+@pytest.mark.parametrize("meaning", ["approved", "verified", "performed"])
+async def test_any_signature_on_a_locked_session_is_409_with_its_audit_entry(
+        http, worker_user, supervisor, admin, meaning):
+    s = await awaiting(http, worker_user, supervisor)
+    step = s["current_step_id"]
+    assert (await sign(http, supervisor, s["id"], meaning="verified",
+                       step_id=step)).status_code == 201
+    s = (await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+    s = await pass_step(http, worker_user, s)
+    assert (await sign(http, supervisor, s["id"], meaning="approved")).status_code == 201
+    before = await entries(http, supervisor, s["id"])
+    who = worker_user if meaning == "performed" else admin
+    r = await sign(http, who, s["id"], meaning=meaning,
+                   **({"step_id": step} if meaning == "verified" else {}))
+    assert r.status_code == 409 and r.json()["type"].endswith("/session-locked"), r.text
+    after = await entries(http, supervisor, s["id"])
+    assert after[:-1] == before
+    assert (after[-1]["action"], after[-1]["outcome"], after[-1]["actor_id"],
+            after[-1]["detail"]["attempted"]) == (
+        "modification_rejected", "rejected", str(who.id),
+        "session_approve" if meaning == "approved" else "signed")
+    r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
+    assert [g["meaning"] for g in r.json()["signatures"]] == ["verified", "approved"]
+
+
 async def test_the_approve_endpoint_is_the_approved_signature(http, worker_user, supervisor,
                                                               confirmed_sop):
     s = await completed(http, worker_user, confirmed_sop)
@@ -398,6 +423,19 @@ async def test_a_stale_token_is_401_reauthentication_required_and_nothing_is_rec
     assert await entries(http, supervisor, s["id"]) == before
     r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
     assert r.json()["locked"] is False and r.json()["signatures"] == []
+
+
+async def test_a_stale_token_cannot_verify_and_the_step_still_awaits(
+        http, worker_user, supervisor):
+    s = await awaiting(http, worker_user, supervisor)
+    before = await entries(http, supervisor, s["id"])
+    r = await sign(http, supervisor, s["id"], auth_age=301, meaning="verified",
+                   step_id=s["current_step_id"])
+    assert r.status_code == 401 and r.json()["type"].endswith("/reauthentication-required")
+    assert await entries(http, supervisor, s["id"]) == before
+    r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
+    assert r.json()["awaiting_verification"] == s["awaiting_verification"]
+    assert r.json()["signatures"] == []
 
 
 def _no_dates(user: User) -> str:
