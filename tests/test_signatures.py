@@ -613,3 +613,66 @@ async def test_audit_verify_checks_each_signature_against_its_signed_entry(
     export.write_text(json.dumps(doc))
     code, out = await audit_cli(database_url, "verify", "--file", str(export))
     assert code == 1 and f"signature {verified['id']}" in out and "signer_name" in out, out
+
+
+# ---- the Temporal server's work ------------------------------------------------------------------
+def _work(history: Any) -> dict[str, int]:
+    """A closed run's history by event type (the names without EVENT_TYPE_), and in total."""
+    from collections import Counter
+
+    from temporalio.api.enums.v1 import EventType
+
+    def kind(e: Any) -> str:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+        if e.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+            name += " " + ",".join(sorted(fields.indexed_fields))
+        return name
+
+    return {"EVENTS": len(history.events), **Counter(kind(e) for e in history.events)}
+
+
+async def test_the_server_work_of_a_session_with_one_verified_step(
+        http, client, db, supervisor, worker):
+    """The same two-step session with and without `check.verify` on its first step, worked
+    at once (start, passed check, [verified], passed check: completed) on a real Temporal
+    server: the verification adds its update (and its workflow task), the patch's marker
+    (and the SDK's TemporalChangeVersion upsert) and the idle timer cancelled as the wait
+    begins and started again after it; no activity, no upsert of the session's attributes;
+    while the session awaits, its history does not grow (no timer, no polling). Prints the
+    figures docs/architecture.md quotes (`pytest -s`)."""
+    ctx = own_context(client, db, worker.task_queue)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    figures = {}
+    for verify in (False, True):
+        body = sop_body((2,), measurement_at=None)
+        body["tasks"][0]["steps"][0]["check"]["verify"] = verify
+        sop = await make_confirmed_sop(http, supervisor, body)
+        actor = Actor(uuid.uuid4(), Role.WORKER)
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        handle = client.get_workflow_handle(view["workflow_id"], run_id=view["run_id"])
+        view = await pass_current(ctx, actor, view)
+        if verify:
+            waiting = len((await handle.fetch_history()).events)
+            await asyncio.sleep(3)
+            assert len((await handle.fetch_history()).events) == waiting  # the wait is free
+            await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                          uc.Meaning.VERIFIED, uuid.UUID(view["current_step_id"]), None)
+            view = shown(await ctx.workflows.live(actor.id))
+        view = await pass_current(ctx, actor, view)
+        assert view["status"] == "completed"
+        await asyncio.wait_for(handle.result(), 15)
+        figures[verify] = _work(await handle.fetch_history())
+    plain, verified = figures[False], figures[True]
+    print(f"\n{'event type':56} plain  verified")
+    for k in sorted(plain.keys() | verified.keys()):
+        print(f"{k:56} {plain.get(k, 0):5}  {verified.get(k, 0):8}")
+    more = {k: verified.get(k, 0) - plain.get(k, 0) for k in plain.keys() | verified.keys()}
+    assert {k: v for k, v in more.items() if v} == {
+        "EVENTS": 9,
+        "WORKFLOW_EXECUTION_UPDATE_ACCEPTED": 1, "WORKFLOW_EXECUTION_UPDATE_COMPLETED": 1,
+        "WORKFLOW_TASK_SCHEDULED": 1, "WORKFLOW_TASK_STARTED": 1, "WORKFLOW_TASK_COMPLETED": 1,
+        # the patch's marker, and the SDK's upsert of TemporalChangeVersion that goes with it
+        "MARKER_RECORDED": 1, "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES TemporalChangeVersion": 1,
+        # the idle timer cancelled when the wait begins, started again when it ends
+        "TIMER_CANCELED": 1, "TIMER_STARTED": 1}, figures
