@@ -12,7 +12,7 @@ from uuid import UUID
 from application.authz import Actor, authorize
 from application.context import Context
 from application.ports import Store, StoredSession
-from domain.audit_chain import anchor_digest, session_chain, verify_chain
+from domain.audit_chain import anchor_digest, session_chain, signature_problems, verify_chain
 from domain.errors import NotFound
 from domain.evidence import Evidence
 
@@ -62,8 +62,9 @@ async def export_session(store: Store, session_id: UUID,
 def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | None = None
                   ) -> tuple[int, list[str]]:
     """(entries checked, problems) of an exported session: its chain links from the first
-    entry and matches every hash, ends at the head the session recorded, and records every
-    check of the session once, with the hashes of its files; every upload is in the chain
+    entry and matches every hash, ends at the head the session recorded, records every
+    signature as the session holds it, and records every check of the session once, with
+    the hashes of its files; every upload is in the chain
     with its hash. With `file_hash` (the sha256 of the bytes kept under a name, None when
     there are none), every file the record names is also checked: missing or altered."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
@@ -81,6 +82,7 @@ def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | 
         problems.append(f"{chain}: the session records {head.get('seq')} entries ending in "
                         f"{str(head.get('hash'))[:12]}…, the export has {last[0]} "
                         f"(entries removed or added at the end)")
+    problems += signature_problems(chain, session.get("signatures") or [], entries)
     accepted = [e for e in entries if e.get("outcome") == "accepted" and e.get("detail")]
     submitted = [e["detail"] for e in accepted if e.get("action") == "check_submitted"]
     recorded = {str(d.get("check_id")): d for d in submitted}

@@ -348,15 +348,6 @@ def _signature(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | N
                      signer_role=actor.role.value, signed_at=ctx.clock(), statement=statement)
 
 
-def _signed(sig: Signature, request_id: str | None) -> AuditFacts:
-    """The signature's own audit entry (`signed`): its manifest, on the hash chain."""
-    return AuditFacts("signed", sig.signer_id, sig.signer_role, {
-        "signature_id": str(sig.id), "meaning": sig.meaning.value,
-        "step_id": str(sig.step_id) if sig.step_id else None, "signer_name": sig.signer_name,
-        "signed_at": sig.signed_at.isoformat(), "statement": sig.statement,
-        "manifest": sig.manifest()}, request_id)
-
-
 async def sign(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | None,
                statement: str | None, request_id: str | None = None) -> Signature:
     """`POST /sessions/{id}/signatures`: the signature as recorded (with its record_hash)."""
@@ -364,7 +355,7 @@ async def sign(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | N
         stored = await approve_session(ctx, access, request_id, statement, step_id)
         return stored.state.signatures[-1]
     sig = _signature(ctx, access, meaning, step_id, statement)
-    facts = _signed(sig, request_id)
+    facts = AuditFacts.signed(sig, request_id)
     if meaning is Meaning.VERIFIED:
         # The run decides (it holds the wait): of two verifications at once, one is taken.
         worker = await ctx.owner(access.session_id)
@@ -386,7 +377,7 @@ async def approve_session(ctx: Context, access: Access, request_id: str | None =
     sig = _signature(ctx, access, Meaning.APPROVED, step_id, statement)
     facts = _facts(access.actor, "session_approve", request_id, signature_id=str(sig.id))
     return await _audited(ctx, access.session_id, facts, lambda: _change_recorded(
-        ctx, access, [_signed(sig, request_id), facts],
+        ctx, access, [AuditFacts.signed(sig, request_id), facts],
         lambda s: s.approve(sig.signer_id, sig.signed_at, sig)))
 
 

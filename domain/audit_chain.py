@@ -88,3 +88,56 @@ def link(chain: str, seq: int, prev_hash: str, facts: AuditFacts, at: datetime,
 
 def anchor_digest(chains: list[dict[str, Any]]) -> str:
     return hashlib.sha256(canonical(chains).encode()).hexdigest()
+
+
+# What a signature's `signed` entry records of it, by the signature's field: (the entry's
+# place, its key). `record_hash` is the entry's prev_hash: the signed entry is the first of
+# the change that signs, so the head it follows is the head the signature was bound to.
+SIGNED_FIELDS = {"meaning": ("detail", "meaning"), "step_id": ("detail", "step_id"),
+                 "signer_id": ("entry", "actor_id"), "signer_role": ("entry", "actor_role"),
+                 "signer_name": ("detail", "signer_name"), "signed_at": ("detail", "signed_at"),
+                 "statement": ("detail", "statement"), "record_hash": ("entry", "prev_hash")}
+
+
+def signature_problems(chain: str, signatures: list[dict[str, Any]],
+                       entries: list[dict[str, Any]]) -> list[str]:
+    """Each signature of a session (as the API shows one) against the accepted `signed` entry
+    of its chain that names it (`entries` as shown; its other entries are ignored): one entry
+    each, recording the same meaning, step, signer, time, statement and chain head; and no
+    `signed` entry naming a signature the session does not hold (one removed)."""
+    signed: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        if e.get("action") == "signed" and e.get("outcome") == "accepted":
+            signed.setdefault(str((e.get("detail") or {}).get("signature_id")), []).append(e)
+    problems = []
+    for g in signatures:
+        sid = str(g.get("id"))
+        what = f"{chain}: signature {sid} ({g.get('meaning')} by {g.get('signer_name')})"
+        found = signed.pop(sid, [])
+        if len(found) != 1:
+            problems.append(f"{what}: its chain has {len(found)} `signed` entries naming it, "
+                            "not 1")
+            continue
+        e = found[0]
+        for name, (place, key) in SIGNED_FIELDS.items():
+            recorded = e.get(key) if place == "entry" else (e.get("detail") or {}).get(key)
+            if not _same(name, g.get(name), recorded):
+                problems.append(f"{what}: its {name} {g.get(name)!r} is not the one its "
+                                f"`signed` entry (seq {e.get('seq')}) records: {recorded!r}")
+    for sid, es in signed.items():
+        problems.append(f"{chain}: `signed` entry seq {es[0].get('seq')} records signature "
+                        f"{sid}, which the session does not hold (removed)")
+    return problems
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if name == "signed_at":  # one instant, however written (`Z`, `+00:00`, a datetime)
+        def instant(v: Any) -> Any:
+            return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+        try:
+            return instant(a) == instant(b)
+        except ValueError:
+            return False
+    return str(a) == str(b)

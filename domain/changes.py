@@ -32,6 +32,17 @@ class AuditFacts:
     def rejected(self, **detail: Any) -> AuditFacts:
         return replace(self, outcome="rejected", detail={**self.detail, **detail})
 
+    @classmethod
+    def signed(cls, sig: Signature, request_id: str | None) -> AuditFacts:
+        """A signature's own audit entry (`signed`): its manifest, on the hash chain.
+        Made from the signature as recorded, by whoever records it (the run sets a
+        `verified` signature's time), so the two always agree."""
+        return cls("signed", sig.signer_id, sig.signer_role, {
+            "signature_id": str(sig.id), "meaning": sig.meaning.value,
+            "step_id": str(sig.step_id) if sig.step_id else None,
+            "signer_name": sig.signer_name, "signed_at": sig.signed_at.isoformat(),
+            "statement": sig.statement, "manifest": sig.manifest()}, request_id)
+
 
 @dataclass
 class SessionChange:

@@ -23,12 +23,13 @@ from domain.audit_chain import (
     link,
     session_chain,
     shown,
+    signature_problems,
     sop_chain,
     verify_chain,
 )
 from domain.changes import AuditFacts
 from persistence.db import dialect_insert
-from persistence.tables import audit_chains, audit_log, work_sessions
+from persistence.tables import audit_chains, audit_log, signatures, work_sessions
 
 # Built once (per dialect): they run with every change of every session.
 _INSERT = audit_log.insert()
@@ -125,9 +126,11 @@ class AuditLog:
         problems: list[str] = []
         n = 0
         seen: set[str] = set()
+        signed: dict[str, list[dict[str, Any]]] = {}  # each chain's `signed` entries
         async for chain, rows in self._chains():
             seen.add(chain)
             entries = [shown(r) for r in rows]
+            signed[chain] = [e for e in entries if e["action"] == "signed"]
             checked, found = verify_chain(chain, entries)
             n += checked
             if found:
@@ -153,7 +156,18 @@ class AuditLog:
                 problems.append(f"{chain}: its head says {seq} entries, the log has none")
         for chain in anchored.keys() - seen:
             problems.append(f"{chain}: anchored, but the log has no entry of it")
+        held = await self._signatures()
+        for chain in sorted(held.keys() | {c for c, es in signed.items() if es}):
+            problems += signature_problems(chain, held.get(chain, []), signed.get(chain, []))
         return n, problems
+
+    async def _signatures(self) -> dict[str, list[dict[str, Any]]]:
+        """Every signature, by its session's chain (few: one to three a session)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in (await self.conn.execute(select(signatures).order_by(
+                signatures.c.session_id, signatures.c.seq))).mappings():
+            out.setdefault(session_chain(r["session_id"]), []).append(dict(r))
+        return out
 
     async def anchor(self, now: datetime) -> dict[str, Any]:
         """The head of every chain, as the log holds it, with one digest over them: kept

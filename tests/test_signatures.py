@@ -15,7 +15,11 @@ import pytest
 
 from application import sessions as uc
 from application.authz import Actor, Role
-from domain.errors import ReauthenticationRequired
+from domain.errors import (
+    ReauthenticationRequired,
+    StepAwaitsVerification,
+    StepNotAwaitingVerification,
+)
 from tests.conftest import (
     SECRET,
     User,
@@ -118,6 +122,9 @@ async def test_a_verify_step_waits_for_a_second_person_then_moves_on(
     signed = (await entries(http, supervisor, s["id"]))[-1]
     assert signed["action"] == "signed" and signed["prev_hash"] == g["record_hash"]
     assert signed["detail"]["manifest"].startswith("Dana Reviewer, ")
+    # the entry says the time the signature holds (the run's, when it took it)
+    assert datetime.fromisoformat(signed["detail"]["signed_at"]) == \
+        datetime.fromisoformat(g["signed_at"])
     # a second verification of the step: nothing awaits any more
     r = await sign(http, supervisor, s["id"], meaning="verified", step_id=step)
     assert r.status_code == 409 and r.json()["type"].endswith("/not-awaiting-verification")
@@ -206,6 +213,117 @@ async def test_a_session_awaiting_verification_survives_a_worker_restart_and_is_
         await uc.cancel_session(ctx, await on(ctx, actor, view["id"]), "test over")
 
 
+async def test_continue_as_new_while_awaiting_verification_keeps_the_wait(
+        http, client, db, supervisor, worker):
+    """The passed check that begins the wait is the run's last update (continue-as-new
+    after 2): the next run holds the wait (not idle: idle timeout 2 s here, checks refused),
+    and the signature then advances the session exactly one step."""
+    body = sop_body((3,), measurement_at=None)
+    body["tasks"][0]["steps"][1]["check"]["verify"] = True
+    sop = await make_confirmed_sop(http, supervisor, body)
+    ctx = own_context(client, db, worker.task_queue, continue_as_new_after_updates=2)
+    ctx.workflows.idle_timeout = timedelta(seconds=2)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+    first_run = view["run_id"]
+    view = await pass_current(ctx, actor, view)
+    view = await pass_current(ctx, actor, view)  # the second update: the run continues as new
+    wait = view["awaiting_verification"]
+    assert wait is not None and view["current_step"]["index"] == 1
+    handle = client.get_workflow_handle(view["workflow_id"])
+
+    async def next_run() -> bool:
+        return (await handle.describe()).run_id != first_run
+    await eventually(next_run, within=10)
+    await asyncio.sleep(3)  # past the idle timeout
+    live = shown(await ctx.workflows.live(actor.id))
+    assert live["run_id"] != first_run and live["status"] == "in_progress", live
+    assert live["awaiting_verification"] == wait
+    with pytest.raises(StepAwaitsVerification):
+        await pass_current(ctx, actor, live)
+    g = await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                      uc.Meaning.VERIFIED, uuid.UUID(wait["step_id"]), None)
+    live = shown(await ctx.workflows.live(actor.id))
+    assert live["awaiting_verification"] is None and live["current_step"]["index"] == 2
+    assert [x["id"] for x in live["signatures"]] == [str(g.id)]
+    assert len(live["checks"]) == 2
+    [t] = [t for t in live["step_times"] if t["step_id"] == wait["step_id"]]
+    assert t["passed_at"] is not None
+    with pytest.raises(StepNotAwaitingVerification):  # nothing awaits any more
+        await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                      uc.Meaning.VERIFIED, uuid.UUID(wait["step_id"]), None)
+    r = await http.get(f"/api/v1/sessions/{view['id']}", headers=supervisor.h)
+    assert r.json()["current_step"]["index"] == 2 and len(r.json()["signatures"]) == 1
+    signed = [e for e in await entries(http, supervisor, view["id"])
+              if e["action"] == "signed" and e["outcome"] == "accepted"]
+    assert len(signed) == 1
+    await uc.cancel_session(ctx, await on(ctx, actor, view["id"]), "test over")
+
+
+@pytest.mark.faults
+async def test_a_session_awaiting_verification_survives_a_temporal_and_worker_restart() -> None:
+    """On the stack of real subprocesses (faults/stack.py: the Temporal dev server persisted
+    to its database file, `worksession api`, `worksession worker`): the worker and the
+    Temporal server are both killed (SIGKILL) while a step awaits verification and started
+    again; the session still awaits, and the `verified` signature then releases it, once."""
+    import os
+    import signal
+
+    from faults.stack import Stack
+
+    wid, bid = uuid.uuid4(), uuid.uuid4()
+
+    def fresh(role: str, sub: uuid.UUID, name: str | None = None) -> dict[str, str]:
+        return {"Authorization": "Bearer " + mint(stack.secret, role, sub, name=name)}
+
+    async with Stack(os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite"),
+                     label="verify-restart") as stack, \
+            httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
+        r = await api.post("/api/v1/sops", json=verify_sop(), headers=fresh("supervisor", bid))
+        assert r.status_code == 201, r.text
+        r = await api.post(f"/api/v1/sops/{r.json()['id']}/confirm",
+                           headers=fresh("supervisor", bid))
+        r = await api.post("/api/v1/sessions", json={"sop_id": r.json()["id"]},
+                           headers=fresh("worker", wid))
+        assert r.status_code == 201, r.text
+        s = r.json()
+        r = await api.post(f"/api/v1/sessions/{s['id']}/checks", headers=fresh("worker", wid),
+                           json={"step_id": s["current_step_id"], "result": "passed"})
+        assert r.status_code == 200, r.text
+        wait = r.json()["awaiting_verification"]
+        assert wait["step_id"] == s["current_step_id"]
+
+        stack.kill_worker()
+        await stack.restart_temporal(signal.SIGKILL)
+        await stack.restart_worker_after_kill()
+        await stack.wait_worker_polling()
+
+        async def answered() -> httpx.Response | None:  # the API reconnects to Temporal
+            r = await api.get("/api/v1/sessions/current", headers=fresh("worker", wid))
+            return r if r.status_code == 200 else None
+        live = (await eventually(answered, within=60)).json()
+        assert live["id"] == s["id"] and live["status"] == "in_progress", live
+        assert live["awaiting_verification"] == wait
+        assert live["current_step"]["index"] == 0
+        r = await api.post(f"/api/v1/sessions/{s['id']}/checks", headers=fresh("worker", wid),
+                           json={"step_id": s["current_step_id"], "result": "passed"})
+        assert r.status_code == 409 and r.json()["type"].endswith("/awaiting-verification")
+
+        r = await api.post(SIGN.format(s["id"]), headers=fresh("supervisor", bid, "Dana"),
+                           json={"meaning": "verified", "step_id": wait["step_id"]})
+        assert r.status_code == 201, r.text
+        r = await api.get("/api/v1/sessions/current", headers=fresh("worker", wid))
+        live = r.json()
+        assert live["awaiting_verification"] is None and live["current_step"]["index"] == 1
+        assert [(g["meaning"], g["signer_name"]) for g in live["signatures"]] == [
+            ("verified", "Dana")]
+        r = await api.get("/api/v1/audit", params={"session_id": s["id"], "limit": 100},
+                          headers=fresh("supervisor", bid))
+        assert [e["action"] for e in r.json()["items"] if e["outcome"] == "accepted"] == [
+            "session_start", "check_submitted", "signed"]
+
+
 # ---- performed and approved ------------------------------------------------------------------
 async def test_performed_by_the_worker_once_completed_and_approved_locks(
         http, worker_user, supervisor, confirmed_sop):
@@ -241,6 +359,31 @@ async def test_performed_by_the_worker_once_completed_and_approved_locks(
     assert len(after) == before + 1
     assert (after[-1]["action"], after[-1]["outcome"], after[-1]["detail"]["attempted"]) == (
         "modification_rejected", "rejected", "signed")
+
+
+@pytest.mark.parametrize("meaning", ["approved", "verified", "performed"])
+async def test_any_signature_on_a_locked_session_is_409_with_its_audit_entry(
+        http, worker_user, supervisor, admin, meaning):
+    s = await awaiting(http, worker_user, supervisor)
+    step = s["current_step_id"]
+    assert (await sign(http, supervisor, s["id"], meaning="verified",
+                       step_id=step)).status_code == 201
+    s = (await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+    s = await pass_step(http, worker_user, s)
+    assert (await sign(http, supervisor, s["id"], meaning="approved")).status_code == 201
+    before = await entries(http, supervisor, s["id"])
+    who = worker_user if meaning == "performed" else admin
+    r = await sign(http, who, s["id"], meaning=meaning,
+                   **({"step_id": step} if meaning == "verified" else {}))
+    assert r.status_code == 409 and r.json()["type"].endswith("/session-locked"), r.text
+    after = await entries(http, supervisor, s["id"])
+    assert after[:-1] == before
+    assert (after[-1]["action"], after[-1]["outcome"], after[-1]["actor_id"],
+            after[-1]["detail"]["attempted"]) == (
+        "modification_rejected", "rejected", str(who.id),
+        "session_approve" if meaning == "approved" else "signed")
+    r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
+    assert [g["meaning"] for g in r.json()["signatures"]] == ["verified", "approved"]
 
 
 async def test_the_approve_endpoint_is_the_approved_signature(http, worker_user, supervisor,
@@ -280,6 +423,19 @@ async def test_a_stale_token_is_401_reauthentication_required_and_nothing_is_rec
     assert await entries(http, supervisor, s["id"]) == before
     r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
     assert r.json()["locked"] is False and r.json()["signatures"] == []
+
+
+async def test_a_stale_token_cannot_verify_and_the_step_still_awaits(
+        http, worker_user, supervisor):
+    s = await awaiting(http, worker_user, supervisor)
+    before = await entries(http, supervisor, s["id"])
+    r = await sign(http, supervisor, s["id"], auth_age=301, meaning="verified",
+                   step_id=s["current_step_id"])
+    assert r.status_code == 401 and r.json()["type"].endswith("/reauthentication-required")
+    assert await entries(http, supervisor, s["id"]) == before
+    r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
+    assert r.json()["awaiting_verification"] == s["awaiting_verification"]
+    assert r.json()["signatures"] == []
 
 
 def _no_dates(user: User) -> str:
@@ -374,3 +530,149 @@ async def test_the_audit_export_shows_each_signature_s_manifest(
     doc = json.loads(out)
     assert doc["signatures"] == [{"signature_id": g["id"], "manifest": row["manifest"][1:]}]
     assert doc["session"]["signatures"] == [g]
+
+
+async def test_audit_verify_checks_each_signature_against_its_signed_entry(
+        http, worker_user, supervisor, db, database_url, tmp_path):
+    """`worksession audit verify` (and `--file` for an export) finds each signature row as
+    its `signed` entry on the chain records it (meaning, step, signer, time, statement, the
+    head it was bound to); a signature row edited, forged or removed afterwards is reported,
+    naming the session's chain and the signature, with exit 1."""
+    import json
+
+    import sqlalchemy as sa
+
+    from persistence.tables import signatures
+    from tests.conftest import audit_cli
+
+    supervisor.name = "Dana Reviewer"
+    s = await awaiting(http, worker_user, supervisor)
+    r = await sign(http, supervisor, s["id"], meaning="verified", step_id=s["current_step_id"],
+                   statement="Saw it")
+    assert r.status_code == 201, r.text
+    s = (await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+    s = await pass_step(http, worker_user, s)
+    assert s["status"] == "completed"
+    assert (await sign(http, worker_user, s["id"], meaning="performed")).status_code == 201
+    assert (await sign(http, supervisor, s["id"], meaning="approved")).status_code == 201
+    verified, performed, approved = (await http.get(
+        f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()["signatures"]
+    chain = f"session:{s['id']}"
+
+    code, out = await audit_cli(database_url, "verify")
+    assert code == 0 and "audit log intact" in out, out
+    export = tmp_path / "export.json"
+    code, out = await audit_cli(database_url, "export", "--session", s["id"], "--out",
+                                str(export))
+    assert code == 0, out
+    code, out = await audit_cli(database_url, "verify", "--file", str(export))
+    assert code == 0, out
+
+    async def tampered(sig: dict, **values: Any) -> str:
+        """`audit verify` with the signature row changed, then put back."""
+        row = signatures.c.id == uuid.UUID(sig["id"])
+        async with db.write() as conn:
+            old = dict((await conn.execute(sa.select(signatures).where(row))).mappings().one())
+            await conn.execute(signatures.update().where(row).values(**values))
+        try:
+            code, out = await audit_cli(database_url, "verify")
+        finally:
+            async with db.write() as conn:
+                await conn.execute(signatures.update().where(row).values(**old))
+        assert code == 1, out
+        return out
+
+    for sig, values in ((verified, {"signer_name": "Someone Else"}),
+                        (verified, {"signer_id": worker_user.id}),
+                        (verified, {"step_id": uuid.UUID(s["checks"][1]["step_id"])}),
+                        (performed, {"meaning": "verified"}),
+                        (approved, {"statement": "Approved without reservation"}),
+                        (approved, {"signed_at": datetime.now(UTC) - timedelta(days=1)}),
+                        (approved, {"record_hash": "0" * 64})):
+        out = await tampered(sig, **values)
+        [field] = values
+        assert f"BROKEN: {chain}: signature {sig['id']} (" in out and f"its {field} " in out, \
+            (values, out)
+        assert "1 problem(s)" in out, out
+    # a signature row removed: its signed entry names a signature the session lacks
+    row = signatures.c.id == uuid.UUID(performed["id"])
+    async with db.write() as conn:
+        old = dict((await conn.execute(sa.select(signatures).where(row))).mappings().one())
+        await conn.execute(signatures.delete().where(row))
+    try:
+        code, out = await audit_cli(database_url, "verify")
+        assert code == 1 and f"records signature {performed['id']}" in out, out
+    finally:
+        async with db.write() as conn:
+            await conn.execute(signatures.insert().values(**old))
+    code, out = await audit_cli(database_url, "verify")
+    assert code == 0, out
+    # the same check on an export: its session's signature edited in the file
+    doc = json.loads(export.read_text())
+    doc["session"]["signatures"][0]["signer_name"] = "Someone Else"
+    export.write_text(json.dumps(doc))
+    code, out = await audit_cli(database_url, "verify", "--file", str(export))
+    assert code == 1 and f"signature {verified['id']}" in out and "signer_name" in out, out
+
+
+# ---- the Temporal server's work ------------------------------------------------------------------
+def _work(history: Any) -> dict[str, int]:
+    """A closed run's history by event type (the names without EVENT_TYPE_), and in total."""
+    from collections import Counter
+
+    from temporalio.api.enums.v1 import EventType
+
+    def kind(e: Any) -> str:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+        if e.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+            name += " " + ",".join(sorted(fields.indexed_fields))
+        return name
+
+    return {"EVENTS": len(history.events), **Counter(kind(e) for e in history.events)}
+
+
+async def test_the_server_work_of_a_session_with_one_verified_step(
+        http, client, db, supervisor, worker):
+    """The same two-step session with and without `check.verify` on its first step, worked
+    at once (start, passed check, [verified], passed check: completed) on a real Temporal
+    server: the verification adds its update (and its workflow task), the patch's marker
+    (and the SDK's TemporalChangeVersion upsert) and the idle timer cancelled as the wait
+    begins and started again after it; no activity, no upsert of the session's attributes;
+    while the session awaits, its history does not grow (no timer, no polling). Prints the
+    figures docs/architecture.md quotes (`pytest -s`)."""
+    ctx = own_context(client, db, worker.task_queue)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    figures = {}
+    for verify in (False, True):
+        body = sop_body((2,), measurement_at=None)
+        body["tasks"][0]["steps"][0]["check"]["verify"] = verify
+        sop = await make_confirmed_sop(http, supervisor, body)
+        actor = Actor(uuid.uuid4(), Role.WORKER)
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        handle = client.get_workflow_handle(view["workflow_id"], run_id=view["run_id"])
+        view = await pass_current(ctx, actor, view)
+        if verify:
+            waiting = len((await handle.fetch_history()).events)
+            await asyncio.sleep(3)
+            assert len((await handle.fetch_history()).events) == waiting  # the wait is free
+            await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+                          uc.Meaning.VERIFIED, uuid.UUID(view["current_step_id"]), None)
+            view = shown(await ctx.workflows.live(actor.id))
+        view = await pass_current(ctx, actor, view)
+        assert view["status"] == "completed"
+        await asyncio.wait_for(handle.result(), 15)
+        figures[verify] = _work(await handle.fetch_history())
+    plain, verified = figures[False], figures[True]
+    print(f"\n{'event type':56} plain  verified")
+    for k in sorted(plain.keys() | verified.keys()):
+        print(f"{k:56} {plain.get(k, 0):5}  {verified.get(k, 0):8}")
+    more = {k: verified.get(k, 0) - plain.get(k, 0) for k in plain.keys() | verified.keys()}
+    assert {k: v for k, v in more.items() if v} == {
+        "EVENTS": 9,
+        "WORKFLOW_EXECUTION_UPDATE_ACCEPTED": 1, "WORKFLOW_EXECUTION_UPDATE_COMPLETED": 1,
+        "WORKFLOW_TASK_SCHEDULED": 1, "WORKFLOW_TASK_STARTED": 1, "WORKFLOW_TASK_COMPLETED": 1,
+        # the patch's marker, and the SDK's upsert of TemporalChangeVersion that goes with it
+        "MARKER_RECORDED": 1, "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES TemporalChangeVersion": 1,
+        # the idle timer cancelled when the wait begins, started again when it ends
+        "TIMER_CANCELED": 1, "TIMER_STARTED": 1}, figures

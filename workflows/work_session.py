@@ -195,15 +195,20 @@ class WorkSessionWorkflow:
         """A second person's `verified` signature: releases the step awaiting it. Two at
         once: the validator of the second sees the first's outcome (nothing awaits) and
         refuses it, or, when both were validated before either ran, its handler does."""
-        return self._apply(cmd, lambda s: s.verify(self._signed_now(cmd)))
+        cmd = self._signed_now(cmd)
+        return self._apply(cmd, lambda s: s.verify(cmd.signature))
 
     @verify.validator
     def _validate_verify(self, cmd: SignVerified) -> None:
-        self._dry_run(cmd, lambda s: s.verify(self._signed_now(cmd)))
+        cmd = self._signed_now(cmd)
+        self._dry_run(cmd, lambda s: s.verify(cmd.signature))
 
     @staticmethod
-    def _signed_now(cmd: SignVerified) -> Any:
-        return replace(cmd.signature, signed_at=workflow.now())
+    def _signed_now(cmd: SignVerified) -> SignVerified:
+        """The signature at the run's time, and its `signed` entry saying that time."""
+        sig = replace(cmd.signature, signed_at=workflow.now())
+        return cmd.model_copy(update={
+            "signature": sig, "audit": AuditFacts.signed(sig, cmd.audit.request_id)})
 
     @workflow.query
     def session(self) -> dict[str, Any]:
