@@ -87,13 +87,14 @@ class SpcCharts:
                    ).mappings().one()
         return _state(row)
 
-    async def _recorded(self, family_id: UUID, chart: UUID) -> ChartState:
+    async def _recorded(self, family_id: UUID, chart: UUID, *, count: bool = True
+                        ) -> ChartState:
         """A chart's state as the recorded values have it (its first `BASELINE_N` the
-        baseline): three index reads per step."""
+        baseline): three index reads per step (two without `count`: n then is 0)."""
         steps = await self.steps_of(family_id, chart)
         first = list(reversed(await self._values(steps, limit=BASELINE_N, oldest=True)))
         last = await self._values(steps, limit=RUN)
-        n = sum([await self._count(s, None, None) for s in steps])
+        n = sum([await self._count(s, None, None) for s in steps]) if count else 0
         b = Baseline.of([r.value for r in first], first[0].checked_at if first else None,
                         first[-1].checked_at if first else None)
         return ChartState(n, tuple(r.value for r in reversed(last)), b)
@@ -105,7 +106,8 @@ class SpcCharts:
         (excluded), oldest first, with the `RUN - 1` values before them."""
         steps = await self.steps_of(family_id, chart)
         row = (await self.conn.execute(_held(True), {"cid": chart})).mappings().first()
-        state = _state(row) if row is not None else await self._recorded(family_id, chart)
+        state = _state(row) if row is not None else \
+            await self._recorded(family_id, chart, count=False)  # its n is not shown
         rows = await self._values(steps, until=until, limit=limit + RUN - 1)
         shown = [r for r in rows if since is None or r.checked_at >= since][:limit]
         before = rows[len(shown):len(shown) + RUN - 1]
