@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.evidence import MAX_FILES_PER_CHECK, Evidence
 from domain.signature import STATEMENT_MAX, Meaning, Signature
@@ -340,6 +340,56 @@ class SopStatsOut(BaseModel):
     version: int
     sessions: SessionCounts
     steps: list[StepStatsOut] = Field(description="every step, in SOP order")
+
+
+class SpcPointOut(BaseModel):
+    check_id: UUID
+    session_id: UUID
+    value: float
+    at: datetime
+    rules: list[int] = Field(description="the Western Electric rules the value breaks: 1 one "
+                             "point beyond 3 sigma; 2 two of three beyond 2 sigma on one side; "
+                             "3 four of five beyond 1 sigma on one side; 4 eight in a row on "
+                             "one side of the mean")
+
+
+class SpcBaselineOut(BaseModel):
+    n: int
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    set_by: Literal["first values", "supervisor"]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class SpcOut(BaseModel):
+    """An individuals and moving-range chart. Limits come from the baseline (the step's first
+    25 values until a supervisor sets one); below 10 baseline values they are null."""
+
+    step_id: UUID
+    unit: str | None
+    lsl: float | None
+    usl: float | None
+    n: int = Field(description="values in the window")
+    mean: float | None
+    sigma: float | None = Field(description="moving range / 1.128")
+    ucl: float | None
+    lcl: float | None
+    mr_bar: float | None
+    mr_ucl: float | None
+    cp: float | None
+    cpk: float | None
+    baseline: SpcBaselineOut
+    points: list[SpcPointOut] = Field(description="the window's last `limit` values, oldest "
+                                      "first")
+
+
+class SpcBaselineIn(BaseModel):
+    """The window of values (both ends included) the chart's limits are to come from."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    from_: AwareDatetime = Field(alias="from")
+    to: AwareDatetime
 
 
 class SessionSummary(BaseModel):

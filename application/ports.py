@@ -16,6 +16,7 @@ from domain.evidence import Evidence
 from domain.people import Person
 from domain.signature import Signature
 from domain.sop import SessionPlan, Sop, SopStatus
+from domain.spc import Baseline, ChartState
 from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
 
 # ---- the database --------------------------------------------------------------------------
@@ -131,6 +132,32 @@ class StatsQuery(Protocol):
                  until: datetime | None) -> SopStats: ...
 
 
+@dataclass(frozen=True)
+class SpcPoint:
+    check_id: UUID
+    session_id: UUID
+    value: float
+    at: datetime
+
+
+@dataclass
+class SpcChart:
+    """A chart as the read model has it: its state (baseline), how many values the window
+    holds, the last of them (oldest first) and the values just before those."""
+
+    state: ChartState
+    n: int
+    points: list[SpcPoint]
+    before: list[float]
+
+
+class SpcCharts(Protocol):
+    async def read(self, family_id: UUID, chart: UUID, since: datetime | None,
+                   until: datetime | None, limit: int) -> SpcChart: ...
+    async def set_baseline(self, family_id: UUID, chart: UUID, start: datetime,
+                           end: datetime, now: datetime) -> Baseline: ...
+
+
 class PeopleRepository(Protocol):
     async def seen(self, person_id: UUID, name: str | None, role: str, at: datetime, *,
                    stale_before: datetime) -> None: ...
@@ -148,6 +175,7 @@ class UnitOfWork(Protocol):
     stats: StatsQuery
     people: PeopleRepository
     evidence: EvidenceRepository
+    spc: SpcCharts
 
 
 class Store(Protocol):

@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import Boolean, and_, bindparam, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from application.ports import ActiveSessionRef, StoredSession
 from domain.audit_chain import GENESIS, link, session_chain
-from domain.changes import AuditFacts, SessionChange
+from domain.changes import SYSTEM, AuditFacts, SessionChange
 from domain.signature import Meaning, Signature
 from domain.sop import CheckResult
 from domain.work_session import (
@@ -36,6 +36,7 @@ from persistence.audit import AuditLog
 from persistence.db import dialect_insert
 from persistence.evidence import attach
 from persistence.sops import SopRepository
+from persistence.spc import SpcCharts
 from persistence.tables import (
     people,
     session_checks,
@@ -46,8 +47,11 @@ from persistence.tables import (
 )
 
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
-# The row's fields that a change sets (all but the id and the audit chain's head).
-_STATE_FIELDS = [k for k in work_sessions.c.keys() if k not in ("id", "audit_seq", "audit_hash")]
+# The row's fields that a change sets (all but the id, the audit chain's head and the reason
+# the service itself set `needs_attention`, which `write_change` alone writes).
+_STATE_FIELDS = [k for k in work_sessions.c.keys()
+                 if k not in ("id", "audit_seq", "audit_hash", "attention_reason")]
+SPC = "spc"  # `attention_reason` of an out-of-control measurement
 # The row's fields that are the state's own, by name.
 _ROW_FROM_STATE = [f.name for f in fields(SessionState) if f.name in _STATE_FIELDS]
 # A check's fields are its table's columns of the same names (`result` as its value).
@@ -69,6 +73,7 @@ class SessionRepository:
         self._sops = sops or SopRepository(conn)  # the SOP plans it loads sessions with
         self._sqlite = conn.dialect.name == "sqlite"
         self._audit = AuditLog(conn)
+        self._spc = SpcCharts(conn, self._sops)
         self.written: list[SessionChange] = []  # what this transaction wrote (once committed)
 
     # ---- the one write ---------------------------------------------------------------------
@@ -102,6 +107,16 @@ class SessionRepository:
             prev = rows[-1]["hash"]
         if not await self._audit.insert_once(rows[0]):
             return False
+        # Each measured value onto its chart, judged there and then (domain/spc.py), so that
+        # an out-of-control point is on the record with the check that made it, whoever
+        # writes the change (docs/architecture.md, "Statistical process control").
+        out_of_control = await self._spc.judge(st.sop_id, change.checks)
+        for k, chart, broken in out_of_control:
+            seq += 1
+            rows.append(link(session_chain(st.id), seq, prev, _spc_facts(k, chart, broken),
+                             change.at, st.id, dedup_key=change_key(change, len(rows))))
+            prev = rows[-1]["hash"]
+            # event: spc.out_of_control
         if rows[1:]:
             await self._audit.insert(rows[1:])
         if change.checks:
@@ -121,6 +136,8 @@ class SessionRepository:
                                                   **chain_head})
         else:  # an older change arriving late: its entries and checks, not its state
             await self.conn.execute(_UPDATE_HEAD, {"sid": st.id, **chain_head})
+        if out_of_control:
+            await self.conn.execute(_FLAG_SPC, {"sid": st.id})
         self.written.append(change)
         return True
 
@@ -304,7 +321,14 @@ _STEPS_OF = select(session_steps).where(session_steps.c.session_id == bindparam(
 _CHECKS_OF = select(session_checks).where(
     session_checks.c.session_id == bindparam("sid")).order_by(session_checks.c.seq)
 _UPDATE_ALL = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
-    {k: bindparam(k) for k in [*_STATE_FIELDS, "audit_seq", "audit_hash"]})
+    {k: bindparam(k) for k in [*_STATE_FIELDS, "audit_seq", "audit_hash"]} | {
+        # the session's own rules say whether it needs attention, and an out-of-control
+        # point says so until the session is approved (passing the step does not undo it)
+        "needs_attention": or_(bindparam("needs_attention", type_=Boolean), and_(
+            work_sessions.c.attention_reason.is_not(None),
+            not_(bindparam("locked", type_=Boolean))))})
+_FLAG_SPC = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
+    needs_attention=True, attention_reason=SPC)
 _UPDATE_HEAD = update(work_sessions).where(work_sessions.c.id == bindparam("sid")).values(
     audit_seq=bindparam("audit_seq"), audit_hash=bindparam("audit_hash"))
 
@@ -318,6 +342,13 @@ def _state_values(change: SessionChange) -> dict[str, Any]:
         else [str(i) for i in st.unchecked_step_ids],
         duration_seconds=st.duration_seconds, updated_at=change.at)
     return values
+
+
+def _spc_facts(k: Check, chart: UUID, broken: list[int]) -> AuditFacts:
+    """The service's own entry for a value that breaks a rule of its chart."""
+    return AuditFacts("session_escalated", None, SYSTEM, {
+        "reason": SPC, "step_id": str(k.step_id), "check_id": str(k.id), "value": k.value,
+        "chart_id": str(chart), "rules": broken})
 
 
 def _step_row(st: SessionState, t: StepTime) -> dict[str, Any]:

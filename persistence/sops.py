@@ -22,7 +22,12 @@ from persistence.tables import sop_steps, sop_tasks, sops, work_sessions
 
 
 class PlanCache(dict[UUID, SessionPlan]):
-    """A confirmed SOP's content never changes, so its plan is kept for good (per process)."""
+    """A confirmed SOP's content never changes, so its plan is kept for good (per process);
+    nor does any SOP's family (`families`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.families: dict[UUID, UUID] = {}
 
 
 class SopRepository:
@@ -41,6 +46,19 @@ class SopRepository:
             if sop.status is not SopStatus.DRAFT:
                 self._plans[sop_id] = plan
         return plan
+
+    async def family_of(self, sop_id: UUID) -> UUID:
+        family = self._plans.families.get(sop_id)
+        if family is None:
+            family = (await self.conn.execute(select(sops.c.family_id).where(
+                sops.c.id == sop_id))).scalar_one()
+            self._plans.families[sop_id] = family
+        return family
+
+    async def of_family(self, family_id: UUID) -> list[UUID]:
+        """The ids of a family's SOPs (every version)."""
+        return list((await self.conn.execute(select(sops.c.id).where(
+            sops.c.family_id == family_id).order_by(sops.c.version))).scalars())
 
     async def add(self, sop: Sop, created_by: UUID | None = None) -> None:
         await self.conn.execute(sops.insert().values(

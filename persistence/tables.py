@@ -182,6 +182,10 @@ work_sessions = Table(
     Column("audit_hash", String(64), nullable=False, server_default=text(f"'{GENESIS}'")),
     # The passed check waiting for a second person's verification, if any (contract v1.2).
     Column("awaiting_verification", Wait()),
+    # Why the service itself set `needs_attention` beyond what the session's own rules say:
+    # `spc` (an out-of-control measurement, persistence/spc.py). Written by `write_change`
+    # alone; it holds `needs_attention` until the session is approved.
+    Column("attention_reason", String(16)),
     # Second line of defence behind Temporal's workflow ID: one active session per worker.
     Index("uq_work_sessions_one_active_per_worker", "worker_id", unique=True,
           sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
@@ -236,6 +240,28 @@ session_checks = Table(
     Column("evidence", EvidenceFiles()),
     Column("checked_at", TZ, nullable=False),
     Column("checked_by", Uuid, nullable=False),
+    # a step's values in order of time: its SPC chart (persistence/spc.py)
+    Index("ix_session_checks_step_at", "step_id", "checked_at", "id"),
+)
+
+# Statistical process control (CONTRACT.md v1.2): per chart (domain.spc.chart_id: an SOP
+# family's measurement step with its limits), what judging its next value takes (domain.spc
+# .ChartState): how many values, the last eight, and the baseline's figures. Written by
+# `write_change` with each measurement check (the row held while it judges the value) and by
+# a supervisor's baseline; the values themselves are the checks' (`session_checks`).
+spc_charts = Table(
+    "spc_charts", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("family_id", Uuid, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("recent", JSON, nullable=False),
+    Column("base_n", Integer, nullable=False),
+    Column("base_mean", Float),
+    Column("base_mr_bar", Float),
+    Column("base_from", TZ),
+    Column("base_to", TZ),
+    Column("base_manual", Boolean, nullable=False),
+    Column("updated_at", TZ, nullable=False),
 )
 
 # Files uploaded to a session (CONTRACT.md, "Evidence files"), one row per upload; the bytes

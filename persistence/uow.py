@@ -15,6 +15,7 @@ from persistence.people import PeopleRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
 from persistence.sops import PlanCache, SopRepository
+from persistence.spc import SpcCharts
 
 
 class UnitOfWork:
@@ -25,6 +26,7 @@ class UnitOfWork:
         self.stats = SopStatsQuery(conn)
         self.people = PeopleRepository(conn)
         self.evidence = EvidenceRepository(conn)
+        self.spc = SpcCharts(conn, self.sops)
 
 
 class SqlStore:

@@ -362,6 +362,14 @@ def supervisor_views(stack: Stack, supervisor: str, browser: Browser,
         yield "SOP statistics", page
         page.get_by_text("The same figures as a table").click()
         yield "SOP statistics, as a table", page
+        page.get_by_role("button", name=re.compile("^Control chart: ")).first.click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text("Control chart")
+        expect(page.locator("dl.spc-facts")).to_be_visible()
+        yield "SPC control chart", page
+        page.get_by_text(re.compile("^Values that break a rule")).click()
+        yield "SPC control chart, its table", page
+        page.get_by_role("button", name="Statistics", exact=True).click()
+        expect(page.locator("svg.chart-rate rect.bar-rate")).to_have_count(3)
         page.get_by_role("button", name="All SOPs").click()
         page.get_by_role("button", name=f"View {sop['title']}").first.click()
         expect(page.locator(".sop-outline")).to_be_visible()
@@ -425,7 +433,7 @@ def test_axe_finds_nothing_on_the_supervisors_and_admins_views(
         role: str) -> None:
     found = {view: axe(page)
              for view, page in supervisor_views(stack, supervisor, browser, viewport, role)}
-    assert len(found) == 16
+    assert len(found) == 18
     found = {view: v for view, v in found.items() if v}
     assert found == {}, report(found)
 

@@ -14,7 +14,7 @@
 //   the page's outbox.
 const SHELL = 'worksession-shell';
 const FILES = ['./', 'app.css', 'manifest.webmanifest', 'icon.svg', 'js/api.js', 'js/app.js',
-  'js/dom.js', 'js/editor.js', 'js/files.js', 'js/keep.js', 'js/outbox.js', 'js/stats.js', 'js/supervisor.js',
+  'js/dom.js', 'js/editor.js', 'js/files.js', 'js/keep.js', 'js/outbox.js', 'js/spc.js', 'js/stats.js', 'js/supervisor.js',
   'js/ui.js', 'js/worker.js'];
 const NETWORK_WAIT_MS = 2500;
 

@@ -21,8 +21,9 @@ from api.deps import (
     require,
 )
 from api.routing import PrecedenceRoute
-from api.schemas import CheckSpecOut, Page, SopIn, SopOut, SopStatsOut
+from api.schemas import CheckSpecOut, Page, SopIn, SopOut, SopStatsOut, SpcBaselineIn, SpcOut
 from application import sops as uc
+from application import spc
 from application.authz import Actor
 from domain.sop import Sop, SopStatus
 
@@ -115,3 +116,31 @@ async def delete_sop(sop_id: Writable, actor: CurrentActor, ctx: Ctx,
                      rid: RequestId) -> Response:
     await uc.delete_sop(ctx, actor, sop_id, rid)
     return Response(status_code=204)
+
+
+async def _spc_window(request: Request,
+                      since: str | None = instant_query("values taken at or after"),
+                      until: str | None = instant_query("values taken before"),
+                      limit: int = Query(spc.DEFAULT_POINTS, ge=1, le=spc.MAX_POINTS,
+                                         description="the window's last values shown"),
+                      ) -> tuple[datetime | None, datetime | None, int]:
+    refuse_unknown_parameters(request, _spc_window)
+    return parse_instant(since, "since"), parse_instant(until, "until"), limit
+
+
+@router.get("/{sop_id}/steps/{step_id}/spc", response_model=SpcOut, response_model_by_alias=True,
+            responses=problems(403, 404))
+async def spc_chart(sop_id: str, step_id: str, actor: CurrentActor, ctx: Ctx,
+                    window: tuple[datetime | None, datetime | None, int] = Depends(_spc_window),
+                    ) -> dict[str, Any]:
+    return await spc.chart(ctx, actor, parse_id(sop_id, "SOP"), parse_id(step_id, "step"),
+                           *window)
+
+
+@router.post("/{sop_id}/steps/{step_id}/spc/baseline", response_model=SpcOut,
+             response_model_by_alias=True, responses=problems(403, 404))
+async def spc_baseline(sop_id: str, step_id: str, body: SpcBaselineIn, actor: CurrentActor,
+                       ctx: Ctx, rid: RequestId,
+                       _: Actor = require("session.read_all")) -> dict[str, Any]:
+    return await spc.set_baseline(ctx, actor, parse_id(sop_id, "SOP"),
+                                  parse_id(step_id, "step"), body.from_, body.to, rid)

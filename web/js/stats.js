@@ -4,6 +4,7 @@
 import { h, clear, uid } from './dom.js';
 import { describe, get, query } from './api.js';
 import { dayRange, duration, field, notice } from './ui.js';
+import { showSpcChart } from './spc.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -117,6 +118,7 @@ export function showSopStats(root, sop, { back }) {
         steps, max: 1, className: 'chart-rate', width,
         bars: (x) => [{ value: x.first_try_pass_rate, cls: 'bar-rate', label: percent(x.first_try_pass_rate) }],
       }),
+      controlCharts(),
       h('details', { class: 'stats-table' }, h('summary', {}, 'The same figures as a table'),
         h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': 'Step statistics' },
           h('table', {},
@@ -131,6 +133,25 @@ export function showSopStats(root, sop, { back }) {
 
   function fact(term, value) {
     return h('div', {}, h('dt', {}, term), h('dd', {}, String(value)));
+  }
+
+  // Each measurement step's control chart (spc.js), with a way back here.
+  function controlCharts() {
+    const measured = (sop.tasks || []).flatMap((t) => t.steps).map((step, i) => ({ step, i }))
+      .filter(({ step }) => step.check.kind === 'measurement');
+    if (!measured.length) return null;
+    return h('section', { class: 'spc-links', 'aria-labelledby': 'spc-links-title' },
+      h('h2', { id: 'spc-links-title' }, 'Control charts'),
+      h('p', { class: 'hint' }, 'Each measurement step\'s values over time, with its control limits, '
+        + 'the values that break a rule, and Cp/Cpk.'),
+      h('ul', {}, measured.map(({ step, i }) => h('li', {},
+        h('button', {
+          type: 'button', class: 'secondary',
+          onclick: () => showSpcChart(root, sop, step, {
+            back: () => h('button', { type: 'button', class: 'secondary small back', onclick: () => showSopStats(root, sop, { back }) },
+              h('span', { 'aria-hidden': 'true' }, '← '), 'Statistics'),
+          }),
+        }, `Control chart: ${i + 1}. ${step.title}`)))));
   }
 
   load();
