@@ -2,9 +2,9 @@
 its next value), the index that reads a step's values in order of time, and
 `work_sessions.attention_reason`
 
-Revision ID: 0010
+Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-08
+Create Date: 2026-12-06
 
 Charts are created by the first measurement check written after this revision, from the
 values already recorded (persistence/spc.py); sessions from before it have no reason (NULL).
@@ -12,7 +12,7 @@ values already recorded (persistence/spc.py); sessions from before it have no re
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010'
+revision = '0008'
 down_revision = '0007'
 branch_labels = None
 depends_on = None
