@@ -5,7 +5,7 @@ A chart's values are its steps' checks (`session_checks`, read through
 whole history); what judging its next value takes is its `spc_charts` row (domain.spc
 .ChartState). `judge` runs inside `write_change`, in the transaction that records the check,
 holding the chart's row: O(1) per check whatever the chart's length. A chart's row is made
-by its first value written after migration 0010, from the values recorded before it."""
+by its first value written after migration 0008, from the values recorded before it."""
 
 from __future__ import annotations
 
