@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -149,16 +150,13 @@ async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID,
         base = await _visible(uow, actor, sop_id, lock="update")
         base.ensure_revisable()
         now = ctx.clock()
-        content = {"tasks": [{"title": t.title, "steps": [
-            {"title": s.title, "instructions": s.instructions,
-             "check": {"kind": s.check.kind.value, "prompt": s.check.prompt,
-                       "unit": s.check.unit, "min": s.check.min, "max": s.check.max,
-                       "evidence": s.check.evidence}}
-            for s in t.steps]} for t in base.tasks]}
+        # the same tasks and steps with fresh ids; each check copied whole
+        tasks = [replace(t, id=uuid4(), steps=[replace(s, id=uuid4()) for s in t.steps])
+                 for t in base.tasks]
         sop = Sop(id=uuid4(), family_id=base.family_id,
                   version=await uow.sops.latest_version(base.family_id) + 1,
                   status=SopStatus.DRAFT, title=base.title, description=base.description,
-                  tasks=_tasks(content), created_at=now, updated_at=now)
+                  tasks=tasks, created_at=now, updated_at=now)
         await uow.sops.add(sop, created_by=actor.id)
         await uow.audit.append_to_sop_family(
             sop.family_id, _facts(actor, "sop_revise", sop, request_id,

@@ -272,10 +272,14 @@ async def test_editing_or_confirming_an_unknown_sop_is_404(http, supervisor):
 
 async def test_revision_of_a_confirmed_sop_is_a_new_draft_version_2_in_the_same_family(
         http, supervisor):
-    v1 = await make_confirmed_sop(http, supervisor, sop_body(title=unique_title()))
+    body = sop_body(title=unique_title())
+    # every field of a check is copied, the ones that are not their default too
+    body["tasks"][0]["steps"][0]["check"].update(evidence="required", verify=True)
+    v1 = await make_confirmed_sop(http, supervisor, body)
     r = await http.post(f"{SOPS}/{v1['id']}/revisions", headers=supervisor.h)
     assert r.status_code == 201, r.text
     v2 = r.json()
+    assert v2["tasks"][0]["steps"][0]["check"]["verify"] is True
     assert v2["id"] != v1["id"]
     assert v2["status"] == "draft" and v2["confirmed_at"] is None
     assert v2["version"] == 2
