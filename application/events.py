@@ -45,20 +45,22 @@ async def record_change(uow: UnitOfWork, change: SessionChange, render: Render) 
     """Record the events a change just written causes, in its transaction. The session is
     shown as it stands after the change (read in this transaction), only when some
     subscription wants the event. Returns how many events were recorded."""
-    recorded, shown = 0, None
+    recorded, stored = 0, None
     for i, ev in enumerate(events_of(change)):
         if not await uow.events.wanted(ev.type):
             continue
         if isinstance(ev.subject, Check):
             data = {"session_id": str(change.state.id), **render.check(ev.subject)}
-        elif isinstance(ev.subject, Signature):
-            data = render.signature(ev.subject)
         else:
-            if shown is None:
+            if stored is None:  # as written: a signature's record_hash is the write's
                 stored = await uow.sessions.load(change.state.id)
                 assert stored is not None  # written in this very transaction
-                shown = render.session(stored)
-            data = shown
+            if isinstance(ev.subject, Signature):
+                sig = ev.subject
+                data = render.signature(next(
+                    (g for g in stored.state.signatures if g.id == sig.id), sig))
+            else:
+                data = render.session(stored)
         await uow.events.record(ev.type, data, change.state.id, at=change.at,
                                 version=change.version, index=i)
         recorded += 1
