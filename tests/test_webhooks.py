@@ -413,3 +413,82 @@ async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
         assert r.status_code == 404
     finally:
         await unsubscribe_all(api, admin)
+
+
+# ---- restarts: the worker and the Temporal server, a lost start ---------------------------
+
+
+def stack_for_webhooks() -> Any:
+    import os
+
+    from faults.stack import Stack
+    stack = Stack(os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite"), label="webhooks")
+    stack.extra_env = {
+        "WORKSESSION_WEBHOOK_ALLOW_INSECURE": "true",
+        "WORKSESSION_WEBHOOK_RETRY_FIRST": "PT0.2S", "WORKSESSION_WEBHOOK_RETRY_MOST": "PT1S",
+        "WORKSESSION_WEBHOOK_HEARTBEAT": "PT2S",
+        "WORKSESSION_WEBHOOK_SWEEP_EVERY": "PT2S", "WORKSESSION_WEBHOOK_SWEEP_GRACE": "PT1S"}
+    return stack
+
+
+async def test_worker_and_temporal_restarted_while_deliveries_pend_lose_nothing(
+        receiver: Receiver) -> None:
+    """Real processes (faults/stack.py): the API, the worker and a Temporal dev server on a
+    database file. Events recorded while the receiver is down, then the worker killed
+    (SIGKILL) and the Temporal server restarted, then the receiver back: every event
+    arrives, in order per session. Then an event whose delivery was never started (recorded
+    as a process that died right after its commit leaves it): the backstop delivers it."""
+    from persistence.uow import SqlStore
+    from persistence.webhooks import SecretBox
+
+    async with stack_for_webhooks() as stack:
+        admin = {"Authorization": f"Bearer {stack.token('admin')}"}
+        boss = User(uuid.uuid4(), "supervisor")
+        boss_h = {"Authorization": f"Bearer {stack.token('supervisor', boss.id)}"}
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
+            r = await api.post(HOOKS, json={"url": receiver.url, "events": ALL_EVENTS},
+                               headers=admin)
+            assert r.status_code == 201, r.text
+            hook = r.json()
+            r = await api.post("/api/v1/sops", json=sop_body((2,), measurement_at=None),
+                               headers=boss_h)
+            sop = (await api.post(f"/api/v1/sops/{r.json()['id']}/confirm",
+                                  headers=boss_h)).json()
+            await receiver.down()
+            sids = []
+            for _ in range(3):
+                w = {"Authorization": f"Bearer {stack.token('worker', uuid.uuid4())}"}
+                s = (await api.post("/api/v1/sessions", json={"sop_id": sop["id"]},
+                                    headers=w)).json()
+                for step in [st["id"] for t in sop["tasks"] for st in t["steps"]]:
+                    r = await api.post(f"/api/v1/sessions/{s['id']}/checks",
+                                       json={"step_id": step, "result": "passed"}, headers=w)
+                    assert r.status_code == 200, r.text
+                sids.append(s["id"])
+            await asyncio.sleep(1)
+            stack.kill_worker()
+            await stack.restart_temporal()
+            await stack.restart_worker_after_kill()
+            await receiver.up()
+
+            async def all_in() -> bool:
+                return len(set(receiver.delivered_ids())) >= 2 * len(sids)
+            await eventually(all_in, within=90)
+            for sid in sids:
+                firsts = list(dict.fromkeys(
+                    (e["id"], e["type"]) for e in receiver.events() if e["data"]["id"] == sid))
+                assert [t for _, t in firsts] == ["session.started", "session.completed"]
+            assert all(verifies(hook["secret"], h, b) for h, b in receiver.got)
+
+            # A start lost between the commit and the signal: the backstop finds it.
+            db = Database(stack.db_url)
+            key = Settings(jwt_secret=stack.secret.decode()).webhook_key_material()
+            assert key is not None
+            async with SqlStore(db, SecretBox(key))() as uow:
+                lost = await uow.events.record("session.cancelled", {"id": "lost"})
+            await db.dispose()
+            assert lost is not None
+
+            async def found() -> bool:
+                return lost in receiver.delivered_ids()
+            await eventually(found, within=30)
