@@ -9,7 +9,6 @@ from uuid import UUID
 
 from application.authz import Actor, authorize
 from application.context import Context
-from application.events import start_deliveries
 from domain.errors import InvalidInput, NotFound, Unavailable
 from domain.webhooks import (
     SECRET_BYTES,
@@ -76,11 +75,9 @@ async def redeliver(ctx: Context, actor: Actor, subscription_id: UUID,
     """Queue a delivery again (a `failed` one after its 24 h, or any other): it is sent with
     the same `webhook-id` and body, after what is pending before it in its stream."""
     authorize(actor, "webhooks")
-    async with ctx.uow() as uow:
+    async with ctx.uow() as uow:  # its delivery started once committed, as any event's
         if not await uow.events.redeliver(subscription_id, delivery_id, ctx.clock()):
             raise NotFound("delivery not found")
-        streams = set(uow.events.streams)
-    await start_deliveries(ctx.deliveries, streams)
     async with ctx.uow(read_only=True) as uow:
         items, _ = await uow.events.deliveries(subscription_id, 1, 0, delivery_id=delivery_id)
     return items[0]

@@ -387,20 +387,23 @@ async def test_a_receiver_down_for_a_while_gets_every_event_in_order(
 
 
 async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
-        api: httpx.AsyncClient, receiver: Receiver, admin: User, worker_user: User,
-        supervisor: User) -> None:
-    """The window is 20 s here (24 h by default)."""
+        api: httpx.AsyncClient, client: Any, receiver: Receiver, admin: User,
+        worker_user: User, supervisor: User) -> None:
+    """The window is 20 s here (24 h by default). Every attempt of the retried delivery is
+    an activity retry: no history event each; the redelivery's run costs 12."""
     sop = await make_confirmed_sop(api, supervisor, sop_body((2,), measurement_at=None))
     hook = await subscribe(api, admin, receiver.url, ["session.started"])
     try:
         receiver.mode = "500"
-        await start(api, worker_user, sop)
+        s = await start(api, worker_user, sop)
 
         async def failed() -> Any:
             items = await deliveries(api, admin, hook)
             return items if items[0]["status"] == "failed" else None
         items = await eventually(failed, within=40)
         assert items[0]["attempts"] >= 5 and items[0]["last_status_code"] == 500
+        handle = client.get_workflow_handle(f"webhook-{hook['id']}-{s['id']}")
+        assert await handle.result() == 1  # its run is over: it completed one (as failed)
         receiver.mode = "ok"
         r = await api.post(f"{HOOKS}/{hook['id']}/deliveries/{items[0]['id']}/redeliver",
                            headers=admin.h)
@@ -408,6 +411,10 @@ async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
         assert r.json()["status"] in ("pending", "delivered")
         await eventually(lambda: _delivered(api, admin, hook, 1), within=20)
         assert len(set(receiver.delivered_ids())) == 1  # the same webhook-id throughout
+        handle = client.get_workflow_handle(handle.id)  # the redelivery's run
+        assert await handle.result() == 1
+        history = await handle.fetch_history()
+        assert len(history.events) == 12, [e.event_type for e in history.events]
         r = await api.post(f"{HOOKS}/{hook['id']}/deliveries/{uuid.uuid4()}/redeliver",
                            headers=admin.h)
         assert r.status_code == 404
