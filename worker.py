@@ -18,17 +18,25 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 import workflows
 from activities.evidence_cleanup import EvidenceCleanup
 from activities.session_store import SessionStore
+from activities.webhooks import WebhookWork
+from api.schemas import RENDER
+from application.events import RetryPolicy
 from application.metrics import Meter
 from application.ports import EvidenceStore
 from orchestration.schedules import ensure_evidence_cleanup
+from orchestration.webhooks import WebhookDeliveries, ensure_webhook_sweep
 from persistence import files
 from persistence.db import Database
+from persistence.uow import SqlStore
+from persistence.webhooks import SecretBox
 from workflows.evidence_cleanup import EvidenceCleanupWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow, WebhookSweepWorkflow
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
 from worksession.settings import Settings
 from worksession.temporal import TemporalConnectError, connect, exit_unconnected
+from worksession.webhook_http import HttpSender
 
 # The SDK's sandbox as it is. Passing every module through (loaded once per process) would
 # save about 60 KB per cached run, but it also switches off the restrictions on the workflow's
@@ -53,21 +61,43 @@ def _workflow_bytecode() -> None:
 def build_worker(client: Client, db: Database, task_queue: str,
                  cache_size: int = Settings.model_fields["workflow_cache_size"].default,
                  graceful_shutdown: timedelta = timedelta(0),
-                 meter: Meter | None = None, evidence: EvidenceStore | None = None) -> Worker:
+                 meter: Meter | None = None, evidence: EvidenceStore | None = None,
+                 settings: Settings | None = None, webhook_key: bytes | None = None) -> Worker:
     """`graceful_shutdown`: how long a stopping worker lets a running write finish before
     cancelling it (it is retried, idempotent, on another worker either way). `meter`
     counts the changes its writes record. With `evidence` (the store the API uses), it
-    also runs the evidence cleanup."""
+    also runs the evidence cleanup. Webhooks are delivered as `settings` say, their secrets
+    opened with `webhook_key` (the API's; without it, deliveries wait for a worker that has
+    it)."""
     _workflow_bytecode()
-    store = SessionStore(db, meter)
-    workflow_types: list[type] = [WorkSessionWorkflow]
-    activities: list[object] = [store.write_changes]
+    settings = settings or Settings()
+    deliveries = webhook_deliveries(client, task_queue, settings)
+    store = SessionStore(db, meter, RENDER, deliveries)
+    sender = HttpSender(settings.webhook_timeout.total_seconds(),
+                        settings.webhook_allow_insecure)
+    webhooks = WebhookWork(
+        SqlStore(db, SecretBox(webhook_key) if webhook_key else None), sender,
+        RetryPolicy(settings.webhook_retry_for, settings.webhook_retry_first,
+                    settings.webhook_retry_most), deliveries)
+    workflow_types: list[type] = [WorkSessionWorkflow, WebhookDeliveryWorkflow,
+                                  WebhookSweepWorkflow]
+    activities: list[object] = [store.write_changes, webhooks.deliver,
+                                webhooks.start_stranded]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)
     return Worker(client, task_queue=task_queue, workflows=workflow_types,
                   activities=activities, max_cached_workflows=cache_size,
                   workflow_runner=SANDBOX, graceful_shutdown_timeout=graceful_shutdown)
+
+
+def webhook_deliveries(client: Client, task_queue: str,
+                       settings: Settings) -> WebhookDeliveries:
+    """As the API makes it (api/app.py): the same workflow input from the same settings."""
+    return WebhookDeliveries(client, task_queue, settings.request_timeout_seconds,
+                             heartbeat=settings.webhook_heartbeat,
+                             retry_first=settings.webhook_retry_first,
+                             retry_most=settings.webhook_retry_most)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -90,12 +120,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         tracing.instrument_database(db, tracer)
     evidence = files.for_settings(settings)
     worker = build_worker(client, db, settings.task_queue, settings.workflow_cache_size,
-                          graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter, evidence=evidence)
+                          graceful_shutdown=GRACEFUL_SHUTDOWN, meter=meter, evidence=evidence,
+                          settings=settings, webhook_key=settings.webhook_key_material())
     try:
         await ensure_evidence_cleanup(client, settings.task_queue,
                                       settings.evidence_cleanup_after)
     except Exception:  # the sessions do not need it: say so, and serve them
         log.warning("could not set up the evidence cleanup's schedule", exc_info=True)
+    try:
+        await ensure_webhook_sweep(client, settings.task_queue, settings.webhook_sweep_grace,
+                                   settings.webhook_sweep_every)
+    except Exception:  # deliveries start without it; only a lost start waits for it
+        log.warning("could not set up the webhook backstop's schedule", exc_info=True)
     try:
         async with worker:
             await stop.wait()

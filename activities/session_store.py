@@ -7,7 +7,9 @@ import logging
 
 from temporalio import activity
 
+from application.events import Render, record_change, start_deliveries
 from application.metrics import Meter, NoMeter, count_written
+from application.ports import Deliveries
 from domain.changes import SessionChange
 from persistence.db import Database
 from persistence.uow import SqlStore
@@ -18,9 +20,14 @@ log = logging.getLogger("worksession.worker")
 
 
 class SessionStore:
-    def __init__(self, db: Database, meter: Meter | None = None) -> None:
+    def __init__(self, db: Database, meter: Meter | None = None, render: Render | None = None,
+                 deliveries: Deliveries | None = None) -> None:
+        """With `render`, the webhook events of the changes it writes are recorded with them
+        (application/events.py), and their delivery started by `deliveries`."""
         self._store = SqlStore(db)
         self._meter = meter or NoMeter()
+        self._render = render
+        self._deliveries = deliveries
 
     @activity.defn(name=WRITE_CHANGES_ACTIVITY)
     async def write_changes(self, changes: list[SessionChange]) -> int:
@@ -46,6 +53,12 @@ class SessionStore:
 
     async def _write(self, changes: list[SessionChange]) -> int:
         async with self._store() as uow:
-            written = sum([await uow.sessions.write_change(c) for c in changes])
+            written = 0
+            for c in changes:
+                if await uow.sessions.write_change(c):
+                    written += 1
+                    if self._render is not None:  # the session as this change left it
+                        await record_change(uow, c, self._render)
         count_written(self._meter, uow.sessions.written)
+        await start_deliveries(self._deliveries, uow.events.streams)
         return written

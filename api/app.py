@@ -17,19 +17,23 @@ from api.auth import Authenticator
 from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
-from api.routers import audit, evidence, health, ops, people, sessions, sops
+from api.routers import audit, evidence, health, ops, people, sessions, sops, webhooks
+from api.schemas import RENDER
 from api.web import mount_web
 from application.context import Context
 from application.metrics import NoMeter
 from application.ops import keep_gauges
 from orchestration.client import SessionWorkflows
+from orchestration.webhooks import WebhookDeliveries
 from persistence import files
 from persistence.db import Database
 from persistence.uow import SqlStore
+from persistence.webhooks import SecretBox
 from worksession import tracing
 from worksession.metrics import PrometheusMeter
 from worksession.settings import Settings
 from worksession.temporal import connect
+from worksession.webhook_http import resolve
 
 log = logging.getLogger("worksession.api")
 
@@ -79,12 +83,19 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
             await evidence_files.sweep()
         except OSError:
             log.warning("could not sweep the evidence store's scratch space", exc_info=True)
-        app.state.ctx = Context(store=SqlStore(database), workflows=SessionWorkflows(
+        key = settings.webhook_key_material(jwt_secret)
+        app.state.ctx = Context(store=SqlStore(database, SecretBox(key) if key else None),
+                                workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
             write_behind=settings.write_behind), meter=meter or NoMeter(),
             files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes,
-            signature_max_age=settings.signature_max_age)
+            signature_max_age=settings.signature_max_age, render=RENDER,
+            deliveries=WebhookDeliveries(
+                temporal, settings.task_queue, settings.request_timeout_seconds,
+                heartbeat=settings.webhook_heartbeat, retry_first=settings.webhook_retry_first,
+                retry_most=settings.webhook_retry_most),
+            webhook_allow_insecure=settings.webhook_allow_insecure, resolve=resolve)
         background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
             else []
         if meter is not None and settings.metrics_refresh.total_seconds() > 0:
@@ -112,7 +123,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
     app.state.upload_idle = settings.request_timeout_seconds  # between two chunks of a file
     problems.install(app)
     for r in (health.router, sops.router, sessions.router, evidence.uploads, evidence.files,
-              audit.router, ops.router, people.router):
+              audit.router, ops.router, people.router, webhooks.router):
         app.include_router(r)
     mount_web(app)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,

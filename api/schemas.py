@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from domain.evidence import MAX_FILES_PER_CHECK, Evidence
 from domain.signature import STATEMENT_MAX, Meaning, Signature
@@ -305,6 +305,27 @@ class SessionOut(BaseModel):
                 step_id=t.step_id, started_at=t.started_at, passed_at=t.passed_at,
                 active_seconds=round(s.active_seconds(t, now), 3), attempts=t.attempts)
                 for t in sorted(s.step_times, key=lambda t: order.get(t.step_id, 0))])
+
+
+class _Render:
+    """The resources webhook events carry, as the API shows them (application/events.Render)."""
+
+    _check = TypeAdapter(Check)
+    _signature = TypeAdapter(Signature)
+
+    def session(self, stored: Any) -> dict[str, Any]:
+        return SessionOut.of(stored.session, workflow_id=stored.workflow_id,
+                             run_id=stored.run_id, now=None,
+                             worker_name=stored.worker_name).model_dump(mode="json")
+
+    def check(self, check: Check) -> dict[str, Any]:
+        return self._check.dump_python(check, mode="json")
+
+    def signature(self, signature: Signature) -> dict[str, Any]:
+        return self._signature.dump_python(signature, mode="json")
+
+
+RENDER = _Render()
 
 
 class SessionCounts(BaseModel):

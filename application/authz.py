@@ -43,6 +43,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit.read": frozenset({S, A}),
     "ops": frozenset({A}),
     "people.read": frozenset({S, A}),
+    "webhooks": frozenset({A}),
 }
 
 

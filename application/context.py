@@ -3,15 +3,16 @@ the caches and clock they share."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from application.authz import Actor, Role
+from application.events import Render, record_change, start_deliveries
 from application.metrics import Meter, NoMeter, count_written
-from application.ports import EvidenceStore, SessionWorkflows, Store, UnitOfWork
+from application.ports import Deliveries, EvidenceStore, SessionWorkflows, Store, UnitOfWork
 
 
 def utcnow() -> datetime:
@@ -85,16 +86,28 @@ class Context:
     files: EvidenceStore | None = None  # evidence files' bytes (None: uploads are 503)
     max_evidence_bytes: int = 20 * 1024 * 1024
     signature_max_age: int = 300  # seconds since the signer authenticated, at most
+    # Webhooks: how events show resources (None: no events are recorded), who delivers them,
+    # whether http and private addresses are allowed, and how a host name is resolved.
+    render: Render | None = None
+    deliveries: Deliveries | None = None
+    webhook_allow_insecure: bool = False
+    resolve: Callable[[str, int], Awaitable[list[str]]] | None = None
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,
                   snapshot: bool = False) -> AsyncIterator[UnitOfWork]:
         """One transaction: committed when the block ends, rolled back when it raises.
         `snapshot` (read only): all its reads see one moment. What it wrote is counted once
-        committed."""
+        committed. The webhook events of the session changes it wrote are recorded in it, and
+        their delivery started once it is committed."""
         async with self.store(read_only=read_only, snapshot=snapshot) as uow:
             yield uow
+            if self.render is not None:
+                for change in uow.sessions.written:
+                    await record_change(uow, change, self.render)
         count_written(self.meter, uow.sessions.written)
+        if not read_only and self.render is not None:
+            await start_deliveries(self.deliveries, uow.events.streams)
 
     async def owner(self, session_id: UUID) -> UUID | None:
         owner = self.owners.known(session_id)

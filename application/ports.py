@@ -17,6 +17,7 @@ from domain.people import Person
 from domain.signature import Signature
 from domain.sop import SessionPlan, Sop, SopStatus
 from domain.spc import Baseline, ChartState
+from domain.webhooks import Pending, Subscription
 from domain.work_session import CheckSubmission, SessionFilter, SessionState, WorkSession
 
 # ---- the database --------------------------------------------------------------------------
@@ -166,6 +167,40 @@ class PeopleRepository(Protocol):
                         offset: int) -> tuple[list[Person], int]: ...
 
 
+class EventRepository(Protocol):
+    """Webhooks: the outbox and the subscriptions (CONTRACT.md, "Webhooks").
+
+    `record` is how any use case sends an event: call it in the transaction of the change that
+    causes it (`uow.events.record("nonconformance.opened", data, session_id=...)`), with `data`
+    the resource as the API shows it. It records the event with a pending delivery to each
+    subscription that wants it (nothing when none does); whoever opened the unit of work
+    starts their delivery once it commits (application/context.Context.uow), and a backstop
+    finds any whose start was lost. Events of one session are delivered in order."""
+
+    streams: set[tuple[UUID, str]]  # (subscription, stream) that got work: start them
+
+    async def wanted(self, event_type: str) -> bool: ...
+    async def record(self, event_type: str, data: dict[str, Any],
+                     session_id: UUID | None = None, *, at: datetime | None = None,
+                     version: int = 0, index: int = 0) -> str | None: ...
+    async def add_subscription(self, sub: Subscription, secret: str) -> None: ...
+    async def subscriptions(self) -> list[Subscription]: ...
+    async def subscription(self, subscription_id: UUID) -> Subscription | None: ...
+    async def secret(self, subscription_id: UUID) -> str | None: ...
+    async def remove_subscription(self, subscription_id: UUID) -> bool: ...
+    async def deliveries(self, subscription_id: UUID, limit: int, offset: int, *,
+                         delivery_id: UUID | None = None
+                         ) -> tuple[list[dict[str, Any]], int]: ...
+    async def redeliver(self, subscription_id: UUID, delivery_id: UUID,
+                        at: datetime) -> bool: ...
+    async def pending(self, subscription_id: UUID, stream: str,
+                      limit: int) -> list[Pending]: ...
+    async def attempted(self, delivery_id: UUID, at: datetime, status_code: int | None,
+                        error: str | None, outcome: str) -> None: ...
+    async def stranded(self, queued_before: datetime,
+                       limit: int = 1000) -> list[tuple[UUID, str]]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: committed when its block ends, rolled back when it raises."""
 
@@ -176,6 +211,7 @@ class UnitOfWork(Protocol):
     people: PeopleRepository
     evidence: EvidenceRepository
     spc: SpcCharts
+    events: EventRepository
 
 
 class Store(Protocol):
@@ -284,3 +320,14 @@ class SessionWorkflows(Protocol):
     async def diagnose(self, worker_id: UUID) -> Stuck | None: ...
     async def retry(self, stuck: Stuck) -> str: ...
 
+
+
+# ---- webhook deliveries --------------------------------------------------------------------
+
+
+class Deliveries(Protocol):
+    """The durable delivery of recorded events (orchestration/webhooks.py): `start` makes
+    sure each stream's pending deliveries are being delivered (bounded in time; it raises
+    when it cannot reach Temporal: the events stay recorded, the backstop starts them)."""
+
+    async def start(self, streams: Iterable[tuple[UUID, str]]) -> None: ...

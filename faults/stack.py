@@ -192,6 +192,7 @@ class Stack:
         self.worker_starts = 0
         self.temporal_restarts = 0
         self.worker_exits: list[int] = []  # exit codes of workers that died on their own
+        self.extra_env: dict[str, str] = {}  # a scenario's own settings, for every part
 
     # ---- configuration -----------------------------------------------------------------
     @property
@@ -222,6 +223,7 @@ class Stack:
             "WORKSESSION_WRITE_BEHIND": "PT5S",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         return env
 
     def token(self, role: str, sub: uuid.UUID | None = None) -> str:

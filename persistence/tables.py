@@ -369,3 +369,57 @@ people = Table(
     Column("last_seen", TZ, nullable=False),
     Index("ix_people_name_key", "name_key", "id"),
 )
+
+# Webhooks (CONTRACT.md v1.2, "Webhooks"). A subscription's secret is kept encrypted under the
+# service's webhook key (persistence/webhooks.SecretBox: AES-GCM, the row's id as associated
+# data), never as it was shown.
+webhook_subscriptions = Table(
+    "webhook_subscriptions", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("url", String(2048), nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("description", String(500)),
+    Column("secret", Text, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("created_by", Uuid),
+)
+
+# The outbox: each event, recorded in the transaction of the change that caused it, with the
+# exact body every delivery of it sends (so a retry signs the same bytes). `ordinal` orders a
+# session's events (the session's version and the event's place in its change).
+webhook_events = Table(
+    "webhook_events", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("type", String(64), nullable=False),
+    Column("session_id", Uuid),
+    Column("ordinal", BigInteger, nullable=False),
+    Column("at", TZ, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+# One delivery of an event to one subscription: `pending` until its receiver answers 2xx
+# (`delivered`) or its retries run out (`failed`). `queued_at` is when it was recorded or last
+# redelivered by hand: the retries' 24 h count from it. `stream` is what orders it (the
+# session's id, or "-"): one subscription's deliveries of one stream go out in `ordinal` order.
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("subscription_id", Uuid, nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("stream", String(40), nullable=False),
+    Column("ordinal", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("queued_at", TZ, nullable=False),
+    Column("last_attempt_at", TZ),
+    Column("last_status_code", Integer),
+    Column("last_error", String(500)),
+    Column("delivered_at", TZ),
+    # a stream's next deliveries, in order
+    Index("ix_webhook_deliveries_stream", "subscription_id", "stream", "status", "ordinal"),
+    # a subscription's deliveries, newest first
+    Index("ix_webhook_deliveries_recent", "subscription_id", "queued_at"),
+    # the few pending ones (the backstop's sweep)
+    Index("ix_webhook_deliveries_pending", "queued_at",
+          sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+)

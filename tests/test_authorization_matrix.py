@@ -101,6 +101,7 @@ class Row:
     target: str | None = None         # what {id} is: "session", "sop" (confirmed), "draft",
     #                                   "person" (the owner, in the directory of people)
                                       # "evidence" (a file the owner uploaded)
+                                      # "unknown" (an id nothing has: a webhook, a delivery)
     prep: str | None = None           # owner's session state: None (in progress), pause, ...
     body: Body | None = None
     content: Callable[[World], bytes] | None = None  # a raw body (a file), instead of JSON
@@ -274,6 +275,17 @@ TABLE: list[Row] = [
     Row("GET", "/api/v1/people/{id}", by_role(403, 200), target="person",
         verify=verify_person, changes=False),
     Row("GET", "/api/v1/me", by_role(200, 200), verify=verify_me, changes=False),
+    # --- webhooks (v1.2): admins only; 403 before the id or the body is looked at ---
+    Row("POST", "/api/v1/webhooks", by_role(403, 403) | {ADMIN: 201},
+        body=lambda _: {"url": "https://1.1.1.1/hook", "events": ["spc.out_of_control"]},
+        changes=False),
+    Row("GET", "/api/v1/webhooks", by_role(403, 403) | {ADMIN: 200}, changes=False),
+    Row("DELETE", "/api/v1/webhooks/{id}", by_role(403, 403) | {ADMIN: 404},
+        target="unknown", changes=False),
+    Row("GET", "/api/v1/webhooks/{id}/deliveries", by_role(403, 403) | {ADMIN: 404},
+        target="unknown", changes=False),
+    Row("POST", "/api/v1/webhooks/{id}/deliveries/{id}/redeliver",
+        by_role(403, 403) | {ADMIN: 404}, target="unknown", changes=False),
 ]
 
 # Known defects of the service, by case id -> "BUG: ...": they become strict xfails.
@@ -367,7 +379,8 @@ async def snapshot(w: World, row: Row) -> Any:
 def target_id(w: World, row: Row) -> str:
     return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"],
             "person": str(w.owner.id),
-            "evidence": (w.evidence or {}).get("id")}[row.target or ""]
+            "evidence": (w.evidence or {}).get("id"),
+            "unknown": str(uuid.uuid4())}[row.target or ""]
 
 
 def assert_problem(r: httpx.Response) -> None:

@@ -50,7 +50,8 @@ def test_every_secret_setting_reads_a_file(tmp_path: Path, monkeypatch: pytest.M
     assert settings.s3_access_key_id.get_secret_value() == "evidence-writer"
     assert settings.s3_secret_access_key.get_secret_value() == "s3-" + "z" * 30
     assert set(SECRET_SETTINGS) == {"jwt_secret", "database_url", "temporal_api_key",
-                                    "s3_access_key_id", "s3_secret_access_key"}
+                                    "s3_access_key_id", "s3_secret_access_key",
+                                    "webhook_key"}
     assert SECRET not in repr(settings)  # a SecretStr shows as '**********'
 
 

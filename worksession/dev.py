@@ -188,6 +188,8 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
            "WORKSESSION_TEMPORAL_UI_URL": settings.temporal_ui_url,
            "WORKSESSION_API_HOST": HOST, "WORKSESSION_API_PORT": str(port),
            "WORKSESSION_JWT_SECRET": secret.decode(),
+           # webhooks to a receiver on this machine, over plain http (CONTRACT.md)
+           "WORKSESSION_WEBHOOK_ALLOW_INSECURE": "true",
            "WORKSESSION_LOG_LEVEL": os.environ.get("WORKSESSION_LOG_LEVEL", "warning")}
     cli = [sys.executable, "-m", "worksession.cli"]
     worker = Child("worker", [*cli, "worker"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from datetime import timedelta
@@ -19,7 +20,7 @@ HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")  # all a shared secret can sign wi
 # Settings that are secrets: each can also be read from the file WORKSESSION_<NAME>_FILE
 # names (how containers get secrets), and none is ever logged or shown in /readyz.
 SECRET_SETTINGS = ("jwt_secret", "database_url", "temporal_api_key", "s3_access_key_id",
-                   "s3_secret_access_key")
+                   "s3_secret_access_key", "webhook_key")
 
 
 def https_or_loopback(url: str) -> bool:
@@ -40,6 +41,14 @@ def https_or_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def derived_webhook_key(jwt_secret: bytes | None) -> bytes | None:
+    """The webhook key when none is set: the JWT secret's SHA-256 under a label (never the
+    same bytes as the JWT secret itself)."""
+    if not jwt_secret:
+        return None
+    return hashlib.sha256(b"worksession webhook key\0" + jwt_secret).digest()
 
 
 class _SecretFiles(PydanticBaseSettingsSource):
@@ -123,6 +132,21 @@ class Settings(BaseSettings):
     # Electronic signatures (CONTRACT.md): a signing request's token must say its holder
     # authenticated (`auth_time`, else `iat`) at most this many seconds ago.
     signature_max_age: int = Field(default=300, ge=1)
+    # Webhooks (CONTRACT.md, "Webhooks"; docs/webhooks.md). The key that seals subscription
+    # secrets in the database (at least 32 bytes; unset: derived from the JWT secret). The API
+    # and the worker need the same one. Plain http and loopback or private receivers only
+    # when allowed (`worksession dev` allows them).
+    webhook_key: SecretStr | None = None
+    webhook_allow_insecure: bool = False
+    webhook_timeout: timedelta = timedelta(seconds=10)  # one attempt, connection to answer
+    webhook_retry_for: timedelta = timedelta(hours=24)  # then a delivery is `failed`
+    webhook_retry_first: timedelta = timedelta(seconds=5)  # doubling from there...
+    webhook_retry_most: timedelta = timedelta(hours=1)  # ...up to this
+    # The backstop: how often it looks for deliveries whose start was lost, and how old
+    # they must be (docs/webhooks.md).
+    webhook_sweep_every: timedelta = timedelta(minutes=1)
+    webhook_sweep_grace: timedelta = timedelta(minutes=1)
+    webhook_heartbeat: timedelta = timedelta(seconds=30)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     request_timeout_seconds: float = 10.0
@@ -204,6 +228,17 @@ class Settings(BaseSettings):
                              "WORKSESSION_ROLE_MAP is not set: map its values to worker, "
                              "supervisor or admin")
         return self
+
+    def webhook_key_material(self, jwt_secret: bytes | None = None) -> bytes | None:
+        """What seals webhook secrets: WORKSESSION_WEBHOOK_KEY, else a key derived from the
+        JWT secret (this one's, or `jwt_secret`), else None (no webhooks)."""
+        key = self.webhook_key.get_secret_value().encode() if self.webhook_key else None
+        if key is not None and len(key) < MIN_SECRET_BYTES:
+            raise SystemExit(f"WORKSESSION_WEBHOOK_KEY is too short: {len(key)} bytes, at "
+                             f"least {MIN_SECRET_BYTES} are needed")
+        if jwt_secret is None and self.jwt_secret is not None:
+            jwt_secret = self.jwt_secret.get_secret_value().encode()
+        return key if key is not None else derived_webhook_key(jwt_secret)
 
     def require_jwt_secret(self) -> bytes | None:
         """Outside `worksession dev` the API refuses to start without a way to check tokens:

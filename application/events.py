@@ -1,0 +1,171 @@
+"""Webhook events: recorded with the change that causes them (the outbox), and delivered, one
+stream (a subscription's events of one session) at a time, in order.
+
+Recording: a written session change's events (domain.webhooks.events_of) go into the outbox in
+the change's transaction (`record_change`: called right after `write_change` wrote it, by the
+API's unit of work and by the run's write activity). Starting their delivery: once the
+transaction commits, by whoever committed it (`start_deliveries`); if that process dies or
+cannot reach Temporal in between, the events stay recorded and the backstop
+(`start_stranded`, a Temporal schedule) starts them.
+
+Delivering (`deliver_stream`, in a Temporal activity): the stream's pending deliveries in
+order, each attempt recorded; the first that fails stops the stream until its next attempt,
+unless it has been failing for the whole retry window, when it is `failed` and the stream goes
+on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+from application.ports import Deliveries, Store, StoredSession, UnitOfWork
+from domain.changes import SessionChange
+from domain.signature import Signature
+from domain.webhooks import events_of, retry_delay, sign
+from domain.work_session import Check
+
+log = logging.getLogger("worksession.webhooks")
+
+DELIVERED, FAILED, PENDING = "delivered", "failed", "pending"
+
+
+class Render(Protocol):
+    """The resources as the API shows them (api/schemas), as JSON-ready dicts."""
+
+    def session(self, stored: StoredSession) -> dict[str, Any]: ...
+    def check(self, check: Check) -> dict[str, Any]: ...
+    def signature(self, signature: Signature) -> dict[str, Any]: ...
+
+
+async def record_change(uow: UnitOfWork, change: SessionChange, render: Render) -> int:
+    """Record the events a change just written causes, in its transaction. The session is
+    shown as it stands after the change (read in this transaction), only when some
+    subscription wants the event. Returns how many events were recorded."""
+    recorded, stored = 0, None
+    for i, ev in enumerate(events_of(change)):
+        if not await uow.events.wanted(ev.type):
+            continue
+        if isinstance(ev.subject, Check):
+            data = {"session_id": str(change.state.id), **render.check(ev.subject)}
+        else:
+            if stored is None:  # as written: a signature's record_hash is the write's
+                stored = await uow.sessions.load(change.state.id)
+                assert stored is not None  # written in this very transaction
+            if isinstance(ev.subject, Signature):
+                sig = ev.subject
+                data = render.signature(next(
+                    (g for g in stored.state.signatures if g.id == sig.id), sig))
+            else:
+                data = render.session(stored)
+        await uow.events.record(ev.type, data, change.state.id, at=change.at,
+                                version=change.version, index=i)
+        recorded += 1
+    return recorded
+
+
+async def start_deliveries(deliveries: Deliveries | None,
+                           streams: Iterable[tuple[UUID, str]]) -> None:
+    """After the commit: start (or wake) the delivery of each stream that got events. A
+    failure here loses nothing (the events are recorded): the backstop starts them."""
+    streams = set(streams)
+    if not streams or deliveries is None:
+        return
+    try:
+        await deliveries.start(streams)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the backstop covers it
+        log.warning("could not start the delivery of %d webhook stream(s) now (%s); the "
+                    "backstop will", len(streams), e)
+
+
+async def start_stranded(store: Store, deliveries: Deliveries, now: datetime,
+                         grace: timedelta) -> int:
+    """The backstop: start the streams whose deliveries were recorded more than `grace` ago
+    and never started (see persistence WebhookRepository.stranded). Returns how many."""
+    async with store(read_only=True) as uow:
+        streams = await uow.events.stranded(now - grace)
+    if streams:
+        log.warning("starting %d webhook stream(s) whose delivery was never started",
+                    len(streams))
+        await deliveries.start(streams)
+    return len(streams)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one attempt got: the receiver's status code, or the error that kept it from
+    answering (refused, timed out, refused address...)."""
+
+    status_code: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+# url, headers, body -> what the receiver answered
+Send = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retry_for: timedelta = timedelta(hours=24)
+    first: timedelta = timedelta(seconds=5)
+    most: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    delivered: int = 0
+    failed: int = 0
+    retry_in: timedelta | None = None  # the stream stopped at a delivery to try again then
+    more: bool = False  # the batch ended with more pending
+
+
+async def deliver_stream(store: Store, send: Send, subscription_id: UUID, stream: str,
+                         policy: RetryPolicy, clock: Callable[[], datetime],
+                         batch: int = 200, beat: Callable[[], None] = lambda: None
+                         ) -> StreamResult:
+    """Deliver a stream's pending deliveries in order, up to `batch` of them."""
+    async with store(read_only=True) as uow:
+        sub = await uow.events.subscription(subscription_id)
+        secret = await uow.events.secret(subscription_id) if sub else None
+        pending = await uow.events.pending(subscription_id, stream, batch) if sub else []
+    if sub is None or secret is None:
+        return StreamResult()  # removed: its deliveries went with it
+    delivered = failed = 0
+    for d in pending:
+        beat()
+        now = clock()
+        ts = int(now.timestamp())
+        body = d.body.encode()
+        answer = await send(sub.url, {
+            "content-type": "application/json", "webhook-id": d.event_id,
+            "webhook-timestamp": str(ts), "webhook-signature": sign(secret, d.event_id, ts, body),
+        }, body)
+        done = clock()
+        if answer.ok:
+            outcome = DELIVERED
+        elif done - d.queued_at >= policy.retry_for:
+            outcome = FAILED
+        else:
+            outcome = PENDING
+        error = answer.error if answer.error else (
+            None if answer.ok else f"answered {answer.status_code}")
+        async with store() as uow:
+            await uow.events.attempted(d.id, done, answer.status_code, error, outcome)
+        if outcome == PENDING:
+            log.info("webhook %s to %s: %s; retrying", d.event_id, sub.url, error)
+            return StreamResult(delivered, failed, retry_in=retry_delay(
+                d.attempts + 1, policy.first, policy.most))
+        if outcome == FAILED:
+            log.warning("webhook %s to %s failed for good after %d attempts: %s",
+                        d.event_id, sub.url, d.attempts + 1, error)
+            failed += 1
+        else:
+            delivered += 1
+    return StreamResult(delivered, failed, more=len(pending) == batch)

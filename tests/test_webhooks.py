@@ -1,0 +1,501 @@
+"""Webhooks (CONTRACT.md, "Webhooks"), against a real Temporal server and worker, a real
+database and a real HTTP receiver this test runs on 127.0.0.1 (aiohttp), which checks every
+signature the way a receiver would: the Standard Webhooks signature (and the specification's
+own test vector), the secret sealed in the database, each event in order per session with its
+`webhook-id` stable across retries, a receiver that answers 500, hangs, closes the connection,
+redirects or is down for a while, and the worker and the Temporal server restarted while
+deliveries are pending."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from sqlalchemy import select
+
+from api.app import create_app
+from domain.webhooks import sign
+from faults.harness import free_port
+from persistence.db import Database
+from persistence.migrate import upgrade_async
+from persistence.tables import webhook_subscriptions
+from tests.conftest import (
+    SECRET,
+    User,
+    check,
+    eventually,
+    fresh_database,
+    make_confirmed_sop,
+    pass_step,
+    sop_body,
+    start,
+)
+from worker import build_worker
+from worksession.settings import Settings
+from worksession.tokens import mint
+
+HOOKS = "/api/v1/webhooks"
+ALL_EVENTS = ["session.started", "session.completed", "session.cancelled",
+              "session.approved", "session.needs_attention", "check.failed",
+              "signature.created"]
+
+
+# ---- the signature ------------------------------------------------------------------------
+
+
+def test_signature_matches_the_specifications_test_vector() -> None:
+    """standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py,
+    test_sign_function."""
+    assert sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330, b'{"test": 2432232314}') == \
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def verifies(secret: str, headers: Any, body: bytes) -> bool:
+    """What a receiver does (docs/webhooks.md), written here without the service's code."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest(f"v1,{expected}", s)
+               for s in headers["webhook-signature"].split())
+
+
+# ---- a receiver ---------------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records every request; `mode` says how it answers:
+    ok (204), 500, hang (never answers), close (drops the connection), redirect (302 to
+    `elsewhere`, a second server that counts what reaches it)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "ok"
+        self.got: list[tuple[dict[str, str], bytes]] = []  # every request, as received
+        self.elsewhere_hits = 0
+        self._runner: web.AppRunner | None = None
+        self._other: web.AppRunner | None = None
+        self.other_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook?x=1"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.got.append(({k.lower(): v for k, v in request.headers.items()}, body))
+        if self.mode == "500":
+            return web.Response(status=500, text="no")
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "close":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)
+        if self.mode == "redirect":
+            raise web.HTTPFound(f"http://127.0.0.1:{self.other_port}/stolen")
+        return web.Response(status=204)
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        self.elsewhere_hits += 1
+        return web.Response(status=200)
+
+    async def up(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        if self._other is None:
+            other = web.Application()
+            other.router.add_route("*", "/stolen", self._elsewhere)
+            self._other = web.AppRunner(other)
+            await self._other.setup()
+            await web.TCPSite(self._other, "127.0.0.1", self.other_port).start()
+
+    async def down(self) -> None:
+        """Stopped: connections to it are refused."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        await self.down()
+        if self._other is not None:
+            await self._other.cleanup()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(b) for _, b in self.got]
+
+    def delivered_ids(self) -> list[str]:
+        return [h["webhook-id"] for h, _ in self.got]
+
+
+# ---- an own stack: database, worker (short retries), API --------------------------------
+
+
+SETTINGS = dict(webhook_allow_insecure=True, webhook_timeout=timedelta(seconds=1.5),
+                webhook_retry_first=timedelta(milliseconds=200),
+                webhook_retry_most=timedelta(seconds=1),
+                webhook_retry_for=timedelta(seconds=20),
+                webhook_heartbeat=timedelta(seconds=5))
+
+
+@pytest.fixture(scope="module")
+async def hooks_db() -> AsyncIterator[Database]:
+    async with fresh_database("webhooks") as url:
+        await upgrade_async(url)
+        database = Database(url)
+        yield database
+        await database.dispose()
+
+
+@pytest.fixture(scope="module")
+async def api(client: Any, hooks_db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    queue = f"webhooks-{uuid.uuid4()}"
+    settings = Settings(database_url=hooks_db.url, task_queue=queue, **SETTINGS)
+    worker = build_worker(client, hooks_db, queue, settings=settings,
+                          webhook_key=settings.webhook_key_material(SECRET))
+    app = create_app(settings, jwt_secret=SECRET, client=client, db=hooks_db)
+    async with worker, app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as c:
+            yield c
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.up()
+    yield r
+    await r.close()
+
+
+async def subscribe(api: httpx.AsyncClient, admin: User, url: str,
+                    events: list[str] | None = None) -> dict[str, Any]:
+    r = await api.post(HOOKS, json={"url": url, "events": events or ALL_EVENTS,
+                                    "description": "test receiver"}, headers=admin.h)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def deliveries(api: httpx.AsyncClient, admin: User, hook: dict[str, Any]
+                     ) -> list[dict[str, Any]]:
+    r = await api.get(f"{HOOKS}/{hook['id']}/deliveries", params={"limit": 100},
+                      headers=admin.h)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def fresh(user: User) -> dict[str, str]:
+    return {"Authorization": "Bearer " + mint(SECRET, user.role, user.id, name="Sam Boss")}
+
+
+async def unsubscribe_all(api: httpx.AsyncClient, admin: User) -> None:
+    for h in (await api.get(HOOKS, headers=admin.h)).json():
+        await api.delete(f"{HOOKS}/{h['id']}", headers=admin.h)
+
+
+# ---- subscriptions ------------------------------------------------------------------------
+
+
+async def test_bad_subscriptions_are_refused_and_change_nothing(
+        api: httpx.AsyncClient, client: Any, hooks_db: Database, admin: User,
+        supervisor: User) -> None:
+    ok = {"url": "https://example.com/hook", "events": ["session.started"]}
+    assert (await api.post(HOOKS, json=ok, headers=supervisor.h)).status_code == 403
+    assert (await api.get(HOOKS, headers=supervisor.h)).status_code == 403
+    for body in ({**ok, "url": "not a url"}, {**ok, "url": "ftp://example.com/x"},
+                 {**ok, "url": "https://"}, {**ok, "events": ["session.exploded"]},
+                 {**ok, "events": []}, {"events": ok["events"]},
+                 {**ok, "url": "https://no-such-host.invalid/hook"}):
+        r = await api.post(HOOKS, json=body, headers=admin.h)
+        assert r.status_code == 422, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    r = await api.post(HOOKS, json={**ok, "events": ["session.exploded"]}, headers=admin.h)
+    assert "session.exploded" in r.json()["detail"]
+    # Without WORKSESSION_WEBHOOK_ALLOW_INSECURE: http and loopback/private addresses refused.
+    strict = create_app(Settings(database_url=hooks_db.url, task_queue="unused"),
+                        jwt_secret=SECRET, client=client, db=hooks_db)
+    async with strict.router.lifespan_context(strict), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=strict), base_url="http://api") as c:
+        for url in ("http://example.com/hook", "https://127.0.0.1/hook",
+                    "https://10.1.2.3/hook", "https://169.254.169.254/latest",
+                    "https://[::1]/hook", "https://localhost/hook"):
+            r = await c.post(HOOKS, json={**ok, "url": url}, headers=admin.h)
+            assert r.status_code == 422, (url, r.text)
+    assert (await api.get(HOOKS, headers=admin.h)).json() == []
+    assert (await api.delete(f"{HOOKS}/{uuid.uuid4()}", headers=admin.h)).status_code == 404
+    assert (await api.get(f"{HOOKS}/{uuid.uuid4()}/deliveries",
+                          headers=admin.h)).status_code == 404
+
+
+async def test_secret_is_shown_once_and_kept_sealed(api: httpx.AsyncClient, hooks_db: Database,
+                                                    admin: User) -> None:
+    hook = await subscribe(api, admin, "http://127.0.0.1:9/hook", ["session.started"])
+    assert hook["secret"].startswith("whsec_")
+    assert len(base64.b64decode(hook["secret"][6:])) == 32
+    listed = (await api.get(HOOKS, headers=admin.h)).json()
+    assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
+    async with hooks_db.read() as conn:
+        stored = (await conn.execute(select(webhook_subscriptions.c.secret))).scalar_one()
+    assert hook["secret"] not in stored and hook["secret"][6:] not in stored
+    assert base64.b64decode(hook["secret"][6:]) not in base64.b64decode(stored[3:])
+    assert (await api.delete(f"{HOOKS}/{hook['id']}", headers=admin.h)).status_code == 204
+    assert (await api.get(HOOKS, headers=admin.h)).json() == []
+
+
+# ---- delivery -------------------------------------------------------------------------------
+
+
+async def a_session_with_every_event(api: httpx.AsyncClient, worker: User, boss: User,
+                                     sop: dict[str, Any]) -> str:
+    """started, check.failed (x3, the third with needs_attention), completed, signature.created
+    and approved."""
+    s = await start(api, worker, sop)
+    step = s["current_step"]["id"]
+    for _ in range(3):
+        r = await check(api, worker, s["id"], step, result="failed")
+        assert r.status_code == 200, r.text
+    view = r.json()
+    while view["status"] == "in_progress":
+        view = await pass_step(api, worker, view)
+    r = await api.post(f"/api/v1/sessions/{s['id']}/approve", headers=fresh(boss))
+    assert r.status_code == 200, r.text
+    return s["id"]
+
+
+EVERY = ["session.started", "check.failed", "check.failed", "check.failed",
+         "session.needs_attention", "session.completed", "signature.created",
+         "session.approved"]
+
+
+async def test_every_event_arrives_signed_in_order(
+        api: httpx.AsyncClient, receiver: Receiver, admin: User, worker_user: User,
+        supervisor: User) -> None:
+    sop = await make_confirmed_sop(api, supervisor, sop_body((2,), measurement_at=None))
+    hook = await subscribe(api, admin, receiver.url)
+    try:
+        sid = await a_session_with_every_event(api, worker_user, supervisor, sop)
+        await eventually(lambda: _count(receiver, len(EVERY)), within=20)
+        events = receiver.events()
+        assert [e["type"] for e in events] == EVERY
+        for (headers, body), e in zip(receiver.got, events, strict=True):
+            assert verifies(hook["secret"], headers, body)
+            assert headers["webhook-id"] == e["id"]
+            assert headers["content-type"] == "application/json"
+        assert len(set(receiver.delivered_ids())) == len(EVERY)
+        # data: the resource as the API shows it
+        final = (await api.get(f"/api/v1/sessions/{sid}", headers=supervisor.h)).json()
+        assert events[0]["data"]["id"] == sid and events[0]["data"]["status"] == "in_progress"
+        assert events[1]["data"]["session_id"] == sid
+        assert events[1]["data"]["id"] == final["checks"][0]["id"]
+        assert events[1]["data"]["result"] == "failed"
+        assert events[4]["data"]["needs_attention"] is True
+        assert events[5]["data"]["status"] == "completed"
+        assert events[6]["data"] == final["signatures"][0]
+        assert events[7]["data"]["locked"] is True
+        assert {k: v for k, v in events[7]["data"].items() if k != "worker_name"} == \
+            {k: v for k, v in final.items() if k != "worker_name"}
+        listed = await deliveries(api, admin, hook)
+        assert len(listed) == len(EVERY)
+        assert all(d["status"] == "delivered" and d["attempts"] == 1
+                   and d["last_status_code"] == 204 for d in listed)
+        assert [d["event_type"] for d in listed] == EVERY[::-1]  # newest first
+    finally:
+        await unsubscribe_all(api, admin)
+
+
+async def _count(receiver: Receiver, n: int) -> bool:
+    return len(receiver.got) >= n
+
+
+@pytest.mark.parametrize("mode", ["500", "hang", "close", "redirect"])
+async def test_a_failing_receiver_is_retried_with_the_same_id_never_followed(
+        api: httpx.AsyncClient, receiver: Receiver, admin: User, worker_user: User,
+        supervisor: User, mode: str) -> None:
+    sop = await make_confirmed_sop(api, supervisor, sop_body((2,), measurement_at=None))
+    hook = await subscribe(api, admin, receiver.url, ["session.started", "session.completed"])
+    try:
+        receiver.mode = mode
+        s = await start(api, worker_user, sop)
+        await eventually(lambda: _count(receiver, 3), within=20)  # tried, and again
+        attempts = await deliveries(api, admin, hook)
+        assert attempts[0]["status"] == "pending" and attempts[0]["attempts"] >= 2
+        assert attempts[0]["last_error"], attempts[0]
+        if mode in ("500", "redirect"):
+            assert attempts[0]["last_status_code"] == (500 if mode == "500" else 302)
+        receiver.mode = "ok"
+        view = s
+        while view["status"] == "in_progress":  # the next event waits behind the first
+            view = await pass_step(api, worker_user, view)
+        await eventually(lambda: _delivered(api, admin, hook, 2), within=20)
+        ids = receiver.delivered_ids()
+        first = [i for i in ids if i == ids[0]]
+        assert len(first) >= 3  # every retry: the same webhook-id
+        assert [e["type"] for e in receiver.events() if e["id"] != ids[0]] == \
+            ["session.completed"]
+        assert all(verifies(hook["secret"], h, b) for h, b in receiver.got)
+        assert receiver.elsewhere_hits == 0  # a redirect is never followed
+    finally:
+        await unsubscribe_all(api, admin)
+
+
+async def _delivered(api: httpx.AsyncClient, admin: User, hook: dict[str, Any],
+                     n: int) -> bool:
+    return sum(d["status"] == "delivered" for d in await deliveries(api, admin, hook)) >= n
+
+
+async def test_a_receiver_down_for_a_while_gets_every_event_in_order(
+        api: httpx.AsyncClient, receiver: Receiver, admin: User, supervisor: User) -> None:
+    sop = await make_confirmed_sop(api, supervisor, sop_body((2,), measurement_at=None))
+    hook = await subscribe(api, admin, receiver.url)
+    try:
+        await receiver.down()
+        workers = [User(uuid.uuid4(), "worker") for _ in range(4)]
+        sids = await asyncio.gather(*[a_session_with_every_event(api, w, supervisor, sop)
+                                      for w in workers])
+        await asyncio.sleep(1.5)
+        assert receiver.got == []
+        pending = await deliveries(api, admin, hook)
+        assert len(pending) == len(EVERY) * len(sids)
+        assert any(d["attempts"] >= 1 and "connect" in (d["last_error"] or "")
+                   for d in pending)
+        await receiver.up()
+        await eventually(lambda: _delivered(api, admin, hook, len(EVERY) * len(sids)),
+                         within=30)
+        by_session: dict[str, list[str]] = defaultdict(list)
+        for e in receiver.events():
+            by_session[e["data"].get("session_id") or e["data"]["id"]].append(e["id"])
+        for sid in sids:  # every event, once (first arrival), in order
+            types = {e["id"]: e["type"] for e in receiver.events()}
+            firsts = list(dict.fromkeys(by_session[sid]))
+            assert [types[i] for i in firsts] == EVERY
+    finally:
+        await unsubscribe_all(api, admin)
+
+
+async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
+        api: httpx.AsyncClient, client: Any, receiver: Receiver, admin: User,
+        worker_user: User, supervisor: User) -> None:
+    """The window is 20 s here (24 h by default). Every attempt of the retried delivery is
+    an activity retry: no history event each; the redelivery's run costs 12."""
+    sop = await make_confirmed_sop(api, supervisor, sop_body((2,), measurement_at=None))
+    hook = await subscribe(api, admin, receiver.url, ["session.started"])
+    try:
+        receiver.mode = "500"
+        s = await start(api, worker_user, sop)
+
+        async def failed() -> Any:
+            items = await deliveries(api, admin, hook)
+            return items if items[0]["status"] == "failed" else None
+        items = await eventually(failed, within=40)
+        assert items[0]["attempts"] >= 5 and items[0]["last_status_code"] == 500
+        handle = client.get_workflow_handle(f"webhook-{hook['id']}-{s['id']}")
+        assert await handle.result() == 1  # its run is over: it completed one (as failed)
+        receiver.mode = "ok"
+        r = await api.post(f"{HOOKS}/{hook['id']}/deliveries/{items[0]['id']}/redeliver",
+                           headers=admin.h)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] in ("pending", "delivered")
+        await eventually(lambda: _delivered(api, admin, hook, 1), within=20)
+        assert len(set(receiver.delivered_ids())) == 1  # the same webhook-id throughout
+        handle = client.get_workflow_handle(handle.id)  # the redelivery's run
+        assert await handle.result() == 1
+        history = await handle.fetch_history()
+        assert len(history.events) == 12, [e.event_type for e in history.events]
+        r = await api.post(f"{HOOKS}/{hook['id']}/deliveries/{uuid.uuid4()}/redeliver",
+                           headers=admin.h)
+        assert r.status_code == 404
+    finally:
+        await unsubscribe_all(api, admin)
+
+
+# ---- restarts: the worker and the Temporal server, a lost start ---------------------------
+
+
+def stack_for_webhooks() -> Any:
+    import os
+
+    from faults.stack import Stack
+    stack = Stack(os.environ.get("WORKSESSION_TEST_DATABASE", "sqlite"), label="webhooks")
+    stack.extra_env = {
+        "WORKSESSION_WEBHOOK_ALLOW_INSECURE": "true",
+        "WORKSESSION_WEBHOOK_RETRY_FIRST": "PT0.2S", "WORKSESSION_WEBHOOK_RETRY_MOST": "PT1S",
+        "WORKSESSION_WEBHOOK_HEARTBEAT": "PT2S",
+        "WORKSESSION_WEBHOOK_SWEEP_EVERY": "PT2S", "WORKSESSION_WEBHOOK_SWEEP_GRACE": "PT1S"}
+    return stack
+
+
+async def test_worker_and_temporal_restarted_while_deliveries_pend_lose_nothing(
+        receiver: Receiver) -> None:
+    """Real processes (faults/stack.py): the API, the worker and a Temporal dev server on a
+    database file. Events recorded while the receiver is down, then the worker killed
+    (SIGKILL) and the Temporal server restarted, then the receiver back: every event
+    arrives, in order per session. Then an event whose delivery was never started (recorded
+    as a process that died right after its commit leaves it): the backstop delivers it."""
+    from persistence.uow import SqlStore
+    from persistence.webhooks import SecretBox
+
+    async with stack_for_webhooks() as stack:
+        admin = {"Authorization": f"Bearer {stack.token('admin')}"}
+        boss = User(uuid.uuid4(), "supervisor")
+        boss_h = {"Authorization": f"Bearer {stack.token('supervisor', boss.id)}"}
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
+            r = await api.post(HOOKS, json={"url": receiver.url, "events": ALL_EVENTS},
+                               headers=admin)
+            assert r.status_code == 201, r.text
+            hook = r.json()
+            r = await api.post("/api/v1/sops", json=sop_body((2,), measurement_at=None),
+                               headers=boss_h)
+            sop = (await api.post(f"/api/v1/sops/{r.json()['id']}/confirm",
+                                  headers=boss_h)).json()
+            await receiver.down()
+            sids = []
+            for _ in range(3):
+                w = {"Authorization": f"Bearer {stack.token('worker', uuid.uuid4())}"}
+                s = (await api.post("/api/v1/sessions", json={"sop_id": sop["id"]},
+                                    headers=w)).json()
+                for step in [st["id"] for t in sop["tasks"] for st in t["steps"]]:
+                    r = await api.post(f"/api/v1/sessions/{s['id']}/checks",
+                                       json={"step_id": step, "result": "passed"}, headers=w)
+                    assert r.status_code == 200, r.text
+                sids.append(s["id"])
+            await asyncio.sleep(1)
+            stack.kill_worker()
+            await stack.restart_temporal()
+            await stack.restart_worker_after_kill()
+            await receiver.up()
+
+            async def all_in() -> bool:
+                return len(set(receiver.delivered_ids())) >= 2 * len(sids)
+            await eventually(all_in, within=90)
+            for sid in sids:
+                firsts = list(dict.fromkeys(
+                    (e["id"], e["type"]) for e in receiver.events() if e["data"]["id"] == sid))
+                assert [t for _, t in firsts] == ["session.started", "session.completed"]
+            assert all(verifies(hook["secret"], h, b) for h, b in receiver.got)
+
+            # A start lost between the commit and the signal: the backstop finds it.
+            db = Database(stack.db_url)
+            key = Settings(jwt_secret=stack.secret.decode()).webhook_key_material()
+            assert key is not None
+            async with SqlStore(db, SecretBox(key))() as uow:
+                lost = await uow.events.record("session.cancelled", {"id": "lost"})
+            await db.dispose()
+            assert lost is not None
+
+            async def found() -> bool:
+                return lost in receiver.delivered_ids()
+            await eventually(found, within=30)
