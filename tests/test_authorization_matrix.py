@@ -102,6 +102,7 @@ class Row:
     #                                   "person" (the owner, in the directory of people)
                                       # "evidence" (a file the owner uploaded)
                                       # "unknown" (an id nothing has: a webhook, a delivery)
+                                      # "measurement" (the confirmed SOP's measurement step)
     prep: str | None = None           # owner's session state: None (in progress), pause, ...
     body: Body | None = None
     content: Callable[[World], bytes] | None = None  # a raw body (a file), instead of JSON
@@ -232,6 +233,13 @@ TABLE: list[Row] = [
     # the confirmed SOP has the owner's session in progress: deleting it is refused (400)
     Row("DELETE", SOP_ID, by_role(403, 400), target="sop", variant="confirmed SOP"),
     Row("DELETE", SOP_ID, by_role(404, 204), target="draft", variant="draft SOP"),
+    # --- statistical process control (v1.2): supervisors and admins; the baseline window
+    # of the new SOP holds no values, so setting it is refused for its content (422) ---
+    Row("GET", f"{SOP_ID}/steps/{{id}}/spc", by_role(403, 200), target="measurement",
+        changes=False),
+    Row("POST", f"{SOP_ID}/steps/{{id}}/spc/baseline", by_role(403, 422),
+        target="measurement", body=lambda _: {"from": "2026-01-01T00:00:00Z",
+                                              "to": "2026-12-31T00:00:00Z"}),
     # --- sessions ---
     Row("POST", SESSIONS, {ANON: 401, OWNER: 409, OTHER: 201, SUP: 403, ADMIN: 403},
         body=lambda w: {"sop_id": w.sop["id"]}, verify=verify_started),
@@ -378,6 +386,7 @@ async def snapshot(w: World, row: Row) -> Any:
 
 def target_id(w: World, row: Row) -> str:
     return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"],
+            "measurement": w.sop["id"],
             "person": str(w.owner.id),
             "evidence": (w.evidence or {}).get("id"),
             "unknown": str(uuid.uuid4())}[row.target or ""]
@@ -396,7 +405,13 @@ async def test_authorization_matrix(http: httpx.AsyncClient, worker_user: User,
                                     row: Row, caller: str) -> None:
     w = await build_world(http, worker_user, other_worker, supervisor, admin, row.prep,
                           evidence=row.target == "evidence")
-    path = row.path.replace("{id}", target_id(w, row)) if row.target else row.path
+    path = row.path
+    if row.target == "measurement":  # two ids: the SOP's, then its measurement step's
+        step = next(st["id"] for t in w.sop["tasks"] for st in t["steps"]
+                    if st["check"]["kind"] == "measurement")
+        path = path.replace("{id}", w.sop["id"], 1).replace("{id}", step, 1)
+    elif row.target:
+        path = path.replace("{id}", target_id(w, row))
     kwargs: dict[str, Any] = {"headers": w.headers(caller)}
     if row.body is not None:
         kwargs["json"] = row.body(w)
