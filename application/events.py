@@ -64,6 +64,17 @@ async def record_change(uow: UnitOfWork, change: SessionChange, render: Render) 
         await uow.events.record(ev.type, data, change.state.id, at=change.at,
                                 version=change.version, index=i)
         recorded += 1
+    # a measured value that broke a rule of its chart (judged as the change was written)
+    for j, c in enumerate(change.checks):
+        judged = uow.sessions.out_of_control.get(c.id)
+        if judged is None or not await uow.events.wanted("spc.out_of_control"):
+            continue
+        chart, rules = judged
+        data = {"session_id": str(change.state.id), "sop_id": str(change.state.sop_id),
+                "chart_id": str(chart), "rules": rules, "check": render.check(c)}
+        await uow.events.record("spc.out_of_control", data, change.state.id, at=change.at,
+                                version=change.version, index=32 + j)
+        recorded += 1
     return recorded
 
 

@@ -70,6 +70,8 @@ class SopStats:
 
 class SessionRepository(Protocol):
     written: list[SessionChange]  # what this unit of work wrote (counted once committed)
+    # the written checks whose value broke a rule of its SPC chart: check id -> (chart, rules)
+    out_of_control: dict[UUID, tuple[UUID, list[int]]]
 
     async def write_change(self, change: SessionChange) -> bool: ...
     async def record_rejection(self, session_id: UUID, facts: AuditFacts,

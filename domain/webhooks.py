@@ -175,8 +175,9 @@ def retry_delay(attempts: int, first: timedelta, most: timedelta) -> timedelta:
 def ordinal(at: datetime, version: int = 0, index: int = 0) -> int:
     """Where an event stands in its stream: by time (microseconds), then the session's
     version (two changes one workflow task took share their time), then its place in its
-    change."""
-    return int(at.timestamp() * 1_000_000) * 64 + (version % 16) * 4 + min(index, 3)
+    change (up to 64 events a change: a change of many checks each failing has more than
+    four, which once shared an ordinal and could go out of order)."""
+    return int(at.timestamp() * 1_000_000) * 1024 + (version % 16) * 64 + min(index, 63)
 
 
 def body_of(event_type: str, event_id: str, timestamp: str, data: dict[str, Any]) -> dict:

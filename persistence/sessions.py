@@ -75,6 +75,7 @@ class SessionRepository:
         self._audit = AuditLog(conn)
         self._spc = SpcCharts(conn, self._sops)
         self.written: list[SessionChange] = []  # what this transaction wrote (once committed)
+        self.out_of_control: dict[UUID, tuple[UUID, list[int]]] = {}
 
     # ---- the one write ---------------------------------------------------------------------
     async def write_change(self, change: SessionChange) -> bool:
@@ -116,7 +117,7 @@ class SessionRepository:
             rows.append(link(session_chain(st.id), seq, prev, _spc_facts(k, chart, broken),
                              change.at, st.id, dedup_key=change_key(change, len(rows))))
             prev = rows[-1]["hash"]
-            # event: spc.out_of_control
+            self.out_of_control[k.id] = (chart, broken)  # its event: application/events.py
         if rows[1:]:
             await self._audit.insert(rows[1:])
         if change.checks:

@@ -44,6 +44,7 @@ class FakeSessions:
 
     def __init__(self, db: FakeDb) -> None:
         self.db, self.written = db, []
+        self.out_of_control: dict[UUID, tuple[UUID, list[int]]] = {}  # no charts here
 
     async def write_change(self, change: SessionChange) -> bool:
         key = (change.state.id, change.version)

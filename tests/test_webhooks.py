@@ -40,7 +40,10 @@ from tests.conftest import (
     pass_step,
     sop_body,
     start,
+    step_ids,
 )
+from tests.test_domain_spc import CONCENTRATION
+from tests.test_spc_api import spc_sop
 from worker import build_worker
 from worksession.settings import Settings
 from worksession.tokens import mint
@@ -319,6 +322,42 @@ async def test_every_event_arrives_signed_in_order(
 
 async def _count(receiver: Receiver, n: int) -> bool:
     return len(receiver.got) >= n
+
+
+async def test_an_out_of_control_value_sends_its_event_once(
+        api: httpx.AsyncClient, receiver: Receiver, admin: User, worker_user: User,
+        supervisor: User) -> None:
+    """A measured value inside min/max but beyond its chart's 3 sigma (contract v1.2,
+    "Statistical process control"): one spc.out_of_control, with the check and the rule;
+    the values before it send nothing."""
+    sop = await make_confirmed_sop(api, supervisor, spc_sop())
+    step = step_ids(sop)[0]
+    hook = await subscribe(api, admin, receiver.url, ["spc.out_of_control"])
+    try:
+        # the values of test_spc_api's flagged session: the 12th and 13th in control
+        for value in [*CONCENTRATION[:12], 99.0]:
+            s = await start(api, worker_user, sop)
+            assert (await check(api, worker_user, s["id"], step, value=value)).status_code == 200
+            assert (await api.post(f"/api/v1/sessions/{s['id']}/cancel", headers=worker_user.h,
+                                   json={"reason": "sample taken"})).status_code == 200
+        chart = (await api.get(f"/api/v1/sops/{sop['id']}/steps/{step}/spc",
+                               headers=supervisor.h)).json()
+        assert chart["n"] == 13 and chart["ucl"] < 108.0, chart
+        s = await start(api, worker_user, sop)
+        r = await check(api, worker_user, s["id"], step, value=108.0)
+        assert r.status_code == 200, r.text
+        got = (await api.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)).json()
+        assert got["needs_attention"] is True
+        await eventually(lambda: _count(receiver, 1), within=20)
+        await asyncio.sleep(1)  # nothing more comes
+        [(headers, body)] = receiver.got
+        assert verifies(hook["secret"], headers, body)
+        [event] = receiver.events()
+        assert event["type"] == "spc.out_of_control"
+        assert event["data"]["session_id"] == s["id"] and event["data"]["rules"] == [1]
+        assert event["data"]["check"] == r.json()["checks"][-1]
+    finally:
+        await unsubscribe_all(api, admin)
 
 
 @pytest.mark.parametrize("mode", ["500", "hang", "close", "redirect"])
