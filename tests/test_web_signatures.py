@@ -15,6 +15,7 @@ the pictures go to docs/."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -46,6 +47,7 @@ CLIENT_ID = "worksession-console"
 AUDIENCE = "https://worksession.test/api"
 PROVIDER_NAME = "Plant SSO"
 SIGNATURE_MAX_AGE = 3  # seconds: a sign-in older than this cannot sign
+ACCESS_TTL = 40  # seconds: the provider's access tokens, renewed halfway by the console
 ACCOUNTS = {"kim": {"name": "Kim Floor", "role": "worker"},
             "dana": {"name": "Dana Lead", "role": "supervisor"}}
 
@@ -71,7 +73,7 @@ class OidcProvider:
     def start(self, redirect_uri: str) -> None:
         env = {**os.environ, "PORT": str(self.port), "CLIENT_ID": CLIENT_ID,
                "REDIRECT_URI": redirect_uri, "AUDIENCE": AUDIENCE,
-               "ACCOUNTS": json.dumps(ACCOUNTS)}
+               "ACCOUNTS": json.dumps(ACCOUNTS), "ACCESS_TTL": str(ACCESS_TTL)}
         self.proc = subprocess.Popen([self.node, "server.js"], cwd=PROVIDER_DIR, env=env,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -205,6 +207,8 @@ def test_a_worker_and_a_supervisor_sign_in_through_the_provider_and_sign_with_a_
     expect(closed.locator(".manifest")).to_contain_text("Performed")
     expect(closed.locator(".manifest")).to_contain_text("“Padlock 117 on the main disconnect”")
     expect(page.get_by_role("button", name="I performed this")).to_have_count(0)
+    closed.scroll_into_view_if_needed()
+    page.screenshot(path=str(DOCS / "screenshot-worker-signed.png"))
     # the one refusal: the signature's first attempt, 401 reauthentication-required
     assert sum("status of 401" in e for e in console.errors) == 1, console.errors
     console.assert_clean("status of 401")
@@ -321,3 +325,33 @@ def test_a_supervisor_verifies_a_step_and_a_stale_sign_in_link_is_told_to_sign_i
     assert [(g["meaning"], g["statement"]) for g in s["signatures"]] == [
         ("verified", "Saw the padlock applied")]
     console.assert_clean("status of 401")
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_the_access_token_is_renewed_before_it_expires_and_keeps_the_sign_in_time(
+        signing: tuple[Stack, OidcProvider], browser: Browser) -> None:
+    """The provider's tokens live 40 s here: the console renews them with the refresh token,
+    without leaving the page; the renewed token is no new sign-in (same `auth_time`), so it
+    cannot make a signature fresh."""
+    stack, _ = signing
+    page, console = on_this_machine(browser, DESK)
+    sign_in_through_provider(page, stack, "dana")
+    tokens = "JSON.parse(sessionStorage.getItem('worksession.oidc.tokens'))"
+    first = page.evaluate(tokens)
+    page.wait_for_function(f"(before) => {tokens}.access_token !== before",
+                           arg=first["access_token"], timeout=ACCESS_TTL * 1000)
+    renewed = page.evaluate(tokens)
+    before, after = claims_of(first["access_token"]), claims_of(renewed["access_token"])
+    assert after["auth_time"] == before["auth_time"] and after["exp"] > before["exp"]
+    assert after["aud"] == AUDIENCE
+    r = httpx.get(f"{stack.api}/api/v1/me", timeout=10,
+                  headers={"Authorization": f"Bearer {renewed['access_token']}"})
+    assert r.status_code == 200 and r.json()["name"] == "Dana Lead", r.text
+    page.get_by_role("navigation", name="Views").get_by_role("button", name="SOPs").click()
+    expect(page.get_by_role("heading", name="SOPs")).to_be_visible()
+    expect(page.locator("#who")).to_contain_text("Dana Lead")
+    console.assert_clean()

@@ -7,7 +7,9 @@ import { ask, notice, shortId } from './ui.js';
 import {
   Oidc, SignInError, forgetTokens, keptTokens, loadConfig,
 } from './oidc.js';
-import { needsReauthentication, setReauthentication, takePendingSignature } from './sign.js';
+import {
+  dropPendingSignature, needsReauthentication, setReauthentication, takePendingSignature,
+} from './sign.js';
 import { Outbox } from './outbox.js';
 import { forgetKept, mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
@@ -197,8 +199,9 @@ async function renewToken(provider) {
 function planRenewal(provider) {
   clearTimeout(renewTimer);
   if (!provider.tokens?.refresh_token) return; // without one, the next sign-in is a fresh one
+  // a minute before it expires, or halfway through a short-lived one
   renewTimer = setTimeout(() => { renewToken(provider); },
-    Math.max(provider.expiresIn - RENEW_BEFORE_MS, 5000));
+    Math.max(provider.expiresIn - RENEW_BEFORE_MS, provider.expiresIn / 2, 5000));
 }
 
 /** A 401 in a tab signed in through the provider: renew once, else sign in afresh. */
@@ -331,7 +334,18 @@ async function boot() {
     try {
       await provider.finishSignIn();
     } catch (error) {
-      showSignIn(error instanceof SignInError ? error.message : String(error));
+      const text = error instanceof SignInError ? error.message : String(error);
+      if (!keptTokens()) {
+        showSignIn(text);
+        return;
+      }
+      // a fresh sign-in for a signature that did not complete: still signed in as before,
+      // and the signature is not sent
+      dropPendingSignature();
+      await start();
+      const box = h('div', { class: 'messages' });
+      main.prepend(box);
+      notice(box, 'error', `${text} Your signature was not recorded.`);
       return;
     }
     start(true);

@@ -36,6 +36,11 @@ export function reauthenticationText(error) {
   const seconds = Number(error.problem.max_age) || 300;
   const minutes = Math.round(seconds / 60);
   const span = seconds < 120 ? `${seconds} seconds` : `${minutes} minutes`;
+  if (reauthenticate) { // back from the provider, and still not fresh
+    return `Signing needs a sign-in from the last ${span}, and the sign-in service did not `
+      + 'confirm a new one: nothing was recorded. Sign again; if this keeps happening, tell '
+      + 'your administrator (the service\'s tokens must carry auth_time).';
+  }
   return `Signing needs a sign-in from the last ${span}, and yours is older: nothing was `
     + 'recorded. Sign in again with a fresh sign-in link (ask your supervisor for one), then sign again.';
 }
@@ -58,6 +63,11 @@ export async function sign(sessionId, body, { again = true } = {}) {
     }
     throw error;
   }
+}
+
+/** The trip to the provider failed (cancelled, refused): the kept signature is not sent. */
+export function dropPendingSignature() {
+  sessionStorage.removeItem(PENDING_KEY);
 }
 
 /**
