@@ -159,6 +159,7 @@ def sign_in_through_provider(page: Page, stack: Stack, login: str,
     if screenshot:
         DOCS.mkdir(exist_ok=True)
         page.screenshot(path=str(DOCS / screenshot))
+        assert axe(page) == [], report({"sign-in with the provider": axe(page)})
     button.click()
     provider_login(page, login)
     expect(page.locator("#who")).to_contain_text(ACCOUNTS[login]["name"])
@@ -292,8 +293,19 @@ def test_a_supervisor_verifies_a_step_and_a_stale_sign_in_link_is_told_to_sign_i
     stack.call(boss, "POST", f"/sops/{sop['id']}/confirm")
     worker = stack.token("worker", uuid.uuid4())
     s = stack.call(worker, "POST", "/sessions", {"sop_id": sop["id"]})
-    s = stack.call(worker, "POST", f"/sessions/{s['id']}/checks",
-                   {"step_id": s["current_step_id"], "result": "passed"})
+    # the worker passes the step on their phone: it waits there, as the service has it
+    phone, phone_console = open_page(browser, PHONE)
+    phone.goto(stack.console_link(worker))
+    card = phone.locator(".step-card")
+    expect(card).to_contain_text("Apply your padlock")
+    tap_passed(card)
+    expect(card).to_contain_text("This step needs a second person to verify it")
+    expect(card.get_by_role("button", name="Passed")).to_be_disabled()
+    phone.reload()
+    expect(card).to_contain_text("This step needs a second person to verify it")
+    expect(phone.locator(".disagreements")).to_be_empty()
+    phone_console.assert_clean()
+    s = stack.call(worker, "GET", f"/sessions/{s['id']}")
     assert s["awaiting_verification"]["step_id"] == s["current_step_id"]
 
     page, console = open_page(browser, DESK)
@@ -303,6 +315,7 @@ def test_a_supervisor_verifies_a_step_and_a_stale_sign_in_link_is_told_to_sign_i
     rows.get_by_role("button", name=f"Open {sop['title']}").first.click()
     box = page.locator(".verify-box")
     expect(box).to_contain_text("Waiting for verification: Isolate › Apply your padlock")
+    assert axe(page) == [], report({"session awaiting verification": axe(page)})
     page.wait_for_timeout((SIGNATURE_MAX_AGE + 1) * 1000)
     box.get_by_role("button", name="Verify").click()
     page.get_by_role("dialog").get_by_role("button", name="Verify").click()
@@ -316,6 +329,7 @@ def test_a_supervisor_verifies_a_step_and_a_stale_sign_in_link_is_told_to_sign_i
         "button", name=f"Open {sop['title']}").first.click()
     page.locator(".verify-box").get_by_role("button", name="Verify").click()
     page.get_by_role("dialog").get_by_label("Statement").fill("Saw the padlock applied")
+    assert axe(page) == [], report({"dialog: verify": axe(page)})
     page.get_by_role("dialog").get_by_role("button", name="Verify").click()
     expect(page.get_by_role("status").filter(has_text="Verified")).to_be_visible()
     expect(page.locator(".timeline")).to_contain_text("Signed: Verified by")

@@ -36,6 +36,8 @@ const EVIDENCE_TITLE = {
 };
 
 const evidenceRule = (step) => step.check.evidence || 'optional';
+const VERIFY_WAIT = 'Passed. This step needs a second person to verify it: ask your supervisor. '
+  + 'You go on to the next step once they have signed.';
 
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
@@ -331,7 +333,8 @@ export function mountWorker(root, {
     const check = step.check;
     const pending = s.held?.find((i) => i.body.step_id === step.id);
     const undoable = heldFor(s.id, step.id);
-    const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable);
+    const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable)
+      || Boolean(s.awaiting_verification);
     const feedback = h('div', { class: 'feedback' });
     const errors = h('div');
     const form = h('form', { class: 'check-form', id: 'check-form', novalidate: true });
@@ -374,9 +377,8 @@ export function mountWorker(root, {
       if (check.kind === 'measurement') submitCheck(form, errors, s, step, valueInput);
     });
 
-    if (s.awaiting_verification?.step_id === step.id) {
-      notice(feedback, 'info', 'Passed. This step needs a second person to verify it: ask your '
-        + 'supervisor. You go on to the next step once they have signed.');
+    if (s.awaiting_verification?.step_id === step.id && !state.feedback) {
+      notice(feedback, 'info', VERIFY_WAIT);
     } else if (pending) {
       const what = pending.body.result ? statusWord(pending.body.result)
         : `${formatNumber(pending.body.value)}${check.unit ? ` ${check.unit}` : ''}`;
@@ -724,6 +726,9 @@ export function mountWorker(root, {
     const check = session.checks.find((c) => c.id === item.body.check_id);
     const spec = item.label?.check || {};
     if (!check) return null;
+    if (check.result === 'passed' && session.awaiting_verification?.check_id === check.id) {
+      return { kind: 'info', text: VERIFY_WAIT };
+    }
     if (check.result === 'passed') {
       return session.status === 'completed'
         ? { kind: 'ok', text: 'Passed. That was the last step: the session is complete.' }
