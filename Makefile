@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-sqlite test-postgresql lint chromium promtool haproxy
+.PHONY: dev test test-sqlite test-postgresql lint chromium promtool haproxy oidc-provider
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/worksession dev
 
-test: chromium promtool haproxy lint test-sqlite test-postgresql
+test: chromium promtool haproxy oidc-provider lint test-sqlite test-postgresql
 
 # The web console's browser tests drive Debian's chromium (never a downloaded browser).
 chromium:
@@ -37,6 +37,15 @@ haproxy:
 	@test -x /usr/sbin/haproxy || (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy)) || \
 		echo "no /usr/sbin/haproxy: the Temporal TLS test will be skipped" >&2
+
+# The console's sign-in browser test (tests/test_web_signatures.py) runs a real OpenID Connect
+# provider, the npm package oidc-provider, installed from the committed lock file (npm ci:
+# the same versions every time). Without it that test fails, saying how to install it.
+OIDC_PROVIDER := tests/oidc_provider
+oidc-provider: $(OIDC_PROVIDER)/node_modules/.package-lock.json
+
+$(OIDC_PROVIDER)/node_modules/.package-lock.json: $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

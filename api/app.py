@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
     for r in (health.router, sops.router, sessions.router, evidence.uploads, evidence.files,
               audit.router, ops.router, people.router, webhooks.router):
         app.include_router(r)
-    mount_web(app)
+    mount_web(app, settings)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,
                        max_in_flight=settings.max_in_flight,
                        admission_wait_seconds=settings.admission_wait.total_seconds(),

@@ -78,3 +78,32 @@ def test_the_api_refuses_to_start_with_one_line():
     assert done.stderr.strip().splitlines() == [
         "WORKSESSION_ROLE_CLAIM is 'groups' but WORKSESSION_ROLE_MAP is not set: map its "
         "values to worker, supervisor or admin"], done.stderr
+
+
+def test_the_consoles_client_id_needs_an_issuer():
+    with pytest.raises(SystemExit, match="WORKSESSION_OIDC_CLIENT_ID is set but "
+                                         "WORKSESSION_OIDC_ISSUER is not"):
+        Settings(oidc_client_id="console")
+
+
+def test_the_console_learns_its_provider_and_may_fetch_from_it_only_when_configured():
+    """`/app/config.json` and the page's Content-Security-Policy (api/web.py): links only
+    without a client id; with one, the issuer, client id, scopes and the button's name, and
+    fetches to the issuer's origin (discovery, token endpoint) and nowhere else."""
+    from api.web import console_config, security_headers
+
+    links_only = Settings(**PROVIDER)
+    assert console_config(links_only) == {"oidc": None}
+    assert "connect-src 'self';" in security_headers(links_only)["Content-Security-Policy"]
+
+    console = Settings(**PROVIDER, oidc_client_id="console")
+    assert console_config(console) == {"oidc": {
+        "issuer": ISSUER, "client_id": "console", "scope": "openid profile offline_access",
+        "provider_name": "sso.example.com"}}
+    csp = security_headers(console)["Content-Security-Policy"]
+    assert "connect-src 'self' https://sso.example.com;" in csp
+    assert "script-src 'self';" in csp  # the rest as it was
+    named = Settings(**PROVIDER, oidc_client_id="console", oidc_provider_name="Plant SSO",
+                     oidc_scope="openid api://x/Sessions.Access")
+    assert console_config(named)["oidc"]["provider_name"] == "Plant SSO"
+    assert console_config(named)["oidc"]["scope"] == "openid api://x/Sessions.Access"

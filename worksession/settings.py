@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     jwks_url: str | None = None
     jwt_audience: str | None = None
     role_claim: str = "role"
+    # The web console's sign-in through that provider (CONTRACT.md, "Sign-in to the web
+    # console"): its client id there, a public client (code flow with PKCE, no secret), with
+    # `<api>/app/` as its redirect and post-logout address; the scopes it asks for
+    # (`offline_access`: a refresh token, for renewal without a trip to the provider); the
+    # provider's name on the button (default: the issuer's host).
+    oidc_client_id: str | None = None
+    oidc_scope: str = "openid profile offline_access"
+    oidc_provider_name: str | None = None
     # A claim's values -> roles, e.g. {"floor-staff": "worker", "leads": "supervisor"}.
     role_map: dict[str, Literal["worker", "supervisor", "admin"]] = {}
     # Evidence files (CONTRACT.md, "Evidence files"): where their bytes are kept, a directory
@@ -211,6 +219,9 @@ class Settings(BaseSettings):
         if not self.jwt_algorithms or not set(self.jwt_algorithms) <= set(HMAC_ALGORITHMS):
             raise SystemExit(f"WORKSESSION_JWT_ALGORITHMS is {self.jwt_algorithms}: the shared "
                              f"secret signs with HMAC, name some of {', '.join(HMAC_ALGORITHMS)}")
+        if self.oidc_client_id is not None and not self.oidc_issuer:
+            raise SystemExit("WORKSESSION_OIDC_CLIENT_ID is set but WORKSESSION_OIDC_ISSUER "
+                             "is not: the console's sign-in needs the provider's issuer")
         if not (self.oidc_issuer or self.jwks_url):
             return self
         if not (self.oidc_issuer and self.jwt_audience):

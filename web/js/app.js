@@ -1,7 +1,15 @@
-// Boot: sign-in from the URL fragment (#token=<jwt>), then the worker's or the supervisor's view.
+// Boot: sign-in through the company's identity provider (oidc.js: this tab's tokens, or the
+// provider's answer in the address), else from the URL fragment (#token=<jwt>, a sign-in link,
+// kept in localStorage); then the worker's or the supervisor's view.
 import { h, clear } from './dom.js';
 import { ApiError, get, setBusyHandler, setToken, setUnauthorizedHandler } from './api.js';
 import { ask, notice, shortId } from './ui.js';
+import {
+  Oidc, SignInError, forgetTokens, keptTokens, loadConfig,
+} from './oidc.js';
+import {
+  dropPendingSignature, needsReauthentication, setReauthentication, takePendingSignature,
+} from './sign.js';
 import { Outbox } from './outbox.js';
 import { forgetKept, mountWorker } from './worker.js';
 import { mountSupervisor } from './supervisor.js';
@@ -30,12 +38,23 @@ if ('serviceWorker' in navigator) {
 
 let running = null; // the signed-in view's outbox, stopped when the sign-in ends
 
+// The identity provider the console signs in through (`/app/config.json`), or null: sign-in
+// links only. Asked for at once, waited for only where it is needed (a page signed in by a
+// link opens without it).
+const providerReady = loadConfig().then((config) => (config ? new Oidc(config) : null));
+let viaProvider = false; // this tab is signed in through the provider (else by a link)
+const RENEW_BEFORE_MS = 60 * 1000; // renew the access token this long before it expires
+const RENEW_AGAIN_MS = 60 * 1000; // after a 401, renew at most this often (else sign in)
+let renewTimer = null;
+let renewedAt = 0;
+
 /** Take the token (and an optional Temporal UI address) out of the address bar. */
 function readFragment() {
   const hash = new URLSearchParams(location.hash.slice(1));
   const token = hash.get('token');
   if (!token) return;
   localStorage.setItem(TOKEN_KEY, token.trim());
+  forgetTokens(); // a sign-in link takes the place of this tab's sign-in through the provider
   const ui = hash.get('temporal_ui');
   if (ui && safeHttpUrl(ui)) localStorage.setItem(TEMPORAL_UI_KEY, ui.replace(/\/+$/, ''));
   history.replaceState(null, '', location.pathname + location.search);
@@ -105,6 +124,9 @@ let me = null; // the signed-in person, as the API said
 function showSignIn(message) {
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(ME_KEY);
+  forgetTokens();
+  viaProvider = false;
+  clearTimeout(renewTimer);
   setToken(null);
   running?.stop();
   running = null;
@@ -145,19 +167,86 @@ function showSignIn(message) {
       + 'worker and one for a supervisor, and ', h('code', {}, 'worksession token'), ' makes more.')));
   clear(main).append(form);
   if (message) notice(status, 'error', message);
+  providerReady.then((provider) => {
+    if (!provider || !form.isConnected) return;
+    const button = h('button', {
+      type: 'button', class: 'primary provider-sign-in',
+      onclick: async () => {
+        button.disabled = true;
+        try {
+          await provider.signIn({ returnTo: location.href });
+        } catch (error) {
+          button.disabled = false;
+          notice(status, 'error', error instanceof SignInError ? error.message : String(error));
+        }
+      },
+    }, `Sign in with ${provider.providerName}`);
+    form.querySelector('h1').after(h('div', { class: 'provider' }, button,
+      h('p', { class: 'hint' }, 'Your company\'s sign-in page opens, then brings you back here.')));
+    if (!message) button.focus();
+  });
 }
 
-async function start() {
-  const token = localStorage.getItem(TOKEN_KEY);
-  if (!token) return showSignIn();
-  const claims = claimsOf(token);
-  if (!claims) return showSignIn('That sign-in link is damaged. Ask for a new one.');
-  if (typeof claims.exp === 'number' && claims.exp * 1000 < Date.now()) {
-    return showSignIn('Your sign-in has expired. Open a new sign-in link.');
+/** A new access token from the provider, in use at once; the next renewal planned. */
+async function renewToken(provider) {
+  renewedAt = Date.now();
+  if (!(await provider.renew())) return false;
+  setToken(provider.accessToken);
+  planRenewal(provider);
+  return true;
+}
+
+function planRenewal(provider) {
+  clearTimeout(renewTimer);
+  if (!provider.tokens?.refresh_token) return; // without one, the next sign-in is a fresh one
+  // a minute before it expires, or halfway through a short-lived one
+  renewTimer = setTimeout(() => { renewToken(provider); },
+    Math.max(provider.expiresIn - RENEW_BEFORE_MS, provider.expiresIn / 2, 5000));
+}
+
+/** A 401 in a tab signed in through the provider: renew once, else sign in afresh. */
+let renewing = null;
+function expired() {
+  renewing ||= (async () => {
+    const provider = await providerReady;
+    const renewed = provider && Date.now() - renewedAt > RENEW_AGAIN_MS && await renewToken(provider);
+    if (!renewed) showSignIn('Your sign-in has expired. Sign in again.');
+  })().finally(() => { renewing = null; });
+}
+
+/** This tab's access token from the provider (renewed first if it has run out), or null. */
+async function providerToken() {
+  if (!keptTokens()?.access_token) return null;
+  const provider = await providerReady;
+  if (!provider) return keptTokens().access_token; // no network for the settings: use it as it is
+  if (provider.expiresIn < 10000 && !(await renewToken(provider))) {
+    forgetTokens();
+    return null;
+  }
+  planRenewal(provider);
+  return provider.accessToken;
+}
+
+async function start(afterProvider = false) {
+  let token = await providerToken();
+  viaProvider = Boolean(token);
+  if (!token && afterProvider) return showSignIn('Your sign-in has expired. Sign in again.');
+  if (token) {
+    localStorage.removeItem(TOKEN_KEY); // one sign-in at a time: the provider's is the latest
+  } else {
+    token = localStorage.getItem(TOKEN_KEY);
+    if (!token) return showSignIn();
+    const claims = claimsOf(token);
+    if (!claims) return showSignIn('That sign-in link is damaged. Ask for a new one.');
+    if (typeof claims.exp === 'number' && claims.exp * 1000 < Date.now()) {
+      return showSignIn('Your sign-in has expired. Open a new sign-in link.');
+    }
   }
   setToken(token);
-  setUnauthorizedHandler(() => {
-    if (localStorage.getItem(TOKEN_KEY)) {
+  setUnauthorizedHandler((error) => {
+    if (needsReauthentication(error)) return; // a signature's, answered where it was made (sign.js)
+    if (viaProvider) expired();
+    else if (localStorage.getItem(TOKEN_KEY)) {
       showSignIn('Your sign-in is no longer valid. Open a new sign-in link.');
     }
   });
@@ -170,6 +259,10 @@ async function start() {
       h('button', { type: 'button', class: 'primary', onclick: () => start() }, 'Try again')]);
     return undefined;
   }
+  // A signature needing a fresh sign-in goes through the provider, and is finished back here.
+  const provider = viaProvider ? await providerReady : null;
+  setReauthentication(provider ? () => provider.signIn({ reauthenticate: true }) : null, me.id);
+  const pendingSignature = takePendingSignature(me.id);
   const role = me.role === 'worker' ? 'Worker' : me.role === 'admin' ? 'Admin' : 'Supervisor';
   who.textContent = `${role} ${me.name || shortId(me.id)}`;
   who.title = me.id;
@@ -181,12 +274,12 @@ async function start() {
     const outbox = new Outbox(me.id);
     mountWorker(main, {
       claims: person, outbox, pendingBar: document.getElementById('pending'),
-      offlineBar: document.getElementById('offline'),
+      offlineBar: document.getElementById('offline'), pendingSignature,
     });
     outbox.start();
     running = outbox;
   } else {
-    mountSupervisor(main, { claims: person, nav, temporalUi });
+    mountSupervisor(main, { claims: person, nav, temporalUi, pendingSignature });
   }
   return undefined;
 }
@@ -216,6 +309,12 @@ signOut.addEventListener('click', async () => {
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(ME_KEY);
   setToken(null);
+  clearTimeout(renewTimer);
+  // signed in through the provider: its session ends too, where it offers that (it sends
+  // the person back here, to the sign-in page)
+  const provider = viaProvider ? await providerReady : null;
+  if (provider && await provider.signOut()) return;
+  forgetTokens();
   location.reload();
 });
 
@@ -227,5 +326,32 @@ window.addEventListener('hashchange', () => {
   }
 });
 
-readFragment();
-start();
+/** The provider sent the person back here (`?code=&state=`): finish the sign-in, then start. */
+async function boot() {
+  readFragment();
+  const provider = new URLSearchParams(location.search).has('state') ? await providerReady : null;
+  if (provider?.isCallback()) {
+    try {
+      await provider.finishSignIn();
+    } catch (error) {
+      const text = error instanceof SignInError ? error.message : String(error);
+      if (!keptTokens()) {
+        showSignIn(text);
+        return;
+      }
+      // a fresh sign-in for a signature that did not complete: still signed in as before,
+      // and the signature is not sent
+      dropPendingSignature();
+      await start();
+      const box = h('div', { class: 'messages' });
+      main.prepend(box);
+      notice(box, 'error', `${text} Your signature was not recorded.`);
+      return;
+    }
+    start(true);
+    return;
+  }
+  start();
+}
+
+boot();

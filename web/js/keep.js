@@ -122,8 +122,9 @@ export function decide(check, body) {
  * `WorkSession.add_check` (with `advance_to_next_step` and `complete`), the only rule there
  * is for it. A check_id the session already has changes nothing (the service records it
  * once). Refused, as the service would refuse it: a session not in progress, a step that
- * is not the current one, a body that cannot be that step's check. A passed check moves the
- * session to the next step, or completes it after the last one, and clears
+ * is not the current one, a step awaiting verification, a body that cannot be that step's
+ * check. A passed check moves the session to the next step (unless the step wants a second
+ * person's verification: then it waits), or completes it after the last one, and clears
  * `needs_attention`; a failed one (a measurement out of range is one) is recorded and the
  * step stays. Not decided here: whether failures in a row raise `needs_attention` (the
  * service's setting); the service's answer says.
@@ -140,6 +141,7 @@ export function applyCheck(session, steps, body, { now = new Date().toISOString(
   if (session.locked) return { refused: 'session-locked' };
   if (session.status !== 'in_progress') return { refused: 'wrong-state' };
   if (body.step_id !== session.current_step_id) return { refused: 'step-not-current' };
+  if (session.awaiting_verification) return { refused: 'awaiting-verification' };
   const check = {
     id: body.check_id, step_id: body.step_id, value: body.value ?? null,
     notes: body.notes ?? null, evidence_uri: body.evidence_uri ?? null,
@@ -149,7 +151,9 @@ export function applyCheck(session, steps, body, { now = new Date().toISOString(
   if (result === 'passed') {
     next.needs_attention = false;
     const after = steps[i + 1];
-    if (after) {
+    if (steps[i].check.verify) { // done, but not released until a second person signs
+      next.awaiting_verification = { step_id: body.step_id, check_id: body.check_id, since: now };
+    } else if (after) {
       next.current_step_id = after.id;
       next.current_step = after;
       next.next_step = steps[i + 2] ? { id: steps[i + 2].id, title: steps[i + 2].title } : null;

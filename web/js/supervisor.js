@@ -1,5 +1,6 @@
-// The supervisor's view: sessions (filters, paging), one session's timeline and audit log,
-// approve / reopen, and the SOP editor.
+// The supervisor's view: sessions (filters, paging), one session's timeline (with each
+// signature's manifest) and audit log, approve (a signature) / verify a step (a signature) /
+// reopen, and the SOP editor.
 import { h, append, clear } from './dom.js';
 import { ApiError, describe, get, getBlob, post, query } from './api.js';
 import {
@@ -7,11 +8,16 @@ import {
   shortId, statusWord, when,
 } from './ui.js';
 import { mountSopEditor } from './editor.js';
+import {
+  MEANINGS, manifest, needsReauthentication, reauthenticationText, resumeSignature, sign, signatureBody,
+  statementField,
+} from './sign.js';
 import { showSopStats } from './stats.js';
 
 const STATUSES = ['in_progress', 'paused', 'completed', 'cancelled'];
 
 function explain(error) {
+  if (needsReauthentication(error)) return reauthenticationText(error);
   if (error instanceof ApiError && error.status === 409) {
     switch (error.code) {
       case 'session-locked':
@@ -19,6 +25,8 @@ function explain(error) {
       case 'wrong-state':
         return `Not possible while the session is ${statusWord(error.problem.session_status || '').toLowerCase()
         }: only a completed session can be approved, and only a completed or cancelled one reopened.`;
+      case 'not-awaiting-verification':
+        return 'This step is no longer waiting for verification: someone else may have verified it just now.';
       case 'active-session-exists':
         return 'The worker has another session in progress: it must be completed or cancelled '
           + 'before this one can be reopened.';
@@ -99,7 +107,7 @@ function peopleSearch(input, list) {
   };
 }
 
-export function mountSupervisor(root, { nav, temporalUi }) {
+export function mountSupervisor(root, { nav, temporalUi, pendingSignature = null }) {
   const filters = filtersFromAddress();
   const sops = new Map(); // id -> SOP, for step titles in timelines
   let refresher = null; // the session list's timer, stopped when another view opens
@@ -307,6 +315,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
             h('td', { title: s.worker_id, class: 'person' }, personName(s.worker_name, s.worker_id)),
             h('td', {}, badge(s.status)),
             h('td', {}, s.needs_attention ? badge('attention', 'Needs attention') : null,
+              s.awaiting_verification ? badge('verify', 'Awaiting verification') : null,
               s.locked ? lockBadge() : null)))))));
       const last = page.offset + page.items.length;
       tableArea.append(pager(page.offset + 1, last, page.total, page.offset > 0, last < page.total, (d) => {
@@ -324,7 +333,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
 
   // ---- one session ---------------------------------------------------------------------------
 
-  async function showDetail(id, message) {
+  /** One session; `message`: what just happened (ok), `problem`: what did not (an error or words). */
+  async function showDetail(id, message, problem) {
     setTab('sessions');
     let session;
     let sop = null;
@@ -360,7 +370,8 @@ export function mountSupervisor(root, { nav, temporalUi }) {
       h('h1', { id: 'session-title', tabindex: '-1' }, session.sop.title, ' ',
         h('span', { class: 'muted' }, `v${session.sop.version}`)),
       h('p', { class: 'meta badges' }, badge(session.status), session.locked ? lockBadge() : null,
-        session.needs_attention ? badge('attention', 'Needs attention') : null),
+        session.needs_attention ? badge('attention', 'Needs attention') : null,
+        session.awaiting_verification ? badge('verify', 'Awaiting verification') : null),
       h('dl', { class: 'facts' },
         fact('Session', h('code', {}, session.id)),
         fact('Worker', [who(session.worker_id), ' ', h('code', { class: 'muted' }, session.worker_id)]),
@@ -388,6 +399,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     const auditArea = h('div');
     root.append(auditArea);
     if (message) notice(messages, 'ok', message);
+    if (problem) notice(messages, 'error', typeof problem === 'string' ? problem : explain(problem));
     root.querySelector('#session-title').focus();
     loadAudit(session.id, auditArea, steps, who);
   }
@@ -407,6 +419,19 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         'This session is approved and locked: it can no longer be changed or reopened.');
     }
     const buttons = [];
+    const waiting = session.awaiting_verification;
+    if (waiting) {
+      const step = steps.get(waiting.step_id);
+      const check = session.checks.find((c) => c.id === waiting.check_id);
+      buttons.push(h('button', { type: 'button', class: 'primary', onclick: () => verify(session, steps, messages) },
+        'Verify'));
+      return h('div', { class: 'verify-box card' },
+        h('p', {}, h('strong', {}, 'Waiting for verification: '),
+          step ? `${step.task} › ${step.title}` : `step ${shortId(waiting.step_id)}`,
+          ', passed ', check ? ['by ', personName(session.worker_name, check.checked_by), ' '] : '',
+          when(waiting.since), '. The worker goes on once a second person verifies it.'),
+        h('div', { class: 'actions' }, buttons));
+    }
     if (session.status === 'completed') {
       buttons.push(h('button', { type: 'button', class: 'primary', onclick: () => approve(session, messages) },
         'Approve and lock'));
@@ -421,19 +446,53 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     return h('div', { class: 'actions' }, buttons);
   }
 
+  // A signature is sent at once; when the service wants a fresh sign-in, sign.js sends the
+  // person through the provider and `finishSignature` sends it back here.
+  const SIGNED = {
+    approved: 'Approved: the session is now locked.',
+    verified: 'Verified: the worker can go on with the session.',
+  };
+
   async function approve(session, messages) {
-    const ok = await ask({
+    const answer = await ask({
       title: 'Approve and lock this session?',
-      text: 'Once approved, nobody can change or reopen it.',
+      text: `Your electronic signature, with the meaning "${MEANINGS.approved.sentence}" `
+        + 'Once approved, nobody can change or reopen the session.',
       confirmLabel: 'Approve and lock',
+      fields: (form) => form.append(statementField(field)),
     });
-    if (!ok) return;
+    if (!answer) return;
+    signAndShow(session, signatureBody('approved', answer), messages);
+  }
+
+  async function verify(session, steps, messages) {
+    const { step_id: stepId } = session.awaiting_verification;
+    const step = steps.get(stepId);
+    const answer = await ask({
+      title: `Verify ${step ? step.title : 'this step'}?`,
+      text: `Your electronic signature, with the meaning "${MEANINGS.verified.sentence}" `
+        + 'The session then goes on to the next step.',
+      confirmLabel: 'Verify',
+      fields: (form) => form.append(statementField(field)),
+    });
+    if (!answer) return;
+    signAndShow(session, signatureBody('verified', answer, { step_id: stepId }), messages);
+  }
+
+  async function signAndShow(session, body, messages) {
     try {
-      await post(`/sessions/${session.id}/approve`);
-      showDetail(session.id, 'Approved: the session is now locked.');
+      await sign(session.id, body);
+      showDetail(session.id, SIGNED[body.meaning]);
     } catch (error) {
       notice(messages, 'error', explain(error));
     }
+  }
+
+  /** Back from the provider's sign-in: the signature the supervisor started, sent once. */
+  async function finishSignature(pending) {
+    const { signature, error } = await resumeSignature(pending);
+    if (signature) showDetail(pending.session_id, SIGNED[signature.meaning]);
+    else showDetail(pending.session_id, null, error);
   }
 
   async function reopen(session, steps, messages) {
@@ -475,6 +534,16 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     session_approve: ['approved', 'Approved and locked'],
   };
 
+  /** Each signature as a timeline event showing its manifest. */
+  function signatureEvents(session, stepName) {
+    return (session.signatures || []).map((sig) => ({
+      at: sig.signed_at,
+      kind: 'signed',
+      title: `Signed: ${(MEANINGS[sig.meaning] || { word: sig.meaning }).word} by ${sig.signer_name}`,
+      body: manifest(sig, stepName),
+    }));
+  }
+
   /** Every check and every state change of the session, oldest first, each with who and when. */
   function timeline(session, steps, entries, who) {
     const stepName = (id) => (steps.get(id) ? `${steps.get(id).task} › ${steps.get(id).title}` : `step ${shortId(id)}`);
@@ -513,6 +582,7 @@ export function mountSupervisor(root, { nav, temporalUi }) {
         ],
       });
     }
+    events.push(...signatureEvents(session, stepName));
     // A session completes by itself when its last step is checked: no entry of its own says so.
     const manual = entries.some((e) => e.action === 'session_complete' && e.outcome === 'accepted'
       && Math.abs(new Date(e.at) - new Date(session.completed_at)) < 1000);
@@ -683,5 +753,6 @@ export function mountSupervisor(root, { nav, temporalUi }) {
     });
   }
 
-  showSessions();
+  if (pendingSignature) finishSignature(pendingSignature);
+  else showSessions();
 }

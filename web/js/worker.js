@@ -6,6 +6,10 @@ import {
 } from './keep.js';
 import { putFile, removeFile } from './files.js';
 import {
+  MEANINGS, manifest, needsReauthentication, reauthenticationText, resumeSignature, sign, signatureBody,
+  statementField,
+} from './sign.js';
+import {
   ask, badge, field, fileSize, formatNumber, lockBadge, notice, pager, rangeText, readMeasurement,
   statusWord, when,
 } from './ui.js';
@@ -32,11 +36,14 @@ const EVIDENCE_TITLE = {
 };
 
 const evidenceRule = (step) => step.check.evidence || 'optional';
+const VERIFY_WAIT = 'Passed. This step needs a second person to verify it: ask your supervisor. '
+  + 'You go on to the next step once they have signed.';
 
 
 /** A 409 (or other refusal) in words a person on the floor can act on. */
 export function explain(error) {
   if (error?.sentence) return error.sentence; // outbox.js: a file refused or lost, in words
+  if (needsReauthentication(error)) return reauthenticationText(error);
   if (error instanceof ApiError && error.status === 409) {
     const status = error.problem.session_status;
     switch (error.code) {
@@ -50,6 +57,8 @@ export function explain(error) {
         if (status === 'in_progress') return 'The session is already running.';
         if (status) return `The session is ${statusWord(status).toLowerCase()}: it cannot be changed any more.`;
         break;
+      case 'awaiting-verification':
+        return 'This step is waiting for a second person to verify it: you can go on once they have.';
       case 'sop-not-startable':
         return `This SOP cannot be started (${error.problem.detail}). Pick another one or ask your supervisor.`;
       default:
@@ -66,7 +75,9 @@ export function explain(error) {
  */
 export const forgetKept = (userId) => Keep.forget(userId);
 
-export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
+export function mountWorker(root, {
+  claims, outbox, pendingBar, offlineBar, pendingSignature = null,
+}) {
   const keep = new Keep(claims.sub);
   const state = {
     server: null, // the session as the service last answered (or the kept copy of that)
@@ -322,7 +333,8 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     const check = step.check;
     const pending = s.held?.find((i) => i.body.step_id === step.id);
     const undoable = heldFor(s.id, step.id);
-    const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable);
+    const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable)
+      || Boolean(s.awaiting_verification);
     const feedback = h('div', { class: 'feedback' });
     const errors = h('div');
     const form = h('form', { class: 'check-form', id: 'check-form', novalidate: true });
@@ -365,7 +377,9 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
       if (check.kind === 'measurement') submitCheck(form, errors, s, step, valueInput);
     });
 
-    if (pending) {
+    if (s.awaiting_verification?.step_id === step.id && !state.feedback) {
+      notice(feedback, 'info', VERIFY_WAIT);
+    } else if (pending) {
       const what = pending.body.result ? statusWord(pending.body.result)
         : `${formatNumber(pending.body.value)}${check.unit ? ` ${check.unit}` : ''}`;
       notice(feedback, 'info', `Your check (${what}) is saved on this phone and will be sent `
@@ -712,6 +726,9 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     const check = session.checks.find((c) => c.id === item.body.check_id);
     const spec = item.label?.check || {};
     if (!check) return null;
+    if (check.result === 'passed' && session.awaiting_verification?.check_id === check.id) {
+      return { kind: 'info', text: VERIFY_WAIT };
+    }
     if (check.result === 'passed') {
       return session.status === 'completed'
         ? { kind: 'ok', text: 'Passed. That was the last step: the session is complete.' }
@@ -838,13 +855,64 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
     const checked = new Set(s.checks.filter((c) => c.result === 'passed').map((c) => c.step_id));
     const unchecked = s.unchecked_step_ids?.length || 0;
     const title = s.status === 'completed' ? 'Session completed' : 'Session cancelled';
+    const signatures = s.signatures || [];
+    const signed = signatures.some((g) => g.meaning === 'performed' && g.signer_id === claims.sub);
+    const messages = h('div', { class: 'sign-messages' });
     return h('article', { class: `card closed-card closed-${s.status}` },
       h('h1', { class: 'closed-title', tabindex: '-1' }, title),
       h('p', {}, h('strong', {}, s.sop.title), ` · ${checked.size} step${checked.size === 1 ? '' : 's'} passed`,
         unchecked ? ` · ${unchecked} not checked` : '',
         ' · ', when(s.completed_at || s.cancelled_at)),
       s.cancel_reason ? h('p', {}, `Reason: ${s.cancel_reason}`) : null,
-      state.feedback ? h('p', { class: 'muted' }, 'Your supervisor will review and approve it.') : null);
+      state.feedback ? h('p', { class: 'muted' }, 'Your supervisor will review and approve it.') : null,
+      signatures.length ? [h('h2', { class: 'signatures-title' }, 'Signatures'),
+        signatures.map((g) => manifest(g, (id) => state.steps?.find((x) => x.id === id)?.title || 'a step'))] : null,
+      messages,
+      s.status === 'completed' && !s.locked && !signed ? h('div', { class: 'actions' }, h('button', {
+        type: 'button', class: 'primary', onclick: () => signPerformed(s, messages),
+      }, 'I performed this')) : null);
+  }
+
+  /** The worker's `performed` signature on the session they completed. */
+  async function signPerformed(s, messages) {
+    const answer = await ask({
+      title: 'Sign that you performed this work?',
+      text: `Your electronic signature, with the meaning "${MEANINGS.performed.sentence}"`,
+      confirmLabel: 'Sign',
+      fields: (form) => form.append(statementField(field)),
+    });
+    if (!answer) return;
+    try {
+      await sign(s.id, signatureBody('performed', answer));
+      await signedNow(s.id);
+    } catch (error) {
+      notice(messages, 'error', explain(error));
+    }
+  }
+
+  /** The session with its new signature, shown on the closed card. */
+  async function signedNow(sessionId) {
+    const session = await get(`/sessions/${sessionId}`);
+    state.feedback = null;
+    applySession(session, { focus: true });
+    const box = sessionArea.querySelector('.sign-messages');
+    if (box) notice(box, 'ok', 'Signed: your signature is on the record.');
+  }
+
+  /** Back from the provider's sign-in: the signature the worker started, sent once. */
+  async function finishSignature(pending) {
+    const { signature, error } = await resumeSignature(pending);
+    try {
+      if (signature) {
+        await signedNow(pending.session_id);
+        return;
+      }
+      applySession(await get(`/sessions/${pending.session_id}`), { focus: true });
+    } catch {
+      // the session cannot be read now: the message below still says what happened
+    }
+    const box = sessionArea.querySelector('.sign-messages') || pageMessages;
+    notice(box, 'error', typeof error === 'string' ? error : explain(error));
   }
 
   // ---- starting a session --------------------------------------------------------------------
@@ -986,4 +1054,5 @@ export function mountWorker(root, { claims, outbox, pendingBar, offlineBar }) {
   }
 
   startUp();
+  if (pendingSignature) load().then(() => finishSignature(pendingSignature));
 }
