@@ -17,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
 from activities.evidence_cleanup import EvidenceCleanup
+from activities.nonconformance_store import NonconformanceStore
 from activities.session_store import SessionStore
 from application.metrics import Meter
 from application.ports import EvidenceStore
@@ -24,6 +25,7 @@ from orchestration.schedules import ensure_evidence_cleanup
 from persistence import files
 from persistence.db import Database
 from workflows.evidence_cleanup import EvidenceCleanupWorkflow
+from workflows.nonconformance import NonconformanceWorkflow
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
 from worksession.metrics import TemporalMeter, worker_runtime
@@ -60,8 +62,9 @@ def build_worker(client: Client, db: Database, task_queue: str,
     also runs the evidence cleanup."""
     _workflow_bytecode()
     store = SessionStore(db, meter)
-    workflow_types: list[type] = [WorkSessionWorkflow]
-    activities: list[object] = [store.write_changes]
+    workflow_types: list[type] = [WorkSessionWorkflow, NonconformanceWorkflow]
+    activities: list[object] = [store.write_changes,
+                                NonconformanceStore(db).mark_overdue]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)

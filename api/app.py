@@ -17,7 +17,16 @@ from api.auth import Authenticator
 from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
-from api.routers import audit, evidence, health, ops, people, sessions, sops
+from api.routers import (
+    audit,
+    evidence,
+    health,
+    nonconformances,
+    ops,
+    people,
+    sessions,
+    sops,
+)
 from api.web import mount_web
 from application.context import Context
 from application.metrics import NoMeter
@@ -82,9 +91,10 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
         app.state.ctx = Context(store=SqlStore(database), workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
-            write_behind=settings.write_behind), meter=meter or NoMeter(),
-            files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes,
-            signature_max_age=settings.signature_max_age)
+            write_behind=settings.write_behind, nc_deadlines=settings.nc_deadlines),
+            meter=meter or NoMeter(), files=evidence_files,
+            max_evidence_bytes=settings.max_evidence_bytes,
+            signature_max_age=settings.signature_max_age, nc_deadlines=settings.nc_deadlines)
         background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
             else []
         if meter is not None and settings.metrics_refresh.total_seconds() > 0:
@@ -112,7 +122,7 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
     app.state.upload_idle = settings.request_timeout_seconds  # between two chunks of a file
     problems.install(app)
     for r in (health.router, sops.router, sessions.router, evidence.uploads, evidence.files,
-              audit.router, ops.router, people.router):
+              audit.router, ops.router, people.router, nonconformances.router):
         app.include_router(r)
     mount_web(app)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,

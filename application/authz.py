@@ -43,6 +43,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit.read": frozenset({S, A}),
     "ops": frozenset({A}),
     "people.read": frozenset({S, A}),
+    "nc.read": frozenset({W, S, A}),  # workers: the NCs of their own sessions only
+    "nc.read_all": frozenset({S, A}),
+    "nc.manage": frozenset({S, A}),  # open by hand, contain, close
 }
 
 

@@ -12,6 +12,7 @@ from uuid import UUID
 from application.authz import Actor, Role
 from application.metrics import Meter, NoMeter, count_written
 from application.ports import EvidenceStore, SessionWorkflows, Store, UnitOfWork
+from domain.nonconformance import Deadlines
 
 
 def utcnow() -> datetime:
@@ -85,6 +86,7 @@ class Context:
     files: EvidenceStore | None = None  # evidence files' bytes (None: uploads are 503)
     max_evidence_bytes: int = 20 * 1024 * 1024
     signature_max_age: int = 300  # seconds since the signer authenticated, at most
+    nc_deadlines: Deadlines = field(default_factory=Deadlines)  # of NCs opened by hand
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,

@@ -11,7 +11,17 @@ from application.context import Context
 from application.ports import Percentiles, StepStats, UnitOfWork
 from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
-from domain.sop import CheckKind, CheckSpec, EvidenceRule, Sop, SopStatus, SopStep, SopTask
+from domain.sop import (
+    CheckKind,
+    CheckSpec,
+    EvidenceRule,
+    OnFail,
+    Severity,
+    Sop,
+    SopStatus,
+    SopStep,
+    SopTask,
+)
 
 
 def _tasks(content: dict[str, Any]) -> list[SopTask]:
@@ -24,7 +34,9 @@ def _tasks(content: dict[str, Any]) -> list[SopTask]:
                         unit=s["check"].get("unit"), min=s["check"].get("min"),
                         max=s["check"].get("max"),
                         evidence=EvidenceRule(s["check"].get("evidence", "optional")),
-                        verify=s["check"].get("verify", False)))
+                        verify=s["check"].get("verify", False),
+                        on_fail=OnFail(s["check"].get("on_fail", "retry")),
+                        severity=Severity(s["check"].get("severity", "major"))))
             for si, s in enumerate(t["steps"])])
         for ti, t in enumerate(content["tasks"])
     ]
@@ -153,7 +165,8 @@ async def revise_sop(ctx: Context, actor: Actor, sop_id: UUID,
             {"title": s.title, "instructions": s.instructions,
              "check": {"kind": s.check.kind.value, "prompt": s.check.prompt,
                        "unit": s.check.unit, "min": s.check.min, "max": s.check.max,
-                       "evidence": s.check.evidence}}
+                       "evidence": s.check.evidence, "verify": s.check.verify,
+                       "on_fail": s.check.on_fail, "severity": s.check.severity}}
             for s in t.steps]} for t in base.tasks]}
         sop = Sop(id=uuid4(), family_id=base.family_id,
                   version=await uow.sops.latest_version(base.family_id) + 1,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.audit import AuditLog
 from persistence.db import Database
 from persistence.evidence import EvidenceRepository
+from persistence.nonconformances import NonconformanceRepository
 from persistence.people import PeopleRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
@@ -25,6 +26,7 @@ class UnitOfWork:
         self.stats = SopStatsQuery(conn)
         self.people = PeopleRepository(conn)
         self.evidence = EvidenceRepository(conn)
+        self.nonconformances = NonconformanceRepository(conn)
 
 
 class SqlStore:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -30,10 +32,31 @@ CSV = "text/csv"
 COLUMNS = list(AuditEntryOut.model_fields)
 
 
-async def _audit_filter(request: Request, session_id: UUID | None = Query(None)
-                        ) -> UUID | None:
+CHAIN = re.compile(r"^(session|sop|nc):[0-9a-fA-F-]{36}$")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    session_id: UUID | None
+    chain: str | None
+
+
+async def _audit_filter(request: Request, session_id: UUID | None = Query(None),
+                        chain: str | None = Query(
+                            None, description="one chain: session:<id>, sop:<family_id> or "
+                            "nc:<id>")) -> AuditFilter:
     refuse_unknown_parameters(request, _audit_filter, "limit", "offset")
-    return session_id
+    if chain is not None:
+        kind, _, ident = chain.partition(":")
+        try:
+            ok = CHAIN.match(chain) is not None and str(UUID(ident)) == ident.lower()
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InvalidInput("chain is session:<id>, sop:<family_id> or nc:<id>", errors=[
+                {"field": "query.chain", "message": "not a chain's name"}])
+        chain = f"{kind}:{ident.lower()}"
+    return AuditFilter(session_id, chain)
 
 
 @router.get("", response_model=Page[AuditEntryOut], responses={**problems(403), 200: {
@@ -50,7 +73,8 @@ async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: Pa
                      _: Actor = require("audit.read"),
                      # after `require`: FastAPI runs dependencies in this order, and 403
                      # comes before 422 (CONTRACT.md, "Error precedence")
-                     session_id: UUID | None = Depends(_audit_filter)) -> Any:
+                     f: AuditFilter = Depends(_audit_filter)) -> Any:
+    session_id = f.session_id
     if prefers_csv(request.headers.get("accept", "")):
         if session_id is None:
             raise InvalidInput("the CSV export is one session's chain: add session_id=",
@@ -60,7 +84,8 @@ async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: Pa
                         media_type=f"{CSV}; charset=utf-8", headers={
                             "Content-Disposition":
                                 f'attachment; filename="audit-session-{session_id}.csv"'})
-    items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset)
+    items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset,
+                                         f.chain)
     return paging.page([{**i, "at": hashed_body(i)["at"]} for i in items], total)
 
 
