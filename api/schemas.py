@@ -403,7 +403,8 @@ class AuditEntryOut(BaseModel):
     UTF-8 unescaped). `prev_hash` is the previous entry's hash in the same chain."""
 
     id: UUID
-    chain: str = Field(description="session:<session id> or sop:<SOP family id>")
+    chain: str = Field(description="session:<session id>, sop:<SOP family id> or "
+                       "nc:<nonconformance id>")
     seq: int = Field(description="position in the chain, from 1")
     at: str = Field(description="ISO 8601 UTC, as hashed (e.g. 2026-11-25T21:00:00+00:00)")
     actor_id: UUID | None

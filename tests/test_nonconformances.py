@@ -16,6 +16,7 @@ import pytest
 from domain.audit_chain import verify_chain
 from tests.conftest import (
     User,
+    audit_cli,
     bearer,
     check,
     eventually,
@@ -115,7 +116,8 @@ async def test_a_failed_check_opens_one_nc_per_step_with_its_own_audit_chain(
                     headers=worker_user.h)
 
 
-async def test_hold_contain_close_lifecycle_and_every_bad_input(http, supervisor, worker_user):
+async def test_hold_contain_close_lifecycle_and_every_bad_input(http, supervisor, worker_user,
+                                                               database_url):
     sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
     s = await start(http, worker_user, sop)
     first, held_step = step_ids(sop)[:2]
@@ -201,6 +203,9 @@ async def test_hold_contain_close_lifecycle_and_every_bad_input(http, supervisor
     # the signature binds the record as it stood: the chain's head before its entry
     signed = next(e for e in entries if e["action"] == "signed")
     assert sig["record_hash"] == signed["prev_hash"]
+    # every chain, the NCs' among them, ends where its head says
+    code, out = await audit_cli(database_url, "verify")
+    assert code == 0, out
     await http.post(f"/api/v1/sessions/{s['id']}/cancel", json={"reason": "test done"},
                     headers=worker_user.h)
 
