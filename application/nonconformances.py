@@ -80,9 +80,8 @@ async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UU
     now = ctx.clock()
     async with ctx.uow() as uow:
         stored = await uow.sessions.load(session_id, with_checks=False)
-        if stored is None:
-            raise InvalidInput("no such session", errors=[
-                {"field": "session_id", "message": "unknown session"}])
+        if stored is None:  # as a start naming an unknown SOP
+            raise NotFound("session not found")
         if step_id is not None and stored.session.plan.index_of(step_id) is None:
             raise InvalidInput("step_id is not a step of the session's SOP", errors=[
                 {"field": "step_id", "message": "unknown step"}])

@@ -132,6 +132,8 @@ CONTENT_RULES = [
     ("/api/v1/sessions/{session_id}/reopen", "POST"),
     # `step_id`: required for `verified` (a step of the session's SOP), refused otherwise
     ("/api/v1/sessions/{session_id}/signatures", "POST"),
+    # `step_id`: one of the session's SOP's steps
+    ("/api/v1/nonconformances", "POST"),
 ]
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # the default
 

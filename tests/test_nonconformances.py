@@ -218,10 +218,12 @@ async def test_open_by_hand_numbers_are_gap_free_even_when_opened_at_once(
     r = await http.post("/api/v1/nonconformances", json=body, headers=worker_user.h)
     assert r.status_code == 403
     for bad in ({**body, "description": ""}, {**body, "severity": "huge"},
-                {**body, "session_id": str(uuid.uuid4())},
                 {**body, "step_id": str(uuid.uuid4())}, {"severity": "major"}):
         r = await http.post("/api/v1/nonconformances", json=bad, headers=supervisor.h)
         assert r.status_code == 422, (bad, r.text)
+    r = await http.post("/api/v1/nonconformances", json={**body, "session_id": str(
+        uuid.uuid4())}, headers=supervisor.h)
+    assert r.status_code == 404, r.text  # as a start naming an unknown SOP
     assert (await ncs(http, supervisor, session_id=s["id"]))["total"] == 0
     answers = await asyncio.gather(*(
         http.post("/api/v1/nonconformances", json={**body, "step_id": step_ids(sop)[0]},

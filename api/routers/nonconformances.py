@@ -50,7 +50,7 @@ async def list_nonconformances(actor: CurrentActor, ctx: Ctx, paging: PageParams
 
 
 @router.post("", status_code=201, response_model=NonconformanceOut,
-             responses=problems(403))
+             responses=problems(403, 404))
 async def open_nonconformance(body: NcOpenIn, ctx: Ctx, rid: RequestId,
                               actor: Actor = require("nc.manage")) -> NonconformanceOut:
     return NonconformanceOut.of(await uc.open_by_hand(
