@@ -17,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
 from activities.evidence_cleanup import EvidenceCleanup
+from activities.nonconformance_store import NonconformanceStore
 from activities.session_store import SessionStore
 from activities.webhooks import WebhookWork
 from api.schemas import RENDER
@@ -30,6 +31,7 @@ from persistence.db import Database
 from persistence.uow import SqlStore
 from persistence.webhooks import SecretBox
 from workflows.evidence_cleanup import EvidenceCleanupWorkflow
+from workflows.nonconformance import NonconformanceWorkflow
 from workflows.webhooks import WebhookDeliveryWorkflow, WebhookSweepWorkflow
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
@@ -80,9 +82,9 @@ def build_worker(client: Client, db: Database, task_queue: str,
         RetryPolicy(settings.webhook_retry_for, settings.webhook_retry_first,
                     settings.webhook_retry_most), deliveries)
     workflow_types: list[type] = [WorkSessionWorkflow, WebhookDeliveryWorkflow,
-                                  WebhookSweepWorkflow]
+                                  WebhookSweepWorkflow, NonconformanceWorkflow]
     activities: list[object] = [store.write_changes, webhooks.deliver,
-                                webhooks.start_stranded]
+                                webhooks.start_stranded, NonconformanceStore(db).mark_overdue]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)

@@ -17,7 +17,17 @@ from api.auth import Authenticator
 from api.front_door import NEVER_SHED, FrontDoor
 from api.metrics import RequestMetrics
 from api.oidc import IdentityProvider
-from api.routers import audit, evidence, health, ops, people, sessions, sops, webhooks
+from api.routers import (
+    audit,
+    evidence,
+    health,
+    nonconformances,
+    ops,
+    people,
+    sessions,
+    sops,
+    webhooks,
+)
 from api.schemas import RENDER
 from api.web import mount_web
 from application.context import Context
@@ -88,14 +98,16 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
                                 workflows=SessionWorkflows(
             temporal, settings.task_queue, settings.request_timeout_seconds,
             settings.idle_timeout, settings.escalate_after_failures,
-            write_behind=settings.write_behind), meter=meter or NoMeter(),
+            write_behind=settings.write_behind, nc_deadlines=settings.nc_deadlines),
+            meter=meter or NoMeter(),
             files=evidence_files, max_evidence_bytes=settings.max_evidence_bytes,
             signature_max_age=settings.signature_max_age, render=RENDER,
             deliveries=WebhookDeliveries(
                 temporal, settings.task_queue, settings.request_timeout_seconds,
                 heartbeat=settings.webhook_heartbeat, retry_first=settings.webhook_retry_first,
                 retry_most=settings.webhook_retry_most),
-            webhook_allow_insecure=settings.webhook_allow_insecure, resolve=resolve)
+            webhook_allow_insecure=settings.webhook_allow_insecure, resolve=resolve,
+            nc_deadlines=settings.nc_deadlines)
         background = [asyncio.create_task(_keep_planner_statistics(database))] if own_db \
             else []
         if meter is not None and settings.metrics_refresh.total_seconds() > 0:
@@ -123,7 +135,8 @@ def create_app(settings: Settings, *, jwt_secret: bytes | None, client: Client |
     app.state.upload_idle = settings.request_timeout_seconds  # between two chunks of a file
     problems.install(app)
     for r in (health.router, sops.router, sessions.router, evidence.uploads, evidence.files,
-              audit.router, ops.router, people.router, webhooks.router):
+              audit.router, ops.router, people.router, webhooks.router,
+              nonconformances.router):
         app.include_router(r)
     mount_web(app, settings)
     app.add_middleware(FrontDoor, max_body=settings.max_body_bytes,

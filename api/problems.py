@@ -45,6 +45,8 @@ TITLES: dict[str, str] = {
     e.ReauthenticationRequired.code: "Re-authentication required",
     e.StepAwaitsVerification.code: "Step awaits verification",
     e.StepNotAwaitingVerification.code: "Step is not awaiting verification",
+    e.SessionHeld.code: "Session is held until a nonconformance is contained",
+    e.NcWrongState.code: "Nonconformance is not in the right state",
     e.ActiveSessionExists.code: "Worker already has an active session",
     e.SopNotStartable.code: "SOP cannot be started",
     e.SopNotEditable.code: "SOP cannot be changed",

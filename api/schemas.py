@@ -8,9 +8,10 @@ from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from domain.evidence import MAX_FILES_PER_CHECK, Evidence
+from domain.evidence import MAX_FILES_PER_CHECK, Evidence, EvidenceFile
+from domain.nonconformance import Disposition, Nonconformance
 from domain.signature import STATEMENT_MAX, Meaning, Signature
-from domain.sop import CheckKind, CheckResult, EvidenceRule
+from domain.sop import CheckKind, CheckResult, EvidenceRule, OnFail, Severity
 from domain.work_session import Check, CheckSubmission, VerificationWait, WorkSession
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000: refused at the door
@@ -33,6 +34,10 @@ Reason = Text(500, 1, strip=True)
 VERIFY = ("a passed check on the step waits for a second person's `verified` signature "
           "(a supervisor or admin other than the worker) before the session moves on")
 StrictBool = Annotated[bool, Field(strict=True)]
+ON_FAIL = ("what a failed check on the step leads to: `retry` (the worker tries again), "
+           "`nonconformance` (it opens a nonconformance; the worker may retry), `hold` (it "
+           "opens one and the session takes no check until a supervisor contains it)")
+SEVERITY = "the severity of the nonconformance a failed check on the step opens"
 
 EVIDENCE_RULE = ("which checks on the step need an evidence file: `none` (no file may be "
                  "attached), `optional`, `required` (every check), `required_on_fail` (a "
@@ -47,6 +52,8 @@ class ConfirmCheckIn(BaseModel):
     prompt: Text(500, 1, strip=True)  # type: ignore[valid-type]
     evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
     verify: StrictBool = Field(False, description=VERIFY)
+    on_fail: OnFail = Field(OnFail.RETRY, description=ON_FAIL)
+    severity: Severity = Field(Severity.MAJOR, description=SEVERITY)
 
 
 class MeasurementCheckIn(BaseModel):
@@ -63,6 +70,8 @@ class MeasurementCheckIn(BaseModel):
     max: Finite | None = None
     evidence: EvidenceRule = Field(EvidenceRule.OPTIONAL, description=EVIDENCE_RULE)
     verify: StrictBool = Field(False, description=VERIFY)
+    on_fail: OnFail = Field(OnFail.RETRY, description=ON_FAIL)
+    severity: Severity = Field(Severity.MAJOR, description=SEVERITY)
 
 
 CheckSpecIn = Annotated[ConfirmCheckIn | MeasurementCheckIn, Field(discriminator="kind")]
@@ -94,6 +103,8 @@ class CheckSpecOut(BaseModel):
     max: float | None = None
     evidence: EvidenceRule = EvidenceRule.OPTIONAL
     verify: bool = False
+    on_fail: OnFail = OnFail.RETRY
+    severity: Severity = Severity.MAJOR
 
 
 class StepOut(BaseModel):
@@ -234,6 +245,11 @@ class StepTimeOut(BaseModel):
     attempts: int = Field(description="checks submitted on it")
 
 
+class HeldOut(BaseModel):
+    nonconformance_id: UUID
+    step_id: UUID
+
+
 class SessionOut(BaseModel):
     id: UUID
     status: SessionStatusName
@@ -267,6 +283,9 @@ class SessionOut(BaseModel):
         "person's `verified` signature; null when none does")
     signatures: list[Signature] = Field(
         default_factory=list, description="in signing order; never changed or removed")
+    held: HeldOut | None = Field(
+        None, description="the nonconformance that holds the session (a failed check on a "
+        "`hold` step): no check is taken until a supervisor contains it; null when none")
 
     @classmethod
     def of(cls, session: WorkSession, *, workflow_id: str | None, run_id: str | None,
@@ -301,6 +320,8 @@ class SessionOut(BaseModel):
             locked=s.locked, approved_by=s.approved_by, approved_at=s.approved_at,
             workflow_id=workflow_id, run_id=run_id,
             awaiting_verification=s.awaiting_verification, signatures=s.signatures,
+            held=None if s.held_by is None else HeldOut(nonconformance_id=s.held_by.id,
+                                                        step_id=s.held_by.step_id),
             step_times=[StepTimeOut(
                 step_id=t.step_id, started_at=t.started_at, passed_at=t.passed_at,
                 active_seconds=round(s.active_seconds(t, now), 3), attempts=t.attempts)
@@ -453,7 +474,8 @@ class AuditEntryOut(BaseModel):
     UTF-8 unescaped). `prev_hash` is the previous entry's hash in the same chain."""
 
     id: UUID
-    chain: str = Field(description="session:<session id> or sop:<SOP family id>")
+    chain: str = Field(description="session:<session id>, sop:<SOP family id> or "
+                       "nc:<nonconformance id>")
     seq: int = Field(description="position in the chain, from 1")
     at: str = Field(description="ISO 8601 UTC, as hashed (e.g. 2026-11-25T21:00:00+00:00)")
     actor_id: UUID | None
@@ -485,3 +507,63 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+# ---- nonconformances (CONTRACT.md, "Nonconformances") ------------------------------------
+NcText = Text(5000, 1, strip=True)
+
+
+class NcOpenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_id: UUID
+    step_id: UUID | None = None
+    severity: Severity
+    description: NcText  # type: ignore[valid-type]
+
+
+class ContainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    containment: NcText = Field(description="what was done to contain the problem")  # type: ignore[valid-type]
+
+
+class CloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disposition: Disposition
+    corrective_action: NcText  # type: ignore[valid-type]
+    statement: Text(STATEMENT_MAX) | None = Field(  # type: ignore[valid-type]
+        None, description="the signer's statement on the closing `approved` signature")
+
+
+class NonconformanceOut(BaseModel):
+    id: UUID
+    number: str = Field(description="NC-000001, …: gap-free across the service")
+    status: Literal["open", "contained", "closed"]
+    severity: Severity
+    session_id: UUID
+    sop_id: UUID
+    step_id: UUID | None
+    check_id: UUID | None
+    description: str
+    hold: bool = Field(description="whether it holds its session (a `hold` step's failed "
+                       "check) until it is contained")
+    opened_at: datetime
+    opened_by: UUID | None = Field(description="null: opened by the service (a failed check)")
+    owner_id: UUID | None
+    containment: str | None
+    contained_at: datetime | None
+    contained_by: UUID | None
+    disposition: Disposition | None
+    corrective_action: str | None
+    closed_at: datetime | None
+    closed_by: UUID | None
+    containment_due: datetime
+    close_due: datetime
+    overdue: bool
+    evidence: list[EvidenceFile] = Field(description="the failed check's files")
+    signature: Signature | None = Field(description="the closing `approved` signature")
+
+    @classmethod
+    def of(cls, nc: Nonconformance) -> NonconformanceOut:
+        return cls(**{k: getattr(nc, k) for k in cls.model_fields if k != "number"},
+                   number=nc.number_text or "")
+

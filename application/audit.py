@@ -20,10 +20,10 @@ EXPORT_FORMAT = "worksession-audit-export/1"
 
 
 async def list_entries(ctx: Context, actor: Actor, session_id: UUID | None, limit: int,
-                       offset: int) -> tuple[list[dict], int]:
+                       offset: int, chain: str | None = None) -> tuple[list[dict], int]:
     authorize(actor, "audit.read")
     async with ctx.uow(read_only=True) as uow:
-        return await uow.audit.list_page(session_id, limit, offset)
+        return await uow.audit.list_page(session_id, limit, offset, chain)
 
 
 async def of_session(ctx: Context, actor: Actor, session_id: UUID) -> list[dict[str, Any]]:

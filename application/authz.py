@@ -44,6 +44,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "ops": frozenset({A}),
     "people.read": frozenset({S, A}),
     "webhooks": frozenset({A}),
+    "nc.read": frozenset({W, S, A}),  # workers: the NCs of their own sessions only
+    "nc.read_all": frozenset({S, A}),
+    "nc.manage": frozenset({S, A}),  # open by hand, contain, close
 }
 
 

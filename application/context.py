@@ -13,6 +13,7 @@ from application.authz import Actor, Role
 from application.events import Render, record_change, start_deliveries
 from application.metrics import Meter, NoMeter, count_written
 from application.ports import Deliveries, EvidenceStore, SessionWorkflows, Store, UnitOfWork
+from domain.nonconformance import Deadlines
 
 
 def utcnow() -> datetime:
@@ -92,6 +93,7 @@ class Context:
     deliveries: Deliveries | None = None
     webhook_allow_insecure: bool = False
     resolve: Callable[[str, int], Awaitable[list[str]]] | None = None
+    nc_deadlines: Deadlines = field(default_factory=Deadlines)  # of NCs opened by hand
 
     @asynccontextmanager
     async def uow(self, *, read_only: bool = False,

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from domain.changes import AuditFacts, SessionChange
 from domain.evidence import Evidence
+from domain.nonconformance import NcFilter, NcStatus, Nonconformance, OpenNc
 from domain.people import Person
 from domain.signature import Signature
 from domain.sop import SessionPlan, Sop, SopStatus
@@ -110,7 +111,7 @@ class AuditRepository(Protocol):
     async def append_to_sop_family(self, family_id: UUID, facts: AuditFacts,
                                    at: datetime) -> None: ...
     async def list_page(self, session_id: UUID | None, limit: int,
-                        offset: int) -> tuple[list[dict], int]: ...
+                        offset: int, chain: str | None = None) -> tuple[list[dict], int]: ...
     async def of_session(self, session_id: UUID) -> list[dict[str, Any]]: ...
     async def verify(self, anchor: dict[str, Any] | None = None
                      ) -> tuple[int, list[str]]: ...
@@ -203,6 +204,19 @@ class EventRepository(Protocol):
                        limit: int = 1000) -> list[tuple[UUID, str]]: ...
 
 
+class NonconformanceRepository(Protocol):
+    async def add(self, nc: Nonconformance, entries: list[AuditFacts],
+                  at: datetime) -> None: ...
+    async def save(self, nc: Nonconformance, entries: list[AuditFacts], at: datetime,
+                   dedup_key: str | None = None) -> bool: ...
+    async def get(self, nc_id: UUID, *, for_update: bool = False
+                  ) -> Nonconformance | None: ...
+    async def worker_of(self, nc_id: UUID) -> tuple[bool, UUID | None]: ...
+    async def open_of_session(self, session_id: UUID) -> list[OpenNc]: ...
+    async def list_page(self, worker: UUID | None, f: NcFilter, limit: int,
+                        offset: int) -> tuple[list[Nonconformance], int]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: committed when its block ends, rolled back when it raises."""
 
@@ -214,6 +228,7 @@ class UnitOfWork(Protocol):
     evidence: EvidenceRepository
     spc: SpcCharts
     events: EventRepository
+    nonconformances: NonconformanceRepository
 
 
 class Store(Protocol):
@@ -316,6 +331,11 @@ class SessionWorkflows(Protocol):
     async def verify(self, worker_id: UUID, session_id: UUID, signature: Signature,
                      facts: AuditFacts) -> SessionChange | None: ...
     async def ask_to_write(self, worker_id: UUID) -> bool: ...
+    async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
+                                   notify_session: bool) -> None:
+        """The NC's own workflow (idempotent: one already running is kept)."""
+    async def nonconformance_changed(self, nc_id: UUID, status: NcStatus) -> None:
+        """Tell the NC's workflow where its record stands now."""
     async def live(self, worker_id: UUID) -> StoredSession:
         """The session the worker's open run holds (RunClosed when none is open)."""
     async def find_stuck(self) -> list[Stuck]: ...

@@ -12,7 +12,17 @@ from application.context import Context
 from application.ports import Percentiles, StepStats, UnitOfWork
 from domain.changes import AuditFacts
 from domain.errors import NotFound, SopHasActiveSessions
-from domain.sop import CheckKind, CheckSpec, EvidenceRule, Sop, SopStatus, SopStep, SopTask
+from domain.sop import (
+    CheckKind,
+    CheckSpec,
+    EvidenceRule,
+    OnFail,
+    Severity,
+    Sop,
+    SopStatus,
+    SopStep,
+    SopTask,
+)
 
 
 def _tasks(content: dict[str, Any]) -> list[SopTask]:
@@ -25,7 +35,9 @@ def _tasks(content: dict[str, Any]) -> list[SopTask]:
                         unit=s["check"].get("unit"), min=s["check"].get("min"),
                         max=s["check"].get("max"),
                         evidence=EvidenceRule(s["check"].get("evidence", "optional")),
-                        verify=s["check"].get("verify", False)))
+                        verify=s["check"].get("verify", False),
+                        on_fail=OnFail(s["check"].get("on_fail", "retry")),
+                        severity=Severity(s["check"].get("severity", "major"))))
             for si, s in enumerate(t["steps"])])
         for ti, t in enumerate(content["tasks"])
     ]

@@ -25,6 +25,10 @@ def sop_chain(family_id: UUID) -> str:
     return f"sop:{family_id}"
 
 
+def nc_chain(nc_id: UUID) -> str:
+    return f"nc:{nc_id}"
+
+
 def canonical(entry: dict[str, Any]) -> str:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)

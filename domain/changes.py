@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain.nonconformance import OpenNc
 from domain.signature import Signature
 from domain.work_session import Check, Mark, SessionState, StepTime
 
@@ -60,18 +61,22 @@ class SessionChange:
     step_times: list[StepTime] = field(default_factory=list)  # those it changed
     signatures: list[Signature] = field(default_factory=list)  # those it added
     first_signature_seq: int = 0  # where `signatures` stand among the session's
+    nonconformances: list[OpenNc] = field(default_factory=list)  # those it opened
 
     @classmethod
     def of(cls, state: SessionState, before: Mark, entries: list[AuditFacts],
            at: datetime, workflow_id: str, run_id: str | None) -> SessionChange:
         """The change that brought `state` about from where it stood `before`."""
-        return cls(state=replace(state, checks=[], step_times=[], signatures=[]),
+        return cls(state=replace(state, checks=[], step_times=[], signatures=[],
+                                 nonconformances=[]),
                    checks=state.checks[before.checks:], first_check_seq=before.checks,
                    entries=entries, at=at, workflow_id=workflow_id, run_id=run_id,
                    step_times=[replace(t) for t in state.step_times
                                if t.changed_in > before.version],
                    signatures=state.signatures[before.signatures:],
-                   first_signature_seq=before.signatures)
+                   first_signature_seq=before.signatures,
+                   nonconformances=[n for n in state.nonconformances
+                                    if n.opened_in > before.version])
 
     @property
     def version(self) -> int:

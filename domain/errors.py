@@ -66,6 +66,19 @@ class StepNotAwaitingVerification(Conflict):
     code = "not-awaiting-verification"
 
 
+class SessionHeld(Conflict):
+    """The session is held on a step until its nonconformance is contained (`on_fail`
+    `hold`); the payload names it (`nonconformance_id`)."""
+
+    code = "held"
+
+
+class NcWrongState(Conflict):
+    """A nonconformance contained or closed in the wrong state."""
+
+    code = "nonconformance-wrong-state"
+
+
 class ActiveSessionExists(Conflict):
     code = "active-session-exists"
 

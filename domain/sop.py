@@ -37,6 +37,21 @@ class EvidenceRule(StrEnum):
     REQUIRED_ON_FAIL = "required_on_fail"  # a failed check needs at least one
 
 
+class OnFail(StrEnum):
+    """What a failed check on a step leads to (CONTRACT.md, "Nonconformances"). SOPs from
+    before the rule existed read as `retry`."""
+
+    RETRY = "retry"  # recorded; the worker tries again (escalation after repeated failures)
+    NONCONFORMANCE = "nonconformance"  # opens a nonconformance; the worker may retry
+    HOLD = "hold"  # opens one and holds the session on the step until it is contained
+
+
+class Severity(StrEnum):
+    MINOR = "minor"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
 @dataclass(frozen=True)
 class CheckSpec:
     kind: CheckKind
@@ -48,6 +63,8 @@ class CheckSpec:
     # A passed check on the step waits for a second person's `verified` signature before
     # the session moves on (CONTRACT.md, "Second-person verification").
     verify: bool = False
+    on_fail: OnFail = OnFail.RETRY
+    severity: Severity = Severity.MAJOR  # of the nonconformance a failed check opens
 
     def validate(self) -> None:
         if self.kind is CheckKind.MEASUREMENT:

@@ -15,6 +15,7 @@ from uuid import UUID
 from domain.errors import (
     Forbidden,
     InvalidInput,
+    SessionHeld,
     SessionLocked,
     StepAwaitsVerification,
     StepNotAwaitingVerification,
@@ -22,8 +23,9 @@ from domain.errors import (
     WrongState,
 )
 from domain.evidence import EvidenceFile
+from domain.nonconformance import Deadlines, OpenNc, nc_id_for
 from domain.signature import Meaning, Signature
-from domain.sop import CheckResult, SessionPlan
+from domain.sop import CheckResult, OnFail, PlanStep, SessionPlan
 
 
 class SessionStatus(StrEnum):
@@ -156,6 +158,13 @@ class SessionState:
     step_times: list[StepTime] = field(default_factory=list)
     signatures: list[Signature] = field(default_factory=list)  # in signing order
     awaiting_verification: VerificationWait | None = None
+    # The nonconformances its failed checks opened that are still `open` (CONTRACT.md,
+    # "Nonconformances"): at most one per step; a `hold` one stops its checks.
+    nonconformances: list[OpenNc] = field(default_factory=list)
+
+    @property
+    def held_by(self) -> OpenNc | None:
+        return next((n for n in self.nonconformances if n.hold), None)
 
     @property
     def duration_seconds(self) -> float | None:
@@ -220,7 +229,8 @@ class WorkSession:
             s, checks=list(s.checks),
             unchecked_step_ids=None if s.unchecked_step_ids is None
             else list(s.unchecked_step_ids),
-            step_times=[replace(t) for t in s.step_times], signatures=list(s.signatures)))
+            step_times=[replace(t) for t in s.step_times], signatures=list(s.signatures),
+            nonconformances=list(s.nonconformances)))
 
     def mark(self) -> Mark:
         return Mark(len(self.state.checks), self.state.version, len(self.state.signatures))
@@ -293,9 +303,12 @@ class WorkSession:
 
     # ---- rules -----------------------------------------------------------------------------
     def add_check(self, sub: CheckSubmission, by: UUID, now: datetime,
-                  escalate_after_failures: int = 0) -> Check | None:
+                  escalate_after_failures: int = 0,
+                  deadlines: Deadlines | None = None) -> Check | None:
         """Record a safety check on the current step. A passed check advances the session;
-        a failed one is recorded and the step stays. Returns None for a repeated `check_id`
+        a failed one is recorded and the step stays, and on a step whose `on_fail` is not
+        `retry` it opens a nonconformance (with these `deadlines`; none given: it is only
+        tried) unless one is open for the step. Returns None for a repeated `check_id`
         with the same content (recorded once); a different content is rejected."""
         seen = self.find_check(sub.check_id)
         if seen is not None:
@@ -308,6 +321,11 @@ class WorkSession:
             step.check.ensure_evidence(result, len(sub.evidence))
         self._ensure_files_free(sub)
         self._ensure_status(SessionStatus.IN_PROGRESS, doing="record a check")
+        held = self.state.held_by
+        if held is not None:
+            raise SessionHeld("the session is held until a supervisor contains its "
+                              "nonconformance: no check until then",
+                              nonconformance_id=str(held.id), step_id=str(held.step_id))
         if step is None or sub.step_id != self.state.current_step_id:
             raise StepNotCurrent(
                 "checks are accepted only for the current step",
@@ -333,10 +351,35 @@ class WorkSession:
                 self.state.awaiting_verification = VerificationWait(step.id, check.id, now)
             else:
                 self.advance_to_next_step(now)
-        elif escalate_after_failures and \
-                self.failures_in_a_row(sub.step_id) >= escalate_after_failures:
-            self.state.needs_attention = True
+        else:
+            if escalate_after_failures and \
+                    self.failures_in_a_row(sub.step_id) >= escalate_after_failures:
+                self.state.needs_attention = True
+            if deadlines is not None and step.check.on_fail is not OnFail.RETRY and not any(
+                    n.step_id == step.id for n in self.state.nonconformances):
+                self._open_nonconformance(step, check, deadlines)
         return check
+
+    def _open_nonconformance(self, step: PlanStep, check: Check, deadlines: Deadlines) -> None:
+        """A failed check on a step whose failure matters (escalation being one more failed
+        check: it opens one too, when none is open)."""
+        spec, i = step.check, (self.plan.index_of(step.id) or 0) + 1
+        measured = f": {check.value:g}{' ' + spec.unit if spec.unit else ''}" \
+            if check.value is not None else ""
+        self.state.nonconformances.append(OpenNc(
+            id=nc_id_for(check.id), step_id=step.id, hold=spec.on_fail is OnFail.HOLD,
+            check_id=check.id, severity=spec.severity, opened_at=check.checked_at,
+            containment_due=deadlines.containment_due(spec.severity, check.checked_at),
+            close_due=deadlines.close_due(check.checked_at),
+            description=f"Failed check on step {i} ({step.title}): {spec.prompt}{measured}",
+            evidence=check.evidence, opened_in=self.state.version))
+
+    def nonconformance_contained(self, nc_id: UUID) -> bool:
+        """One of its nonconformances was contained: no longer open (a hold on the session
+        ends). Whether the session held it."""
+        before = len(self.state.nonconformances)
+        self.state.nonconformances = [n for n in self.state.nonconformances if n.id != nc_id]
+        return len(self.state.nonconformances) != before
 
     def _ensure_files_free(self, sub: CheckSubmission) -> None:
         """A file is evidence of one check only (decided here, on the session's own checks,

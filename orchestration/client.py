@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from application.ports import RunClosed, Running, StoredSession, Stuck, WorkflowRunning
 from domain.changes import AuditFacts, SessionChange
 from domain.errors import Unavailable, error_from_payload
+from domain.nonconformance import Deadlines, NcStatus, Nonconformance
 from domain.signature import Signature
 from domain.sop import SessionPlan
 from domain.work_session import CheckSubmission, SessionState, WorkSession
@@ -34,12 +35,15 @@ from orchestration import ops
 from workflows import search_attributes
 from workflows.messages import (
     SESSION_MISMATCH,
+    NcInput,
     SessionCommand,
     SessionInput,
     SignVerified,
     SubmitCheck,
+    nc_workflow_id,
     workflow_id_for,
 )
+from workflows.nonconformance import NonconformanceWorkflow
 from workflows.work_session import WorkSessionWorkflow
 
 # The run's tunables default to what SessionInput says (one place for each number).
@@ -54,8 +58,10 @@ class SessionWorkflows:
                  continue_as_new_after_updates: int = _DEFAULTS[
                      "continue_as_new_after_updates"].default,
                  write_behind: timedelta = timedelta(
-                     seconds=_DEFAULTS["write_behind_seconds"].default)) -> None:
+                     seconds=_DEFAULTS["write_behind_seconds"].default),
+                 nc_deadlines: Deadlines | None = None) -> None:
         self.client = client
+        self.nc_deadlines = nc_deadlines or Deadlines()
         self.write_behind = write_behind
         self.continue_as_new_after_updates = continue_as_new_after_updates
         self.task_queue = task_queue
@@ -72,7 +78,8 @@ class SessionWorkflows:
                            idle_timeout_seconds=self.idle_timeout.total_seconds(),
                            escalate_after_failures=self.escalate_after_failures,
                            continue_as_new_after_updates=self.continue_as_new_after_updates,
-                           write_behind_seconds=self.write_behind.total_seconds())
+                           write_behind_seconds=self.write_behind.total_seconds(),
+                           nc_deadlines=self.nc_deadlines)
         try:
             handle = await self._bounded(self.client.start_workflow(
                 WorkSessionWorkflow.run, inp, id=workflow_id_for(state.worker_id),
@@ -158,6 +165,23 @@ class SessionWorkflows:
         except (Unavailable, RPCError):
             return False
         return True
+
+    async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
+                                   notify_session: bool) -> None:
+        await self._bounded(self.client.start_workflow(
+            NonconformanceWorkflow.run, NcInput(
+                nc_id=nc.id, session_id=nc.session_id, worker_id=worker_id,
+                containment_due=nc.containment_due, close_due=nc.close_due,
+                notify_session=notify_session),
+            id=nc_workflow_id(nc.id), task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"Nonconformance {nc.number_text or nc.id} ({nc.severity.value}) "
+                           f"of session {nc.session_id}",
+            rpc_timeout=timedelta(seconds=self.timeout)))
+
+    async def nonconformance_changed(self, nc_id: UUID, status: NcStatus) -> None:
+        await self._bounded(self.client.get_workflow_handle(nc_workflow_id(nc_id)).signal(
+            NonconformanceWorkflow.changed, status, rpc_timeout=timedelta(seconds=self.timeout)))
 
     async def live(self, worker_id: UUID) -> StoredSession:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))

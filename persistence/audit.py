@@ -21,6 +21,7 @@ from domain.audit_chain import (
     GENESIS,
     anchor_digest,
     link,
+    nc_chain,
     session_chain,
     shown,
     signature_problems,
@@ -29,7 +30,13 @@ from domain.audit_chain import (
 )
 from domain.changes import AuditFacts
 from persistence.db import dialect_insert
-from persistence.tables import audit_chains, audit_log, signatures, work_sessions
+from persistence.tables import (
+    audit_chains,
+    audit_log,
+    nonconformances,
+    signatures,
+    work_sessions,
+)
 
 # Built once (per dialect): they run with every change of every session.
 _INSERT = audit_log.insert()
@@ -70,14 +77,17 @@ class AuditLog:
         await self.conn.execute(audit_chains.update().where(audit_chains.c.chain == chain)
                                 .values(seq=row["seq"], hash=row["hash"]))
 
-    async def list_page(self, session_id: UUID | None, limit: int,
-                        offset: int) -> tuple[list[dict], int]:
-        """Oldest first: a session's entries in their chain's order."""
+    async def list_page(self, session_id: UUID | None, limit: int, offset: int,
+                        chain: str | None = None) -> tuple[list[dict], int]:
+        """Oldest first: a session's (or one chain's) entries in their chain's order."""
         c = audit_log.c
-        cond = c.session_id == session_id if session_id else and_(True)
+        conds = [c.session_id == session_id] if session_id else []
+        if chain:
+            conds.append(c.chain == chain)
+        cond = and_(True, *conds)
         total = (await self.conn.execute(select(func.count()).select_from(audit_log)
                                          .where(cond))).scalar_one()
-        order = (c.chain, c.seq) if session_id else (c.at, c.chain, c.seq)
+        order = (c.chain, c.seq) if session_id or chain else (c.at, c.chain, c.seq)
         rows = (await self.conn.execute(select(audit_log).where(cond).order_by(*order)
                                         .limit(limit).offset(offset))).mappings().all()
         return [dict(r) for r in rows], total
@@ -97,6 +107,9 @@ class AuditLog:
             .where(work_sessions.c.audit_seq > 0))}
         out.update({r.chain: (r.seq, r.hash)
                     for r in await self.conn.execute(select(audit_chains))})
+        out.update({nc_chain(r.id): (r.audit_seq, r.audit_hash) for r in await self.conn.execute(
+            select(nonconformances.c.id, nonconformances.c.audit_seq,
+                   nonconformances.c.audit_hash).where(nonconformances.c.audit_seq > 0))})
         return out
 
     async def _chains(self) -> AsyncIterator[tuple[str, list[Any]]]:

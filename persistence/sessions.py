@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from application.ports import ActiveSessionRef, StoredSession
 from domain.audit_chain import GENESIS, link, session_chain
 from domain.changes import SYSTEM, AuditFacts, SessionChange
+from domain.nonconformance import Nonconformance
 from domain.signature import Meaning, Signature
 from domain.sop import CheckResult
 from domain.work_session import (
@@ -35,6 +36,7 @@ from domain.work_session import (
 from persistence.audit import AuditLog
 from persistence.db import dialect_insert
 from persistence.evidence import attach
+from persistence.nonconformances import NonconformanceRepository
 from persistence.sops import SopRepository
 from persistence.spc import SpcCharts
 from persistence.tables import (
@@ -125,6 +127,16 @@ class SessionRepository:
                 _check_row(st.id, change.first_check_seq + i, k)
                 for i, k in enumerate(change.checks)])
             await attach(self.conn, st.id, change.checks)  # their files: evidence from now on
+        for opened in change.nonconformances:  # a failed check's NC, with the check
+            nc = Nonconformance.opened_by_check(opened, st.id, st.sop_id)
+            await NonconformanceRepository(self.conn).add(nc, [AuditFacts(
+                "nonconformance_opened", None, SYSTEM, {
+                    "session_id": str(st.id), "step_id": str(nc.step_id),
+                    "check_id": str(nc.check_id), "severity": nc.severity.value,
+                    "hold": nc.hold, "description": nc.description,
+                    "containment_due": nc.containment_due.isoformat(),
+                    "close_due": nc.close_due.isoformat()})], change.at)
+            # event: nonconformance.opened
         if signed:
             await self.conn.execute(signatures.insert(), [
                 _signature_row(change.first_signature_seq + i, g) for i, g in enumerate(signed)])
@@ -192,6 +204,8 @@ class SessionRepository:
     async def _stored(self, row: Any, with_checks: bool) -> StoredSession:
         state = _state(row, await self._checks(row["id"]) if with_checks else [])
         state.signatures = await self._signatures(row["id"])  # few; approval needs them
+        state.nonconformances = await NonconformanceRepository(self.conn).open_of_session(
+            row["id"])  # a reopened run holds them (and a hold shows)
         if with_checks:
             state.step_times = await self._step_times(row["id"])
         session = WorkSession(plan=await self._sops.plan(state.sop_id), state=state)

@@ -12,7 +12,9 @@ from domain.sop import (
     CheckKind,
     CheckSpec,
     EvidenceRule,
+    OnFail,
     SessionPlan,
+    Severity,
     Sop,
     SopStatus,
     SopStep,
@@ -81,7 +83,9 @@ class SopRepository:
                   "title": s.title, "instructions": s.instructions,
                   "check_kind": s.check.kind.value, "check_prompt": s.check.prompt,
                   "check_unit": s.check.unit, "check_min": s.check.min, "check_max": s.check.max,
-                  "check_evidence": s.check.evidence.value, "check_verify": s.check.verify}
+                  "check_evidence": s.check.evidence.value, "check_verify": s.check.verify,
+                  "check_on_fail": s.check.on_fail.value,
+                  "check_severity": s.check.severity.value}
                  for t in sop.tasks for s in t.steps]
         if tasks:
             await self.conn.execute(sop_tasks.insert(), tasks)
@@ -146,7 +150,9 @@ class SopRepository:
                                 unit=s["check_unit"], min=s["check_min"], max=s["check_max"],
                                 # steps from before the rule existed: optional
                                 evidence=EvidenceRule(s["check_evidence"] or "optional"),
-                                verify=bool(s["check_verify"]))))
+                                verify=bool(s["check_verify"]),
+                                on_fail=OnFail(s["check_on_fail"] or "retry"),
+                                severity=Severity(s["check_severity"] or "major"))))
         tasks_by_sop: dict[UUID, list[SopTask]] = {}
         for t in task_rows:
             tasks_by_sop.setdefault(t["sop_id"], []).append(SopTask(

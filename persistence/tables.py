@@ -142,6 +142,8 @@ sop_steps = Table(
     Column("check_max", Float),
     Column("check_evidence", String(20)),  # domain.sop.EvidenceRule; NULL (older): optional
     Column("check_verify", Boolean),  # second-person verification; NULL (older): false
+    Column("check_on_fail", String(16)),  # domain.sop.OnFail; NULL (older): retry
+    Column("check_severity", String(16)),  # domain.sop.Severity; NULL (older): major
 )
 
 ACTIVE = "status IN ('in_progress', 'paused')"
@@ -422,4 +424,55 @@ webhook_deliveries = Table(
     # the few pending ones (the backstop's sweep)
     Index("ix_webhook_deliveries_pending", "queued_at",
           sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+)
+
+# Nonconformances (CONTRACT.md v1.2), one row each, with the head of its own audit chain
+# (`nc:<id>`), moved in the transaction of every entry appended to it (as a session's). One
+# opened by a failed check is inserted by `write_change` with the change that recorded the
+# check; every other change of it by application/nonconformances.py, or by the NC's
+# workflow (`overdue`), each holding the row. `number` comes from `counters` in the same
+# transaction (gap-free: persistence/nonconformances.py).
+nonconformances = Table(
+    "nonconformances", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("number", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("session_id", Uuid, ForeignKey("work_sessions.id"), nullable=False),
+    Column("sop_id", Uuid, nullable=False),
+    Column("step_id", Uuid),
+    Column("check_id", Uuid),
+    Column("hold", Boolean, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("opened_at", TZ, nullable=False),
+    Column("opened_by", Uuid),
+    Column("owner_id", Uuid),
+    Column("containment_due", TZ, nullable=False),
+    Column("close_due", TZ, nullable=False),
+    Column("containment", Text),
+    Column("contained_at", TZ),
+    Column("contained_by", Uuid),
+    Column("disposition", String(16)),
+    Column("corrective_action", Text),
+    Column("closed_at", TZ),
+    Column("closed_by", Uuid),
+    Column("overdue", Boolean, nullable=False),
+    Column("overdue_deadlines", JSON, nullable=False),  # ["containment", "closure"]
+    Column("evidence", EvidenceFiles()),
+    Column("signature", JSON),  # the closing `approved` signature
+    Column("audit_seq", Integer, nullable=False, server_default=text("0")),
+    Column("audit_hash", String(64), nullable=False, server_default=text(f"'{GENESIS}'")),
+    Index("uq_nonconformances_number", "number", unique=True),
+    Index("ix_nonconformances_opened", "opened_at"),
+    Index("ix_nonconformances_status_opened", "status", "opened_at"),
+    Index("ix_nonconformances_session", "session_id", "status"),
+    Index("ix_nonconformances_sop_opened", "sop_id", "opened_at"),
+)
+
+# Counters that must have no gaps (`nonconformance`: the last NC number given). Taken by
+# `UPDATE … SET value = value + 1 … RETURNING` in the transaction that uses the number.
+counters = Table(
+    "counters", metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.audit import AuditLog
 from persistence.db import Database
 from persistence.evidence import EvidenceRepository
+from persistence.nonconformances import NonconformanceRepository
 from persistence.people import PeopleRepository
 from persistence.session_stats import SopStatsQuery
 from persistence.sessions import SessionRepository
@@ -31,6 +32,7 @@ class UnitOfWork:
         self.evidence = EvidenceRepository(conn)
         self.spc = SpcCharts(conn, self.sops)
         self.events = WebhookRepository(conn, box)
+        self.nonconformances = NonconformanceRepository(conn)
 
 
 class SqlStore:

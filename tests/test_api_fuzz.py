@@ -134,6 +134,8 @@ CONTENT_RULES = [
     ("/api/v1/sessions/{session_id}/signatures", "POST"),
     # `url`: a URL whose host resolves to public addresses (a DNS lookup, not a schema)
     ("/api/v1/webhooks", "POST"),
+    # `step_id`: one of the session's SOP's steps
+    ("/api/v1/nonconformances", "POST"),
 ]
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # the default
 

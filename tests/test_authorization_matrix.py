@@ -28,6 +28,7 @@ from tests.evidence_files import jpeg
 
 SOPS = "/api/v1/sops"
 SESSIONS = "/api/v1/sessions"
+NCS = "/api/v1/nonconformances"
 DENIALS = {401, 403, 404}
 
 ANON, OWNER, OTHER, SUP, ADMIN = "anonymous", "worker-owner", "worker-other", "supervisor", \
@@ -45,6 +46,7 @@ class World:
     draft: dict[str, Any]      # never confirmed
     session: dict[str, Any]    # the owner's, as returned by the last preparation step
     evidence: dict[str, Any] | None = None  # a file the owner uploaded to it, when asked
+    nc: dict[str, Any] | None = None  # a nonconformance a supervisor opened on it, when asked
 
     @property
     def owner(self) -> User:
@@ -64,7 +66,8 @@ class World:
 
 
 async def build_world(http: httpx.AsyncClient, owner: User, other: User, supervisor: User,
-                      admin: User, prep: str | None, evidence: bool = False) -> World:
+                      admin: User, prep: str | None, evidence: bool = False,
+                      nc: bool = False) -> World:
     sop = await make_confirmed_sop(http, supervisor,
                                    sop_body(title=f"authz {uuid.uuid4().hex}"))
     r = await http.post(SOPS, json=sop_body(title=f"authz draft {uuid.uuid4().hex}"),
@@ -78,13 +81,19 @@ async def build_world(http: httpx.AsyncClient, owner: User, other: User, supervi
                             headers=owner.h)
         assert r.status_code == 201, r.text
         uploaded = r.json()
+    opened = None
+    if nc:
+        r = await http.post(NCS, json={"session_id": session["id"], "severity": "minor",
+                                       "description": "guard loose"}, headers=supervisor.h)
+        assert r.status_code == 201, r.text
+        opened = r.json()
     if prep is not None:  # "pause" or "complete", done by the owner
         r = await http.post(f"{SESSIONS}/{session['id']}/{prep}", headers=owner.h)
         assert r.status_code == 200, r.text
         session = r.json()
     users: dict[str, User | None] = {ANON: None, OWNER: owner, OTHER: other, SUP: supervisor,
                                      ADMIN: admin}
-    return World(http, users, sop, draft, session, uploaded)
+    return World(http, users, sop, draft, session, uploaded, opened)
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -99,7 +108,8 @@ class Row:
     path: str                         # as the app spells it, with every path id as {id}
     expect: dict[str, int]            # caller -> exact status
     target: str | None = None         # what {id} is: "session", "sop" (confirmed), "draft",
-    #                                   "person" (the owner, in the directory of people)
+    #                                   "person" (the owner, in the directory of people),
+    #                                   "nc" (a nonconformance on the owner's session)
                                       # "evidence" (a file the owner uploaded)
                                       # "unknown" (an id nothing has: a webhook, a delivery)
                                       # "measurement" (the confirmed SOP's measurement step)
@@ -278,6 +288,18 @@ TABLE: list[Row] = [
         changes=False),
     Row("POST", "/api/v1/ops/sessions/{id}/retry",
         {ANON: 401, OWNER: 403, OTHER: 404, SUP: 403, ADMIN: 409}, target="session"),
+    # --- nonconformances (v1.2): supervisors and admins act; a worker reads their own ---
+    Row("GET", NCS, by_role(200, 200), changes=False),
+    Row("POST", NCS, by_role(403, 201), body=lambda w: {
+        "session_id": w.session["id"], "severity": "major", "description": "oil leak"}),
+    Row("GET", NCS + "/{id}", visible(), target="nc", changes=False),
+    Row("POST", NCS + "/{id}/contain", {ANON: 401, OWNER: 403, OTHER: 404, SUP: 200,
+                                        ADMIN: 200}, target="nc",
+        body=lambda _: {"containment": "guard taped off"}),
+    # open, not contained: closing it is refused (409) to those who may close
+    Row("POST", NCS + "/{id}/close", {ANON: 401, OWNER: 403, OTHER: 404, SUP: 409,
+                                      ADMIN: 409}, target="nc",
+        body=lambda _: {"disposition": "rework", "corrective_action": "new guard"}),
     # --- people (v1.2): the directory is for supervisors and admins; /me for everyone ---
     Row("GET", "/api/v1/people", by_role(403, 200), verify=verify_people, changes=False),
     Row("GET", "/api/v1/people/{id}", by_role(403, 200), target="person",
@@ -371,6 +393,10 @@ async def snapshot(w: World, row: Row) -> Any:
         s = r.json()
         return (s["status"], s["current_step_id"], len(s["checks"]), s["locked"], s["run_id"],
                 len(s["signatures"]))
+    if row.target == "nc":
+        r = await w.http.get(f"{NCS}/{target_id(w, row)}", headers=h)
+        assert r.status_code == 200, r.text
+        return r.json()["status"]
     if row.target in ("sop", "draft"):
         r = await w.http.get(f"{SOPS}/{target_id(w, row)}", headers=h)
         assert r.status_code == 200, r.text
@@ -388,7 +414,7 @@ def target_id(w: World, row: Row) -> str:
     return {"session": w.session["id"], "sop": w.sop["id"], "draft": w.draft["id"],
             "measurement": w.sop["id"],
             "person": str(w.owner.id),
-            "evidence": (w.evidence or {}).get("id"),
+            "evidence": (w.evidence or {}).get("id"), "nc": (w.nc or {}).get("id"),
             "unknown": str(uuid.uuid4())}[row.target or ""]
 
 
@@ -404,7 +430,7 @@ async def test_authorization_matrix(http: httpx.AsyncClient, worker_user: User,
                                     other_worker: User, supervisor: User, admin: User,
                                     row: Row, caller: str) -> None:
     w = await build_world(http, worker_user, other_worker, supervisor, admin, row.prep,
-                          evidence=row.target == "evidence")
+                          evidence=row.target == "evidence", nc=row.target == "nc")
     path = row.path
     if row.target == "measurement":  # two ids: the SOP's, then its measurement step's
         step = next(st["id"] for t in w.sop["tasks"] for st in t["steps"]

@@ -760,7 +760,8 @@ def test_view_of_a_new_session_names_first_and_next_step() -> None:
         "id": str(first.id), "title": "Stop the press",
         "instructions": "Press the red stop button",
         "check": {"kind": "confirm", "prompt": "Press has stopped", "unit": None, "min": None,
-                  "max": None, "evidence": "optional", "verify": False},
+                  "max": None, "evidence": "optional", "verify": False, "on_fail": "retry",
+                  "severity": "major"},
         "task": {"id": str(first.task_id), "title": "Isolate"},
         "index": 0, "total": 3,
     }
@@ -775,7 +776,8 @@ def test_view_of_measurement_step_shows_unit_min_max() -> None:
     pass_current(s)
     check = shown(s)["current_step"]["check"]
     assert check == {"kind": "measurement", "prompt": "Voltage at terminal A", "unit": "V",
-                     "min": 0, "max": 0.5, "evidence": "optional", "verify": False}
+                     "min": 0, "max": 0.5, "evidence": "optional", "verify": False,
+                     "on_fail": "retry", "severity": "major"}
 
 
 def test_view_of_last_step_has_no_next_step() -> None:

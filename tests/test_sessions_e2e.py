@@ -73,7 +73,8 @@ async def test_measurement_result_is_decided_from_min_and_max(http, worker_user,
     volt = s["current_step"]
     assert volt["check"] == {"kind": "measurement", "prompt": "Voltage at terminal A",
                              "unit": "V", "min": 0.0, "max": 0.5,
-                             "evidence": "optional", "verify": False}
+                             "evidence": "optional", "verify": False, "on_fail": "retry",
+                             "severity": "major"}
     r = await check(http, worker_user, s["id"], volt["id"], value=0.7)
     assert r.status_code == 200 and r.json()["checks"][-1]["result"] == "failed"
     assert r.json()["current_step_id"] == volt["id"]

@@ -459,12 +459,18 @@ def test_a_supervisor_builds_and_confirms_an_sop_in_the_editor(
     step = page.get_by_role("group", name="Step 2.1")
     step.get_by_label("Step title").fill("Fit the new hose")
     step.get_by_label("What to check").fill("Hose fitted and torqued")
+    # a leaking hose must be seen to: the session stops until a supervisor contains it
+    step.get_by_label("When the check fails").select_option("hold")
+    step.get_by_label("Severity of its nonconformance").select_option("critical")
 
     assert_phone_friendly(page)
     page.get_by_role("button", name="Save draft").click()
     expect(page.get_by_role("status").filter(has_text="Saved as a draft")).to_be_visible()
     [draft] = [s for s in stack.call(supervisor, "GET", "/sops?status=draft&limit=100")["items"]
                if s["title"] == title]
+    assert [(s["check"]["on_fail"], s["check"]["severity"])
+            for t in draft["tasks"] for s in t["steps"]] == [
+        ("retry", "major"), ("retry", "major"), ("hold", "critical")]
 
     page.get_by_role("button", name="Confirm SOP").click()
     page.get_by_role("dialog").get_by_role("button", name="Confirm SOP").click()

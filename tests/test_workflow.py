@@ -29,6 +29,7 @@ from tests.conftest import eventually, make_confirmed_sop, on, shown, sop_body, 
 from worker import SANDBOX, build_worker
 from workflows.evidence_cleanup import CleanupInput, EvidenceCleanupWorkflow
 from workflows.messages import workflow_id_for
+from workflows.nonconformance import NonconformanceWorkflow
 from workflows.work_session import WorkSessionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -186,7 +187,8 @@ def _histories() -> list[Path]:
 @pytest.mark.parametrize("path", _histories(), ids=lambda p: p.stem)
 async def test_recorded_history_replays_without_nondeterminism(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[WorkSessionWorkflow, EvidenceCleanupWorkflow],
+    replayer = Replayer(workflows=[WorkSessionWorkflow, EvidenceCleanupWorkflow,
+                                   NonconformanceWorkflow],
                         workflow_runner=SANDBOX, data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 
@@ -195,7 +197,8 @@ def test_histories_are_recorded_for_every_path():
     assert {p.stem.split(".")[0].split("-", 1)[1] for p in _histories()} >= {
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
         "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind",
-        "checks-with-evidence", "evidence-cleanup", "verified-step"}
+        "checks-with-evidence", "evidence-cleanup", "verified-step", "nonconformance-hold",
+        "nonconformance"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
@@ -373,6 +376,50 @@ async def test_record_verification_histories(http, client, db, supervisor, worke
                                                run_id=v["run_id"]).fetch_history()
     (HISTORIES / f"{label}-verified-step.json").write_text(
         json.dumps(json.loads(history.to_json()), indent=1))
+
+
+@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
+                    reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
+async def test_record_nonconformance_histories(http, client, db, supervisor, worker):
+    """Nonconformances (v1.2): a failed check on a `hold` step opens an NC (the patch
+    marker, the NC's workflow started as an abandoned child), the NC is contained (its
+    workflow signals the session: released), closed (its workflow ends), and the session
+    completes. Both histories are recorded."""
+    from datetime import UTC, datetime
+
+    from application import nonconformances as ncs
+    from domain.nonconformance import Disposition
+    from domain.sop import CheckResult as R
+    from tests.test_nonconformances import nc_sop_body
+
+    label = os.environ["RECORD_HISTORIES"]
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    ctx = own_context(client, db, worker.task_queue)
+    a = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    v = shown(await uc.start_session(ctx, a, uuid.UUID(sop["id"])))
+    v = await pass_current(ctx, a, v)
+    sid = uuid.UUID(v["id"])
+    v = shown(await uc.submit_check(ctx, await on(ctx, a, sid), submission(
+        step_id=uuid.UUID(v["current_step_id"]), result=R.FAILED)))
+    nc_id = uuid.UUID(v["held"]["nonconformance_id"])
+    access = await ncs.gate(ctx, boss, nc_id, "nc.manage")
+    await ncs.contain(ctx, access, "locked out")
+
+    async def released() -> bool:
+        return shown(await ctx.workflows.live(a.id))["held"] is None
+    await eventually(released)
+    await ncs.close(ctx, access, Disposition.REWORK, "switch replaced")
+    await client.get_workflow_handle(f"nonconformance-{nc_id}").result()
+    v = await pass_current(ctx, a, shown(await ctx.workflows.live(a.id)))
+    v = await pass_current(ctx, a, v)
+    assert v["status"] == "completed"
+    await client.get_workflow_handle(workflow_id_for(a.id)).result()
+    for name, wid, run in (("nonconformance-hold", workflow_id_for(a.id), v["run_id"]),
+                           ("nonconformance", f"nonconformance-{nc_id}", None)):
+        history = await client.get_workflow_handle(wid, run_id=run).fetch_history()
+        (HISTORIES / f"{label}-{name}.json").write_text(
+            json.dumps(json.loads(history.to_json()), indent=1))
 
 
 async def test_a_late_command_for_a_previous_session_never_lands_on_the_next_one(

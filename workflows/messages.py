@@ -4,11 +4,13 @@ added without breaking running workflows. Shared by the worker and the API."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import datetime
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from domain.changes import AuditFacts, SessionChange
+from domain.nonconformance import Deadline, Deadlines
 from domain.signature import Signature
 from domain.sop import SessionPlan
 from domain.work_session import CheckSubmission, SessionState
@@ -17,6 +19,9 @@ WRITE_CHANGES_ACTIVITY = "write_changes"
 # Update failure type when a command names another session than the run holds: the
 # worker's workflow ID now runs a newer session, so the named one is closed.
 SESSION_MISMATCH = "session-mismatch"
+NC_OVERDUE_ACTIVITY = "mark_nonconformance_overdue"
+# The session workflow's signal that one of its nonconformances was contained.
+NC_CONTAINED_SIGNAL = "nonconformance_contained"
 
 
 def workflow_id_for(worker_id: UUID) -> str:
@@ -39,6 +44,8 @@ class SessionInput(BaseModel):
     # only when an API died before its write and the device never came back. Each expiry
     # costs a timer and an activity per session.
     write_behind_seconds: float = 600.0
+    # The deadlines of the nonconformances its failed checks open (CONTRACT.md).
+    nc_deadlines: Deadlines = Deadlines()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,3 +83,34 @@ class SessionSnapshot(BaseModel):
     plan: SessionPlan
     state: SessionState
     run_id: str
+
+
+def nc_workflow_id(nc_id: UUID) -> str:
+    return f"nonconformance-{nc_id}"
+
+
+class NcInput(BaseModel):
+    """A nonconformance's workflow: its deadlines, and the session to tell when it is
+    contained (one its failed check opened: the session holds it while it is open)."""
+
+    nc_id: UUID
+    session_id: UUID
+    worker_id: UUID
+    containment_due: datetime
+    close_due: datetime
+    notify_session: bool = False
+
+
+class NcContained(BaseModel):
+    session_id: UUID
+    nc_id: UUID
+
+
+class NcOverdue(BaseModel):
+    """A deadline passed (at the workflow's time `at`): the record decides whether it was
+    missed, and says where the NC stands (None: not recorded yet)."""
+
+    nc_id: UUID
+    deadline: Deadline
+    at: datetime
+

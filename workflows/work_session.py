@@ -19,24 +19,30 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from api.schemas import SessionOut
     from domain.changes import SYSTEM, AuditFacts, SessionChange
     from domain.errors import DomainError
     from domain.evidence import EvidenceFile  # noqa: F401 (see below)
+    from domain.nonconformance import OpenNc
     from domain.work_session import Mark, SessionStatus, WorkSession
     from workflows import search_attributes
     from workflows.messages import (
+        NC_CONTAINED_SIGNAL,
         SESSION_MISMATCH,
         WRITE_CHANGES_ACTIVITY,
+        NcContained,
+        NcInput,
         SessionCommand,
         SessionInput,
         SessionSnapshot,
         SignVerified,
         SubmitCheck,
+        nc_workflow_id,
     )
+    from workflows.nonconformance import NonconformanceWorkflow
 
 # domain.evidence is imported above so that the sandbox knows its module: pydantic resolves
 # a check's evidence files (in every SubmitCheck and SessionState) by looking it up there.
@@ -45,6 +51,10 @@ T = TypeVar("T")
 # Since this patch a session awaiting second-person verification is not idle: the run waits
 # for the signature with no timer (docs/versioning.md). Runs recorded before it never await.
 VERIFICATION_WAIT_PATCH = "verification-wait-not-idle"
+# Since this patch a failed check on a step whose `on_fail` is not `retry` opens a
+# nonconformance, whose own workflow this run starts (docs/versioning.md). Runs recorded
+# before it never open one (their plans have no such step).
+NONCONFORMANCE_PATCH = "nonconformance-workflows"
 # A failing database must never lose a change: keep retrying; ops see the session as stuck.
 WRITE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2,
                           maximum_interval=timedelta(seconds=10))
@@ -77,6 +87,7 @@ class WorkSessionWorkflow:
         self._updates_this_run = 0
         self._last_touch = workflow.now()
         self._wait_is_not_idle = False  # decided (patched) when a wait first begins
+        self._nc_to_start: list[OpenNc] = []  # opened by a check, their workflows not started
 
     @workflow.run
     async def run(self, inp: SessionInput) -> dict[str, Any]:
@@ -86,11 +97,15 @@ class WorkSessionWorkflow:
         self._writer = asyncio.create_task(self._write_behind())
         idle = timedelta(seconds=inp.idle_timeout_seconds)
         while not self._must_stop():
+            if self._nc_to_start:
+                await self._start_nonconformances()
+                continue
             if self._awaiting_verification():
                 # The wait is the session's own state (durable, carried across
                 # continue-as-new): no timer runs until a `verify` update ends it.
                 await workflow.wait_condition(
-                    lambda: self._must_stop() or not self._awaiting_verification())
+                    lambda: self._must_stop() or not self._awaiting_verification()
+                    or bool(self._nc_to_start))
                 continue
             # One timer per idle period, not one per change: a change only moves the deadline.
             due = self._last_touch + idle
@@ -99,12 +114,13 @@ class WorkSessionWorkflow:
                 continue
             try:
                 await workflow.wait_condition(
-                    lambda: self._must_stop() or self._awaiting_verification(),
-                    timeout=due - workflow.now())
+                    lambda: self._must_stop() or self._awaiting_verification()
+                    or bool(self._nc_to_start), timeout=due - workflow.now())
             except TimeoutError:
                 pass
         # Never return while an update is running, or its client sees "already completed".
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._start_nonconformances()  # none is left behind by a close or a new run
         if not self._session.is_closed:
             workflow.continue_as_new(inp.model_copy(update={
                 "plan": self._session.plan, "state": self._session.state,
@@ -139,6 +155,35 @@ class WorkSessionWorkflow:
         last = batch[-1].version
         self._unwritten = [c for c in self._unwritten if c.version > last]
 
+    async def _start_nonconformances(self) -> None:
+        """Each NC a check opened gets its own workflow, started once (it outlives this
+        run: ABANDON) and named by the NC, so a start repeated on replay is the same one."""
+        while self._nc_to_start:
+            nc = self._nc_to_start[0]
+            if workflow.patched(NONCONFORMANCE_PATCH):
+                state = self._session.state
+                assert nc.containment_due is not None and nc.close_due is not None
+                try:
+                    await workflow.start_child_workflow(
+                        NonconformanceWorkflow.run, NcInput(
+                            nc_id=nc.id, session_id=state.id, worker_id=state.worker_id,
+                            containment_due=nc.containment_due, close_due=nc.close_due,
+                            notify_session=True),
+                        id=nc_workflow_id(nc.id),
+                        parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+                except WorkflowAlreadyStartedError:
+                    pass
+            self._nc_to_start.pop(0)
+
+    @workflow.signal(name=NC_CONTAINED_SIGNAL)
+    def nonconformance_contained(self, msg: NcContained) -> None:
+        """One of this session's NCs was contained (its workflow says so): it is no longer
+        open, and a hold on the session ends. For another session (the worker's next one,
+        under the same workflow ID): nothing."""
+        if msg.session_id == self._session.state.id and \
+                self._session.nonconformance_contained(msg.nc_id):
+            self._show_progress()
+
     @workflow.signal
     def write_now(self) -> None:
         """The API found this run's session missing from the read model (a start whose API
@@ -151,7 +196,8 @@ class WorkSessionWorkflow:
         """None, or the change that recorded it, when the check_id was seen before."""
         return self._apply(cmd, lambda s: s.add_check(
             cmd, by=cmd.audit.actor_id, now=workflow.now(),
-            escalate_after_failures=self._input.escalate_after_failures))
+            escalate_after_failures=self._input.escalate_after_failures,
+            deadlines=self._input.nc_deadlines))
 
     @submit_check.validator
     def _validate_submit_check(self, cmd: SubmitCheck) -> None:
@@ -253,7 +299,9 @@ class WorkSessionWorkflow:
             entries.append(AuditFacts("session_escalated", None, SYSTEM, {
                 "step_id": str(state.current_step_id),
                 "failed_checks_in_a_row": self._input.escalate_after_failures}))
-        return self._record(before, entries)
+        change = self._record(before, entries)
+        self._nc_to_start.extend(change.nonconformances)
+        return change
 
     def _note_verification_wait(self) -> None:
         """The first time this run holds a session awaiting verification, decide (once, by
@@ -304,6 +352,8 @@ class WorkSessionWorkflow:
                 details += " (needs attention)"
             if state.awaiting_verification is not None:
                 details += " (awaiting verification)"
+            if state.held_by is not None:
+                details += f" (held: nonconformance {state.held_by.id} is not contained)"
         # The static summary does not survive continue-as-new: name SOP and worker here too.
         workflow.set_current_details(f"{details}\n\nSOP: {plan.sop_title} "
                                      f"(v{plan.sop_version}) · worker {state.worker_id}")

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from domain.nonconformance import Deadlines
+
 MIN_SECRET_BYTES = 32
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")  # all a shared secret can sign with
 
@@ -170,12 +172,22 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=1, ge=1)
     idle_timeout: timedelta = timedelta(hours=8)
     escalate_after_failures: int = 3
+    # Nonconformances (CONTRACT.md): containment due within this (a critical one: the
+    # second), closure within the third, from the NC's opening.
+    nc_contain_within: timedelta = timedelta(hours=1)
+    nc_contain_critical_within: timedelta = timedelta(minutes=15)
+    nc_close_within: timedelta = timedelta(days=7)
     # How long a run lets a change it took go unwritten by itself (docs/architecture.md).
     write_behind: timedelta = timedelta(minutes=10)
     workflow_cache_size: int = Field(
         default=600, ge=1,
         description="session runs a worker keeps in memory; one not kept replays its history "
                     "on its next request (see docs/operations.md)")
+    @property
+    def nc_deadlines(self) -> Deadlines:
+        return Deadlines(self.nc_contain_within, self.nc_contain_critical_within,
+                         self.nc_close_within)
+
     log_level: str = "info"
     # Prometheus metrics, each process on a port of its own, never the API's (CONTRACT.md);
     # 0 turns a process's metrics off. `metrics_host` 0.0.0.0 in a container.

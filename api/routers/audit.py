@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -30,10 +31,22 @@ CSV = "text/csv"
 COLUMNS = list(AuditEntryOut.model_fields)
 
 
-async def _audit_filter(request: Request, session_id: UUID | None = Query(None)
-                        ) -> UUID | None:
+HEX = "[0-9a-fA-F]"
+CHAIN = f"^(session|sop|nc):{HEX}{{8}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{12}}$"
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    session_id: UUID | None
+    chain: str | None
+
+
+async def _audit_filter(request: Request, session_id: UUID | None = Query(None),
+                        chain: str | None = Query(
+                            None, pattern=CHAIN, description="one chain: session:<id>, "
+                            "sop:<family_id> or nc:<id>")) -> AuditFilter:
     refuse_unknown_parameters(request, _audit_filter, "limit", "offset")
-    return session_id
+    return AuditFilter(session_id, chain.lower() if chain else None)
 
 
 @router.get("", response_model=Page[AuditEntryOut], responses={**problems(403), 200: {
@@ -50,7 +63,8 @@ async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: Pa
                      _: Actor = require("audit.read"),
                      # after `require`: FastAPI runs dependencies in this order, and 403
                      # comes before 422 (CONTRACT.md, "Error precedence")
-                     session_id: UUID | None = Depends(_audit_filter)) -> Any:
+                     f: AuditFilter = Depends(_audit_filter)) -> Any:
+    session_id = f.session_id
     if prefers_csv(request.headers.get("accept", "")):
         if session_id is None:
             raise InvalidInput("the CSV export is one session's chain: add session_id=",
@@ -60,7 +74,8 @@ async def list_audit(request: Request, actor: CurrentActor, ctx: Ctx, paging: Pa
                         media_type=f"{CSV}; charset=utf-8", headers={
                             "Content-Disposition":
                                 f'attachment; filename="audit-session-{session_id}.csv"'})
-    items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset)
+    items, total = await uc.list_entries(ctx, actor, session_id, paging.limit, paging.offset,
+                                         f.chain)
     return paging.page([{**i, "at": hashed_body(i)["at"]} for i in items], total)
 
 

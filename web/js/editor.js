@@ -6,6 +6,7 @@ import { ask, badge, notice, rangeText, when } from './ui.js';
 const blankStep = () => ({
   title: '', instructions: '', check: {
     kind: 'confirm', prompt: '', unit: '', min: '', max: '', evidence: 'optional',
+    on_fail: 'retry', severity: 'major',
   },
 });
 // A step's check.evidence (CONTRACT.md, "Evidence files"): which checks need a photo or file.
@@ -15,6 +16,13 @@ const EVIDENCE = [
   ['required', 'Required'],
   ['required_on_fail', 'Required on a failed check'],
 ];
+// A step's check.on_fail and check.severity (CONTRACT.md, "Nonconformances").
+const ON_FAIL = [
+  ['retry', 'The worker tries again'],
+  ['nonconformance', 'Open a nonconformance (the worker may try again)'],
+  ['hold', 'Open a nonconformance and stop until a supervisor contains it'],
+];
+const SEVERITY = [['minor', 'Minor'], ['major', 'Major'], ['critical', 'Critical']];
 const EVIDENCE_SAID = {
   required: 'photo or file required', required_on_fail: 'photo or file required on a failed check',
 };
@@ -42,6 +50,8 @@ function fromSop(sop) {
           min: s.check.min == null ? '' : String(s.check.min),
           max: s.check.max == null ? '' : String(s.check.max),
           evidence: s.check.evidence || 'optional',
+          on_fail: s.check.on_fail || 'retry',
+          severity: s.check.severity || 'major',
         },
       })),
     })),
@@ -74,6 +84,8 @@ function toBody(model) {
           kind: s.check.kind,
           prompt: need(s.check.prompt, `${where}.check.prompt`, `${name}: what to check`),
           evidence: s.check.evidence || 'optional',
+          on_fail: s.check.on_fail || 'retry',
+          severity: s.check.severity || 'major',
         };
         if (s.check.kind === 'measurement') {
           check.unit = s.check.unit.trim() || null;
@@ -279,6 +291,14 @@ export function mountSopEditor(root, { onChange, onStats }) {
         step.check.evidence = evidence.value;
         dirty = true;
       });
+      const choice = (name, options, fallback) => {
+        const select = h('select', { dataset: { field: `${where}.check.${name}` } },
+          options.map(([value, text]) => h('option', {
+            value, selected: (step.check[name] || fallback) === value,
+          }, text)));
+        select.addEventListener('change', () => { step.check[name] = select.value; dirty = true; });
+        return select;
+      };
       const measurement = step.check.kind === 'measurement' ? h('div', { class: 'row-3' },
         labelled('Unit', input('input', `${where}.check.unit`, () => step.check.unit, (v) => { step.check.unit = v; },
           { type: 'text', maxlength: 32, autocomplete: 'off' })),
@@ -300,6 +320,8 @@ export function mountSopEditor(root, { onChange, onStats }) {
         measurement,
         labelled('Evidence', evidence, 'A photo or PDF the worker adds to the check: '
           + '"Required on a failed check" asks for one when the check fails.'),
+        labelled('When the check fails', choice('on_fail', ON_FAIL, 'retry')),
+        labelled('Severity of its nonconformance', choice('severity', SEVERITY, 'major')),
         task.steps.length > 1 ? h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary small', disabled: si === 0,
             onclick: () => { move(task.steps, si, -1); draw(`tasks.${ti}.steps.${si - 1}.title`); } }, 'Move up', which(`step ${label}`)),

@@ -1,0 +1,29 @@
+"""The NC workflow's one activity: a missed deadline, decided and recorded on the NC's row
+(see workflows/nonconformance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from application.nonconformances import mark_overdue
+from persistence.db import Database
+from persistence.uow import SqlStore
+from workflows.messages import NC_OVERDUE_ACTIVITY, NcOverdue
+
+
+class NonconformanceStore:
+    def __init__(self, db: Database) -> None:
+        self._store = SqlStore(db)
+
+    @activity.defn(name=NC_OVERDUE_ACTIVITY)
+    async def mark_overdue(self, msg: NcOverdue) -> str:
+        """Where the NC stands after the deadline; retried (its transaction runs to its end,
+        as the session store's) until the NC is recorded."""
+        status = await asyncio.shield(asyncio.ensure_future(
+            mark_overdue(self._store, msg.nc_id, msg.deadline, msg.at)))
+        if status is None:
+            raise ApplicationError(f"nonconformance {msg.nc_id} is not recorded yet")
+        return status

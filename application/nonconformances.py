@@ -1,0 +1,201 @@
+"""Nonconformance use cases (CONTRACT.md, "Nonconformances").
+
+The record decides: each change of an NC (opening by hand, containment, closure, a missed
+deadline) is decided on its row, held, and written with its audit entries on the NC's chain
+(`nc:<id>`) in one transaction; only then is its workflow told (a signal, or its start),
+which no transaction waits for. An NC opened by a failed check is written with that check
+(persistence.sessions.write_change) and its workflow started by the session's run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+from uuid import UUID, uuid4
+
+from application.authz import Actor, allowed, authorize
+from application.context import Context
+from application.ports import Store
+from application.sessions import ensure_fresh
+from domain.changes import SYSTEM, AuditFacts
+from domain.errors import Conflict, InvalidInput, NotFound, Unavailable
+from domain.nonconformance import (
+    Deadline,
+    Disposition,
+    NcFilter,
+    Nonconformance,
+)
+from domain.signature import Meaning, Signature
+from domain.sop import Severity
+
+log = logging.getLogger("worksession.api")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NcAccess:
+    """A request's right to act on one NC, decided once (`gate`): 404 before 403."""
+
+    actor: Actor
+    nc_id: UUID
+
+
+async def gate(ctx: Context, actor: Actor, nc_id: UUID, permission: str) -> NcAccess:
+    """A worker sees the NCs of their own sessions only; any other is 404 to them."""
+    async with ctx.uow(read_only=True) as uow:
+        exists, worker = await uow.nonconformances.worker_of(nc_id)
+    if not exists or not (allowed(actor, "nc.read_all") or worker == actor.id):
+        raise NotFound("nonconformance not found")
+    authorize(actor, permission)
+    return NcAccess(actor, nc_id)
+
+
+def _facts(actor: Actor, action: str, request_id: str | None, **detail: object) -> AuditFacts:
+    return AuditFacts(action, actor.id, actor.role.value, dict(detail), request_id)
+
+
+async def get(ctx: Context, access: NcAccess) -> Nonconformance:
+    async with ctx.uow(read_only=True) as uow:
+        nc = await uow.nonconformances.get(access.nc_id)
+    assert nc is not None  # `gate` let it through
+    return nc
+
+
+async def list_page(ctx: Context, actor: Actor, f: NcFilter, limit: int,
+                    offset: int) -> tuple[list[Nonconformance], int]:
+    authorize(actor, "nc.read")
+    worker = None if allowed(actor, "nc.read_all") else actor.id
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.nonconformances.list_page(worker, f, limit, offset)
+
+
+async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UUID | None,
+                       severity: Severity, description: str,
+                       request_id: str | None = None) -> Nonconformance:
+    """A supervisor opens an NC on a session (and one of its steps). It holds nothing: the
+    session goes on."""
+    authorize(actor, "nc.manage")
+    now = ctx.clock()
+    async with ctx.uow() as uow:
+        stored = await uow.sessions.load(session_id, with_checks=False)
+        if stored is None:  # as a start naming an unknown SOP
+            raise NotFound("session not found")
+        if step_id is not None and stored.session.plan.index_of(step_id) is None:
+            raise InvalidInput("step_id is not a step of the session's SOP", errors=[
+                {"field": "step_id", "message": "unknown step"}])
+        nc = Nonconformance.open_by_hand(uuid4(), session_id, stored.state.sop_id, step_id,
+                                         severity, description, actor.id, now,
+                                         ctx.nc_deadlines)
+        await uow.nonconformances.add(nc, [_facts(
+            actor, "nonconformance_opened", request_id, session_id=str(session_id),
+            step_id=str(step_id) if step_id else None, severity=severity.value,
+            description=description, containment_due=nc.containment_due.isoformat(),
+            close_due=nc.close_due.isoformat())], now)
+        # event: nonconformance.opened
+        worker = stored.state.worker_id
+    try:
+        await ctx.workflows.start_nonconformance(nc, worker, notify_session=False)
+    except Unavailable:  # recorded: the workflow is started again by `ops` (see docs)
+        log.warning("nonconformance %s recorded, its workflow not started", nc.id)
+    return nc
+
+
+async def _audited(ctx: Context, nc_id: UUID, facts: AuditFacts,
+                   decide: Callable[[], Awaitable[T]]) -> T:
+    """A refused change leaves its entry on the NC's chain (`outcome: rejected`), in a
+    transaction of its own: the one that decided it rolled back."""
+    try:
+        return await decide()
+    except (Conflict, InvalidInput) as e:
+        async with ctx.uow() as uow:
+            nc = await uow.nonconformances.get(nc_id, for_update=True)
+            assert nc is not None
+            await uow.nonconformances.save(nc, [facts.rejected(reason=e.detail, code=e.code)],
+                                           ctx.clock())
+        raise
+
+
+async def contain(ctx: Context, access: NcAccess, containment: str,
+                  request_id: str | None = None) -> Nonconformance:
+    """open → contained; the NC's workflow is told (its containment deadline stops, and
+    the session it holds is released)."""
+    actor = access.actor
+    facts = _facts(actor, "nonconformance_contained", request_id, containment=containment)
+
+    async def decide() -> Nonconformance:
+        async with ctx.uow() as uow:
+            nc = await uow.nonconformances.get(access.nc_id, for_update=True)
+            assert nc is not None
+            nc.contain(containment, actor.id, ctx.clock())
+            await uow.nonconformances.save(nc, [facts], nc.contained_at or ctx.clock())
+            # event: nonconformance.contained
+        return nc
+
+    nc = await _audited(ctx, access.nc_id, facts, decide)
+    await _tell(ctx, nc)
+    return nc
+
+
+async def close(ctx: Context, access: NcAccess, disposition: Disposition,
+                corrective_action: str, statement: str | None = None,
+                request_id: str | None = None) -> Nonconformance:
+    """contained → closed: the closer's `approved` signature, under the re-authentication
+    rule (401 before anything is read or recorded)."""
+    actor = access.actor
+    ensure_fresh(ctx, actor)
+    facts = _facts(actor, "nonconformance_closed", request_id, disposition=disposition.value,
+                   corrective_action=corrective_action)
+
+    async def decide() -> Nonconformance:
+        async with ctx.uow() as uow:
+            nc = await uow.nonconformances.get(access.nc_id, for_update=True)
+            assert nc is not None
+            sig = Signature(id=uuid4(), session_id=nc.session_id, meaning=Meaning.APPROVED,
+                            step_id=None, signer_id=actor.id,
+                            signer_name=actor.name or str(actor.id),
+                            signer_role=actor.role.value, signed_at=ctx.clock(),
+                            statement=statement)
+            nc.close(disposition, corrective_action, sig)
+            signed = AuditFacts("signed", actor.id, actor.role.value, {
+                "signature_id": str(sig.id), "meaning": sig.meaning.value,
+                "nonconformance_id": str(nc.id), "signer_name": sig.signer_name,
+                "signed_at": sig.signed_at.isoformat(), "statement": statement,
+                "manifest": sig.manifest()}, request_id)
+            await uow.nonconformances.save(nc, [signed, facts], sig.signed_at)
+            # event: nonconformance.closed
+        return nc
+
+    nc = await _audited(ctx, access.nc_id, facts, decide)
+    await _tell(ctx, nc)
+    return nc
+
+
+async def _tell(ctx: Context, nc: Nonconformance) -> None:
+    """The NC's workflow learns where the record stands. Best effort: what it misses it
+    learns from the record when its next deadline passes."""
+    try:
+        await ctx.workflows.nonconformance_changed(nc.id, nc.status)
+    except Exception as e:  # noqa: BLE001 (Temporal down or the run gone: the record holds)
+        log.warning("nonconformance %s is %s; its workflow was not told (%s)", nc.id,
+                    nc.status.value, e)
+
+
+async def mark_overdue(store: Store, nc_id: UUID, deadline: Deadline,
+                       at: datetime) -> str | None:
+    """A deadline of the NC passed (the NC workflow's timer, at its time `at`): overdue,
+    audited by the system, if the record says it was missed, once. Where the NC stands,
+    None when it is not recorded (yet)."""
+    async with store() as uow:
+        nc = await uow.nonconformances.get(nc_id, for_update=True)
+        if nc is None:
+            return None
+        due = nc.containment_due if deadline is Deadline.CONTAINMENT else nc.close_due
+        if nc.mark_overdue(deadline, at):
+            await uow.nonconformances.save(nc, [AuditFacts(
+                "nonconformance_overdue", None, SYSTEM,
+                {"deadline": deadline.value, "due": due.isoformat()})], at,
+                dedup_key=f"nc:{nc_id}@overdue-{deadline.value}")
+            # event: nonconformance.overdue
+        return nc.status.value

@@ -1,0 +1,166 @@
+"""A nonconformance's deadlines as durable timers, on the time-skipping test server: a missed
+containment or closure deadline sets `overdue` once, audited by the system, also when the
+worker is replaced before it passes; a hold is released by containment alone (nobody polls)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from application import nonconformances as ncs
+from application import sessions as uc
+from application.authz import Actor, Role
+from domain.errors import SessionHeld
+from domain.nonconformance import Disposition, NcFilter, NcStatus
+from domain.sop import CheckResult
+from persistence.tables import audit_log
+from tests.conftest import make_confirmed_sop, on, shown, submission
+from tests.test_durable_timers import context, skipping_env  # noqa: F401 (fixture)
+from tests.test_nonconformances import nc_sop_body
+from worker import build_worker
+
+
+async def overdue_entries(db, nc_id) -> list[tuple[str, str | None, dict]]:
+    async with db.read() as conn:
+        rows = (await conn.execute(select(audit_log).where(
+            audit_log.c.chain == f"nc:{nc_id}", audit_log.c.action == "nonconformance_overdue")
+            .order_by(audit_log.c.seq))).mappings().all()
+    return [(r["actor_role"], r["actor_id"], r["detail"]) for r in rows]
+
+
+async def finish(env, ctx, actor, session_id) -> None:
+    """Cancel the session and let its run write and close while the worker is there: a run
+    left with a pending write would stop the next test's clock."""
+    await uc.cancel_session(ctx, await on(ctx, actor, session_id), "done testing")
+    await env.client.get_workflow_handle(f"work-session-{actor.id}").result()
+
+
+async def the_nc(ctx, boss, session_id):
+    items, _ = await ncs.list_page(ctx, boss, NcFilter(session_id=session_id), 10, 0)
+    assert len(items) == 1
+    return items[0]
+
+
+async def fail_step(ctx, actor, view, step_index):
+    sid = uuid.UUID(view["id"])
+    for _ in range(step_index - view["current_step"]["index"]):
+        view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid), submission(
+            step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.PASSED)))
+    return shown(await uc.submit_check(ctx, await on(ctx, actor, sid), submission(
+        step_id=uuid.UUID(view["current_step_id"]), result=CheckResult.FAILED)))
+
+
+async def test_both_deadlines_set_overdue_once_audited_across_a_worker_restart(
+        skipping_env, db, http, supervisor):  # noqa: F811
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-deadlines-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    # No sticky queue for the first worker: the time-skipping server would wait for its
+    # sticky tasks in skipped time (which stands still while they wait), never falling
+    # back to the task queue the second worker polls, as a real server does after 5 s.
+    async with build_worker(skipping_env.client, db, queue, cache_size=0):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h
+        nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
+        await skipping_env.sleep(timedelta(minutes=50))
+        assert (await ncs.get(ctx, await ncs.gate(ctx, boss, nc.id, "nc.read"))).overdue is False
+    # a new worker (the first one is gone, and with it every run it had in memory): the
+    # timer is the server's, and the new worker replays the NC's history and acts on it
+    async with build_worker(skipping_env.client, db, queue):
+        await skipping_env.sleep(timedelta(minutes=20))
+        access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
+
+        async def overdue() -> bool:
+            return (await ncs.get(ctx, access)).overdue
+        for _ in range(100):
+            if await overdue():
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        assert await overdue()
+        [(role, actor_id, detail)] = await overdue_entries(db, nc.id)
+        assert (role, actor_id, detail["deadline"]) == ("system", None, "containment")
+        # nothing more, however long it stays open
+        await skipping_env.sleep(timedelta(hours=3))
+        assert len(await overdue_entries(db, nc.id)) == 1
+        listed, _ = await ncs.list_page(ctx, boss, NcFilter(overdue=True, sop_id=nc.sop_id),
+                                        10, 0)
+        assert [n.id for n in listed] == [nc.id]
+        # contained late: overdue it stays; the closure deadline runs on (7 days from opening)
+        await ncs.contain(ctx, access, "guard taped off")
+        await skipping_env.sleep(timedelta(days=6))
+        assert len(await overdue_entries(db, nc.id)) == 1
+        await skipping_env.sleep(timedelta(days=1, hours=1))
+        for _ in range(100):
+            if len(await overdue_entries(db, nc.id)) == 2:
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        found = await overdue_entries(db, nc.id)
+        assert [d["deadline"] for _, _, d in found] == ["containment", "closure"]
+        await skipping_env.sleep(timedelta(days=30))
+        assert len(await overdue_entries(db, nc.id)) == 2
+        closed = await ncs.close(ctx, access, Disposition.SCRAP, "parts scrapped")
+        assert closed.status is NcStatus.CLOSED and closed.overdue is True
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
+async def test_an_nc_contained_in_time_is_never_overdue_and_its_workflow_ends_when_closed(
+        skipping_env, db, http, supervisor):  # noqa: F811
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-in-time-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        await fail_step(ctx, actor, view, 0)
+        nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
+        access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
+        await skipping_env.sleep(timedelta(minutes=30))
+        await ncs.contain(ctx, access, "parts quarantined")
+        await skipping_env.sleep(timedelta(days=2))
+        boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+        await ncs.close(ctx, await ncs.gate(ctx, boss, nc.id, "nc.manage"),
+                        Disposition.USE_AS_IS, "within tolerance after review")
+        handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
+        assert await handle.result() == "closed"
+        await skipping_env.sleep(timedelta(days=10))
+        assert await overdue_entries(db, nc.id) == []
+        assert (await ncs.get(ctx, access)).overdue is False
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
+async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervisor):  # noqa: F811
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-hold-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
+        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
+        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        await skipping_env.sleep(timedelta(hours=2))  # held for hours: still held
+        with pytest.raises(SessionHeld) as refused:
+            await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                  submission(step_id=step, result=CheckResult.PASSED))
+        assert refused.value.extra["nonconformance_id"] == str(nc_id)
+        assert [d["deadline"] for _, _, d in await overdue_entries(db, nc_id)] == \
+            ["containment"]
+        await ncs.contain(ctx, await ncs.gate(ctx, boss, nc_id, "nc.manage"), "locked out")
+        live = None
+        for _ in range(100):
+            live = shown(await ctx.workflows.live(actor.id))
+            if live["held"] is None:
+                break
+            await skipping_env.sleep(timedelta(milliseconds=100))
+        assert live is not None and live["held"] is None
+        view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                           submission(step_id=step, result=CheckResult.PASSED)))
+        assert view["current_step"]["index"] == 2
+        await finish(skipping_env, ctx, actor, sid)
