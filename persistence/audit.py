@@ -175,11 +175,17 @@ class AuditLog:
         return n, problems
 
     async def _signatures(self) -> dict[str, list[dict[str, Any]]]:
-        """Every signature, by its session's chain (few: one to three a session)."""
+        """Every signature, by its chain: a session's (few: one to three a session), and the
+        closing signature of each closed NC (kept on its row)."""
         out: dict[str, list[dict[str, Any]]] = {}
         for r in (await self.conn.execute(select(signatures).order_by(
                 signatures.c.session_id, signatures.c.seq))).mappings():
             out.setdefault(session_chain(r["session_id"]), []).append(dict(r))
+        for nc_id, signature in (await self.conn.execute(
+                select(nonconformances.c.id, nonconformances.c.signature).where(
+                    nonconformances.c.signature.is_not(None)))).all():
+            if signature:  # JSON null reads back as None on one dialect, 'null' on another
+                out.setdefault(nc_chain(nc_id), []).append(signature)
         return out
 
     async def anchor(self, now: datetime) -> dict[str, Any]:
