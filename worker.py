@@ -83,8 +83,9 @@ def build_worker(client: Client, db: Database, task_queue: str,
                     settings.webhook_retry_most), deliveries)
     workflow_types: list[type] = [WorkSessionWorkflow, WebhookDeliveryWorkflow,
                                   WebhookSweepWorkflow, NonconformanceWorkflow]
+    overdue = NonconformanceStore(db, RENDER, deliveries)
     activities: list[object] = [store.write_changes, webhooks.deliver,
-                                webhooks.start_stranded, NonconformanceStore(db).mark_overdue]
+                                webhooks.start_stranded, overdue.mark_overdue]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)

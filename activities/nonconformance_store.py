@@ -8,22 +8,27 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from application.events import Render
 from application.nonconformances import mark_overdue
+from application.ports import Deliveries
 from persistence.db import Database
 from persistence.uow import SqlStore
 from workflows.messages import NC_OVERDUE_ACTIVITY, NcOverdue
 
 
 class NonconformanceStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, render: Render | None = None,
+                 deliveries: Deliveries | None = None) -> None:
         self._store = SqlStore(db)
+        self._render, self._deliveries = render, deliveries  # its webhook event
 
     @activity.defn(name=NC_OVERDUE_ACTIVITY)
     async def mark_overdue(self, msg: NcOverdue) -> str:
         """Where the NC stands after the deadline; retried (its transaction runs to its end,
         as the session store's) until the NC is recorded."""
         status = await asyncio.shield(asyncio.ensure_future(
-            mark_overdue(self._store, msg.nc_id, msg.deadline, msg.at)))
+            mark_overdue(self._store, msg.nc_id, msg.deadline, msg.at, self._render,
+                         self._deliveries)))
         if status is None:
             raise ApplicationError(f"nonconformance {msg.nc_id} is not recorded yet")
         return status

@@ -345,6 +345,9 @@ class _Render:
     def signature(self, signature: Signature) -> dict[str, Any]:
         return self._signature.dump_python(signature, mode="json")
 
+    def nonconformance(self, nc: Nonconformance) -> dict[str, Any]:
+        return NonconformanceOut.of(nc).model_dump(mode="json")
+
 
 RENDER = _Render()
 

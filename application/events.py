@@ -24,6 +24,7 @@ from uuid import UUID
 
 from application.ports import Deliveries, Store, StoredSession, UnitOfWork
 from domain.changes import SessionChange
+from domain.nonconformance import Nonconformance
 from domain.signature import Signature
 from domain.webhooks import events_of, retry_delay, sign
 from domain.work_session import Check
@@ -39,6 +40,7 @@ class Render(Protocol):
     def session(self, stored: StoredSession) -> dict[str, Any]: ...
     def check(self, check: Check) -> dict[str, Any]: ...
     def signature(self, signature: Signature) -> dict[str, Any]: ...
+    def nonconformance(self, nc: Nonconformance) -> dict[str, Any]: ...
 
 
 async def record_change(uow: UnitOfWork, change: SessionChange, render: Render) -> int:
@@ -75,7 +77,24 @@ async def record_change(uow: UnitOfWork, change: SessionChange, render: Render) 
         await uow.events.record("spc.out_of_control", data, change.state.id, at=change.at,
                                 version=change.version, index=32 + j)
         recorded += 1
+    # the NCs its failed checks opened (written with them: read back with their numbers)
+    for opened in change.nonconformances:
+        nc = await uow.nonconformances.get(opened.id)
+        if nc is not None and await record_nonconformance(
+                uow, render, "nonconformance.opened", nc, change.at, change.version):
+            recorded += 1
     return recorded
+
+
+async def record_nonconformance(uow: UnitOfWork, render: Render | None, event_type: str,
+                                nc: Nonconformance, at: datetime, version: int = 0) -> bool:
+    """An NC's event, in the transaction of its change, on its session's stream (so that
+    a session's events and its NCs' go out in one order)."""
+    if render is None or not await uow.events.wanted(event_type):
+        return False
+    await uow.events.record(event_type, render.nonconformance(nc), nc.session_id, at=at,
+                            version=version, index=48)
+    return True
 
 
 async def start_deliveries(deliveries: Deliveries | None,

@@ -17,7 +17,8 @@ from uuid import UUID, uuid4
 
 from application.authz import Actor, allowed, authorize
 from application.context import Context
-from application.ports import Store
+from application.events import Render, record_nonconformance, start_deliveries
+from application.ports import Deliveries, Store
 from application.sessions import ensure_fresh
 from domain.changes import SYSTEM, AuditFacts
 from domain.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -93,7 +94,7 @@ async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UU
             step_id=str(step_id) if step_id else None, severity=severity.value,
             description=description, containment_due=nc.containment_due.isoformat(),
             close_due=nc.close_due.isoformat())], now)
-        # event: nonconformance.opened
+        await record_nonconformance(uow, ctx.render, "nonconformance.opened", nc, now)
         worker = stored.state.worker_id
     try:
         await ctx.workflows.start_nonconformance(nc, worker, notify_session=False)
@@ -129,8 +130,9 @@ async def contain(ctx: Context, access: NcAccess, containment: str,
             nc = await uow.nonconformances.get(access.nc_id, for_update=True)
             assert nc is not None
             nc.contain(containment, actor.id, ctx.clock())
-            await uow.nonconformances.save(nc, [facts], nc.contained_at or ctx.clock())
-            # event: nonconformance.contained
+            at = nc.contained_at or ctx.clock()
+            await uow.nonconformances.save(nc, [facts], at)
+            await record_nonconformance(uow, ctx.render, "nonconformance.contained", nc, at)
         return nc
 
     nc = await _audited(ctx, access.nc_id, facts, decide)
@@ -164,7 +166,8 @@ async def close(ctx: Context, access: NcAccess, disposition: Disposition,
                 "signed_at": sig.signed_at.isoformat(), "statement": statement,
                 "manifest": sig.manifest()}, request_id)
             await uow.nonconformances.save(nc, [signed, facts], sig.signed_at)
-            # event: nonconformance.closed
+            await record_nonconformance(uow, ctx.render, "nonconformance.closed", nc,
+                                        sig.signed_at)
         return nc
 
     nc = await _audited(ctx, access.nc_id, facts, decide)
@@ -182,8 +185,9 @@ async def _tell(ctx: Context, nc: Nonconformance) -> None:
                     nc.status.value, e)
 
 
-async def mark_overdue(store: Store, nc_id: UUID, deadline: Deadline,
-                       at: datetime) -> str | None:
+async def mark_overdue(store: Store, nc_id: UUID, deadline: Deadline, at: datetime,
+                       render: Render | None = None,
+                       deliveries: Deliveries | None = None) -> str | None:
     """A deadline of the NC passed (the NC workflow's timer, at its time `at`): overdue,
     audited by the system, if the record says it was missed, once. Where the NC stands,
     None when it is not recorded (yet)."""
@@ -197,5 +201,6 @@ async def mark_overdue(store: Store, nc_id: UUID, deadline: Deadline,
                 "nonconformance_overdue", None, SYSTEM,
                 {"deadline": deadline.value, "due": due.isoformat()})], at,
                 dedup_key=f"nc:{nc_id}@overdue-{deadline.value}")
-            # event: nonconformance.overdue
-        return nc.status.value
+            await record_nonconformance(uow, render, "nonconformance.overdue", nc, at)
+    await start_deliveries(deliveries, uow.events.streams)
+    return nc.status.value

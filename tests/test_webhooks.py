@@ -16,7 +16,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,11 +25,15 @@ from aiohttp import web
 from sqlalchemy import select
 
 from api.app import create_app
+from api.schemas import RENDER
+from application.nonconformances import mark_overdue
+from domain.nonconformance import Deadline
 from domain.webhooks import sign
 from faults.harness import free_port
 from persistence.db import Database
 from persistence.migrate import upgrade_async
-from persistence.tables import webhook_subscriptions
+from persistence.tables import webhook_events, webhook_subscriptions
+from persistence.uow import SqlStore
 from tests.conftest import (
     SECRET,
     User,
@@ -43,6 +47,7 @@ from tests.conftest import (
     step_ids,
 )
 from tests.test_domain_spc import CONCENTRATION
+from tests.test_nonconformances import nc_sop_body
 from tests.test_spc_api import spc_sop
 from worker import build_worker
 from worksession.settings import Settings
@@ -322,6 +327,74 @@ async def test_every_event_arrives_signed_in_order(
 
 async def _count(receiver: Receiver, n: int) -> bool:
     return len(receiver.got) >= n
+
+
+async def test_a_nonconformance_sends_opened_contained_closed_in_its_session_s_order(
+        api: httpx.AsyncClient, receiver: Receiver, admin: User, worker_user: User,
+        supervisor: User) -> None:
+    """A failed check on a `hold` step: check.failed then nonconformance.opened (with its
+    number), then contained and closed as the API shows the NC, all on the session's
+    stream in order."""
+    sop = await make_confirmed_sop(api, supervisor, nc_sop_body())
+    hook = await subscribe(api, admin, receiver.url, [
+        "check.failed", "nonconformance.opened", "nonconformance.contained",
+        "nonconformance.closed"])
+    try:
+        s = await start(api, worker_user, sop)
+        first, held_step = step_ids(sop)[:2]
+        assert (await check(api, worker_user, s["id"], first)).status_code == 200
+        r = await check(api, worker_user, s["id"], held_step, result="failed")
+        assert r.status_code == 200, r.text
+        url = f"/api/v1/nonconformances/{r.json()['held']['nonconformance_id']}"
+        r = await api.post(f"{url}/contain", json={"containment": "Press locked out"},
+                           headers=supervisor.h)
+        assert r.status_code == 200, r.text
+        r = await api.post(f"{url}/close", headers=fresh(supervisor), json={
+            "disposition": "rework", "corrective_action": "Guard switch replaced"})
+        assert r.status_code == 200, r.text
+        closed = r.json()
+        await eventually(lambda: _count(receiver, 4), within=20)
+        await asyncio.sleep(1)  # nothing more comes
+        events = receiver.events()
+        assert [e["type"] for e in events] == [
+            "check.failed", "nonconformance.opened", "nonconformance.contained",
+            "nonconformance.closed"]
+        assert all(verifies(hook["secret"], h, b) for h, b in receiver.got)
+        assert events[1]["data"]["number"] == closed["number"]
+        assert events[1]["data"]["status"] == "open" and events[1]["data"]["hold"] is True
+        assert events[2]["data"]["status"] == "contained"
+        assert events[3]["data"] == closed
+    finally:
+        await unsubscribe_all(api, admin)
+
+
+async def test_a_missed_deadline_records_nonconformance_overdue_with_the_change(
+        api: httpx.AsyncClient, hooks_db: Database, admin: User, worker_user: User,
+        supervisor: User, receiver: Receiver) -> None:
+    """The NC workflow's overdue activity (application.nonconformances.mark_overdue, run
+    here directly: its timer is tested in test_nonconformance_deadlines) records the event in
+    the transaction that sets `overdue`, once however often it runs."""
+    sop = await make_confirmed_sop(api, supervisor, nc_sop_body())
+    hook = await subscribe(api, admin, receiver.url, ["nonconformance.overdue"])
+    try:
+        s = await start(api, worker_user, sop)
+        r = await api.post("/api/v1/nonconformances", headers=supervisor.h, json={
+            "session_id": s["id"], "severity": "major", "description": "guard loose"})
+        assert r.status_code == 201, r.text
+        nc = r.json()
+        late = datetime.fromisoformat(nc["containment_due"]) + timedelta(seconds=1)
+        for _ in range(2):  # a retried activity
+            assert await mark_overdue(SqlStore(hooks_db), uuid.UUID(nc["id"]),
+                                      Deadline.CONTAINMENT, late, RENDER) == "open"
+        [queued] = await deliveries(api, admin, hook)  # once (its delivery: the backstop's)
+        assert queued["event_type"] == "nonconformance.overdue"
+        async with hooks_db.read() as conn:
+            [body] = (await conn.execute(select(webhook_events.c.body).where(
+                webhook_events.c.id == queued["event_id"]))).scalars().all()
+        data = json.loads(body)["data"]
+        assert data["id"] == nc["id"] and data["overdue"] is True
+    finally:
+        await unsubscribe_all(api, admin)
 
 
 async def test_an_out_of_control_value_sends_its_event_once(
