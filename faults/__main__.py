@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="the short CI version (about 2 minutes); default: the long one")
     ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
-    ap.add_argument("--only", help="comma-separated scenarios (names or letters a-d)")
+    ap.add_argument("--only", help="comma-separated scenarios (names or letters a-e)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--devices", type=int, help="override the number of devices")
     ap.add_argument("--faults", type=int, help="override the number of faults per scenario")

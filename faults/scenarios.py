@@ -37,6 +37,7 @@ import httpx
 from sqlalchemy import select
 from temporalio.client import WorkflowQueryFailedError
 
+from faults import webhooks
 from faults.stack import Stack, StackError, WriteOutage
 from persistence.db import Database
 from persistence.tables import audit_log, session_checks, work_sessions
@@ -46,12 +47,14 @@ SCENARIOS = {
     "temporal_restart": "b",
     "database_outage": "c",
     "resend": "d",
+    "webhook": "e",
 }
 TITLES = {
     "worker_kill": "(a) SIGKILL the worker at random moments",
     "temporal_restart": "(b) restart the Temporal dev server mid-stream",
     "database_outage": "(c) database write outage mid-stream",
     "resend": "(d) same check resent up to 5 times, across worker kills",
+    "webhook": "(e) webhooks to a receiver across worker kills and a Temporal restart",
 }
 
 
@@ -77,12 +80,14 @@ QUICK = {
     "temporal_restart": Config(devices=4, duration=16, faults=1),
     "database_outage": Config(devices=4, duration=10, faults=1),
     "resend": Config(devices=4, duration=16, faults=2),
+    "webhook": Config(devices=4, duration=20, faults=2),
 }
 LONG = {
     "worker_kill": Config(devices=16, duration=200, faults=20),
     "temporal_restart": Config(devices=12, duration=100, faults=3, temporal_down=(2.0, 15.0)),
     "database_outage": Config(devices=12, duration=60, faults=3),
     "resend": Config(devices=10, duration=100, faults=8),
+    "webhook": Config(devices=12, duration=100, faults=6, temporal_down=(2.0, 10.0)),
 }
 
 
@@ -472,6 +477,7 @@ INJECTORS: dict[str, Callable[[World, float], Awaitable[None]]] = {
     "temporal_restart": restart_temporal,
     "database_outage": database_outages,
     "resend": kill_workers,
+    "webhook": webhooks.inject,
 }
 
 
@@ -486,14 +492,23 @@ async def run_scenario(name: str, cfg: Config, database: str = "sqlite",
 
     fig = Figures(name, database, cfg.devices)
     try:
-        async with Stack(database, say=tell, keep=keep, label=name) as stack:
+        stack = Stack(database, say=tell, keep=keep, label=name)
+        if name == "webhook":
+            stack.extra_env.update(webhooks.ENV)
+        async with stack, contextlib.AsyncExitStack() as scope:
             world = World(name, stack, cfg, tell)
             fig = world.fig
             await world.create_sop()
+            receiver = None
+            if name == "webhook":
+                receiver = await scope.enter_async_context(webhooks.running_receiver())
+                await webhooks.subscribe(world, receiver)
             copies = (2, 5) if name == "resend" else (1, 1)
             world.devices = [Device(world, i, copies) for i in range(cfg.devices)]
             await stream(world)
             await verify(world)
+            if receiver is not None:
+                await webhooks.verify(world, receiver)
             judge(fig, name)
             if not fig.ok:
                 stack.keep = True  # the data and logs are evidence
@@ -727,7 +742,7 @@ def judge(fig: Figures, name: str) -> None:
         fig.fail(f"{fig.unexpected} unexpected answer(s)")
     if fig.faults == 0:
         fig.fail("no fault was injected")
-    if name in ("worker_kill", "resend", "temporal_restart") and fig.sent and not \
+    if name in ("worker_kill", "resend", "temporal_restart", "webhook") and fig.sent and not \
             fig.across_fault:
         fig.fail("no acknowledged check was in flight across a fault")
     if name == "resend" and not fig.extra.get("resent_checks"):

@@ -57,3 +57,12 @@ async def test_same_check_resent_concurrently_across_kills_is_applied_once() -> 
     """(d) the same check_id sent 2-5 times, some at once, some across a worker kill."""
     fig = await run("resend")
     assert fig.extra["resent_checks"] >= 1
+
+
+async def test_webhooks_across_kills_and_a_temporal_restart_lose_nothing() -> None:
+    """(e) a subscription to a receiver the harness runs: every event the service
+    acknowledged arrives, signed, in order per session, none under two webhook-ids."""
+    fig = await run("webhook")
+    assert fig.extra["wh_outbox"] > 0
+    assert fig.extra["wh_received"] == fig.extra["wh_outbox"]
+    assert fig.extra["wh_lost"] == fig.extra["wh_dup"] == fig.extra["wh_out_of_order"] == 0
