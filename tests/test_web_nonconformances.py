@@ -151,7 +151,7 @@ def test_an_admin_adds_a_webhook_sees_its_deliveries_and_redelivers_one(
     expect(page.get_by_role("alert")).to_contain_text("Choose at least one event")
     page.get_by_label("session.started").check()
     page.get_by_role("button", name="Add subscription").click()
-    secret = page.get_by_label("Secret")
+    secret = page.get_by_role("textbox", name="Secret")
     expect(page.locator(".secret-card")).to_contain_text("shown only this once")
     assert secret.input_value().startswith("whsec_")
 

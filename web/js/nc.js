@@ -226,7 +226,7 @@ export function nonconformanceViews(ctx) {
     const text = h('textarea', { name: 'containment', rows: 3, required: true, maxlength: 2000 });
     const errors = h('div');
     return h('form', {
-      class: 'card nc-contain', 'aria-labelledby': 'contain-title',
+      class: 'card nc-contain', 'aria-labelledby': 'contain-title', novalidate: true,
       onsubmit: async (event) => {
         event.preventDefault();
         const containment = text.value.trim();
@@ -263,7 +263,7 @@ export function nonconformanceViews(ctx) {
     const action = h('textarea', { name: 'corrective_action', rows: 3, required: true, maxlength: 2000 });
     const errors = h('div');
     const form = h('form', {
-      class: 'card nc-close', 'aria-labelledby': 'close-title',
+      class: 'card nc-close', 'aria-labelledby': 'close-title', novalidate: true,
       onsubmit: async (event) => {
         event.preventDefault();
         const body = { disposition: disposition.value, corrective_action: action.value.trim() };
