@@ -27,7 +27,16 @@ from playwright.sync_api import Browser, expect
 
 from tests import test_web_console as web
 from tests.test_web_accessibility import axe, report
-from tests.test_web_console import DESK, DOCS, PHONE, UNDO_WAIT, Stack, new_worker, open_page, sign_in
+from tests.test_web_console import (
+    DESK,
+    DOCS,
+    PHONE,
+    UNDO_WAIT,
+    Stack,
+    new_worker,
+    open_page,
+    sign_in,
+)
 
 # the module-scoped fixtures of the console's tests: one `worksession dev` for this module
 stack = web.stack
@@ -61,9 +70,8 @@ def test_a_held_step_stops_the_worker_until_a_supervisor_contains_its_nc(
     stopped = card.locator(".feedback")
     expect(stopped).to_contain_text(
         "Stopped: waiting for a supervisor to contain NC-", timeout=UNDO_WAIT)
-    [nc] = stack.call(supervisor, "GET", f"/nonconformances?session_id="
-                      f"{stack.call(worker, 'GET', '/sessions?status=in_progress')['items'][0]['id']}"
-                      )["items"]
+    session = stack.call(worker, "GET", "/sessions?status=in_progress")["items"][0]
+    [nc] = stack.call(supervisor, "GET", f"/nonconformances?session_id={session['id']}")["items"]
     assert nc["hold"] is True and nc["status"] == "open"
     expect(stopped).to_contain_text(f"contain {nc['number']}.")
     expect(card.get_by_role("button", name="Passed")).to_be_disabled()
@@ -84,10 +92,10 @@ def test_a_held_step_stops_the_worker_until_a_supervisor_contains_its_nc(
     row.get_by_role("button", name=f"Open {nc['number']}").click()
     expect(desk.get_by_role("heading", level=1)).to_contain_text(nc["number"])
     expect(desk.locator(".timeline li")).to_contain_text("Opened")
-    desk.get_by_role("button", name="Contain").click()  # empty: said, nothing sent
+    desk.get_by_role("button", name="Contain", exact=True).click()  # empty: said, nothing sent
     expect(desk.get_by_role("alert")).to_contain_text("Say what was done")
     desk.get_by_label("Containment").fill("Press locked out; parts since 10:00 quarantined")
-    desk.get_by_role("button", name="Contain").click()
+    desk.get_by_role("button", name="Contain", exact=True).click()
     expect(desk.get_by_role("status")).to_contain_text("Contained: the worker can go on")
     expect(desk.locator(".timeline li")).to_have_count(2)
     expect(desk.locator(".timeline")).to_contain_text("Press locked out")
