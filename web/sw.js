@@ -14,8 +14,8 @@
 //   the page's outbox.
 const SHELL = 'worksession-shell';
 const FILES = ['./', 'app.css', 'manifest.webmanifest', 'icon.svg', 'js/api.js', 'js/app.js',
-  'js/dom.js', 'js/editor.js', 'js/files.js', 'js/keep.js', 'js/oidc.js', 'js/outbox.js', 'js/sign.js',
-  'js/spc.js', 'js/stats.js', 'js/supervisor.js', 'js/ui.js', 'js/worker.js'];
+  'js/dom.js', 'js/editor.js', 'js/files.js', 'js/keep.js', 'js/nc.js', 'js/oidc.js', 'js/outbox.js', 'js/sign.js',
+  'js/spc.js', 'js/stats.js', 'js/supervisor.js', 'js/ui.js', 'js/webhooks.js', 'js/worker.js'];
 const NETWORK_WAIT_MS = 2500;
 
 // Pages (client ids) whose document was the kept copy: their files come from it too. Lost

@@ -169,20 +169,20 @@ export function applyCheck(session, steps, body, { now = new Date().toISOString(
 
 /**
  * The kept (or last answered) session with the checks still waiting in the outbox applied
- * in the order they were recorded. `held`: the waiting checks of this session that could
+ * in the order they were recorded. `unsent`: the waiting checks of this session that could
  * not be applied (the SOP's steps are unknown, or the service would refuse them): they are
  * still sent, and the service decides.
  */
 export function withWaiting(session, steps, items) {
   let shown = session;
-  const held = [];
+  const unsent = [];
   for (const item of items) {
     if (item.session_id !== session.id) continue;
     const outcome = applyCheck(shown, steps, item.body, { now: item.queued_at });
     if (outcome.session) shown = outcome.session;
-    else held.push(item);
+    else unsent.push(item);
   }
-  return held.length ? { ...shown, held } : shown;
+  return unsent.length ? { ...shown, unsent } : shown;
 }
 
 /** Where a session stands, in words: "at step 2 (Measure residual voltage)", "paused at…". */

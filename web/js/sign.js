@@ -51,13 +51,26 @@ export function reauthenticationText(error) {
  * resolves); without one it throws, to be told with `reauthenticationText`.
  * `again`: false when finishing a kept signature (no second trip to the provider).
  */
-export async function sign(sessionId, body, { again = true } = {}) {
+export function sign(sessionId, body, { again = true } = {}) {
+  return signed(`/sessions/${sessionId}/signatures`, body, { session_id: sessionId }, again);
+}
+
+/**
+ * Close nonconformance `ncId`: body { disposition, corrective_action, statement? }, the
+ * closer's `approved` signature, under the same rule as `sign`. Resolves to the NC.
+ */
+export function closeNonconformance(ncId, body, { again = true } = {}) {
+  return signed(`/nonconformances/${ncId}/close`, body, { nc_id: ncId }, again);
+}
+
+/** POST `path`; on reauthentication-required, `about` (what is signed) is kept for the return. */
+async function signed(path, body, about, again) {
   try {
-    return await post(`/sessions/${sessionId}/signatures`, body);
+    return await post(path, body);
   } catch (error) {
     if (needsReauthentication(error) && again && reauthenticate) {
       sessionStorage.setItem(PENDING_KEY, JSON.stringify({
-        session_id: sessionId, body, signer, started_at: Date.now(),
+        ...about, body, signer, started_at: Date.now(),
       }));
       await reauthenticate();
     }
@@ -88,13 +101,16 @@ export function takePendingSignature(personId) {
   return pending;
 }
 
-/** Sends a kept signature once: { signature } or { error }. */
+/** Sends a kept signature once: { signature }, { nonconformance } (a closing), or { error }. */
 export async function resumeSignature(pending) {
   if (pending.otherPerson) {
     return { error: 'You signed in as someone else than the person who started the signature: '
       + 'it was not sent. Sign it yourself if it is yours to sign.' };
   }
   try {
+    if (pending.nc_id) {
+      return { nonconformance: await closeNonconformance(pending.nc_id, pending.body, { again: false }) };
+    }
     return { signature: await sign(pending.session_id, pending.body, { again: false }) };
   } catch (error) {
     return { error };

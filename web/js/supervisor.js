@@ -13,6 +13,8 @@ import {
   statementField,
 } from './sign.js';
 import { showSopStats } from './stats.js';
+import { nonconformanceViews } from './nc.js';
+import { webhookViews } from './webhooks.js';
 
 const STATUSES = ['in_progress', 'paused', 'completed', 'cancelled'];
 
@@ -107,15 +109,21 @@ function peopleSearch(input, list) {
   };
 }
 
-export function mountSupervisor(root, { nav, temporalUi, pendingSignature = null }) {
+export function mountSupervisor(root, {
+  claims, nav, temporalUi, pendingSignature = null,
+}) {
   const filters = filtersFromAddress();
   const sops = new Map(); // id -> SOP, for step titles in timelines
   let refresher = null; // the session list's timer, stopped when another view opens
   const tabs = {
     sessions: h('button', { type: 'button', onclick: () => showSessions() }, 'Sessions'),
     sops: h('button', { type: 'button', onclick: () => showSops() }, 'SOPs'),
+    ncs: h('button', { type: 'button', onclick: () => ncViews.showList() }, 'Nonconformances'),
   };
-  clear(nav).append(tabs.sessions, tabs.sops);
+  if (claims?.role === 'admin') {
+    tabs.webhooks = h('button', { type: 'button', onclick: () => hooks.show() }, 'Webhooks');
+  }
+  clear(nav).append(...Object.values(tabs));
 
   function setTab(name) {
     clearInterval(refresher);
@@ -753,6 +761,12 @@ export function mountSupervisor(root, { nav, temporalUi, pendingSignature = null
     });
   }
 
-  if (pendingSignature) finishSignature(pendingSignature);
+  const ncViews = nonconformanceViews({
+    root, setTab, showSession: (id) => showDetail(id), sopById, namesOf,
+  });
+  const hooks = webhookViews({ root, setTab });
+
+  if (pendingSignature?.nc_id) ncViews.finishClose(pendingSignature, resumeSignature);
+  else if (pendingSignature) finishSignature(pendingSignature);
   else showSessions();
 }

@@ -24,6 +24,8 @@ export const UNDO_SECONDS = 5;
 const FIRST_ANSWER_MS = 3000;
 // While the service does not answer, the page asks it again this often.
 const RETRY_MS = 10000;
+// while a nonconformance holds the session: how often it is read again
+const HOLD_REREAD_MS = 10000;
 // The service answering again reloads the page's state, at most this often.
 const REACH_RELOAD_MS = 3000;
 // At most this many files on one check (the API's limit).
@@ -57,6 +59,9 @@ export function explain(error) {
         if (status === 'in_progress') return 'The session is already running.';
         if (status) return `The session is ${statusWord(status).toLowerCase()}: it cannot be changed any more.`;
         break;
+      case 'held':
+        return 'Stopped: a supervisor must first contain the nonconformance this step opened. '
+          + 'You can go on once they have.';
       case 'awaiting-verification':
         return 'This step is waiting for a second person to verify it: you can go on once they have.';
       case 'sop-not-startable':
@@ -214,7 +219,7 @@ export function mountWorker(root, {
 
   const shownNow = () => state.session || state.closed;
   const look = (s) => (s ? [s.id, s.status, s.current_step_id, s.needs_attention, s.locked,
-    s.checks.length, s.held?.length || 0].join() : '');
+    s.checks.length, s.unsent?.length || 0, s.held?.nonconformance_id].join() : '');
 
   /**
    * An answer of the service about the worker's session (`session`, or none running):
@@ -288,7 +293,45 @@ export function mountWorker(root, {
     notice(disagreements, 'warn', told.join(' '));
   }
 
+  // ---- held by a nonconformance (a failed check on a `hold` step) ----------------------------
+  // The card says which NC it waits for; the session is read again every HOLD_REREAD_MS while
+  // it is held (and only then), so Passed / Failed come back once a supervisor contains it.
+  const ncNumbers = new Map(); // nonconformance id -> "NC-000012"
+  let holdTimer = null;
+
+  function heldSentence(hold) {
+    const id = hold.nonconformance_id;
+    if (!ncNumbers.has(id)) {
+      ncNumbers.set(id, null);
+      get(`/nonconformances/${id}`).then((nc) => {
+        ncNumbers.set(id, nc.number);
+        if (state.session?.held?.nonconformance_id === id) render();
+      }).catch(() => ncNumbers.delete(id)); // asked again at the next drawing
+    }
+    const number = ncNumbers.get(id) || 'the nonconformance this step opened';
+    return `Stopped: waiting for a supervisor to contain ${number}. Passed and Failed come `
+      + 'back once they have: there is nothing to do here until then.';
+  }
+
+  function watchHold() {
+    const holding = Boolean(state.session?.held) && !outbox.stopped;
+    if (holding && !holdTimer) {
+      holdTimer = setInterval(async () => {
+        if (document.visibilityState !== 'visible' || !state.server) return;
+        try {
+          fromService(await get(`/sessions/${state.server.id}`));
+        } catch {
+          // the next round asks again
+        }
+      }, HOLD_REREAD_MS);
+    } else if (!holding && holdTimer) {
+      clearInterval(holdTimer);
+      holdTimer = null;
+    }
+  }
+
   function render() {
+    watchHold();
     if (state.lastCheck) state.feedback = checkFeedback();
     renderSession();
     renderStart();
@@ -331,10 +374,10 @@ export function mountWorker(root, {
 
   function stepCard(s, step) {
     const check = step.check;
-    const pending = s.held?.find((i) => i.body.step_id === step.id);
+    const pending = s.unsent?.find((i) => i.body.step_id === step.id);
     const undoable = heldFor(s.id, step.id);
     const locked = s.status !== 'in_progress' || Boolean(pending) || Boolean(undoable)
-      || Boolean(s.awaiting_verification);
+      || Boolean(s.awaiting_verification) || Boolean(s.held);
     const feedback = h('div', { class: 'feedback' });
     const errors = h('div');
     const form = h('form', { class: 'check-form', id: 'check-form', novalidate: true });
@@ -377,7 +420,9 @@ export function mountWorker(root, {
       if (check.kind === 'measurement') submitCheck(form, errors, s, step, valueInput);
     });
 
-    if (s.awaiting_verification?.step_id === step.id && !state.feedback) {
+    if (s.held) {
+      notice(feedback, 'warn', heldSentence(s.held));
+    } else if (s.awaiting_verification?.step_id === step.id && !state.feedback) {
       notice(feedback, 'info', VERIFY_WAIT);
     } else if (pending) {
       const what = pending.body.result ? statusWord(pending.body.result)
@@ -624,7 +669,8 @@ export function mountWorker(root, {
     if (!state.lastCheck) return;
     state.feedback = checkFeedback();
     const s = state.session;
-    if (s?.held?.some((i) => i.body.step_id === s.current_step_id)) return; // its own notice
+    if (s?.unsent?.some((i) => i.body.step_id === s.current_step_id)) return; // its own notice
+    if (s?.held) return; // the hold's sentence stays
     const box = sessionArea.querySelector('.step-card .feedback');
     if (box) notice(box, state.feedback?.kind, state.feedback?.text);
   }
