@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+import faults.webhooks
 from benchmarks.load import pct
-from faults.harness import free_port
 from faults.stack import Stack
 from orchestration.webhooks import WebhookDeliveries
 from persistence.db import Database
@@ -45,20 +45,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HOOKS = "/api/v1/webhooks"
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1: answers 204 and notes when each `webhook-id` came."""
+class Receiver(faults.webhooks.Receiver):
+    """The fault run's receiver (127.0.0.1, answers 204), noting when each `webhook-id`
+    first came."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.first: dict[str, float] = {}   # webhook-id -> monotonic time of first receipt
         self.by_check: dict[str, float] = {}  # check id of a check.failed -> receipt time
         self.requests = 0
         self.arrived = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -73,18 +69,6 @@ class Receiver:
                 self.by_check[str(cid)] = now
         self.arrived.set()
         return web.Response(status=204)
-
-    async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def down(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 def _ms(xs: list[float]) -> dict[str, Any]:

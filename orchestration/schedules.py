@@ -1,10 +1,12 @@
-"""Durable schedules on the Temporal cluster: the hourly evidence cleanup. Made (or brought
+"""Durable schedules on the Temporal cluster: the hourly evidence cleanup (and, through
+`ensure_every`, the webhooks' backstop). Made (or brought
 up to date) by each worker as it starts and by `worksession setup-temporal`; one per task
 queue, so that stacks sharing a namespace keep to their own."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -32,12 +34,17 @@ async def ensure_evidence_cleanup(client: Client, task_queue: str, older_than: t
                                   every: timedelta = CLEANUP_EVERY) -> str:
     """Create the cleanup's schedule, or make the one there say what these settings say.
     Returns its id."""
-    schedule_id = cleanup_schedule_id(task_queue)
+    return await ensure_every(
+        client, cleanup_schedule_id(task_queue), EvidenceCleanupWorkflow.run,
+        CleanupInput(older_than_seconds=older_than.total_seconds()), task_queue, every)
+
+
+async def ensure_every(client: Client, schedule_id: str, run: Any, arg: Any, task_queue: str,
+                       every: timedelta) -> str:
+    """A schedule starting `run(arg)` every `every` (never two at once): created, or the one
+    there brought up to date. One paused by hand stays paused. Returns its id."""
     schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            EvidenceCleanupWorkflow.run,
-            CleanupInput(older_than_seconds=older_than.total_seconds()),
-            id=schedule_id, task_queue=task_queue),
+        action=ScheduleActionStartWorkflow(run, arg, id=schedule_id, task_queue=task_queue),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))
     try:

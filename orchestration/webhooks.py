@@ -10,18 +10,10 @@ from uuid import UUID
 
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.common import WorkflowIDReusePolicy
 
+from orchestration.schedules import ensure_every
 from workflows.webhooks import (
     MORE_SIGNAL,
     StreamInput,
@@ -73,18 +65,6 @@ def sweep_schedule_id(task_queue: str) -> str:
 async def ensure_webhook_sweep(client: Client, task_queue: str, grace: timedelta,
                                every: timedelta = SWEEP_EVERY) -> str:
     """Create the backstop's schedule, or make the one there say what these settings say."""
-    schedule_id = sweep_schedule_id(task_queue)
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            WebhookSweepWorkflow.run, SweepInput(grace_seconds=grace.total_seconds()),
-            id=schedule_id, task_queue=task_queue),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))
-    try:
-        await client.create_schedule(schedule_id, schedule)
-    except ScheduleAlreadyRunningError:
-        def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
-            schedule.state = current.description.schedule.state
-            return ScheduleUpdate(schedule=schedule)
-        await client.get_schedule_handle(schedule_id).update(replace)
-    return schedule_id
+    return await ensure_every(client, sweep_schedule_id(task_queue), WebhookSweepWorkflow.run,
+                              SweepInput(grace_seconds=grace.total_seconds()), task_queue,
+                              every)
