@@ -51,7 +51,6 @@ class Spool:
         self.size = 0
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._writing: asyncio.Future[None] | None = None  # the megabyte being written
 
     def _open(self) -> None:
         if linkable(self.directory):
@@ -72,19 +71,9 @@ class Spool:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Hand what has come to the writer thread, and go on receiving while it writes: the
-        next megabyte arrives while this one is hashed and written (one write at a time, in
-        order, so at most two megabytes are held)."""
         chunks, self._pending, self._pending_size = self._pending, [], 0
-        await self._written()
         if chunks:
-            self._writing = asyncio.ensure_future(
-                asyncio.to_thread(self._hash_and_write, chunks))
-
-    async def _written(self) -> None:
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
+            await asyncio.to_thread(self._hash_and_write, chunks)
 
     def _hash_and_write(self, chunks: list[bytes]) -> None:
         # The chunks as they came (no copy into a buffer: every megabyte copied is fresh
@@ -97,7 +86,6 @@ class Spool:
 
     async def finish(self) -> None:
         await self._flush()
-        await self._written()
         await asyncio.to_thread(os.fsync, self.file.fileno())
 
     def link(self, target: Path) -> bool:
@@ -166,8 +154,6 @@ async def spooled(directory: Path, chunks: AsyncIterator[bytes]) -> AsyncIterato
         await spool.finish()
         yield spool
     finally:
-        with contextlib.suppress(Exception):  # refused midway: its last write ends first
-            await spool._written()
         await asyncio.to_thread(spool.close)
 
 
