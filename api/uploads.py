@@ -27,7 +27,8 @@ class Body:
         self.started = True
         while not self.done:
             try:
-                message = await asyncio.wait_for(self.receive(), self.idle)
+                async with asyncio.timeout(self.idle):  # no task per chunk, as wait_for makes
+                    message = await self.receive()
             except TimeoutError:
                 raise Incomplete(f"no part of the file arrived for {self.idle:g} s") from None
             if message["type"] != "http.request":  # the client went away

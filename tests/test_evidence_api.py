@@ -221,6 +221,26 @@ async def test_a_file_over_the_limit_is_a_readable_413_with_or_without_a_length(
     assert at_limit.json()["bytes"] == LIMIT
 
 
+async def test_an_upload_that_stalls_is_a_408_and_leaves_nothing(http, db, store_dir,
+                                                                 worker_user, supervisor):
+    """A phone whose link dies mid-upload: no part of the file for longer than the request
+    timeout (10 s) is answered 408 `/problems/upload-incomplete`, and nothing is kept."""
+    session = await start(http, worker_user, await confirmed(http, supervisor))
+    before = stored(store_dir)
+    data = jpeg(300_000)
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield data[:100_000]
+        await asyncio.sleep(11)
+        yield data[100_000:]
+
+    r = await upload(http, worker_user, session["id"], stalls())
+    assert r.status_code == 408, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "no part of the file arrived for 10 s" in r.json()["detail"]
+    await nothing_left(db, store_dir, session["id"], before)
+
+
 async def test_an_upload_to_someone_else_s_session_is_404_and_by_a_supervisor_403(
         http, db, store_dir, worker_user, other_worker, supervisor):
     sop = await confirmed(http, supervisor)
