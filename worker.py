@@ -24,14 +24,15 @@ from api.schemas import RENDER
 from application.events import RetryPolicy
 from application.metrics import Meter
 from application.ports import EvidenceStore
-from orchestration.schedules import ensure_evidence_cleanup
+from orchestration.client import SessionWorkflows
+from orchestration.schedules import ensure_evidence_cleanup, ensure_nonconformance_sweep
 from orchestration.webhooks import WebhookDeliveries, ensure_webhook_sweep
 from persistence import files
 from persistence.db import Database
 from persistence.uow import SqlStore
 from persistence.webhooks import SecretBox
 from workflows.evidence_cleanup import EvidenceCleanupWorkflow
-from workflows.nonconformance import NonconformanceWorkflow
+from workflows.nonconformance import NonconformanceSweepWorkflow, NonconformanceWorkflow
 from workflows.webhooks import WebhookDeliveryWorkflow, WebhookSweepWorkflow
 from workflows.work_session import WorkSessionWorkflow
 from worksession import aio, logs, tracing
@@ -82,10 +83,14 @@ def build_worker(client: Client, db: Database, task_queue: str,
         RetryPolicy(settings.webhook_retry_for, settings.webhook_retry_first,
                     settings.webhook_retry_most), deliveries)
     workflow_types: list[type] = [WorkSessionWorkflow, WebhookDeliveryWorkflow,
-                                  WebhookSweepWorkflow, NonconformanceWorkflow]
-    overdue = NonconformanceStore(db, RENDER, deliveries)
+                                  WebhookSweepWorkflow, NonconformanceWorkflow,
+                                  NonconformanceSweepWorkflow]
+    ncs = NonconformanceStore(db, RENDER, deliveries, SessionWorkflows(
+        client, task_queue, settings.request_timeout_seconds, settings.idle_timeout,
+        settings.escalate_after_failures, nc_deadlines=settings.nc_deadlines))
     activities: list[object] = [store.write_changes, webhooks.deliver,
-                                webhooks.start_stranded, overdue.mark_overdue]
+                                webhooks.start_stranded, ncs.mark_overdue,
+                                ncs.follow_unfollowed]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)
@@ -135,6 +140,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                                    settings.webhook_sweep_every)
     except Exception:  # deliveries start without it; only a lost start waits for it
         log.warning("could not set up the webhook backstop's schedule", exc_info=True)
+    try:
+        await ensure_nonconformance_sweep(client, settings.task_queue)
+    except Exception:  # NCs are followed without it; only a lost start waits for it
+        log.warning("could not set up the nonconformances' backstop schedule", exc_info=True)
     try:
         async with worker:
             await stop.wait()

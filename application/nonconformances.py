@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 from uuid import UUID, uuid4
 
 from application.authz import Actor, allowed, authorize
 from application.context import Context
 from application.events import Render, record_nonconformance, start_deliveries
-from application.ports import Deliveries, Store
+from application.ports import Deliveries, SessionWorkflows, Store
 from application.sessions import ensure_fresh
 from domain.changes import SYSTEM, AuditFacts
 from domain.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -98,9 +98,26 @@ async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UU
         worker = stored.state.worker_id
     try:
         await ctx.workflows.start_nonconformance(nc, worker, notify_session=False)
-    except Unavailable:  # recorded: the workflow is started again by `ops` (see docs)
+    except Unavailable:  # recorded: `follow_unfollowed` starts its workflow
         log.warning("nonconformance %s recorded, its workflow not started", nc.id)
     return nc
+
+
+async def follow_unfollowed(store: Store, workflows: SessionWorkflows, now: datetime,
+                            grace: timedelta) -> int:
+    """The backstop (the `NonconformanceSweep` schedule) for an NC opened by hand whose
+    workflow the API did not start: Temporal was down, or the API died, after the NC was
+    recorded. Without its workflow nothing would ever mark it overdue. Each NC opened by
+    hand more than `grace` ago and not closed is started unless its workflow runs or ran
+    to its end (one start call each; the NCs a failed check opens are their session run's
+    to start, durably). Returns how many it started."""
+    async with store(read_only=True) as uow:
+        ncs = await uow.nonconformances.opened_by_hand_before(now - grace)
+    started = [nc.id for nc, worker in ncs if await workflows.follow_nonconformance(nc, worker)]
+    if started:
+        log.warning("started the workflow of %d nonconformance(s) opened without one: %s",
+                    len(started), ", ".join(map(str, started)))
+    return len(started)
 
 
 async def _audited(ctx: Context, nc_id: UUID, facts: AuditFacts,

@@ -213,6 +213,8 @@ class NonconformanceRepository(Protocol):
                   ) -> Nonconformance | None: ...
     async def worker_of(self, nc_id: UUID) -> tuple[bool, UUID | None]: ...
     async def open_of_session(self, session_id: UUID) -> list[OpenNc]: ...
+    async def opened_by_hand_before(self, before: datetime, limit: int = 1000
+                                    ) -> list[tuple[Nonconformance, UUID]]: ...
     async def list_page(self, worker: UUID | None, f: NcFilter, limit: int,
                         offset: int) -> tuple[list[Nonconformance], int]: ...
 
@@ -334,6 +336,9 @@ class SessionWorkflows(Protocol):
     async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
                                    notify_session: bool) -> None:
         """The NC's own workflow (idempotent: one already running is kept)."""
+    async def follow_nonconformance(self, nc: Nonconformance, worker_id: UUID) -> bool:
+        """Start the NC's workflow (as opened by hand) unless one runs, or one ran to its
+        end: whether it started one."""
     async def nonconformance_changed(self, nc_id: UUID, status: NcStatus) -> None:
         """Tell the NC's workflow where its record stands now."""
     async def live(self, worker_id: UUID) -> StoredSession:

@@ -168,16 +168,29 @@ class SessionWorkflows:
 
     async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
                                    notify_session: bool) -> None:
+        await self._start_nc(nc, worker_id, notify_session,
+                             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+
+    async def follow_nonconformance(self, nc: Nonconformance, worker_id: UUID) -> bool:
+        try:  # a run that ended (the NC closed) is not started again; a terminated one is
+            await self._start_nc(
+                nc, worker_id, False, id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY)
+        except WorkflowAlreadyStartedError:
+            return False
+        return True
+
+    async def _start_nc(self, nc: Nonconformance, worker_id: UUID, notify_session: bool,
+                        **policies: Any) -> None:
         await self._bounded(self.client.start_workflow(
             NonconformanceWorkflow.run, NcInput(
                 nc_id=nc.id, session_id=nc.session_id, worker_id=worker_id,
                 containment_due=nc.containment_due, close_due=nc.close_due,
                 notify_session=notify_session),
             id=nc_workflow_id(nc.id), task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"Nonconformance {nc.number_text or nc.id} ({nc.severity.value}) "
                            f"of session {nc.session_id}",
-            rpc_timeout=timedelta(seconds=self.timeout)))
+            rpc_timeout=timedelta(seconds=self.timeout), **policies))
 
     async def nonconformance_changed(self, nc_id: UUID, status: NcStatus) -> None:
         await self._bounded(self.client.get_workflow_handle(nc_workflow_id(nc_id)).signal(

@@ -1,5 +1,5 @@
-"""Durable schedules on the Temporal cluster: the hourly evidence cleanup (and, through
-`ensure_every`, the webhooks' backstop). Made (or brought
+"""Durable schedules on the Temporal cluster: the hourly evidence cleanup, the backstop of
+NCs opened by hand (and, through `ensure_every`, the webhooks' backstop). Made (or brought
 up to date) by each worker as it starts and by `worksession setup-temporal`; one per task
 queue, so that stacks sharing a namespace keep to their own."""
 
@@ -22,6 +22,7 @@ from temporalio.client import (
 )
 
 from workflows.evidence_cleanup import CleanupInput, EvidenceCleanupWorkflow
+from workflows.nonconformance import NonconformanceSweepWorkflow
 
 CLEANUP_EVERY = timedelta(hours=1)
 
@@ -37,6 +38,20 @@ async def ensure_evidence_cleanup(client: Client, task_queue: str, older_than: t
     return await ensure_every(
         client, cleanup_schedule_id(task_queue), EvidenceCleanupWorkflow.run,
         CleanupInput(older_than_seconds=older_than.total_seconds()), task_queue, every)
+
+
+def nc_sweep_schedule_id(task_queue: str) -> str:
+    return f"nonconformance-sweep-{task_queue}"
+
+
+async def ensure_nonconformance_sweep(client: Client, task_queue: str,
+                                      grace: timedelta = timedelta(minutes=1),
+                                      every: timedelta = timedelta(minutes=1)) -> str:
+    """The backstop of NCs opened by hand whose workflow was never started: every `every`,
+    those recorded more than `grace` ago. Returns its id."""
+    return await ensure_every(client, nc_sweep_schedule_id(task_queue),
+                              NonconformanceSweepWorkflow.run, grace.total_seconds(),
+                              task_queue, every)
 
 
 async def ensure_every(client: Client, schedule_id: str, run: Any, arg: Any, task_queue: str,

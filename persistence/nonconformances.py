@@ -113,6 +113,19 @@ class NonconformanceRepository:
             .where(nonconformances.c.id == nc_id))).first()
         return (row is not None, row.worker_id if row is not None else None)
 
+    async def opened_by_hand_before(self, before: datetime, limit: int = 1000
+                                    ) -> list[tuple[Nonconformance, UUID]]:
+        """The NCs opened by hand before `before` and not closed, with their session's
+        worker, oldest first."""
+        rows = (await self.conn.execute(
+            select(nonconformances, work_sessions.c.worker_id).select_from(nonconformances.join(
+                work_sessions, work_sessions.c.id == nonconformances.c.session_id))
+            .where(nonconformances.c.opened_by.is_not(None),
+                   nonconformances.c.status != NcStatus.CLOSED.value,
+                   nonconformances.c.opened_at < before)
+            .order_by(nonconformances.c.opened_at).limit(limit))).mappings().all()
+        return [(_nc(r), r["worker_id"]) for r in rows]
+
     async def open_of_session(self, session_id: UUID) -> list[OpenNc]:
         """The NCs its failed checks opened that are still open, as the session holds them."""
         c = nonconformances.c

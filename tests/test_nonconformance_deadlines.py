@@ -5,22 +5,27 @@ worker is replaced before it passes; a hold is released by containment alone (no
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from application import nonconformances as ncs
 from application import sessions as uc
 from application.authz import Actor, Role
-from domain.errors import SessionHeld
+from domain.errors import SessionHeld, Unavailable
 from domain.nonconformance import Disposition, NcFilter, NcStatus
-from domain.sop import CheckResult
+from domain.sop import CheckResult, Severity
+from orchestration.client import SessionWorkflows
 from persistence.tables import audit_log
 from tests.conftest import make_confirmed_sop, on, shown, submission
 from tests.test_durable_timers import context, skipping_env  # noqa: F401 (fixture)
 from tests.test_nonconformances import nc_sop_body
 from worker import build_worker
+from workflows.nonconformance import NonconformanceSweepWorkflow
 
 
 async def overdue_entries(db, nc_id) -> list[tuple[str, str | None, dict]]:
@@ -164,3 +169,58 @@ async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervi
                                            submission(step_id=step, result=CheckResult.PASSED)))
         assert view["current_step"]["index"] == 2
         await finish(skipping_env, ctx, actor, sid)
+
+
+class TemporalDown(SessionWorkflows):
+    """The client as it is while Temporal cannot be reached, for an NC's start."""
+
+    async def start_nonconformance(self, *args, **kwargs) -> None:
+        raise Unavailable("Temporal unavailable: connection refused")
+
+
+async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_backstop(
+        skipping_env, db, http, supervisor):  # noqa: F811
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-backstop-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    down = replace(ctx, workflows=TemporalDown(skipping_env.client, queue, timeout=30,
+                                               idle_timeout=timedelta(hours=8),
+                                               escalate_after_failures=3))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+
+    async def sweep(grace: timedelta) -> int:
+        return await skipping_env.client.execute_workflow(
+            NonconformanceSweepWorkflow.run, grace.total_seconds(), id=f"sweep-{uuid.uuid4()}",
+            task_queue=queue)
+
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        nc = await ncs.open_by_hand(down, boss, uuid.UUID(view["id"]), None, Severity.MINOR,
+                                    "guard missing on the press")
+        handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
+        with pytest.raises(RPCError):  # recorded, and nothing follows it
+            await handle.describe()
+        assert await sweep(timedelta(hours=1)) == 0  # within its grace: left to the API
+        assert await sweep(timedelta(0)) == 1
+        assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
+        assert await sweep(timedelta(0)) == 0  # running: started once
+
+        # and it does what an NC's workflow does: its containment deadline (1 h) passes
+        await skipping_env.sleep(timedelta(hours=1, minutes=5))
+        access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
+        for _ in range(100):
+            if (await ncs.get(ctx, access)).overdue:
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        [(role, _, detail)] = await overdue_entries(db, nc.id)
+        assert (role, detail["deadline"]) == ("system", "containment")
+
+        await ncs.contain(ctx, access, "press locked out")
+        await ncs.close(ctx, await ncs.gate(ctx, Actor(supervisor.id, Role.SUPERVISOR,
+                                                       auth_time=datetime.now(UTC)),
+                                            nc.id, "nc.manage"),
+                        Disposition.REWORK, "guard refitted")
+        assert await handle.result() == "closed"
+        assert await sweep(timedelta(0)) == 0  # closed: nothing to follow
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))

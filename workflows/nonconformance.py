@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.nonconformance import Deadline, NcStatus
     from workflows.messages import (
         NC_CONTAINED_SIGNAL,
+        NC_FOLLOW_ACTIVITY,
         NC_OVERDUE_ACTIVITY,
         NcContained,
         NcInput,
@@ -98,3 +99,18 @@ class NonconformanceWorkflow:
     def _learn(self, status: NcStatus) -> None:
         if ORDER.index(status) > ORDER.index(self._status):
             self._status = status
+
+
+@workflow.defn(name="NonconformanceSweep")
+class NonconformanceSweepWorkflow:
+    """The backstop's run (a schedule, orchestration/schedules.py): starts the workflow of
+    each NC opened by hand whose start was lost (application.nonconformances
+    .follow_unfollowed)."""
+
+    @workflow.run
+    async def run(self, grace_seconds: float) -> int:
+        """How many it started."""
+        return await workflow.execute_activity(
+            NC_FOLLOW_ACTIVITY, grace_seconds, result_type=int,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=3))
