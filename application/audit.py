@@ -12,9 +12,17 @@ from uuid import UUID
 from application.authz import Actor, authorize
 from application.context import Context
 from application.ports import Store, StoredSession
-from domain.audit_chain import anchor_digest, session_chain, signature_problems, verify_chain
+from domain.audit_chain import (
+    anchor_digest,
+    nc_chain,
+    session_chain,
+    signature_problems,
+    verify_chain,
+)
 from domain.errors import NotFound
 from domain.evidence import Evidence
+from domain.nonconformance import Nonconformance
+from domain.signature import Signature
 
 EXPORT_FORMAT = "worksession-audit-export/1"
 
@@ -35,13 +43,15 @@ async def of_session(ctx: Context, actor: Actor, session_id: UUID) -> list[dict[
 
 async def export_session(store: Store, session_id: UUID,
                          render: Callable[[StoredSession, datetime], dict[str, Any]],
-                         render_upload: Callable[[Evidence], dict[str, Any]]
+                         render_upload: Callable[[Evidence], dict[str, Any]],
+                         render_nc: Callable[[Nonconformance], dict[str, Any]]
                          ) -> dict[str, Any]:
     """One session as one document: the session (as `render` shows it: the API's shape, its
     checks with their files and its step times included), every upload of evidence files to
     it (as `render_upload` shows one: attached to a check or not), its audit chain as the API
-    shows it, and the chain's head as the session's row records it. `verify_export` checks it
-    with no database (and the files' bytes, given a directory of them)."""
+    shows it, and the chain's head as the session's row records it; and each nonconformance
+    opened on it (as `render_nc` shows one), with its own chain and head. `verify_export`
+    checks it with no database (and the files' bytes, given a directory of them)."""
     now = datetime.now(UTC)
     async with store(read_only=True, snapshot=True) as uow:
         stored = await uow.sessions.load(session_id)
@@ -51,12 +61,23 @@ async def export_session(store: Store, session_id: UUID,
         uploads = [render_upload(e) for e in await uow.evidence.of_session(session_id)]
         entries = await uow.audit.of_session(session_id)
         head = await uow.sessions.chain_head(session_id)
-    # each signature as a person reads it: name, date and time with zone, meaning, statement
-    manifests = [{"signature_id": str(g.id), "manifest": g.manifest()}
-                 for g in stored.state.signatures]
+        ncs = []
+        for nc in await uow.nonconformances.of_session(session_id):
+            nc_head = await uow.nonconformances.chain_head(nc.id)
+            ncs.append({"nonconformance": render_nc(nc),
+                        "signatures": _manifests([nc.signature] if nc.signature else []),
+                        "audit": await uow.audit.of_chain(nc_chain(nc.id)),
+                        "head": {"seq": nc_head[0], "hash": nc_head[1]}})
     return {"format": EXPORT_FORMAT, "exported_at": now.isoformat(), "session": view,
-            "signatures": manifests, "evidence": uploads, "audit": entries,
-            "head": {"seq": head[0], "hash": head[1]}}
+            "signatures": _manifests(stored.state.signatures), "evidence": uploads,
+            "audit": entries, "head": {"seq": head[0], "hash": head[1]},
+            "nonconformances": ncs}
+
+
+def _manifests(signatures: list[Signature]) -> list[dict[str, str]]:
+    """Each signature as a person reads it: name, date and time with zone, meaning,
+    statement."""
+    return [{"signature_id": str(g.id), "manifest": g.manifest()} for g in signatures]
 
 
 def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | None = None
@@ -75,14 +96,10 @@ def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | 
                     and isinstance(e.get("detail"), dict | None) for e in entries)):
         return 0, ["the export's session or audit entries are not in the export's shape"]
     chain = session_chain(session.get("id"))  # type: ignore[arg-type]
-    checked, problems = verify_chain(chain, entries)
-    head = doc.get("head") or {}
-    last = (entries[-1]["seq"], entries[-1]["hash"]) if entries else (0, None)
-    if not problems and (head.get("seq"), head.get("hash")) != last:
-        problems.append(f"{chain}: the session records {head.get('seq')} entries ending in "
-                        f"{str(head.get('hash'))[:12]}…, the export has {last[0]} "
-                        f"(entries removed or added at the end)")
+    checked, problems = _chain_problems(chain, "session", entries, doc.get("head"))
     problems += signature_problems(chain, session.get("signatures") or [], entries)
+    n, found = _nc_problems(session.get("id"), doc.get("nonconformances") or [])
+    checked, problems = checked + n, problems + found
     accepted = [e for e in entries if e.get("outcome") == "accepted" and e.get("detail")]
     submitted = [e["detail"] for e in accepted if e.get("action") == "check_submitted"]
     recorded = {str(d.get("check_id")): d for d in submitted}
@@ -117,6 +134,42 @@ def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | 
             elif found != sha256:
                 problems.append(f"evidence file {sha256} ({what}): altered (its bytes now "
                                 f"hash to {found})")
+    return checked, problems
+
+
+def _chain_problems(chain: str, holder: str, entries: list[dict[str, Any]], head: Any
+                    ) -> tuple[int, list[str]]:
+    """The chain's entries link and match their hashes, and end at the head its holder (the
+    session's or NC's row) records."""
+    checked, problems = verify_chain(chain, entries)
+    head = head if isinstance(head, dict) else {}
+    last = (entries[-1]["seq"], entries[-1]["hash"]) if entries else (0, None)
+    if not problems and (head.get("seq"), head.get("hash")) != last:
+        problems.append(f"{chain}: the {holder} records {head.get('seq')} entries ending in "
+                        f"{str(head.get('hash'))[:12]}…, the export has {last[0]} "
+                        f"(entries removed or added at the end)")
+    return checked, problems
+
+
+def _nc_problems(session_id: Any, items: list[Any]) -> tuple[int, list[str]]:
+    """Each exported NC: of this session, its chain whole up to the head its row records,
+    and its closing signature the one its chain's `signed` entry records."""
+    checked, problems = 0, []
+    for item in items:
+        nc = item.get("nonconformance") if isinstance(item, dict) else None
+        entries = item.get("audit") if isinstance(item, dict) else None
+        if not (isinstance(nc, dict) and isinstance(entries, list) and all(
+                isinstance(e, dict) and isinstance(e.get("hash"), str)
+                and isinstance(e.get("detail"), dict | None) for e in entries)):
+            problems.append("a nonconformance of the export is not in the export's shape")
+            continue
+        chain = f"nc:{nc.get('id')}"
+        if nc.get("session_id") != session_id:
+            problems.append(f"{chain}: opened on session {nc.get('session_id')}, not this one")
+        n, found = _chain_problems(chain, "nonconformance", entries, item.get("head"))
+        signatures = [nc["signature"]] if isinstance(nc.get("signature"), dict) else []
+        checked += n
+        problems += found + signature_problems(chain, signatures, entries)
     return checked, problems
 
 

@@ -94,8 +94,15 @@ class AuditLog:
 
     async def of_session(self, session_id: UUID) -> list[dict[str, Any]]:
         """Every entry of one session, in its chain's order, as the API shows them."""
+        return await self._shown(audit_log.c.session_id == session_id)
+
+    async def of_chain(self, chain: str) -> list[dict[str, Any]]:
+        """Every entry of one chain (an NC's: `nc:<id>`), in order, as the API shows them."""
+        return await self._shown(audit_log.c.chain == chain)
+
+    async def _shown(self, cond: Any) -> list[dict[str, Any]]:
         c = audit_log.c
-        rows = (await self.conn.execute(select(audit_log).where(c.session_id == session_id)
+        rows = (await self.conn.execute(select(audit_log).where(cond)
                                         .order_by(c.chain, c.seq))).mappings().all()
         return [shown(r) for r in rows]
 

@@ -113,6 +113,13 @@ class NonconformanceRepository:
             .where(nonconformances.c.id == nc_id))).first()
         return (row is not None, row.worker_id if row is not None else None)
 
+    async def of_session(self, session_id: UUID) -> list[Nonconformance]:
+        """The session's NCs, by number."""
+        rows = (await self.conn.execute(
+            select(nonconformances).where(nonconformances.c.session_id == session_id)
+            .order_by(nonconformances.c.number))).mappings().all()
+        return [_nc(r) for r in rows]
+
     async def opened_by_hand_before(self, before: datetime, limit: int = 1000
                                     ) -> list[tuple[Nonconformance, UUID]]:
         """The NCs opened by hand before `before` and not closed, with their session's

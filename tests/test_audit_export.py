@@ -249,3 +249,66 @@ async def test_the_export_names_each_file_and_verify_finds_a_missing_or_altered_
     assert "is not the one its chain entry records" in text, text
     code, text = await audit_cli(NO_DATABASE, "verify", "--evidence", str(copy))
     assert code == 2 and "give --file too" in text, text
+
+
+async def test_the_export_carries_the_sessions_nonconformances_and_verify_checks_them(
+        db, http, supervisor, finished, tmp_path):
+    """A quality record: the NC opened on the session, contained and closed with its
+    signature, travels with the session, its chain and head checked like the session's."""
+    r = await http.post("/api/v1/nonconformances", headers=supervisor.h, json={
+        "session_id": finished["id"], "severity": "major", "description": "Burr on flange"})
+    assert r.status_code == 201, r.text
+    url = f"/api/v1/nonconformances/{r.json()['id']}"
+    assert (await http.post(f"{url}/contain", headers=supervisor.h, json={
+        "containment": "Lot 7 quarantined"})).status_code == 200
+    r = await http.post(f"{url}/close", headers=supervisor.h, json={
+        "disposition": "rework", "corrective_action": "Deburred", "statement": "seen myself"})
+    assert r.status_code == 200, r.text
+    nc = r.json()
+    out = tmp_path / "session.json"
+    code, text = await audit_cli(db.url, "export", "--session", finished["id"],
+                                 "--out", str(out))
+    assert code == 0, text
+    doc = json.loads(out.read_text("utf-8"))
+    [item] = doc["nonconformances"]
+    assert item["nonconformance"]["id"] == nc["id"]
+    assert item["nonconformance"]["status"] == "closed"
+    assert item["nonconformance"]["signature"]["id"] == nc["signature"]["id"]
+    assert "approved" in item["signatures"][0]["manifest"]
+    assert "seen myself" in item["signatures"][0]["manifest"]
+    chain = f"nc:{nc['id']}"
+    r = await http.get("/api/v1/audit", headers=supervisor.h, params={"chain": chain})
+    assert item["audit"] == r.json()["items"]
+    assert item["head"] == {"seq": len(item["audit"]), "hash": item["audit"][-1]["hash"]}
+
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(out))
+    assert code == 0, text
+    assert (f"session export intact: {6 + len(item['audit'])} entries verified, every check "
+            "recorded once, 1 nonconformance(s) with their chains") in text
+
+    def tampered(change: Any) -> Path:
+        d = json.loads(out.read_text("utf-8"))
+        change(d["nonconformances"][0])
+        path = tmp_path / f"tampered-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(d), "utf-8")
+        return path
+
+    def rewrite_containment(i: dict[str, Any]) -> None:
+        [e] = [e for e in i["audit"] if e["action"] == "nonconformance_contained"]
+        e["detail"]["containment"] = "nothing needed"
+
+    def another_session(i: dict[str, Any]) -> None:
+        i["nonconformance"]["session_id"] = "00000000-0000-0000-0000-000000000000"
+
+    def other_signer(i: dict[str, Any]) -> None:
+        i["nonconformance"]["signature"]["signer_name"] = "Someone Else"
+
+    for change, says in (
+            (rewrite_containment, f"{chain} seq "),
+            (lambda i: i["audit"].pop(), "the nonconformance records"),
+            (another_session, "not this one"),
+            (other_signer, "its signer_name 'Someone Else' is not the one"),
+            (lambda i: i.update(audit="gone"), "not in the export's shape")):
+        code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(tampered(change)))
+        assert code == 1, (says, text)
+        assert says in text and "session export BROKEN" in text, text

@@ -227,6 +227,12 @@ def _shown_upload(e: Any) -> dict[str, Any]:
     return EvidenceRecordOut.model_validate(e, from_attributes=True).model_dump(mode="json")
 
 
+def _shown_nc(nc: Any) -> dict[str, Any]:
+    """A nonconformance as the API shows it."""
+    from api.schemas import NonconformanceOut
+    return NonconformanceOut.of(nc).model_dump(mode="json")
+
+
 def _hash_in(directory: Path) -> Any:
     """The sha256 of the file named `name` in `directory`, None when there is none."""
     import hashlib
@@ -281,7 +287,7 @@ def _audit(args: argparse.Namespace) -> int:
                 if args.audit_command == "export":
                     try:
                         return write(await audit.export_session(
-                            SqlStore(db), args.session, _shown, _shown_upload))
+                            SqlStore(db), args.session, _shown, _shown_upload, _shown_nc))
                     except NotFound as e:
                         print(e)
                         return 2
@@ -299,8 +305,10 @@ def _audit(args: argparse.Namespace) -> int:
         if args.audit_command == "verify" and args.file:
             files = f", {audit.files_named(doc)} evidence files intact in {args.evidence}" \
                 if args.evidence else ""
+            ncs = len(doc.get("nonconformances") or [])
             print(f"session export intact: {n} entries verified, every check recorded "
-                  f"once{files}")
+                  f"once" + (f", {ncs} nonconformance(s) with their chains" if ncs else "")
+                  + files)
             return 0
         print(f"audit log intact: {n} entries verified"
               + (f", anchor of {len(anchor['chains'])} chains held" if anchor else ""))
