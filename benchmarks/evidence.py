@@ -12,6 +12,10 @@ On the stack of real subprocesses of faults/stack.py (Temporal dev server, `work
   same bytes handed to the same store code in this process (`DirectoryStore.receive` +
   `keep`: spooled, hashed, fsynced, linked), and against a bare `write` + `fsync` + `rename`
   into the same directory. Alternated, each file new random bytes (no idempotent repeat).
+  The upload twice: streamed (chunked, no Content-Length) and whole with its Content-Length
+  (as the console's fetch() of a Blob sends it). Beside the times, the CPU each side costs:
+  the API process's per upload (and the client's, this process), against this process's per
+  store write (the API idle meanwhile).
 - **memory**: 20 uploads of 20 MiB at once, each body streamed by the client; the API's
   peak resident memory (VmHWM) against its resident memory just before.
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from benchmarks.load import RESULTS, _versions, confirm_steps, confirmed_sop
 from faults.stack import Stack
@@ -52,11 +57,36 @@ async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
         yield data[i:i + CHUNK]
 
 
+def cpu(p: psutil.Process) -> float:
+    """A process's CPU time so far, user and system, all its threads."""
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+class Cpu:
+    """CPU seconds spent by the API's process and by this one (the client, or the store
+    code run here) across each measured call."""
+
+    def __init__(self, api_pid: int) -> None:
+        self.api, self.here = psutil.Process(api_pid), psutil.Process()
+        self.spent: dict[str, dict[str, list[float]]] = {}
+
+    async def measure(self, side: str, call: Any) -> float:
+        api0, here0 = cpu(self.api), cpu(self.here)
+        elapsed: float = await call
+        spent = self.spent.setdefault(side, {"api": [], "here": []})
+        spent["api"].append(cpu(self.api) - api0)
+        spent["here"].append(cpu(self.here) - here0)
+        return elapsed
+
+
 async def upload(http: httpx.AsyncClient, session: str, headers: dict[str, str],
-                 data: bytes) -> float:
+                 data: bytes, streamed: bool = True) -> float:
+    """`streamed`: the body sent as it is read, chunked (no Content-Length); else as the
+    console's fetch() of a Blob sends it, whole, with its Content-Length."""
     t0 = time.perf_counter()
     r = await http.post(f"/api/v1/sessions/{session}/evidence?filename=photo.jpg",
-                        content=chunks_of(data),
+                        content=chunks_of(data) if streamed else data,
                         headers={**headers, "Content-Type": "image/jpeg"})
     elapsed = time.perf_counter() - t0
     if r.status_code != 201:
@@ -116,15 +146,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bare.mkdir()
             size = args.photo_mib * MIB
             await upload(http, session, worker, jpeg(size))  # warm: connections, caches
-            sides: dict[str, list[float]] = {"upload": [], "store": [], "bare": []}
+            sides: dict[str, list[float]] = {
+                "upload": [], "upload_with_length": [], "store": [], "bare": []}
+            meter = Cpu(api_pid)
             for _ in range(args.reps):
-                sides["upload"].append(await upload(http, session, worker, jpeg(size)))
-                sides["store"].append(await store_write(direct, jpeg(size)))
-                sides["bare"].append(await bare_write(bare, jpeg(size)))
-            single = {k: ms(v) for k, v in sides.items()}
+                for side, call in (
+                        ("upload", lambda: upload(http, session, worker, jpeg(size))),
+                        ("upload_with_length", lambda: upload(
+                            http, session, worker, jpeg(size), streamed=False)),
+                        ("store", lambda: store_write(direct, jpeg(size))),
+                        ("bare", lambda: bare_write(bare, jpeg(size)))):
+                    sides[side].append(await meter.measure(side, call()))
+            single: dict[str, Any] = {k: ms(v) for k, v in sides.items()}
             up = single["upload"]["p50_ms"]
             single["upload_over_store"] = round(up / single["store"]["p50_ms"], 2)
+            single["upload_with_length_over_store"] = round(
+                single["upload_with_length"]["p50_ms"] / single["store"]["p50_ms"], 2)
             single["upload_over_bare_write"] = round(up / single["bare"]["p50_ms"], 2)
+            # CPU: the API's per upload (the client's is this process's, apart) against the
+            # store code's in this process (the API is idle then).
+            # (means: the kernel counts CPU time in 10 ms ticks)
+            single["cpu_mean_ms"] = {side: {who: round(statistics.mean(xs) * 1000, 1)
+                                            for who, xs in spent.items()}
+                                     for side, spent in meter.spent.items()}
+            single["api_cpu_over_store_cpu"] = round(
+                statistics.mean(meter.spent["upload"]["api"])
+                / statistics.mean(meter.spent["store"]["here"]), 2)
 
             # 20 at once, 20 MiB each (just under the default limit), bodies streamed.
             big = args.concurrent_mib * MIB - 4096
