@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
+from api.server import config as server_config
 from persistence.db import Database
 from persistence.migrate import upgrade_async
 from tests.conftest import SECRET, fresh_database
@@ -80,8 +81,8 @@ class LiveServer:
                                    "data_dir": self.data_dir,  # evidence files, by default
                                    **self.overrides})
             app = create_app(settings, jwt_secret=SECRET, client=client, db=db)
-            self.server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                                 access_log=False), self.ready)
+            self.server = _Server(server_config(app, log_level="warning", lifespan="on",
+                                                access_log=False), self.ready)
             try:
                 async with build_worker(client, db, self.task_queue):
                     await self.server.serve(sockets=[self.sock])

@@ -173,8 +173,9 @@ def schema_config(**extra: Any) -> schemathesis.config.SchemathesisConfig:
 
 # Headers that frame the message and belong to the HTTP client, not to the request a client
 # means: one the fuzzer makes up (a `Content-Length: JxK3f`) is malformed HTTP, which the
-# HTTP server (uvicorn) refuses with its own plain 400 before any of the application runs. Seen
-# in a CI run, with made-up header names beside it.
+# HTTP server refuses 400 before any of the application runs (a problem all the same,
+# api/server.py; tests/test_front_door.py covers it). Seen in a CI run, with made-up header
+# names beside it.
 FRAMING = frozenset({"content-length", "transfer-encoding", "host", "connection", "upgrade",
                      "expect", "te", "trailer"})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -191,6 +192,31 @@ def test_a_client_waiting_for_100_continue_gets_the_413_without_sending_its_body
     status_line = answer.split(b"\r\n", 1)[0]
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large", answer[:300]
     assert b"application/problem+json" in answer.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    b"POST /api/v1/sops HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+], ids=["request-line", "header-without-colon", "nul-in-header", "chunk-size", "length"])
+def test_a_request_that_is_not_http_is_a_problem_too(small_door: LiveServer,
+                                                     request_bytes: bytes):
+    """Refused by the HTTP parser before the app runs, and still an RFC 9457 problem."""
+    host, port = small_door.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):  # the server closes the connection
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request", answer[:300]
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["title"] == "Bad Request"
+    assert "not an HTTP/1.1 request this service can read" in problem["detail"]
+    assert int(re.search(rb"content-length: (\d+)", head.lower()).group(1)) == len(body)
 
 
 @pytest.mark.parametrize("sent,kept", [
