@@ -90,7 +90,7 @@ def build_worker(client: Client, db: Database, task_queue: str,
         settings.escalate_after_failures, nc_deadlines=settings.nc_deadlines))
     activities: list[object] = [store.write_changes, webhooks.deliver,
                                 webhooks.start_stranded, ncs.mark_overdue,
-                                ncs.follow_unfollowed]
+                                ncs.follow_up]
     if evidence is not None:
         workflow_types.append(EvidenceCleanupWorkflow)
         activities.append(EvidenceCleanup(db, evidence).remove_unattached)

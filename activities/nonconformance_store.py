@@ -11,7 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from application.events import Render
-from application.nonconformances import follow_unfollowed, mark_overdue
+from application.nonconformances import follow_up, mark_overdue
 from application.ports import Deliveries, SessionWorkflows
 from persistence.db import Database
 from persistence.uow import SqlStore
@@ -27,10 +27,10 @@ class NonconformanceStore:
         self._workflows = workflows
 
     @activity.defn(name=NC_FOLLOW_ACTIVITY)
-    async def follow_unfollowed(self, grace_seconds: float) -> int:
+    async def follow_up(self, grace_seconds: float) -> int:
         assert self._workflows is not None
-        return await follow_unfollowed(self._store, self._workflows, datetime.now(UTC),
-                                       timedelta(seconds=grace_seconds))
+        return await follow_up(self._store, self._workflows, datetime.now(UTC),
+                               timedelta(seconds=grace_seconds))
 
     @activity.defn(name=NC_OVERDUE_ACTIVITY)
     async def mark_overdue(self, msg: NcOverdue) -> str:

@@ -98,26 +98,43 @@ async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UU
         worker = stored.state.worker_id
     try:
         await ctx.workflows.start_nonconformance(nc, worker, notify_session=False)
-    except Unavailable:  # recorded: `follow_unfollowed` starts its workflow
+    except Unavailable:  # recorded: `follow_up` starts its workflow
         log.warning("nonconformance %s recorded, its workflow not started", nc.id)
     return nc
 
 
-async def follow_unfollowed(store: Store, workflows: SessionWorkflows, now: datetime,
-                            grace: timedelta) -> int:
-    """The backstop (the `NonconformanceSweep` schedule) for an NC opened by hand whose
-    workflow the API did not start: Temporal was down, or the API died, after the NC was
-    recorded. Without its workflow nothing would ever mark it overdue. Each NC opened by
-    hand more than `grace` ago and not closed is started unless its workflow runs or ran
-    to its end (one start call each; the NCs a failed check opens are their session run's
-    to start, durably). Returns how many it started."""
+async def follow_up(store: Store, workflows: SessionWorkflows, now: datetime,
+                    grace: timedelta) -> int:
+    """The backstop (the `NonconformanceSweep` schedule) for what the API could not tell an
+    NC's workflow (Temporal was down, or the API died, after the record was written), where
+    waiting for the NC's next deadline is not good enough:
+
+    - an NC opened by hand whose workflow was never started: nothing would ever mark it
+      overdue. Each NC opened by hand more than `grace` ago and not closed is started unless
+      its workflow runs or ran to its end (one start call each; the NCs a failed check
+      opens are their session run's to start, durably);
+    - an NC holding a session, contained more than `grace` ago, whose workflow missed the
+      news: the worker would stay held until the containment deadline. Each such NC whose
+      deadline is still to come is asked (a query, no history) and told again if behind.
+
+    Returns how many workflows it started or told."""
     async with store(read_only=True) as uow:
-        ncs = await uow.nonconformances.opened_by_hand_before(now - grace)
-    started = [nc.id for nc, worker in ncs if await workflows.follow_nonconformance(nc, worker)]
+        unfollowed = await uow.nonconformances.opened_by_hand_before(now - grace)
+        released = await uow.nonconformances.released_before_due(now - grace, now)
+    started = [nc.id for nc, worker in unfollowed
+               if await workflows.follow_nonconformance(nc, worker)]
+    told = []
+    for nc in released:
+        if await workflows.nonconformance_behind(nc.id, nc.status):
+            await workflows.nonconformance_changed(nc.id, nc.status)
+            told.append(nc.id)
     if started:
         log.warning("started the workflow of %d nonconformance(s) opened without one: %s",
                     len(started), ", ".join(map(str, started)))
-    return len(started)
+    if told:
+        log.warning("told %d nonconformance workflow(s) of a containment they missed: %s",
+                    len(told), ", ".join(map(str, told)))
+    return len(started) + len(told)
 
 
 async def _audited(ctx: Context, nc_id: UUID, facts: AuditFacts,
@@ -194,7 +211,8 @@ async def close(ctx: Context, access: NcAccess, disposition: Disposition,
 
 async def _tell(ctx: Context, nc: Nonconformance) -> None:
     """The NC's workflow learns where the record stands. Best effort: what it misses it
-    learns from the record when its next deadline passes."""
+    learns from the record when its next deadline passes, or sooner from `follow_up`
+    when a held session waits on it."""
     try:
         await ctx.workflows.nonconformance_changed(nc.id, nc.status)
     except Exception as e:  # noqa: BLE001 (Temporal down or the run gone: the record holds)

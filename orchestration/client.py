@@ -196,6 +196,20 @@ class SessionWorkflows:
         await self._bounded(self.client.get_workflow_handle(nc_workflow_id(nc_id)).signal(
             NonconformanceWorkflow.changed, status, rpc_timeout=timedelta(seconds=self.timeout)))
 
+    async def nonconformance_behind(self, nc_id: UUID, status: NcStatus) -> bool:
+        handle = self.client.get_workflow_handle(nc_workflow_id(nc_id))
+        try:
+            knows = NcStatus(await self._bounded(handle.query(
+                NonconformanceWorkflow.status, rpc_timeout=timedelta(seconds=self.timeout),
+                reject_condition=QueryRejectCondition.NOT_OPEN)))
+        except WorkflowQueryRejectedError:
+            return False  # it ended: it knew the NC closed
+        except RPCError as e:
+            if e.status is RPCStatusCode.NOT_FOUND:
+                return False  # not started (yet): it starts knowing
+            raise
+        return knows is NcStatus.OPEN and status is not NcStatus.OPEN
+
     async def live(self, worker_id: UUID) -> StoredSession:
         handle = self.client.get_workflow_handle(workflow_id_for(worker_id))
         try:

@@ -113,6 +113,18 @@ class NonconformanceRepository:
             .where(nonconformances.c.id == nc_id))).first()
         return (row is not None, row.worker_id if row is not None else None)
 
+    async def released_before_due(self, before: datetime, now: datetime, limit: int = 1000
+                                  ) -> list[Nonconformance]:
+        """The NCs holding a session that were contained (or closed) before `before` while
+        their containment deadline is still to come."""
+        c = nonconformances.c
+        rows = (await self.conn.execute(
+            select(nonconformances).where(
+                c.hold.is_(True), c.status != NcStatus.OPEN.value,
+                c.contained_at < before, c.containment_due > now)
+            .order_by(c.contained_at).limit(limit))).mappings().all()
+        return [_nc(r) for r in rows]
+
     async def of_session(self, session_id: UUID) -> list[Nonconformance]:
         """The session's NCs, by number."""
         rows = (await self.conn.execute(

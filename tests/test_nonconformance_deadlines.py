@@ -15,13 +15,16 @@ from temporalio.service import RPCError
 
 from application import nonconformances as ncs
 from application import sessions as uc
+from application import sops
 from application.authz import Actor, Role
 from domain.errors import SessionHeld, Unavailable
 from domain.nonconformance import Disposition, NcFilter, NcStatus
 from domain.sop import CheckResult, Severity
 from orchestration.client import SessionWorkflows
+from persistence.db import Database
+from persistence.migrate import upgrade_async
 from persistence.tables import audit_log
-from tests.conftest import make_confirmed_sop, on, shown, submission
+from tests.conftest import fresh_database, make_confirmed_sop, on, shown, submission
 from tests.test_durable_timers import context, skipping_env  # noqa: F401 (fixture)
 from tests.test_nonconformances import nc_sop_body
 from worker import build_worker
@@ -172,39 +175,66 @@ async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervi
 
 
 class TemporalDown(SessionWorkflows):
-    """The client as it is while Temporal cannot be reached, for an NC's start."""
+    """The client as it is while Temporal cannot be reached, for what it tells an NC's
+    workflow."""
 
     async def start_nonconformance(self, *args, **kwargs) -> None:
         raise Unavailable("Temporal unavailable: connection refused")
 
+    async def nonconformance_changed(self, *args, **kwargs) -> None:
+        raise Unavailable("Temporal unavailable: connection refused")
 
-async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_backstop(
-        skipping_env, db, http, supervisor):  # noqa: F811
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-backstop-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    down = replace(ctx, workflows=TemporalDown(skipping_env.client, queue, timeout=30,
+
+def down(env, ctx, queue):
+    return replace(ctx, workflows=TemporalDown(env.client, queue, timeout=30,
                                                idle_timeout=timedelta(hours=8),
                                                escalate_after_failures=3))
+
+
+@pytest.fixture
+async def own_db():
+    """A database of the test's own: the sweep reads every NC of its database, and the
+    other tests' are on task queues no worker polls any more."""
+    async with fresh_database("nc-sweep") as url:
+        await upgrade_async(url)
+        database = Database(url)
+        yield database
+        await database.dispose()
+
+
+async def nc_sop(ctx, supervisor) -> uuid.UUID:
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    return (await sops.confirm_sop(ctx, boss, (await sops.create_sop(
+        ctx, boss, nc_sop_body())).id)).id
+
+
+async def sweep(env, queue, grace: timedelta) -> int:
+    return await env.client.execute_workflow(
+        NonconformanceSweepWorkflow.run, grace.total_seconds(), id=f"sweep-{uuid.uuid4()}",
+        task_queue=queue)
+
+
+async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_backstop(
+        skipping_env, own_db, supervisor):  # noqa: F811
+    queue = f"nc-backstop-{uuid.uuid4()}"
+    db = own_db
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    sop_id = await nc_sop(ctx, supervisor)
     actor = Actor(uuid.uuid4(), Role.WORKER)
     boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
-
-    async def sweep(grace: timedelta) -> int:
-        return await skipping_env.client.execute_workflow(
-            NonconformanceSweepWorkflow.run, grace.total_seconds(), id=f"sweep-{uuid.uuid4()}",
-            task_queue=queue)
-
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
-        nc = await ncs.open_by_hand(down, boss, uuid.UUID(view["id"]), None, Severity.MINOR,
+        view = shown(await uc.start_session(ctx, actor, sop_id))
+        nc = await ncs.open_by_hand(down(skipping_env, ctx, queue), boss,
+                                    uuid.UUID(view["id"]), None, Severity.MINOR,
                                     "guard missing on the press")
         handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
         with pytest.raises(RPCError):  # recorded, and nothing follows it
             await handle.describe()
-        assert await sweep(timedelta(hours=1)) == 0  # within its grace: left to the API
-        assert await sweep(timedelta(0)) == 1
+        # within its grace it is left to the API
+        assert await sweep(skipping_env, queue, timedelta(hours=1)) == 0
+        assert await sweep(skipping_env, queue, timedelta(0)) == 1
         assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
-        assert await sweep(timedelta(0)) == 0  # running: started once
+        assert await sweep(skipping_env, queue, timedelta(0)) == 0  # running: started once
 
         # and it does what an NC's workflow does: its containment deadline (1 h) passes
         await skipping_env.sleep(timedelta(hours=1, minutes=5))
@@ -222,5 +252,42 @@ async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_b
                                             nc.id, "nc.manage"),
                         Disposition.REWORK, "guard refitted")
         assert await handle.result() == "closed"
-        assert await sweep(timedelta(0)) == 0  # closed: nothing to follow
+        assert await sweep(skipping_env, queue, timedelta(0)) == 0  # closed: nothing to follow
         await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
+async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_released_by_the_backstop(
+        skipping_env, own_db, supervisor):  # noqa: F811
+    queue = f"nc-missed-{uuid.uuid4()}"
+    db = own_db
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    sop_id = await nc_sop(ctx, supervisor)
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, sop_id))
+        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
+        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
+        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        # contained on the record, but the signal to its workflow is lost
+        await ncs.contain(down(skipping_env, ctx, queue),
+                          await ncs.gate(ctx, boss, nc_id, "nc.manage"), "locked out")
+        await skipping_env.sleep(timedelta(minutes=1))
+        with pytest.raises(SessionHeld):  # the worker is still held
+            await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                  submission(step_id=step, result=CheckResult.PASSED))
+        assert await sweep(skipping_env, queue, timedelta(hours=1)) == 0  # within its grace
+        assert await sweep(skipping_env, queue, timedelta(0)) == 1
+        live = None
+        for _ in range(100):
+            live = shown(await ctx.workflows.live(actor.id))
+            if live["held"] is None:
+                break
+            await skipping_env.sleep(timedelta(milliseconds=100))
+        assert live is not None and live["held"] is None  # released long before 15 min
+        view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                           submission(step_id=step, result=CheckResult.PASSED)))
+        assert view["current_step"]["index"] == 2
+        assert await sweep(skipping_env, queue, timedelta(0)) == 0  # it knows now
+        assert await overdue_entries(db, nc_id) == []
+        await finish(skipping_env, ctx, actor, sid)

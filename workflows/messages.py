@@ -20,7 +20,7 @@ WRITE_CHANGES_ACTIVITY = "write_changes"
 # worker's workflow ID now runs a newer session, so the named one is closed.
 SESSION_MISMATCH = "session-mismatch"
 NC_OVERDUE_ACTIVITY = "mark_nonconformance_overdue"
-NC_FOLLOW_ACTIVITY = "follow_unfollowed_nonconformances"
+NC_FOLLOW_ACTIVITY = "follow_up_nonconformances"
 # The session workflow's signal that one of its nonconformances was contained.
 NC_CONTAINED_SIGNAL = "nonconformance_contained"
 

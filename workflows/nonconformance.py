@@ -104,12 +104,12 @@ class NonconformanceWorkflow:
 @workflow.defn(name="NonconformanceSweep")
 class NonconformanceSweepWorkflow:
     """The backstop's run (a schedule, orchestration/schedules.py): starts the workflow of
-    each NC opened by hand whose start was lost (application.nonconformances
-    .follow_unfollowed)."""
+    each NC opened by hand whose start was lost, and tells a held session's NC workflow of
+    a containment it missed (application.nonconformances.follow_up)."""
 
     @workflow.run
     async def run(self, grace_seconds: float) -> int:
-        """How many it started."""
+        """How many workflows it started or told."""
         return await workflow.execute_activity(
             NC_FOLLOW_ACTIVITY, grace_seconds, result_type=int,
             start_to_close_timeout=timedelta(minutes=2),
