@@ -38,6 +38,7 @@ from tests.test_web_console import (
     open_page,
     outbox,
     sign_in,
+    tap_passed,
 )
 from tests.test_web_offline import network, under_service_worker
 
@@ -316,3 +317,60 @@ def test_a_failed_check_needs_its_file_an_oversized_one_is_said_and_a_pdf_goes(
     assert saved.value.suggested_filename == "guard.pdf"
     assert open(saved.value.path(), "rb").read() == document
     desk_console.assert_clean()
+
+
+def test_a_photo_picked_in_one_tab_survives_the_phone_opening_another(
+        stack: Stack, supervisor: str, browser: Browser) -> None:  # noqa: F811
+    """Two tabs of the console on one phone share its IndexedDB: a tab that opens leaves
+    alone the photo another tab has picked for a check it has not sent yet (it used to sweep
+    it away as abandoned, and the check then asked for the photo again)."""
+    worker, sop, page, console, card = started(stack, supervisor, browser)
+    data = png()
+    take_photo(page, card, "padlock.png", data)
+    expect(card.locator("img.thumb")).to_be_visible()
+    for _ in range(40):
+        if kept := kept_files(page):
+            break
+        page.wait_for_timeout(250)
+    [[check_id, file_id, size]] = kept
+    assert size == len(data)
+
+    other = page.context.new_page()  # the same phone, a second tab of the console
+    other.goto(page.url)
+    expect(other.locator(".step-card")).to_contain_text("Step 1 of 3")
+    other.wait_for_timeout(2000)  # its outbox has started, and swept
+    assert kept_files(page) == [[check_id, file_id, len(data)]]
+    other.close()
+
+    tap_passed(card)
+    expect(card).to_contain_text("Step 2 of 3")
+    expect(page.locator("#pending")).to_be_hidden(timeout=20_000)
+    [check] = stack.call(worker, "GET", "/sessions/current")["checks"]
+    [evidence] = check["evidence"]
+    assert check["id"] == check_id
+    assert evidence["sha256"] == hashlib.sha256(data).hexdigest()
+
+    # what the sweep is for: a photo picked two days ago whose check never came (the page
+    # was closed first) goes when the console opens; one picked an hour ago stays
+    page.evaluate("""(owner) => new Promise((resolve, reject) => {
+        const open = indexedDB.open('worksession-evidence', 1);
+        open.onsuccess = () => {
+          const tx = open.result.transaction('files', 'readwrite');
+          const ago = (h) => new Date(Date.now() - h * 3600 * 1000).toISOString();
+          for (const [id, hours] of [['abandoned', 48], ['recent', 1]]) {
+            tx.objectStore('files').put({ check_id: id, file_id: 'f', owner, name: 'x.png',
+              type: 'image/png', bytes: 1, blob: new Blob(['x']), kept_at: ago(hours) });
+          }
+          tx.oncomplete = () => { open.result.close(); resolve(); };
+          tx.onerror = () => reject(tx.error);
+        };
+    })""", page.evaluate("JSON.parse(atob(localStorage.getItem('worksession.token')"
+                         ".split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).sub"))
+    page.reload()
+    expect(card).to_contain_text("Step 2 of 3")
+    for _ in range(40):
+        if [k[0] for k in kept_files(page)] == ["recent"]:
+            break
+        page.wait_for_timeout(250)
+    assert [k[0] for k in kept_files(page)] == ["recent"]
+    console.assert_clean()

@@ -7,8 +7,10 @@
 // check_id it will send), so a check that goes to the outbox at once (a tap, then the page
 // hidden) finds its files there. The outbox (outbox.js) reads them to upload them, and
 // removes a check's files once the check has been delivered (or refused); files of no check
-// in the outbox (picked, then the page closed before the check was recorded) go when the
-// outbox starts (`sweep`).
+// in the outbox that were picked a day ago or more (picked, then the page closed before the
+// check was recorded) go when the outbox starts (`sweep`). Not younger ones: another tab of
+// the console on the same phone shares this database, and its worker may have just picked
+// them for a check still on its card.
 
 const DB = 'worksession-evidence';
 const STORE = 'files';
@@ -63,10 +65,13 @@ export function removeCheck(checkId) {
   return run('readwrite', (store) => store.delete(ofCheck(checkId)));
 }
 
-/** Files of `owner` whose check is not in `keep` (a Set of check_ids) go. */
-export async function sweep(owner, keep) {
+const ABANDONED_MS = 24 * 60 * 60 * 1000;
+
+/** Files of `owner` whose check is not in `keep` (a Set of check_ids), kept a day or more. */
+export async function sweep(owner, keep, now = Date.now()) {
   const keys = await run('readonly', (store) => store.getAll());
-  const gone = keys.filter((r) => r.owner === owner && !keep.has(r.check_id));
+  const gone = keys.filter((r) => r.owner === owner && !keep.has(r.check_id)
+    && !(now - Date.parse(r.kept_at) < ABANDONED_MS));
   if (!gone.length) return;
   await run('readwrite', (store) => {
     for (const r of gone) store.delete([r.check_id, r.file_id]);

@@ -130,7 +130,8 @@ export class Outbox extends EventTarget {
   }
 
   start() {
-    // files of checks no longer here (picked, then the page closed before the check was made)
+    // files of checks no longer here (picked a day ago, then the page closed before the
+    // check was made)
     sweep(this.userId, new Set(this.items.map((i) => i.body.check_id))).catch(() => {});
     window.addEventListener('online', () => this.flush());
     document.addEventListener('visibilitychange', () => {
