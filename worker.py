@@ -75,7 +75,10 @@ def build_worker(client: Client, db: Database, task_queue: str,
     _workflow_bytecode()
     settings = settings or Settings()
     deliveries = webhook_deliveries(client, task_queue, settings)
-    store = SessionStore(db, meter, RENDER, deliveries)
+    workflows = SessionWorkflows(
+        client, task_queue, settings.request_timeout_seconds, settings.idle_timeout,
+        settings.escalate_after_failures, nc_deadlines=settings.nc_deadlines)
+    store = SessionStore(db, meter, RENDER, deliveries, workflows)
     sender = HttpSender(settings.webhook_timeout.total_seconds(),
                         settings.webhook_allow_insecure)
     webhooks = WebhookWork(
@@ -85,9 +88,7 @@ def build_worker(client: Client, db: Database, task_queue: str,
     workflow_types: list[type] = [WorkSessionWorkflow, WebhookDeliveryWorkflow,
                                   WebhookSweepWorkflow, NonconformanceWorkflow,
                                   NonconformanceSweepWorkflow]
-    ncs = NonconformanceStore(db, RENDER, deliveries, SessionWorkflows(
-        client, task_queue, settings.request_timeout_seconds, settings.idle_timeout,
-        settings.escalate_after_failures, nc_deadlines=settings.nc_deadlines))
+    ncs = NonconformanceStore(db, RENDER, deliveries, workflows)
     activities: list[object] = [store.write_changes, webhooks.deliver,
                                 webhooks.start_stranded, ncs.mark_overdue,
                                 ncs.follow_up]

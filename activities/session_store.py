@@ -7,9 +7,9 @@ import logging
 
 from temporalio import activity
 
-from application.events import Render, record_change, start_deliveries
+from application.events import Render, record_change, start_deliveries, tell_out_of_control
 from application.metrics import Meter, NoMeter, count_written
-from application.ports import Deliveries
+from application.ports import Deliveries, SessionWorkflows
 from domain.changes import SessionChange
 from persistence.db import Database
 from persistence.uow import SqlStore
@@ -21,13 +21,16 @@ log = logging.getLogger("worksession.worker")
 
 class SessionStore:
     def __init__(self, db: Database, meter: Meter | None = None, render: Render | None = None,
-                 deliveries: Deliveries | None = None) -> None:
+                 deliveries: Deliveries | None = None,
+                 workflows: SessionWorkflows | None = None) -> None:
         """With `render`, the webhook events of the changes it writes are recorded with them
-        (application/events.py), and their delivery started by `deliveries`."""
+        (application/events.py), and their delivery started by `deliveries`; with
+        `workflows`, the run of a session it finds out of control is told (its own)."""
         self._store = SqlStore(db)
         self._meter = meter or NoMeter()
         self._render = render
         self._deliveries = deliveries
+        self._workflows = workflows
 
     @activity.defn(name=WRITE_CHANGES_ACTIVITY)
     async def write_changes(self, changes: list[SessionChange]) -> int:
@@ -60,5 +63,7 @@ class SessionStore:
                     if self._render is not None:  # the session as this change left it
                         await record_change(uow, c, self._render)
         count_written(self._meter, uow.sessions.written)
+        await tell_out_of_control(self._workflows, uow.sessions.written,
+                                  uow.sessions.out_of_control)
         await start_deliveries(self._deliveries, uow.events.streams)
         return written

@@ -316,7 +316,7 @@ class SessionOut(BaseModel):
             started_at=s.started_at, paused_at=s.paused_at, paused_reason=s.paused_reason,
             paused_seconds=round(s.paused_seconds, 3), completed_at=s.completed_at,
             cancelled_at=s.cancelled_at, cancel_reason=s.cancel_reason,
-            unchecked_step_ids=s.unchecked_step_ids, needs_attention=s.needs_attention,
+            unchecked_step_ids=s.unchecked_step_ids, needs_attention=s.flagged,
             locked=s.locked, approved_by=s.approved_by, approved_at=s.approved_at,
             workflow_id=workflow_id, run_id=run_id,
             awaiting_verification=s.awaiting_verification, signatures=s.signatures,

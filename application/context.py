@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from application.authz import Actor, Role
-from application.events import Render, record_change, start_deliveries
+from application.events import Render, record_change, start_deliveries, tell_out_of_control
 from application.metrics import Meter, NoMeter, count_written
 from application.ports import Deliveries, EvidenceStore, SessionWorkflows, Store, UnitOfWork
 from domain.nonconformance import Deadlines
@@ -101,15 +101,19 @@ class Context:
         """One transaction: committed when the block ends, rolled back when it raises.
         `snapshot` (read only): all its reads see one moment. What it wrote is counted once
         committed. The webhook events of the session changes it wrote are recorded in it, and
-        their delivery started once it is committed."""
+        their delivery started once it is committed; the runs of sessions it found out of
+        control are told then."""
         async with self.store(read_only=read_only, snapshot=snapshot) as uow:
             yield uow
             if self.render is not None:
                 for change in uow.sessions.written:
                     await record_change(uow, change, self.render)
         count_written(self.meter, uow.sessions.written)
-        if not read_only and self.render is not None:
-            await start_deliveries(self.deliveries, uow.events.streams)
+        if not read_only:
+            await tell_out_of_control(self.workflows, uow.sessions.written,
+                                      uow.sessions.out_of_control)
+            if self.render is not None:
+                await start_deliveries(self.deliveries, uow.events.streams)
 
     async def owner(self, session_id: UUID) -> UUID | None:
         owner = self.owners.known(session_id)

@@ -16,13 +16,13 @@ on."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
-from application.ports import Deliveries, Store, StoredSession, UnitOfWork
+from application.ports import Deliveries, SessionWorkflows, Store, StoredSession, UnitOfWork
 from domain.changes import SessionChange
 from domain.nonconformance import Nonconformance
 from domain.signature import Signature
@@ -109,6 +109,25 @@ async def start_deliveries(deliveries: Deliveries | None,
     except Exception as e:  # noqa: BLE001 - whatever it is, the backstop covers it
         log.warning("could not start the delivery of %d webhook stream(s) now (%s); the "
                     "backstop will", len(streams), e)
+
+
+async def tell_out_of_control(workflows: SessionWorkflows | None,
+                              written: list[SessionChange],
+                              out_of_control: Mapping[UUID, object]) -> None:
+    """After the commit: the run of each session whose written checks broke an SPC rule
+    (`write_change` judged them) is told, so that the live session and the Temporal UI's
+    `NeedsAttention` say what the record says. Best effort: the record has the flag
+    whatever happens here (a run that missed it shows it only on the record)."""
+    if not out_of_control or workflows is None:
+        return
+    for change in written:
+        if any(c.id in out_of_control for c in change.checks):
+            st = change.state
+            try:
+                await workflows.measured_out_of_control(st.worker_id, st.id)
+            except Exception as e:  # noqa: BLE001 - the record holds it either way
+                log.warning("session %s measured out of control; its run was not told (%s)",
+                            st.id, e)
 
 
 async def start_stranded(store: Store, deliveries: Deliveries, now: datetime,

@@ -338,6 +338,8 @@ class SessionWorkflows(Protocol):
     async def verify(self, worker_id: UUID, session_id: UUID, signature: Signature,
                      facts: AuditFacts) -> SessionChange | None: ...
     async def ask_to_write(self, worker_id: UUID) -> bool: ...
+    async def measured_out_of_control(self, worker_id: UUID, session_id: UUID) -> None:
+        """Tell the worker's run that a measured value of the session broke an SPC rule."""
     async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
                                    notify_session: bool) -> None:
         """The NC's own workflow (idempotent: one already running is kept)."""

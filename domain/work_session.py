@@ -150,7 +150,11 @@ class SessionState:
     cancelled_at: datetime | None = None
     cancel_reason: str | None = None
     unchecked_step_ids: list[UUID] | None = None
-    needs_attention: bool = False
+    needs_attention: bool = False  # its own rule: failed checks in a row on one step
+    # A measured value of it broke an SPC rule (judged where its check is recorded, and on
+    # the record from then): it needs attention until it closes. Only the run keeps this
+    # here; the record has it in its row's `needs_attention`.
+    out_of_control: bool = False
     locked: bool = False
     approved_by: UUID | None = None
     approved_at: datetime | None = None
@@ -161,6 +165,11 @@ class SessionState:
     # The nonconformances its failed checks opened that are still `open` (CONTRACT.md,
     # "Nonconformances"): at most one per step; a `hold` one stops its checks.
     nonconformances: list[OpenNc] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        """Whether it needs a supervisor's attention, for whatever reason."""
+        return self.needs_attention or self.out_of_control
 
     @property
     def held_by(self) -> OpenNc | None:
@@ -373,6 +382,14 @@ class WorkSession:
             close_due=deadlines.close_due(check.checked_at),
             description=f"Failed check on step {i} ({step.title}): {spec.prompt}{measured}",
             evidence=check.evidence, opened_in=self.state.version))
+
+    def measured_out_of_control(self) -> bool:
+        """A value it measured broke an SPC rule (the writer of its check judged it, on the
+        record). Whether that is news."""
+        if self.state.out_of_control:
+            return False
+        self.state.out_of_control = True
+        return True
 
     def nonconformance_contained(self, nc_id: UUID) -> bool:
         """One of its nonconformances was contained: no longer open (a hold on the session

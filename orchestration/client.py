@@ -36,6 +36,7 @@ from workflows import search_attributes
 from workflows.messages import (
     SESSION_MISMATCH,
     NcInput,
+    OutOfControl,
     SessionCommand,
     SessionInput,
     SignVerified,
@@ -165,6 +166,11 @@ class SessionWorkflows:
         except (Unavailable, RPCError):
             return False
         return True
+
+    async def measured_out_of_control(self, worker_id: UUID, session_id: UUID) -> None:
+        await self._bounded(self.client.get_workflow_handle(workflow_id_for(worker_id)).signal(
+            WorkSessionWorkflow.measured_out_of_control, OutOfControl(session_id=session_id),
+            rpc_timeout=timedelta(seconds=self.timeout)))
 
     async def start_nonconformance(self, nc: Nonconformance, worker_id: UUID, *,
                                    notify_session: bool) -> None:

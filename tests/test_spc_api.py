@@ -4,6 +4,7 @@ across a revision, an in-spec point beyond 3 sigma flagging its session, and bad
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from persistence.tables import audit_log
 from tests.conftest import User, check, make_confirmed_sop, start, step_ids
 from tests.test_domain_spc import CONCENTRATION
 from workflows.messages import workflow_id_for
+from workflows.search_attributes import NEEDS_ATTENTION
 
 T0 = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 
@@ -149,9 +151,21 @@ async def test_an_in_spec_point_beyond_3_sigma_flags_its_session_once(
     assert r.status_code == 200, r.text
     assert r.json()["checks"][-1]["result"] == "passed"
     assert r.json()["needs_attention"] is True
-    # it stays flagged as the session goes on (the step passed long ago)
+    # the run is told too: the live session and the Temporal UI's NeedsAttention say so
+    handle = app.state.ctx.workflows.client.get_workflow_handle(workflow_id_for(
+        worker_user.id))
+    for _ in range(100):
+        live = (await http.get("/api/v1/sessions/current", headers=worker_user.h)).json()
+        if live["needs_attention"]:
+            break
+        await asyncio.sleep(0.05)
+    assert live["needs_attention"] is True and live["id"] == session["id"]
+    assert (await handle.describe()).typed_search_attributes.get(NEEDS_ATTENTION) is True
+    # it stays flagged as the session goes on (the step passed long ago), to its end
     r = await check(http, worker_user, session["id"], step_ids(sop)[1], result="passed")
     assert r.json()["status"] == "completed"
+    await handle.result()
+    assert (await handle.describe()).typed_search_attributes.get(NEEDS_ATTENTION) is True
     got = (await http.get(f"/api/v1/sessions/{session['id']}", headers=supervisor.h)).json()
     assert got["needs_attention"] is True
     listed = (await http.get(f"/api/v1/sessions?needs_attention=true&sop_id={sop['id']}",

@@ -23,6 +23,7 @@ NC_OVERDUE_ACTIVITY = "mark_nonconformance_overdue"
 NC_FOLLOW_ACTIVITY = "follow_up_nonconformances"
 # The session workflow's signal that one of its nonconformances was contained.
 NC_CONTAINED_SIGNAL = "nonconformance_contained"
+OUT_OF_CONTROL_SIGNAL = "measured_out_of_control"
 
 
 def workflow_id_for(worker_id: UUID) -> str:
@@ -100,6 +101,12 @@ class NcInput(BaseModel):
     containment_due: datetime
     close_due: datetime
     notify_session: bool = False
+
+
+class OutOfControl(BaseModel):
+    """A measured value of this session broke an SPC rule (on the record)."""
+
+    session_id: UUID
 
 
 class NcContained(BaseModel):

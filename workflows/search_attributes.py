@@ -29,7 +29,7 @@ def initial(state: SessionState) -> TypedSearchAttributes:
         SearchAttributePair(WORKER_ID, str(state.worker_id)),
         SearchAttributePair(SOP_ID, str(state.sop_id)),
         SearchAttributePair(SESSION_STATUS, state.status.value),
-        SearchAttributePair(NEEDS_ATTENTION, state.needs_attention),
+        SearchAttributePair(NEEDS_ATTENTION, state.flagged),
     ])
 
 
@@ -37,6 +37,6 @@ def changes(state: SessionState, current: TypedSearchAttributes) -> list[SearchA
     """The session's changing attributes that differ from `current`."""
     wanted: list[tuple[SearchAttributeKey[Any], Any]] = [
         (SESSION_STATUS, state.status.value),
-        (NEEDS_ATTENTION, state.needs_attention),
+        (NEEDS_ATTENTION, state.flagged),
     ]
     return [key.value_set(value) for key, value in wanted if current.get(key) != value]

@@ -31,10 +31,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes
     from workflows.messages import (
         NC_CONTAINED_SIGNAL,
+        OUT_OF_CONTROL_SIGNAL,
         SESSION_MISMATCH,
         WRITE_CHANGES_ACTIVITY,
         NcContained,
         NcInput,
+        OutOfControl,
         SessionCommand,
         SessionInput,
         SessionSnapshot,
@@ -174,6 +176,16 @@ class WorkSessionWorkflow:
                 except WorkflowAlreadyStartedError:
                     pass
             self._nc_to_start.pop(0)
+
+    @workflow.signal(name=OUT_OF_CONTROL_SIGNAL)
+    def measured_out_of_control(self, msg: OutOfControl) -> None:
+        """A measured value of this session broke an SPC rule, judged and recorded by the
+        writer of its check (which then signals): the session needs attention until it
+        closes, and `NeedsAttention` says so in the Temporal UI. Nothing to record: the
+        record has it. For another session (the worker's next one): nothing."""
+        if msg.session_id == self._session.state.id and \
+                self._session.measured_out_of_control():
+            self._show_progress()
 
     @workflow.signal(name=NC_CONTAINED_SIGNAL)
     def nonconformance_contained(self, msg: NcContained) -> None:
@@ -348,7 +360,7 @@ class WorkSessionWorkflow:
             details = f"Step {i + 1} of {len(plan.steps)}: {plan.steps[i].title}"
             if state.status is SessionStatus.PAUSED:
                 details = f"Paused at {details[0].lower()}{details[1:]}"
-            if state.needs_attention:
+            if state.flagged:
                 details += " (needs attention)"
             if state.awaiting_verification is not None:
                 details += " (awaiting verification)"
