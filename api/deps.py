@@ -91,6 +91,16 @@ def refuse_unknown_parameters(request: Request, dependency: Callable[..., Any],
             for name in unknown])
 
 
+def no_parameters(request: Request) -> None:
+    """For a request that takes no query parameter: one given is refused (422)."""
+    refuse_unknown_parameters(request, no_parameters)
+
+
+def only_paging(request: Request) -> None:
+    """For a list that takes no filter: a parameter but `limit` and `offset` is refused."""
+    refuse_unknown_parameters(request, only_paging, "limit", "offset")
+
+
 class Paging:
     MAX_LIMIT = 100
 

@@ -306,6 +306,21 @@ async def test_an_unknown_query_parameter_is_422_on_every_list(http, boss, path,
         assert_problem(await http.get(f"{path}?{misspelt}=1", headers=worker.h), 403)
 
 
+@pytest.mark.parametrize("path, good, expect", [
+    ("/api/v1/ops/stuck", "", 200),
+    ("/api/v1/webhooks", "", 200),
+    (f"/api/v1/webhooks/{uuid.UUID(int=7)}/deliveries", "limit=5&offset=0&", 404),
+])
+async def test_a_list_with_no_filter_refuses_any_other_parameter(http, admin, path, good,
+                                                                  expect):
+    assert (await http.get(f"{path}?{good}", headers=admin.h)).status_code == expect
+    body = assert_problem(await http.get(f"{path}?{good}stauts=open", headers=admin.h), 422)
+    assert error_fields(body) == ["query.stauts"] and "stauts" in body["detail"], body
+    assert_problem(await http.get(f"{path}?stauts=1"), 401)
+    worker = User(uuid.uuid4(), "worker")
+    assert_problem(await http.get(f"{path}?stauts=1", headers=worker.h), 403)
+
+
 async def test_huge_limit_within_int_range_is_capped_not_an_error(http, boss):
     r = await http.get(f"{SOPS}?limit=2147483647&offset=2147483647", headers=boss.h)
     assert r.status_code == 200, r.text

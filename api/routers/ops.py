@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from api.deps import Ctx, CurrentActor, parse_id, problems
+from api.deps import Ctx, CurrentActor, no_parameters, parse_id, problems, require
 from api.routing import PrecedenceRoute
 from application import ops as uc
+from application.authz import Actor
 
 router = APIRouter(prefix="/api/v1/ops", tags=["Operations"], route_class=PrecedenceRoute)
 
 
 @router.get("/stuck", responses=problems(403))
-async def stuck_sessions(actor: CurrentActor, ctx: Ctx) -> dict[str, Any]:
+async def stuck_sessions(actor: CurrentActor, ctx: Ctx, _: Actor = require("ops"),
+                         __: None = Depends(no_parameters)) -> dict[str, Any]:
     items = await uc.stuck_sessions(ctx, actor)
     return {"items": items, "total": len(items)}
 

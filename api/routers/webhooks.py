@@ -6,10 +6,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from api.deps import Ctx, CurrentActor, PageParams, parse_id, problems, require
+from api.deps import (
+    Ctx,
+    CurrentActor,
+    PageParams,
+    no_parameters,
+    only_paging,
+    parse_id,
+    problems,
+    require,
+)
 from api.routing import PrecedenceRoute
 from api.schemas import NO_NUL, Page, Text
 from application import webhooks as uc
@@ -76,8 +85,8 @@ async def create_webhook(body: WebhookIn, actor: CurrentActor, ctx: Ctx,
 
 
 @router.get("", response_model=list[WebhookOut], responses=problems(403))
-async def list_webhooks(actor: CurrentActor, ctx: Ctx,
-                        _: Actor = require("webhooks")) -> list[dict[str, Any]]:
+async def list_webhooks(actor: CurrentActor, ctx: Ctx, _: Actor = require("webhooks"),
+                        __: None = Depends(no_parameters)) -> list[dict[str, Any]]:
     return [_out(s) for s in await uc.subscriptions(ctx, actor)]
 
 
@@ -93,7 +102,8 @@ async def delete_webhook(webhook_id: str, actor: CurrentActor, ctx: Ctx,
 @router.get("/{webhook_id}/deliveries", response_model=Page[DeliveryOut],
             responses=problems(403, 404))
 async def list_deliveries(webhook_id: str, actor: CurrentActor, ctx: Ctx, paging: PageParams,
-                          _: Actor = require("webhooks")) -> dict[str, Any]:
+                          _: Actor = require("webhooks"),
+                          __: None = Depends(only_paging)) -> dict[str, Any]:
     """Newest first, with their attempts, last status code and error."""
     items, total = await uc.deliveries(ctx, actor, parse_id(webhook_id, "webhook"),
                                        paging.limit, paging.offset)
