@@ -142,6 +142,15 @@ async def test_an_nc_contained_in_time_is_never_overdue_and_its_workflow_ends_wh
         await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
 
 
+async def released(env, ctx, actor) -> bool:
+    """The worker's live session is no longer held, within a few seconds of skipped time."""
+    for _ in range(100):
+        if shown(await ctx.workflows.live(actor.id))["held"] is None:
+            return True
+        await env.sleep(timedelta(milliseconds=100))
+    return False
+
+
 async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervisor):  # noqa: F811
     sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
     queue = f"nc-hold-{uuid.uuid4()}"
@@ -161,13 +170,7 @@ async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervi
         assert [d["deadline"] for _, _, d in await overdue_entries(db, nc_id)] == \
             ["containment"]
         await ncs.contain(ctx, await ncs.gate(ctx, boss, nc_id, "nc.manage"), "locked out")
-        live = None
-        for _ in range(100):
-            live = shown(await ctx.workflows.live(actor.id))
-            if live["held"] is None:
-                break
-            await skipping_env.sleep(timedelta(milliseconds=100))
-        assert live is not None and live["held"] is None
+        assert await released(skipping_env, ctx, actor)
         view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
                                            submission(step_id=step, result=CheckResult.PASSED)))
         assert view["current_step"]["index"] == 2
@@ -202,10 +205,15 @@ async def own_db():
         await database.dispose()
 
 
-async def nc_sop(ctx, supervisor) -> uuid.UUID:
+async def swept(env, db, supervisor):
+    """A task queue, a context on `db`, a confirmed SOP with NC steps, a worker and a
+    supervisor."""
+    queue = f"nc-sweep-{uuid.uuid4()}"
+    ctx = context(env, db, queue, timedelta(hours=8))
     boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
-    return (await sops.confirm_sop(ctx, boss, (await sops.create_sop(
+    sop_id = (await sops.confirm_sop(ctx, boss, (await sops.create_sop(
         ctx, boss, nc_sop_body())).id)).id
+    return queue, ctx, sop_id, Actor(uuid.uuid4(), Role.WORKER), boss
 
 
 async def sweep(env, queue, grace: timedelta) -> int:
@@ -216,12 +224,8 @@ async def sweep(env, queue, grace: timedelta) -> int:
 
 async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_backstop(
         skipping_env, own_db, supervisor):  # noqa: F811
-    queue = f"nc-backstop-{uuid.uuid4()}"
     db = own_db
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    sop_id = await nc_sop(ctx, supervisor)
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
         view = shown(await uc.start_session(ctx, actor, sop_id))
         nc = await ncs.open_by_hand(down(skipping_env, ctx, queue), boss,
@@ -258,12 +262,8 @@ async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_b
 
 async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_released_by_the_backstop(
         skipping_env, own_db, supervisor):  # noqa: F811
-    queue = f"nc-missed-{uuid.uuid4()}"
     db = own_db
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    sop_id = await nc_sop(ctx, supervisor)
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
         view = shown(await uc.start_session(ctx, actor, sop_id))
         view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
@@ -278,13 +278,7 @@ async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_releas
                                   submission(step_id=step, result=CheckResult.PASSED))
         assert await sweep(skipping_env, queue, timedelta(hours=1)) == 0  # within its grace
         assert await sweep(skipping_env, queue, timedelta(0)) == 1
-        live = None
-        for _ in range(100):
-            live = shown(await ctx.workflows.live(actor.id))
-            if live["held"] is None:
-                break
-            await skipping_env.sleep(timedelta(milliseconds=100))
-        assert live is not None and live["held"] is None  # released long before 15 min
+        assert await released(skipping_env, ctx, actor)  # long before its 15 min
         view = shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
                                            submission(step_id=step, result=CheckResult.PASSED)))
         assert view["current_step"]["index"] == 2
