@@ -163,7 +163,7 @@ def _nc_problems(session_id: Any, items: list[Any]) -> tuple[int, list[str]]:
                 and isinstance(e.get("detail"), dict | None) for e in entries)):
             problems.append("a nonconformance of the export is not in the export's shape")
             continue
-        chain = f"nc:{nc.get('id')}"
+        chain = nc_chain(nc.get("id"))  # type: ignore[arg-type]
         if nc.get("session_id") != session_id:
             problems.append(f"{chain}: opened on session {nc.get('session_id')}, not this one")
         n, found = _chain_problems(chain, "nonconformance", entries, item.get("head"))
