@@ -397,12 +397,6 @@ def _stat(fig: Any, frame: Any, inner: tuple, panel: dict[str, Any], fc: dict[st
 
 # --- Prometheus -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prometheus_config(targets: dict[str, str], rule_file: str) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml with each job's targets replaced (every job must be
     given one), scraped every SCRAPE_INTERVAL_S, the rules read from `rule_file`."""
@@ -620,7 +614,7 @@ async def drive(api: str, data_dir: Path, minutes: float, devices: int, think: f
 # --- the run ----------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from faults.harness import DevProcess
+    from faults.harness import DevProcess, free_port
 
     dashboard = json.loads(DASHBOARD.read_text())
     out: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(), "settings": {

@@ -5,6 +5,7 @@ and the time-skipping test server's binary."""
 
 from __future__ import annotations
 
+import random
 import re
 import signal
 import socket
@@ -24,15 +25,37 @@ def temporal_test_server() -> str:
     return find_binary("temporal-test-server")
 
 
-def free_port() -> int:
+_EPHEMERAL_LOW = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+_pick = random.SystemRandom()  # not the one `faults --seed` seeds: two runs pick apart
+
+
+def free_port(run: int = 1) -> int:
+    """A loopback port a server can bind now, with the `run - 1` ports after it.
+
+    Taken from below the kernel's ephemeral range, not by binding port 0: a port from that
+    range can be taken, between this choice and the server's bind, by any outgoing
+    connection, and stays taken through its TIME_WAIT (60 s). In CI that kept a
+    `worksession dev` API process from its metrics port, so dev restarted it again and
+    again."""
+    while True:
+        port = _pick.randrange(10_000, _EPHEMERAL_LOW - run)
+        if all(_bindable(p) for p in range(port, port + run)):
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
-def _free_ports() -> dict[str, int]:
+def _free_ports(api_processes: int) -> dict[str, int]:
+    # dev serves API process i's metrics on `metrics` + i (worksession/dev.py)
     return {"api": free_port(), "temporal": free_port(), "ui": free_port(),
-            "metrics": free_port(), "worker_metrics": free_port()}
+            "metrics": free_port(run=api_processes), "worker_metrics": free_port()}
 
 
 class DevProcess:
@@ -42,7 +65,7 @@ class DevProcess:
         self.api_processes = api_processes
         self.chosen_ports = ports is None
         self.metrics = metrics  # off: the metrics ports are 0
-        self.ports = ports or _free_ports()
+        self.ports = ports or _free_ports(api_processes)
         self.log = root / f"dev-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.banner = ""
@@ -67,7 +90,7 @@ class DevProcess:
                 if not (self.chosen_ports and "already in use" in str(e).lower()
                         and attempt < 2):
                     raise
-                self.ports = _free_ports()
+                self.ports = _free_ports(self.api_processes)
         raise AssertionError("unreachable")
 
     def _start(self, within: float) -> str:

@@ -157,6 +157,29 @@ def test_dev_refuses_a_busy_port_with_one_line(tmp_path: Path):
     assert "Traceback" not in r.stderr
 
 
+def test_dev_refuses_a_port_a_closing_connection_holds(tmp_path: Path):
+    """No one listens on a port a connection was made from, but until its TIME_WAIT ends
+    (60 s) no server can bind it: dev says so before it starts, instead of starting an API
+    process that dies on its metrics port and is started again and again."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        held = client.getsockname()[1]
+        accepted, _ = server.accept()
+        client.close()  # this side closes first, so its port is the one in TIME_WAIT
+        accepted.close()
+        r = subprocess.run(
+            [str(BIN / "worksession"), "dev", "--data-dir", str(tmp_path / "d"),
+             "--port", str(free_port()), "--temporal-port", str(free_port()),
+             "--ui-port", str(free_port()), "--metrics-port", str(held),
+             "--worker-metrics-port", str(free_port())],
+            capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert f"port {held} (API metrics) is already in use" in r.stderr
+    assert "--metrics-port" in r.stderr
+
+
 def test_api_refuses_to_start_without_a_strong_secret(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSESSION_")}
     for secret, expected in ((None, "not set"), ("short", "too short")):

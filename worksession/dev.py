@@ -44,10 +44,16 @@ class DevStackError(Exception):
     pass
 
 
-def _listening(port: int) -> bool:
+def _in_use(port: int) -> bool:
+    """Whether a server could not bind `port` now: one listens there, or a connection is open
+    from it or closing (TIME_WAIT), which asking for a connection does not see."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex((HOST, port)) == 0
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return True
+        return False
 
 
 def _die_with_parent() -> None:
@@ -153,7 +159,7 @@ async def run_dev(data_dir: Path, port: int, temporal_port: int, ui_port: int,
     for name, p in (("API", port), ("Temporal", temporal_port), ("Temporal UI", ui_port),
                     *(("API metrics", m) for m in api_metrics),
                     ("worker metrics", worker_metrics_port)):
-        if p and _listening(p):
+        if p and _in_use(p):
             raise DevStackError(f"port {p} ({name}) is already in use; stop what listens "
                                 f"there or pick another with --{_flag(name)}")
     data_dir = data_dir.resolve()
