@@ -227,7 +227,9 @@ def test_dev_supervises_its_processes_and_runs_several_api_processes(tmp_path: P
                              json={"step_id": s["current_step_id"], "result": "passed"})
             assert check.status_code == 200, check.text
         restarted = descendants(d.proc.pid)
-        assert kinds(restarted) == ["api", "api", "temporal", "worker"], restarted
+        # dev's log says why a process is missing (what it printed, and its exit code)
+        assert kinds(restarted) == ["api", "api", "temporal", "worker"], \
+            (restarted, d.log.read_text()[-3000:])
         assert victim not in restarted
         assert "the worker exited (-9); starting it again" in d.log.read_text()
         assert d.stop(signal.SIGTERM) == 0
