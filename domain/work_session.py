@@ -152,8 +152,9 @@ class SessionState:
     unchecked_step_ids: list[UUID] | None = None
     needs_attention: bool = False  # its own rule: failed checks in a row on one step
     # A measured value of it broke an SPC rule (judged where its check is recorded, and on
-    # the record from then): it needs attention until it closes. Only the run keeps this
-    # here; the record has it in its row's `needs_attention`.
+    # the record from then): it needs attention until it is approved. The record has it in
+    # its row's `needs_attention` (and `attention_reason`), and a state read from the row
+    # has it here, so that a reopened session's run keeps it.
     out_of_control: bool = False
     locked: bool = False
     approved_by: UUID | None = None

@@ -397,6 +397,9 @@ def _state(row: Any, checks: list[Check]) -> SessionState:
         unchecked_step_ids=None if row["unchecked_step_ids"] is None
         else [UUID(i) for i in row["unchecked_step_ids"]],
         needs_attention=row["needs_attention"], locked=row["locked"],
+        # until approved, as the row's `needs_attention` (_UPDATE_ALL): a run started from
+        # this state (a reopening) keeps the flag, which its own rule would clear
+        out_of_control=row["attention_reason"] == SPC and not row["locked"],
         approved_by=row["approved_by"], approved_at=row["approved_at"], version=row["version"],
         awaiting_verification=row["awaiting_verification"],
     )

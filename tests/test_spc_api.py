@@ -178,6 +178,19 @@ async def test_an_in_spec_point_beyond_3_sigma_flags_its_session_once(
     assert flagged[0]["actor_role"] == "system" and flagged[0]["actor_id"] is None
     assert flagged[0]["detail"]["reason"] == "spc" and flagged[0]["detail"]["rules"] == [1]
     assert flagged[0]["detail"]["value"] == 108.0
+    # reopened before approval: its new run knows the point (the record still says so)
+    r = await http.post(f"/api/v1/sessions/{session['id']}/reopen", headers=supervisor.h,
+                        json={"reason": "relabel", "step_id": step_ids(sop)[1]})
+    assert r.status_code == 200 and r.json()["needs_attention"] is True, r.text
+    live = (await http.get("/api/v1/sessions/current", headers=worker_user.h)).json()
+    assert live["id"] == session["id"] and live["needs_attention"] is True
+    handle = app.state.ctx.workflows.client.get_workflow_handle(workflow_id_for(
+        worker_user.id))
+    assert (await handle.describe()).typed_search_attributes.get(NEEDS_ATTENTION) is True
+    r = await check(http, worker_user, session["id"], step_ids(sop)[1], result="passed")
+    assert r.json()["status"] == "completed" and r.json()["needs_attention"] is True
+    await handle.result()
+    assert (await handle.describe()).typed_search_attributes.get(NEEDS_ATTENTION) is True
     chart = await spc(http, supervisor, sop)
     assert chart["points"][-1]["value"] == 108.0 and chart["points"][-1]["rules"] == [1]
     assert chart["n"] == 14
