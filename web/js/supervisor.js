@@ -128,6 +128,7 @@ export function mountSupervisor(root, {
   function setTab(name) {
     clearInterval(refresher);
     refresher = null;
+    releaseFiles();
     for (const [key, button] of Object.entries(tabs)) {
       if (key === name) button.setAttribute('aria-current', 'page');
       else button.removeAttribute('aria-current');
@@ -643,7 +644,8 @@ export function mountSupervisor(root, {
     }));
   }
 
-  // object URLs of the files fetched for this page, by id (a file never changes)
+  // object URLs of the files fetched for this page, by id (a file never changes); each view
+  // that opens (setTab) lets the last one's go, or a day of reviews kept every photo seen
   const fileUrls = new Map();
   function fileUrl(id) {
     if (!fileUrls.has(id)) {
@@ -652,6 +654,10 @@ export function mountSupervisor(root, {
       fileUrls.set(id, loading);
     }
     return fileUrls.get(id);
+  }
+  function releaseFiles() {
+    for (const loading of fileUrls.values()) loading.then(URL.revokeObjectURL, () => {});
+    fileUrls.clear();
   }
 
   async function viewImage(f, name) {
