@@ -517,6 +517,31 @@ def test_the_statistics_charts_figures_are_14_px_on_a_phone(
     page.context.close()
 
 
+@pytest.mark.parametrize("role", ["worker", "supervisor", "admin"])
+def test_the_top_bar_on_a_phone_names_who_is_signed_in_and_keeps_the_views_on_one_row(
+        stack: Stack, role: str, browser: Browser) -> None:
+    """On a shared phone the name says whose sign-in it is: it is whole. The views (three,
+    four for an admin) are one row that scrolls sideways, not three rows of the screen."""
+    token = stack.token(role)
+    page, console = open_page(browser, PHONE)
+    sign_in(page, stack.console_link(token))
+    who = page.locator("#who")
+    expect(who).to_contain_text(role.capitalize())
+    assert who.evaluate("el => el.scrollWidth <= el.clientWidth")  # not cut short
+    expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
+    views = page.locator("#nav button")
+    tops = views.evaluate_all("els => els.map((el) => el.getBoundingClientRect().top)")
+    assert len(set(tops)) <= 1, tops
+    bar = page.locator("header.topbar").evaluate("el => el.getBoundingClientRect().height")
+    assert bar <= (100 if role == "worker" else 150), bar
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    if role == "admin":  # the last view is reached by scrolling the row
+        page.get_by_role("button", name="Webhooks").click()
+        expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    console.assert_clean()
+    page.context.close()
+
+
 def test_the_steps_action_stays_on_the_screen_on_a_measurement_with_a_warning(
         stack: Stack, supervisor: str, browser: Browser) -> None:
     """360 x 740, a measurement step that failed three times (the supervisor has been told)
