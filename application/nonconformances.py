@@ -9,7 +9,7 @@ which no transaction waits for. An NC opened by a failed check is written with t
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 from application.authz import Actor, allowed, authorize
 from application.context import Context
 from application.events import Render, record_nonconformance, start_deliveries
-from application.ports import Deliveries, SessionWorkflows, Store
+from application.ports import Deliveries, SessionWorkflows, Store, UnitOfWork
 from application.sessions import ensure_fresh
 from domain.changes import SYSTEM, AuditFacts
 from domain.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -33,6 +33,9 @@ from domain.sop import Severity
 
 log = logging.getLogger("worksession.api")
 T = TypeVar("T")
+# How long after a containment `follow_up` keeps asking whether the NC's workflow knows it:
+# a minute's sweep finds a lost signal at its first run; this bounds the queries.
+TELL_AGAIN_FOR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,15 @@ async def follow_up(store: Store, workflows: SessionWorkflows, now: datetime,
       its workflow runs or ran to its end (one start call each; the NCs a failed check
       opens are their session run's to start, durably);
     - an NC holding a session, contained more than `grace` ago, whose workflow missed the
-      news: the worker would stay held until the containment deadline. Each such NC whose
-      deadline is still to come is asked (a query, no history) and told again if behind.
+      news: the worker would stay held until the NC's next deadline (its closure, days
+      away, when the containment was late). Each such NC contained within the last
+      TELL_AGAIN_FOR is asked (a query, no history) and told again if behind.
 
     Returns how many workflows it started or told."""
     async with store(read_only=True) as uow:
         unfollowed = await uow.nonconformances.opened_by_hand_before(now - grace)
-        released = await uow.nonconformances.released_before_due(now - grace, now)
+        released = await uow.nonconformances.released_between(now - TELL_AGAIN_FOR,
+                                                              now - grace)
     started = [nc.id for nc, worker in unfollowed
                if await workflows.follow_nonconformance(nc, worker)]
     told = []
@@ -165,6 +170,7 @@ async def contain(ctx: Context, access: NcAccess, containment: str,
             assert nc is not None
             nc.contain(containment, actor.id, ctx.clock())
             at = nc.contained_at or ctx.clock()
+            await _record_missed(uow, ctx.render, nc, at)  # late: overdue first
             await uow.nonconformances.save(nc, [facts], at)
             await record_nonconformance(uow, ctx.render, "nonconformance.contained", nc, at)
         return nc
@@ -194,6 +200,7 @@ async def close(ctx: Context, access: NcAccess, disposition: Disposition,
                             signer_role=actor.role.value, signed_at=ctx.clock(),
                             statement=statement)
             nc.close(disposition, corrective_action, sig)
+            await _record_missed(uow, ctx.render, nc, sig.signed_at)
             signed = AuditFacts("signed", actor.id, actor.role.value, {
                 "signature_id": str(sig.id), "meaning": sig.meaning.value,
                 "nonconformance_id": str(nc.id), "signer_name": sig.signer_name,
@@ -230,12 +237,23 @@ async def mark_overdue(store: Store, nc_id: UUID, deadline: Deadline, at: dateti
         nc = await uow.nonconformances.get(nc_id, for_update=True)
         if nc is None:
             return None
-        due = nc.containment_due if deadline is Deadline.CONTAINMENT else nc.close_due
+        await _record_missed(uow, render, nc, at, [deadline])
+    await start_deliveries(deliveries, uow.events.streams)
+    return nc.status.value
+
+
+async def _record_missed(uow: UnitOfWork, render: Render | None, nc: Nonconformance,
+                         at: datetime, deadlines: Iterable[Deadline] = tuple(Deadline)
+                         ) -> None:
+    """Each of those deadlines of `nc` (held for update) missed by `at` and not marked yet:
+    overdue, audited by the system once, and its `nonconformance.overdue` event. Called
+    when a deadline's timer fires, and when a step is done late (the timer may not have
+    fired yet: no worker ran), so a late containment or closure is never on time."""
+    for deadline in deadlines:
         if nc.mark_overdue(deadline, at):
+            due = nc.containment_due if deadline is Deadline.CONTAINMENT else nc.close_due
             await uow.nonconformances.save(nc, [AuditFacts(
                 "nonconformance_overdue", None, SYSTEM,
                 {"deadline": deadline.value, "due": due.isoformat()})], at,
-                dedup_key=f"nc:{nc_id}@overdue-{deadline.value}")
+                dedup_key=f"nc:{nc.id}@overdue-{deadline.value}")
             await record_nonconformance(uow, render, "nonconformance.overdue", nc, at)
-    await start_deliveries(deliveries, uow.events.streams)
-    return nc.status.value

@@ -162,10 +162,12 @@ class Nonconformance:
         self.signature = signature
 
     def missed(self, deadline: Deadline, now: datetime) -> bool:
-        """Whether that deadline has passed with its step not done."""
-        if deadline is Deadline.CONTAINMENT:
-            return self.status is NcStatus.OPEN and now >= self.containment_due
-        return self.status is not NcStatus.CLOSED and now >= self.close_due
+        """Whether that deadline has passed (by `now`) with its step not done by then: not
+        done yet, or done late (a containment recorded after its due time was missed, even
+        when no timer saw it pass, e.g. while no worker ran)."""
+        due, done_at = ((self.containment_due, self.contained_at)
+                        if deadline is Deadline.CONTAINMENT else (self.close_due, self.closed_at))
+        return now >= due and (done_at is None or done_at > due)
 
     def mark_overdue(self, deadline: Deadline, now: datetime) -> bool:
         """A deadline has passed: overdue if it was missed, once per deadline. Whether this

@@ -113,15 +113,15 @@ class NonconformanceRepository:
             .where(nonconformances.c.id == nc_id))).first()
         return (row is not None, row.worker_id if row is not None else None)
 
-    async def released_before_due(self, before: datetime, now: datetime, limit: int = 1000
-                                  ) -> list[Nonconformance]:
-        """The NCs holding a session that were contained (or closed) before `before` while
-        their containment deadline is still to come."""
+    async def released_between(self, since: datetime, before: datetime, limit: int = 1000
+                               ) -> list[Nonconformance]:
+        """The NCs holding a session that were contained (and perhaps closed since) from
+        `since` to `before`."""
         c = nonconformances.c
         rows = (await self.conn.execute(
             select(nonconformances).where(
                 c.hold.is_(True), c.status != NcStatus.OPEN.value,
-                c.contained_at < before, c.containment_due > now)
+                c.contained_at >= since, c.contained_at < before)
             .order_by(c.contained_at).limit(limit))).mappings().all()
         return [_nc(r) for r in rows]
 

@@ -4,6 +4,7 @@ and its refusals; deadlines and overdue, once per deadline."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -149,6 +150,16 @@ def test_overdue_once_per_missed_deadline_and_for_good() -> None:
     m.close(Disposition.USE_AS_IS, "fine", signature(m))
     assert m.mark_overdue(Deadline.CLOSURE, T0 + timedelta(days=8)) is False
     assert m.overdue is False
+    # done late, before any timer marked it: missed all the same
+    late = nc(Severity.CRITICAL)
+    late.contain("late", BOSS, T0 + timedelta(minutes=20))
+    assert late.missed(Deadline.CONTAINMENT, T0 + timedelta(minutes=20))
+    assert late.mark_overdue(Deadline.CONTAINMENT, T0 + timedelta(minutes=20)) is True
+    assert late.missed(Deadline.CLOSURE, T0 + timedelta(minutes=20)) is False  # not due yet
+    late.close(Disposition.SCRAP, "scrapped",
+               replace(signature(late), signed_at=T0 + timedelta(days=9)))
+    assert late.mark_overdue(Deadline.CLOSURE, T0 + timedelta(days=9)) is True
+    assert late.overdue_deadlines == [Deadline.CONTAINMENT, Deadline.CLOSURE]
 
 
 def test_beginning_is_before_any_version() -> None:  # the opened_in rule relies on it

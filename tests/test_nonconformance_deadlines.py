@@ -4,6 +4,8 @@ worker is replaced before it passes; a hold is released by containment alone (no
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from persistence.tables import audit_log
 from tests.conftest import fresh_database, make_confirmed_sop, on, shown, submission
 from tests.test_durable_timers import context, skipping_env  # noqa: F401 (fixture)
 from tests.test_nonconformances import nc_sop_body
+from tests.test_workflow import HISTORIES
 from worker import build_worker
 from workflows.nonconformance import NonconformanceSweepWorkflow
 
@@ -142,6 +145,111 @@ async def test_an_nc_contained_in_time_is_never_overdue_and_its_workflow_ends_wh
         await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
 
 
+async def chain_actions(db, nc_id) -> list[str]:
+    async with db.read() as conn:
+        rows = (await conn.execute(select(audit_log.c.action).where(
+            audit_log.c.chain == f"nc:{nc_id}").order_by(audit_log.c.seq))).all()
+    return [r.action for r in rows]
+
+
+async def test_an_nc_never_contained_has_its_closure_deadline_audited_when_it_passes(
+        skipping_env, db, http, supervisor):  # noqa: F811
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-never-contained-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h, close in 7 d
+        nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
+        await skipping_env.sleep(timedelta(days=7, hours=1))
+        for _ in range(100):
+            if len(await overdue_entries(db, nc.id)) == 2:
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        found = await overdue_entries(db, nc.id)
+        assert [(role, d["deadline"]) for role, _, d in found] == [
+            ("system", "containment"), ("system", "closure")]
+        assert found[1][2]["due"] == nc.close_due.isoformat()
+        # contained and closed at last: overdue it stays, and nothing is marked again
+        access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
+        await ncs.contain(ctx, access, "guard taped off")
+        await ncs.close(ctx, access, Disposition.SCRAP, "parts scrapped")
+        handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
+        assert await handle.result() == "closed"
+        assert len(await overdue_entries(db, nc.id)) == 2
+        assert (await ncs.get(ctx, access)).overdue is True
+        # (the session runs to here: the test server breaks on a signal to a closed run)
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
+async def test_a_containment_recorded_after_its_deadline_is_overdue_before_its_timer_fires(
+        skipping_env, db, http, supervisor):  # noqa: F811
+    """The deadline's timer has not fired yet (no worker ran when it was due, say) when a
+    supervisor contains the NC late: the record says overdue at once, before the containment
+    on its chain, and nothing is marked again when the timer does fire."""
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-late-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h
+        nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
+        late = replace(ctx, clock=lambda: nc.containment_due + timedelta(minutes=5))
+        access = await ncs.gate(late, boss, nc.id, "nc.manage")
+        assert (await ncs.get(late, access)).overdue is False
+        contained = await ncs.contain(late, access, "guard taped off")
+        assert contained.overdue is True
+        [(role, _, detail)] = await overdue_entries(db, nc.id)
+        assert (role, detail["deadline"]) == ("system", "containment")
+        assert await chain_actions(db, nc.id) == [
+            "nonconformance_opened", "nonconformance_overdue", "nonconformance_contained"]
+        for _ in range(12):  # past the timer's time (one sleep of 2 h stalled the server)
+            await skipping_env.sleep(timedelta(minutes=10))
+        assert len(await overdue_entries(db, nc.id)) == 1
+        boss = replace(boss, auth_time=late.clock())  # closing is a signature: fresh sign-in
+        await ncs.close(late, await ncs.gate(late, boss, nc.id, "nc.manage"),
+                        Disposition.SCRAP, "parts scrapped")
+        handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
+        assert await handle.result() == "closed"
+        assert len(await overdue_entries(db, nc.id)) == 1
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
+@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
+                    reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
+async def test_record_a_missed_containment_history(skipping_env, db, http, supervisor):  # noqa: F811
+    """An NC's workflow whose containment deadline passes (marked overdue), then contained
+    late and closed: recorded for tests/test_workflow.py's replay (docs/versioning.md)."""
+    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
+    queue = f"nc-record-{uuid.uuid4()}"
+    ctx = context(skipping_env, db, queue, timedelta(hours=8))
+    actor = Actor(uuid.uuid4(), Role.WORKER)
+    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        await fail_step(ctx, actor, view, 0)
+        nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
+        for _ in range(9):  # past the containment deadline (1 h)
+            await skipping_env.sleep(timedelta(minutes=10))
+        access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
+        for _ in range(100):
+            if (await ncs.get(ctx, access)).overdue:
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        await ncs.contain(ctx, access, "guard taped off")
+        await ncs.close(ctx, access, Disposition.SCRAP, "parts scrapped")
+        handle = skipping_env.client.get_workflow_handle(f"nonconformance-{nc.id}")
+        assert await handle.result() == "closed"
+        (HISTORIES / f"{os.environ['RECORD_HISTORIES']}-nonconformance-missed-containment"
+                     ".json").write_text(json.dumps(json.loads(
+                         (await handle.fetch_history()).to_json()), indent=1))
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
+
+
 async def released(env, ctx, actor) -> bool:
     """The worker's live session is no longer held, within a few seconds of skipped time."""
     for _ in range(100):
@@ -247,7 +355,9 @@ async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_b
             if (await ncs.get(ctx, access)).overdue:
                 break
             await skipping_env.sleep(timedelta(seconds=1))
-        [(role, _, detail)] = await overdue_entries(db, nc.id)
+        # (first: the server's clock, ahead by the days earlier tests skipped, may be past
+        # its closure deadline too, which is then marked as well)
+        (role, _, detail), *_ = await overdue_entries(db, nc.id)
         assert (role, detail["deadline"]) == ("system", "containment")
 
         await ncs.contain(ctx, access, "press locked out")
@@ -284,4 +394,42 @@ async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_releas
         assert view["current_step"]["index"] == 2
         assert await sweep(skipping_env, queue, timedelta(0)) == 0  # it knows now
         assert await overdue_entries(db, nc_id) == []
+        await finish(skipping_env, ctx, actor, sid)
+
+
+async def test_a_held_session_contained_after_its_deadline_is_released_by_the_backstop(
+        skipping_env, own_db, supervisor):  # noqa: F811
+    """The containment deadline passed (marked overdue) before the supervisor contained it,
+    and the signal was lost: the NC's next deadline (its closure) is days away, so the
+    backstop tells its workflow, and the worker is released."""
+    db = own_db
+    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, sop_id))
+        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
+        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
+        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        for _ in range(4):  # past its containment deadline
+            await skipping_env.sleep(timedelta(minutes=5))
+        for _ in range(100):
+            if await overdue_entries(db, nc_id):
+                break
+            await skipping_env.sleep(timedelta(seconds=1))
+        nc = await ncs.get(ctx, await ncs.gate(ctx, boss, nc_id, "nc.read"))
+        assert nc.overdue is True
+        at = nc.containment_due + timedelta(minutes=10)
+        late = replace(down(skipping_env, ctx, queue), clock=lambda: at)
+        await ncs.contain(late, await ncs.gate(late, boss, nc_id, "nc.manage"), "locked out")
+        with pytest.raises(SessionHeld):  # the worker is still held
+            await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                  submission(step_id=step, result=CheckResult.PASSED))
+        # a sweep over a minute later (its clock: the record's), as the schedule runs it
+        told = await ncs.follow_up(ctx.store, ctx.workflows, at + timedelta(seconds=90),
+                                   timedelta(minutes=1))
+        assert told == 1
+        assert await released(skipping_env, ctx, actor)
+        shown(await uc.submit_check(ctx, await on(ctx, actor, sid),
+                                    submission(step_id=step, result=CheckResult.PASSED)))
+        assert await ncs.follow_up(ctx.store, ctx.workflows, at + timedelta(minutes=3),
+                                   timedelta(minutes=1)) == 0  # it knows now
         await finish(skipping_env, ctx, actor, sid)

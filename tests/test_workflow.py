@@ -198,7 +198,7 @@ def test_histories_are_recorded_for_every_path():
         "failed-check-then-complete", "manual-complete", "pause-resume-cancel",
         "continue-as-new", "reopen", "escalation", "idle-pause-and-write-behind",
         "checks-with-evidence", "evidence-cleanup", "verified-step", "nonconformance-hold",
-        "nonconformance"}
+        "nonconformance", "nonconformance-missed-containment"}
 
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),

@@ -9,8 +9,9 @@ or refuse, so the API need not wait for a worker to run it; Temporal keeps the s
 one does. A signal the API failed to send (Temporal down) is made up for at the deadline:
 the overdue activity reads the record and says where the NC stands.
 
-Per NC: one timer while it is open (containment), one while it is contained (closure); each
-cancelled when its step is done in time; one activity per missed deadline. It sleeps in
+Per NC: one timer while it is open (containment), one while it is contained (closure, or
+from the missed containment on while it is still open); each cancelled when its step is
+done in time; one activity per missed deadline. It sleeps in
 between at no cost. The run ends once the NC is closed."""
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ with workflow.unsafe.imports_passed_through():
 OVERDUE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
                             maximum_interval=timedelta(minutes=1))
 ORDER = [NcStatus.OPEN, NcStatus.CONTAINED, NcStatus.CLOSED]
+# The closure deadline is timed while the NC is still open too (docs/versioning.md); a run
+# recorded without this marker timed it only from containment.
+CLOSURE_WHILE_OPEN_PATCH = "nc-closure-timed-while-open"
 
 
 @workflow.defn(name="Nonconformance")
@@ -60,26 +64,34 @@ class NonconformanceWorkflow:
     async def run(self, inp: NcInput) -> str:
         await self._deadline(inp, Deadline.CONTAINMENT, inp.containment_due,
                              lambda: self._status is not NcStatus.OPEN)
+        closure_passed = False
+        if self._status is NcStatus.OPEN and workflow.patched(CLOSURE_WHILE_OPEN_PATCH):
+            # never contained in time: its closure deadline still comes, audited and sent
+            # when it passes (and the run wakes then to learn a containment it missed)
+            closure_passed = await self._deadline(inp, Deadline.CLOSURE, inp.close_due,
+                                                  lambda: self._status is not NcStatus.OPEN)
         await workflow.wait_condition(lambda: self._status is not NcStatus.OPEN)
         if inp.notify_session:
             await self._tell_session(inp)
-        await self._deadline(inp, Deadline.CLOSURE, inp.close_due,
-                             lambda: self._status is NcStatus.CLOSED)
+        if not closure_passed:
+            await self._deadline(inp, Deadline.CLOSURE, inp.close_due,
+                                 lambda: self._status is NcStatus.CLOSED)
         await workflow.wait_condition(lambda: self._status is NcStatus.CLOSED)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status.value
 
     async def _deadline(self, inp: NcInput, deadline: Deadline, due: datetime,
-                        done: Callable[[], bool]) -> None:
+                        done: Callable[[], bool]) -> bool:
         """Wait for `done` until `due` (one durable timer); when it passes first, the record
-        decides and says whether the NC is overdue (at most once per deadline)."""
+        decides and says whether the NC is overdue (at most once per deadline). Whether it
+        passed."""
         left = due - workflow.now()
         if done():
-            return
+            return False
         if left > timedelta(0):
             try:
                 await workflow.wait_condition(done, timeout=left)
-                return
+                return False
             except TimeoutError:
                 pass
         found = await workflow.execute_activity(
@@ -87,6 +99,7 @@ class NonconformanceWorkflow:
                                            at=workflow.now()),
             start_to_close_timeout=timedelta(seconds=15), retry_policy=OVERDUE_RETRY)
         self._learn(NcStatus(found))
+        return True
 
     async def _tell_session(self, inp: NcInput) -> None:
         """The session no longer holds this NC open (and is released if it held it)."""
