@@ -258,7 +258,15 @@ class WorkSession:
         return next((c for c in self.state.checks if c.id == check_id), None)
 
     def passed_step_ids(self) -> set[UUID]:
-        return {c.step_id for c in self.state.checks if c.result is CheckResult.PASSED}
+        """The steps done: a passed check, and on a step with `check.verify` a second
+        person's `verified` signature too (a passed check alone awaits it)."""
+        verified = {g.step_id for g in self.state.signatures if g.meaning is Meaning.VERIFIED}
+        return {c.step_id for c in self.state.checks if c.result is CheckResult.PASSED
+                and (c.step_id in verified or not self._wants_verification(c.step_id))}
+
+    def _wants_verification(self, step_id: UUID) -> bool:
+        i = self.plan.index_of(step_id)
+        return i is not None and self.plan.steps[i].check.verify
 
     def failures_in_a_row(self, step_id: UUID) -> int:
         n = 0

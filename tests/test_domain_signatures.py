@@ -100,6 +100,21 @@ def test_ending_early_clears_the_wait():
     passed(s)
     s.complete(at(5), manual=True)
     assert s.state.awaiting_verification is None
+    # its passed check was never verified: the step is listed as not done, with the rest,
+    # and a reopening goes back to it
+    assert s.state.unchecked_step_ids == [p.id for p in s.plan.steps]
+    s.reopen(at(6))
+    assert s.state.current_step_id == s.plan.steps[0].id
+
+
+def test_a_verified_step_counts_as_done_when_the_session_is_completed_early():
+    s = session(True, False, False)
+    first, second, third = (p.id for p in s.plan.steps)
+    passed(s)
+    s.verify(sig(s, Meaning.VERIFIED, step=first))
+    passed(s, 20)
+    s.complete(at(30), manual=True)
+    assert s.state.unchecked_step_ids == [third]
 
 
 def test_performed_is_the_worker_s_once_completed_and_approved_locks():
