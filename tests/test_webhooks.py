@@ -16,7 +16,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -28,7 +28,7 @@ from api.app import create_app
 from api.schemas import RENDER
 from application.nonconformances import mark_overdue
 from domain.nonconformance import Deadline
-from domain.webhooks import sign
+from domain.webhooks import ordinal, sign
 from faults.harness import free_port
 from persistence.db import Database
 from persistence.migrate import upgrade_async
@@ -60,6 +60,19 @@ ALL_EVENTS = ["session.started", "session.completed", "session.cancelled",
 
 
 # ---- the signature ------------------------------------------------------------------------
+
+
+def test_events_of_one_workflow_task_keep_their_order_across_versions() -> None:
+    """Changes one workflow task took share their time: their order is their version's,
+    past any multiple of 16 (it wrapped there), and of the events in each."""
+    at = datetime(2026, 12, 6, 11, 0, 0, 123456, tzinfo=UTC)
+    got = [ordinal(at, v, i) for v in range(1, 40) for i in range(3)]
+    assert got == sorted(got) and len(set(got)) == len(got)
+    assert ordinal(at + timedelta(milliseconds=1), 1) > ordinal(at, 10_000, 63)
+    assert ordinal(datetime(2248, 1, 1, tzinfo=UTC), 16383, 63) < 2**63
+    # above every ordinal of the old form (µs × 1024 + ...), so a pending stream keeps order
+    old = int(at.timestamp() * 1_000_000) * 1024 + 15 * 64 + 63
+    assert ordinal(at) > old
 
 
 def test_signature_matches_the_specifications_test_vector() -> None:
