@@ -206,7 +206,9 @@ async def deliver_stream(store: Store, send: Send, subscription_id: UUID, stream
         error = answer.error if answer.error else (
             None if answer.ok else f"answered {answer.status_code}")
         async with store() as uow:
-            await uow.events.attempted(d.id, done, answer.status_code, error, outcome)
+            current = await uow.events.attempted(d, done, answer.status_code, error, outcome)
+        if not current:  # its subscription removed (send no more), or redelivered: read again
+            return StreamResult(delivered, failed, more=True)
         if outcome == PENDING:
             log.info("webhook %s to %s: %s; retrying", d.event_id, sub.url, error)
             return StreamResult(delivered, failed, retry_in=retry_delay(

@@ -78,6 +78,5 @@ async def redeliver(ctx: Context, actor: Actor, subscription_id: UUID,
     async with ctx.uow() as uow:  # its delivery started once committed, as any event's
         if not await uow.events.redeliver(subscription_id, delivery_id, ctx.clock()):
             raise NotFound("delivery not found")
-    async with ctx.uow(read_only=True) as uow:
         items, _ = await uow.events.deliveries(subscription_id, 1, 0, delivery_id=delivery_id)
     return items[0]

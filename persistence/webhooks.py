@@ -153,12 +153,14 @@ class WebhookRepository:
 
     async def redeliver(self, subscription_id: UUID, delivery_id: UUID,
                         at: datetime) -> bool:
-        """Queue a delivery again (whatever its state): pending, its 24 h counting from now."""
+        """Queue a delivery again (whatever its state): pending, its 24 h counting from now,
+        and its attempts from none (its first failure waits 5 s again, not the hour its
+        last backoff reached)."""
         d = webhook_deliveries.c
         res = await self.conn.execute(
             update(webhook_deliveries)
             .where(d.id == delivery_id, d.subscription_id == subscription_id)
-            .values(status=PENDING, queued_at=at)
+            .values(status=PENDING, queued_at=at, attempts=0)
             .returning(d.stream))
         stream = res.scalar_one_or_none()
         if stream is None:
@@ -177,16 +179,21 @@ class WebhookRepository:
             .order_by(d.ordinal).limit(limit))).all()
         return [Pending(*r) for r in rows]
 
-    async def attempted(self, delivery_id: UUID, at: datetime, status_code: int | None,
-                        error: str | None, outcome: str) -> None:
+    async def attempted(self, delivery: Pending, at: datetime, status_code: int | None,
+                        error: str | None, outcome: str) -> bool:
         """One attempt and its outcome: `delivered`, `failed` (retries ran out), or still
-        `pending`."""
-        await self.conn.execute(
-            update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
-            .values(attempts=webhook_deliveries.c.attempts + 1, last_attempt_at=at,
+        `pending`. False when the delivery is no longer the one read: removed with its
+        subscription, or queued again (redelivered) meanwhile, which this attempt must not
+        undo."""
+        d = webhook_deliveries.c
+        res = await self.conn.execute(
+            update(webhook_deliveries)
+            .where(d.id == delivery.id, d.queued_at == delivery.queued_at)
+            .values(attempts=d.attempts + 1, last_attempt_at=at,
                     last_status_code=status_code,
                     last_error=None if error is None else error[:500], status=outcome,
                     delivered_at=at if outcome == DELIVERED else None))
+        return res.rowcount > 0
 
     async def stranded(self, queued_before: datetime,
                        limit: int = 1000) -> list[tuple[UUID, str]]:
