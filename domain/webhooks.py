@@ -140,12 +140,24 @@ def parse_url(url: str, *, allow_insecure: bool) -> Target:
     return Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
 
 
+# IPv6 ranges Python counts as global that reach inside a network: IPv4-compatible (::/96,
+# deprecated), local-use NAT64 (RFC 8215) and site-local (fec0::/10, deprecated).
+_INSIDE_V6 = [ipaddress.IPv6Network(n) for n in ("::/96", "64:ff9b:1::/48", "fec0::/10")]
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the IPv4 address in its last 32 bits
+
+
 def refused_address(address: str) -> bool:
     """Loopback, private, link-local (cloud metadata), multicast, reserved or unspecified:
-    an address inside someone's network, not a receiver on the internet."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    an address inside someone's network, not a receiver on the internet. An IPv6 address
+    that carries an IPv4 one (mapped, 6to4, NAT64: a NAT64 gateway would take it there) is
+    judged by the IPv4 address."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+        address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _INSIDE_V6):
+            return True
+        ip = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else ip)
     return not ip.is_global or ip.is_multicast
 
 

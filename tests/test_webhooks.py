@@ -28,7 +28,7 @@ from api.app import create_app
 from api.schemas import RENDER
 from application.nonconformances import mark_overdue
 from domain.nonconformance import Deadline
-from domain.webhooks import ordinal, sign
+from domain.webhooks import ordinal, refused_address, sign
 from faults.harness import free_port
 from persistence.db import Database
 from persistence.migrate import upgrade_async
@@ -73,6 +73,19 @@ def test_events_of_one_workflow_task_keep_their_order_across_versions() -> None:
     # above every ordinal of the old form (µs × 1024 + ...), so a pending stream keeps order
     old = int(at.timestamp() * 1_000_000) * 1024 + 15 * 64 + 63
     assert ordinal(at) > old
+
+
+@pytest.mark.parametrize(("address", "refused"), [
+    ("10.0.0.1", True), ("169.254.169.254", True), ("::1", True), ("8.8.8.8", False),
+    ("::ffff:10.0.0.1", True), ("2606:4700::1111", False),
+    # an IPv4 address inside an IPv6 one, which Python counts as global
+    ("64:ff9b::a00:1", True), ("64:ff9b::808:808", False),  # NAT64: 10.0.0.1, 8.8.8.8
+    ("2002:a9fe:a9fe::", True), ("2002:808:808::", False),  # 6to4: 169.254.169.254, 8.8.8.8
+    ("64:ff9b:1::a00:1", True), ("::a00:1", True), ("fec0::1", True),
+])
+def test_an_address_inside_a_network_is_refused_however_it_is_written(
+        address: str, refused: bool) -> None:
+    assert refused_address(address) is refused
 
 
 def test_signature_matches_the_specifications_test_vector() -> None:
