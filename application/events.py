@@ -175,11 +175,19 @@ class StreamResult:
     more: bool = False  # the batch ended with more pending
 
 
+# How long one attempt keeps sending: half its activity's start-to-close timeout (10 min,
+# workflows/webhooks.py), so that a slow receiver (up to 10 s an event) ends a batch with
+# `more` instead of the attempt being timed out and retried beside one still sending.
+BATCH_TIME = timedelta(minutes=5)
+
+
 async def deliver_stream(store: Store, send: Send, subscription_id: UUID, stream: str,
                          policy: RetryPolicy, clock: Callable[[], datetime],
-                         batch: int = 200, beat: Callable[[], None] = lambda: None
-                         ) -> StreamResult:
-    """Deliver a stream's pending deliveries in order, up to `batch` of them."""
+                         batch: int = 200, beat: Callable[[], None] = lambda: None,
+                         budget: timedelta = BATCH_TIME) -> StreamResult:
+    """Deliver a stream's pending deliveries in order, up to `batch` of them, starting no
+    send after `budget`."""
+    started = clock()
     async with store(read_only=True) as uow:
         sub = await uow.events.subscription(subscription_id)
         secret = await uow.events.secret(subscription_id) if sub else None
@@ -190,6 +198,8 @@ async def deliver_stream(store: Store, send: Send, subscription_id: UUID, stream
     for d in pending:
         beat()
         now = clock()
+        if now - started >= budget:
+            return StreamResult(delivered, failed, more=True)
         ts = int(now.timestamp())
         body = d.body.encode()
         answer = await send(sub.url, {

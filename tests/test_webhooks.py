@@ -26,14 +26,16 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.schemas import RENDER
+from application.events import RetryPolicy, deliver_stream
 from application.nonconformances import mark_overdue
 from domain.nonconformance import Deadline
-from domain.webhooks import ordinal, refused_address, sign
+from domain.webhooks import Subscription, new_secret, ordinal, refused_address, sign
 from faults.harness import free_port
 from persistence.db import Database
 from persistence.migrate import upgrade_async
 from persistence.tables import webhook_events, webhook_subscriptions
 from persistence.uow import SqlStore
+from persistence.webhooks import SecretBox
 from tests.conftest import (
     SECRET,
     User,
@@ -52,6 +54,7 @@ from tests.test_spc_api import spc_sop
 from worker import build_worker
 from worksession.settings import Settings
 from worksession.tokens import mint
+from worksession.webhook_http import HttpSender
 
 HOOKS = "/api/v1/webhooks"
 ALL_EVENTS = ["session.started", "session.completed", "session.cancelled",
@@ -552,6 +555,40 @@ async def test_a_webhook_removed_while_its_backlog_goes_out_gets_no_more(
         await unsubscribe_all(api, admin)
 
 
+async def test_an_attempt_stops_sending_at_its_time_budget_and_says_there_is_more(
+        receiver: Receiver) -> None:
+    """A slow receiver (half a second an event here, up to 10 s in life) and a backlog: an
+    attempt ends its batch at its time budget (5 min in life, half its activity's timeout)
+    with `more`, rather than being timed out while still sending; the next goes on, in
+    order."""
+    async with fresh_database("webhook-budget") as url:
+        await upgrade_async(url)
+        db = Database(url)
+        store = SqlStore(db, SecretBox(Settings().webhook_key_material(SECRET)))
+        sub = Subscription(uuid.uuid4(), receiver.url, ["session.started"], None,
+                           datetime.now(UTC))
+        session = uuid.uuid4()
+        async with store() as uow:
+            await uow.events.add_subscription(sub, new_secret(b"k" * 24))
+            for i in range(6):
+                await uow.events.record("session.started", {"i": i}, session, version=i + 1)
+        receiver.mode = "slow"
+        sender = HttpSender(5, allow_insecure=True)
+        try:
+            first = await deliver_stream(store, sender, sub.id, str(session), RetryPolicy(),
+                                         lambda: datetime.now(UTC),
+                                         budget=timedelta(seconds=1.2))
+            assert first.more and 2 <= first.delivered <= 3, first
+            rest = await deliver_stream(store, sender, sub.id, str(session), RetryPolicy(),
+                                        lambda: datetime.now(UTC))
+            assert rest.delivered == 6 - first.delivered and not rest.more
+        finally:
+            receiver.mode = "ok"
+            await sender.close()
+            await db.dispose()
+        assert [e["data"]["i"] for e in receiver.events()] == list(range(6))
+
+
 async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
         api: httpx.AsyncClient, client: Any, receiver: Receiver, admin: User,
         worker_user: User, supervisor: User) -> None:
@@ -612,8 +649,6 @@ async def test_worker_and_temporal_restarted_while_deliveries_pend_lose_nothing(
     (SIGKILL) and the Temporal server restarted, then the receiver back: every event
     arrives, in order per session. Then an event whose delivery was never started (recorded
     as a process that died right after its commit leaves it): the backstop delivers it."""
-    from persistence.uow import SqlStore
-    from persistence.webhooks import SecretBox
 
     async with stack_for_webhooks() as stack:
         admin = {"Authorization": f"Bearer {stack.token('admin')}"}

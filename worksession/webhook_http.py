@@ -28,9 +28,9 @@ async def resolve(host: str, port: int) -> list[str]:
 
 
 class HttpSender:
-    """POSTs a body to a receiver: the whole exchange within `timeout` seconds, redirects
-    never followed (a 3xx is an answer that is not 2xx: retried), the answer's body never
-    read."""
+    """POSTs a body to a receiver: the whole exchange (the name's resolution too) within
+    `timeout` seconds, redirects never followed (a 3xx is an answer that is not 2xx:
+    retried), the answer's body never read."""
 
     def __init__(self, timeout: float = 10.0, allow_insecure: bool = False) -> None:
         self.timeout = timeout
@@ -39,6 +39,13 @@ class HttpSender:
                                          trust_env=False)
 
     async def __call__(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
+        try:
+            async with asyncio.timeout(self.timeout):  # a resolver that hangs too
+                return await self._send(url, headers, body)
+        except TimeoutError:
+            return Answer(error=f"no answer within {self.timeout:g} s")
+
+    async def _send(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
         try:
             target = parse_url(url, allow_insecure=self.allow_insecure)
             addresses = check_addresses(target.host, await resolve(target.host, target.port),
@@ -54,12 +61,9 @@ class HttpSender:
                    "user-agent": "worksession-webhooks/1"}
         ext = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self._client.stream("POST", to, content=body, headers=headers,
-                                               extensions=ext) as r:
-                    code, location = r.status_code, r.headers.get("location")
-        except TimeoutError:
-            return Answer(error=f"no answer within {self.timeout:g} s")
+            async with self._client.stream("POST", to, content=body, headers=headers,
+                                           extensions=ext) as r:
+                code, location = r.status_code, r.headers.get("location")
         except httpx.ConnectError as e:
             return Answer(error=f"could not connect to {target.host} ({ip}): {e or 'refused'}")
         except httpx.HTTPError as e:
