@@ -192,8 +192,12 @@ async def deliver_stream(store: Store, send: Send, subscription_id: UUID, stream
         sub = await uow.events.subscription(subscription_id)
         secret = await uow.events.secret(subscription_id) if sub else None
         pending = await uow.events.pending(subscription_id, stream, batch) if sub else []
-    if sub is None or secret is None:
-        return StreamResult()  # removed: its deliveries went with it
+    if sub is None or secret is None:  # removed: its deliveries went with it, but for those
+        # a transaction that read it just before its removal recorded after: dropped too,
+        # or the backstop would find them stranded every minute, for good
+        async with store() as uow:
+            await uow.events.remove_subscription(subscription_id)
+        return StreamResult()
     delivered = failed = 0
     for d in pending:
         beat()

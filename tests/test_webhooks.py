@@ -589,6 +589,38 @@ async def test_an_attempt_stops_sending_at_its_time_budget_and_says_there_is_mor
         assert [e["data"]["i"] for e in receiver.events()] == list(range(6))
 
 
+async def test_deliveries_recorded_for_a_webhook_as_it_was_removed_are_dropped(
+        receiver: Receiver) -> None:
+    """A change that read the subscriptions just before one was removed records its
+    deliveries after the removal: the stream's next attempt drops them (nothing is sent),
+    so the backstop does not find them stranded every minute for good."""
+    async with fresh_database("webhook-orphans") as url:
+        await upgrade_async(url)
+        db = Database(url)
+        store = SqlStore(db, SecretBox(Settings().webhook_key_material(SECRET)))
+        sub = Subscription(uuid.uuid4(), receiver.url, ["session.started"], None,
+                           datetime.now(UTC))
+        session = uuid.uuid4()
+        try:
+            async with store() as uow:
+                await uow.events.add_subscription(sub, new_secret(b"k" * 24))
+                await uow.events.record("session.started", {}, session)
+                # the removal, as it commits while that change's transaction is open
+                await uow.events.conn.execute(webhook_subscriptions.delete().where(
+                    webhook_subscriptions.c.id == sub.id))
+            later = datetime.now(UTC) + timedelta(minutes=1)
+            async with store(read_only=True) as uow:
+                assert await uow.events.stranded(later) == [(sub.id, str(session))]
+            r = await deliver_stream(store, HttpSender(5, allow_insecure=True), sub.id,
+                                     str(session), RetryPolicy(), lambda: datetime.now(UTC))
+            assert (r.delivered, r.more) == (0, False)
+            async with store(read_only=True) as uow:
+                assert await uow.events.stranded(later) == []
+            assert receiver.got == []
+        finally:
+            await db.dispose()
+
+
 async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
         api: httpx.AsyncClient, client: Any, receiver: Receiver, admin: User,
         worker_user: User, supervisor: User) -> None:
