@@ -55,7 +55,6 @@ async def upload(ctx: Context, access: Access, chunks: AsyncIterator[bytes],
             try:
                 async with ctx.uow() as uow:
                     await uow.evidence.hold_bytes(incoming.sha256)
-                    await _taking_files(ctx, sid, uow)  # it may have closed meanwhile
                     seen = await uow.evidence.find(sid, incoming.sha256)
                     if seen is not None:
                         return seen, False
@@ -64,6 +63,10 @@ async def upload(ctx: Context, access: Access, chunks: AsyncIterator[bytes],
                                  uploaded_at=ctx.clock(), uploaded_by=actor.id)
                     await incoming.keep()
                     kept = True
+                    # it may have closed while the bytes came: asked again holding its row
+                    # to the commit (not through the bucket's PUT), so a completion or an
+                    # approval comes after this upload's entry, or this upload sees it
+                    await _taking_files(ctx, sid, uow)
                     await uow.evidence.add(e)
                     await uow.sessions.record_entry(sid, replace(facts, detail=_detail(e)),
                                                     e.uploaded_at)
@@ -83,7 +86,7 @@ async def _taking_files(ctx: Context, session_id: UUID, uow: Any = None) -> None
         async with ctx.uow(read_only=True) as read:
             stored = await read.sessions.load(session_id, with_checks=False)
     else:
-        stored = await uow.sessions.load(session_id, with_checks=False)
+        stored = await uow.sessions.load(session_id, with_checks=False, for_update=True)
     assert stored is not None  # `gate` let the request through: it is recorded
     session: WorkSession = stored.session
     session.ensure_takes_evidence()
