@@ -85,9 +85,19 @@ def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | 
     """(entries checked, problems) of an exported session: its chain links from the first
     entry and matches every hash, ends at the head the session recorded, records every
     signature as the session holds it, and records every check of the session once, with
-    the hashes of its files; every upload is in the chain
-    with its hash. With `file_hash` (the sha256 of the bytes kept under a name, None when
-    there are none), every file the record names is also checked: missing or altered."""
+    the hashes of its files; every upload is in the chain with its hash, and every upload
+    the chain records is in the export. With `file_hash` (the sha256 of the bytes kept
+    under a name, None when there are none), every file the record names is also checked:
+    missing or altered. A document that is not in the export's shape anywhere is a
+    problem, not a crash."""
+    try:
+        return _verify_export(doc, file_hash)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return 0, [f"the export is not in the export's shape ({type(e).__name__}: {e})"]
+
+
+def _verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | None
+                   ) -> tuple[int, list[str]]:
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         return 0, [f"not a session export ({EXPORT_FORMAT})"]
     session, entries = doc.get("session"), doc.get("audit")
@@ -120,12 +130,16 @@ def verify_export(doc: dict[str, Any], file_hash: Callable[[str], str | None] | 
         named.update({h: f"check {c.get('id')}" for h in in_chain})
     uploads = {e["detail"].get("evidence_id"): e["detail"].get("sha256") for e in accepted
                if e.get("action") == "evidence_upload"}
-    for u in doc.get("evidence") or []:
+    exported = doc.get("evidence") or []
+    for u in exported:
         if uploads.get(u.get("id")) != u.get("sha256"):
             problems.append(f"upload {u.get('id')}: its hash {_short([u.get('sha256')])} is "
                             "not the one its chain entry records")
         elif u.get("sha256"):
             named.setdefault(u["sha256"], f"upload {u.get('id')}")
+    for upload_id in sorted(set(uploads) - {u.get("id") for u in exported}, key=str):
+        problems.append(f"upload {upload_id}: its chain entry records it, the export leaves "
+                        "it out")
     if file_hash is not None:
         for sha256, what in sorted(named.items(), key=lambda kv: kv[1]):
             found = file_hash(sha256)

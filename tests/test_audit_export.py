@@ -250,6 +250,22 @@ async def test_the_export_names_each_file_and_verify_finds_a_missing_or_altered_
     code, text = await audit_cli(NO_DATABASE, "verify", "--evidence", str(copy))
     assert code == 2 and "give --file too" in text, text
 
+    # an upload left out of the export (its file with it) is named: the chain records it
+    doc = json.loads(out.read_text("utf-8"))
+    doc["evidence"] = [u for u in doc["evidence"] if u["id"] != ups[1]["id"]]
+    forged.write_text(json.dumps(doc), "utf-8")
+    code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(forged))
+    assert code == 1, text
+    assert f"upload {ups[1]['id']}: its chain entry records it, the export leaves it out" \
+        in text, text
+    # and an export broken anywhere in its shape is reported, not a traceback
+    for broken in ({"evidence": ["not an upload"]}, {"session": {**doc["session"],
+                                                                 "checks": [7]}},
+                   {"audit": [{**e, "hash": 1} for e in doc["audit"]]}):
+        forged.write_text(json.dumps({**doc, **broken}), "utf-8")
+        code, text = await audit_cli(NO_DATABASE, "verify", "--file", str(forged))
+        assert code == 1 and "Traceback" not in text, (broken, text)
+
 
 async def test_the_export_carries_the_sessions_nonconformances_and_verify_checks_them(
         db, http, supervisor, finished, tmp_path):
