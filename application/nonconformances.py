@@ -21,7 +21,7 @@ from application.events import Render, record_nonconformance, start_deliveries
 from application.ports import Deliveries, SessionWorkflows, Store, UnitOfWork
 from application.sessions import ensure_fresh
 from domain.changes import SYSTEM, AuditFacts
-from domain.errors import Conflict, InvalidInput, NotFound, Unavailable
+from domain.errors import Conflict, InvalidInput, NotFound
 from domain.nonconformance import (
     Deadline,
     Disposition,
@@ -101,8 +101,9 @@ async def open_by_hand(ctx: Context, actor: Actor, session_id: UUID, step_id: UU
         worker = stored.state.worker_id
     try:
         await ctx.workflows.start_nonconformance(nc, worker, notify_session=False)
-    except Unavailable:  # recorded: `follow_up` starts its workflow
-        log.warning("nonconformance %s recorded, its workflow not started", nc.id)
+    except Exception as e:  # noqa: BLE001 (recorded, so answered 201: a 5xx would have the
+        # client open it again; `follow_up` starts its workflow)
+        log.warning("nonconformance %s recorded, its workflow not started (%s)", nc.id, e)
     return nc
 
 
@@ -126,19 +127,29 @@ async def follow_up(store: Store, workflows: SessionWorkflows, now: datetime,
         unfollowed = await uow.nonconformances.opened_by_hand_before(now - grace)
         released = await uow.nonconformances.released_between(now - TELL_AGAIN_FOR,
                                                               now - grace)
-    started = [nc.id for nc, worker in unfollowed
-               if await workflows.follow_nonconformance(nc, worker)]
-    told = []
+    started, told, failed = [], [], []
+    for nc, worker in unfollowed:  # one that fails (Temporal busy) keeps none from the rest
+        try:
+            if await workflows.follow_nonconformance(nc, worker):
+                started.append(nc.id)
+        except Exception as e:  # noqa: BLE001
+            failed.append(f"{nc.id} ({e})")
     for nc in released:
-        if await workflows.nonconformance_behind(nc.id, nc.status):
-            await workflows.nonconformance_changed(nc.id, nc.status)
-            told.append(nc.id)
+        try:
+            if await workflows.nonconformance_behind(nc.id, nc.status):
+                await workflows.nonconformance_changed(nc.id, nc.status)
+                told.append(nc.id)
+        except Exception as e:  # noqa: BLE001
+            failed.append(f"{nc.id} ({e})")
     if started:
         log.warning("started the workflow of %d nonconformance(s) opened without one: %s",
                     len(started), ", ".join(map(str, started)))
     if told:
         log.warning("told %d nonconformance workflow(s) of a containment they missed: %s",
                     len(told), ", ".join(map(str, told)))
+    if failed:  # the run fails (and is retried; the next runs in a minute), the rest done
+        raise RuntimeError(f"could not follow {len(failed)} nonconformance(s): "
+                           + "; ".join(failed))
     return len(started) + len(told)
 
 

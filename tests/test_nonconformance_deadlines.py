@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from application import nonconformances as ncs
 from application import sessions as uc
@@ -296,6 +296,13 @@ class TemporalDown(SessionWorkflows):
         raise Unavailable("Temporal unavailable: connection refused")
 
 
+class TemporalBusy(SessionWorkflows):
+    """The client as it is while Temporal refuses work (not unreachable: its own error)."""
+
+    async def start_nonconformance(self, *args, **kwargs) -> None:
+        raise RPCError("namespace rate limit exceeded", RPCStatusCode.RESOURCE_EXHAUSTED, b"")
+
+
 def down(env, ctx, queue):
     return replace(ctx, workflows=TemporalDown(env.client, queue, timeout=30,
                                                idle_timeout=timedelta(hours=8),
@@ -433,3 +440,24 @@ async def test_a_held_session_contained_after_its_deadline_is_released_by_the_ba
         assert await ncs.follow_up(ctx.store, ctx.workflows, at + timedelta(minutes=3),
                                    timedelta(minutes=1)) == 0  # it knows now
         await finish(skipping_env, ctx, actor, sid)
+
+
+async def test_an_nc_opened_by_hand_is_answered_whatever_keeps_its_workflow_from_starting(
+        skipping_env, own_db, supervisor):  # noqa: F811
+    """Recorded, so it is answered as opened (a 5xx would have the client open it again,
+    a second NC); the backstop starts its workflow."""
+    db = own_db
+    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    busy = replace(ctx, workflows=TemporalBusy(skipping_env.client, queue, timeout=30,
+                                               idle_timeout=timedelta(hours=8),
+                                               escalate_after_failures=3))
+    async with build_worker(skipping_env.client, db, queue):
+        view = shown(await uc.start_session(ctx, actor, sop_id))
+        nc = await ncs.open_by_hand(busy, boss, uuid.UUID(view["id"]), None, Severity.MINOR,
+                                    "guard missing on the press")
+        assert nc.status is NcStatus.OPEN
+        items, total = await ncs.list_page(ctx, boss, NcFilter(session_id=nc.session_id),
+                                           10, 0)
+        assert total == 1 and items[0].id == nc.id
+        assert await sweep(skipping_env, queue, timedelta(0)) == 1
+        await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
