@@ -367,7 +367,10 @@ async def sign(ctx: Context, access: Access, meaning: Meaning, step_id: UUID | N
     else:
         stored = await _audited(ctx, access.session_id, facts, lambda: _change_recorded(
             ctx, access, [facts], lambda s: s.sign_performed(sig)))
-    return next(g for g in stored.state.signatures if g.id == sig.id)
+    # this request's signature, or the one it repeats (a verification resent: taken once)
+    found = stored.session.signature_like(sig)
+    assert found is not None
+    return found
 
 
 async def approve_session(ctx: Context, access: Access, request_id: str | None = None,

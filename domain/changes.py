@@ -84,3 +84,6 @@ class SessionChange:
 
     def added_check(self, check_id: UUID) -> bool:
         return any(c.id == check_id for c in self.checks)
+
+    def added_signature_like(self, signature: Signature) -> bool:
+        return any(g.repeats(signature) for g in self.signatures)

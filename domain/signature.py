@@ -33,6 +33,12 @@ class Signature:
     # records it (persistence: read under the session's row lock), None until then.
     record_hash: str | None = None
 
+    def repeats(self, other: Signature) -> bool:
+        """Whether `other` is this signature asked for again: the same person, meaning and
+        step on the same session (a resend after an answer that was lost)."""
+        return (self.session_id, self.meaning, self.step_id, self.signer_id) == (
+            other.session_id, other.meaning, other.step_id, other.signer_id)
+
     def manifest(self) -> str:
         """The signature as a person reads it on the record: printed name, date and time
         with its zone, meaning (and step), statement."""

@@ -507,11 +507,14 @@ class WorkSession:
         """A second person (not the session's worker) verifies the step whose passed check
         awaits it; the session then moves on exactly as that check would have moved it."""
         self._ensure_signature(signature, Meaning.VERIFIED)
+        wait = self.state.awaiting_verification
+        if (wait is None or wait.step_id != signature.step_id) and \
+                self.signature_like(signature) is not None:
+            return  # verified already, by them: a resend (its answer lost), taken once
         self._ensure_status(SessionStatus.IN_PROGRESS, doing="verify a step")
         if signature.signer_id == self.state.worker_id:
             raise Forbidden("the worker who performed the step cannot verify it: a second "
                             "person signs it")
-        wait = self.state.awaiting_verification
         if wait is None or wait.step_id != signature.step_id:
             raise StepNotAwaitingVerification(
                 "this step is not awaiting verification",
@@ -520,6 +523,11 @@ class WorkSession:
         self.state.awaiting_verification = None
         self._changed()
         self.advance_to_next_step(signature.signed_at)
+
+    def signature_like(self, signature: Signature) -> Signature | None:
+        """The session's signature that `signature` repeats (`Signature.repeats`), if any."""
+        return next((g for g in reversed(self.state.signatures) if g.repeats(signature)),
+                    None)
 
     def _ensure_signature(self, signature: Signature, meaning: Meaning) -> None:
         """A signature of this session, with this meaning, naming a step only for `verified`

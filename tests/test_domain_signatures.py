@@ -95,6 +95,24 @@ def test_the_performer_may_not_verify_and_nothing_awaiting_is_a_conflict():
         s.copy().verify(sig(s, Meaning.VERIFIED))
 
 
+def test_a_verification_repeated_by_its_signer_is_taken_once_and_a_new_wait_takes_a_new_one():
+    s = session(True, False)
+    first = s.plan.steps[0].id
+    passed(s)
+    s.verify(sig(s, Meaning.VERIFIED, step=first))
+    version = s.state.version
+    s.verify(sig(s, Meaning.VERIFIED, step=first, when=11))  # a resend: nothing changes
+    assert s.state.version == version and len(s.state.signatures) == 1
+    with pytest.raises(StepNotAwaitingVerification):  # someone else's: nothing awaits
+        s.copy().verify(sig(s, Meaning.VERIFIED, by=uuid4(), step=first))
+    # completed early, reopened at the step, checked again: the same person verifies anew
+    s.complete(at(20), manual=True)
+    s.reopen(at(21), first)
+    passed(s, 22)
+    s.verify(sig(s, Meaning.VERIFIED, step=first, when=23))
+    assert len(s.state.signatures) == 2 and s.state.awaiting_verification is None
+
+
 def test_ending_early_clears_the_wait():
     s = session(True, False)
     passed(s)

@@ -83,7 +83,7 @@ async def sign(http, user: User, sid: str, auth_age: float | None = 0,
 
 # ---- second-person verification --------------------------------------------------------------
 async def test_a_verify_step_waits_for_a_second_person_then_moves_on(
-        http, worker_user, supervisor):
+        http, worker_user, supervisor, admin):
     supervisor.name = "Dana Reviewer"
     s = await awaiting(http, worker_user, supervisor)
     step = s["current_step_id"]
@@ -125,8 +125,8 @@ async def test_a_verify_step_waits_for_a_second_person_then_moves_on(
     # the entry says the time the signature holds (the run's, when it took it)
     assert datetime.fromisoformat(signed["detail"]["signed_at"]) == \
         datetime.fromisoformat(g["signed_at"])
-    # a second verification of the step: nothing awaits any more
-    r = await sign(http, supervisor, s["id"], meaning="verified", step_id=step)
+    # a second verification of the step, by someone else: nothing awaits any more
+    r = await sign(http, admin, s["id"], meaning="verified", step_id=step)
     assert r.status_code == 409 and r.json()["type"].endswith("/not-awaiting-verification")
     # the session goes on and completes as a passed check would have
     s = await pass_step(http, worker_user, s)
@@ -144,6 +144,24 @@ async def test_the_last_step_verified_completes_the_session(http, worker_user, s
     r = await http.get(f"/api/v1/sessions/{s['id']}", headers=admin.h)
     assert r.json()["status"] == "completed"
     assert r.json()["signatures"][0]["signer_name"] == str(admin.id)  # no name: the id
+
+
+async def test_a_verification_resent_is_answered_with_the_signature_taken_once(
+        http, worker_user, supervisor):
+    """A supervisor whose answer was lost (a 503, a dropped connection) signs again: the
+    signature already taken is the answer, nothing is recorded twice, and the session
+    moved on once."""
+    s = await awaiting(http, worker_user, supervisor)
+    step = s["current_step_id"]
+    first = await sign(http, supervisor, s["id"], meaning="verified", step_id=step)
+    assert first.status_code == 201, first.text
+    again = await sign(http, supervisor, s["id"], meaning="verified", step_id=step)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
+    assert len(r.json()["signatures"]) == 1 and r.json()["current_step"]["index"] == 1
+    assert [e["outcome"] for e in await entries(http, supervisor, s["id"])
+            if e["action"] == "signed"] == ["accepted"]
 
 
 async def test_the_worker_cannot_verify_their_own_step(http, worker_user, supervisor):
@@ -171,9 +189,15 @@ async def test_two_verifications_at_once_make_exactly_one_signature(
         http, worker_user, supervisor, admin):
     s = await awaiting(http, worker_user, supervisor)
     step = s["current_step_id"]
+    people = (supervisor, admin, supervisor, admin)
     rs = await asyncio.gather(*[sign(http, who, s["id"], meaning="verified", step_id=step)
-                                for who in (supervisor, admin, supervisor, admin)])
-    assert sorted(r.status_code for r in rs) == [201, 409, 409, 409], [r.text for r in rs]
+                                for who in people])
+    # one person's is taken, and their second request is a resend of it: the same
+    # signature; the other person's two are 409
+    taken = [who for who, r in zip(people, rs, strict=True) if r.status_code == 201]
+    assert len(taken) == 2 and taken[0] == taken[1], [r.text for r in rs]
+    assert len({r.json()["id"] for r in rs if r.status_code == 201}) == 1
+    assert sorted(r.status_code for r in rs) == [201, 201, 409, 409], [r.text for r in rs]
     r = await http.get(f"/api/v1/sessions/{s['id']}", headers=supervisor.h)
     assert len(r.json()["signatures"]) == 1 and r.json()["current_step"]["index"] == 1
     signed = [e for e in await entries(http, supervisor, s["id"])
@@ -250,8 +274,9 @@ async def test_continue_as_new_while_awaiting_verification_keeps_the_wait(
     assert len(live["checks"]) == 2
     [t] = [t for t in live["step_times"] if t["step_id"] == wait["step_id"]]
     assert t["passed_at"] is not None
+    other = Actor(uuid.uuid4(), Role.ADMIN, auth_time=datetime.now(UTC))
     with pytest.raises(StepNotAwaitingVerification):  # nothing awaits any more
-        await uc.sign(ctx, await on(ctx, boss, view["id"], "session.read"),
+        await uc.sign(ctx, await on(ctx, other, view["id"], "session.read"),
                       uc.Meaning.VERIFIED, uuid.UUID(wait["step_id"]), None)
     r = await http.get(f"/api/v1/sessions/{view['id']}", headers=supervisor.h)
     assert r.json()["current_step"]["index"] == 2 and len(r.json()["signatures"]) == 1

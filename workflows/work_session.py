@@ -303,9 +303,12 @@ class WorkSessionWorkflow:
         self._updates_this_run += 1
         self._last_touch = workflow.now()
         self._note_verification_wait()
-        if state.version == before.version:  # a resent check: answer with the change that took it
-            return next((c for c in self._unwritten if isinstance(cmd, SubmitCheck)
-                         and c.added_check(cmd.check_id)), None)
+        if state.version == before.version:  # a resent check or verification: answer with
+            # the change that took it (None: written already, the record has it)
+            return next((c for c in self._unwritten
+                         if (isinstance(cmd, SubmitCheck) and c.added_check(cmd.check_id))
+                         or (isinstance(cmd, SignVerified)
+                             and c.added_signature_like(cmd.signature))), None)
         entries = [cmd.audit]
         if state.needs_attention and not attention:
             entries.append(AuditFacts("session_escalated", None, SYSTEM, {
