@@ -26,7 +26,7 @@ from orchestration.client import SessionWorkflows
 from persistence.db import Database
 from persistence.migrate import upgrade_async
 from persistence.tables import audit_log
-from tests.conftest import fresh_database, make_confirmed_sop, on, shown, submission
+from tests.conftest import fresh_database, on, shown, submission
 from tests.test_durable_timers import context, skipping_env  # noqa: F401 (fixture)
 from tests.test_nonconformances import nc_sop_body
 from tests.test_workflow import HISTORIES
@@ -65,17 +65,13 @@ async def fail_step(ctx, actor, view, step_index):
 
 
 async def test_both_deadlines_set_overdue_once_audited_across_a_worker_restart(
-        skipping_env, db, http, supervisor):  # noqa: F811
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-deadlines-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+        skipping_env, db, supervisor):  # noqa: F811
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     # No sticky queue for the first worker: the time-skipping server would wait for its
     # sticky tasks in skipped time (which stands still while they wait), never falling
     # back to the task queue the second worker polls, as a real server does after 5 s.
     async with build_worker(skipping_env.client, db, queue, cache_size=0):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h
         nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
         await skipping_env.sleep(timedelta(minutes=50))
@@ -120,14 +116,10 @@ async def test_both_deadlines_set_overdue_once_audited_across_a_worker_restart(
 
 
 async def test_an_nc_contained_in_time_is_never_overdue_and_its_workflow_ends_when_closed(
-        skipping_env, db, http, supervisor):  # noqa: F811
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-in-time-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+        skipping_env, db, supervisor):  # noqa: F811
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         await fail_step(ctx, actor, view, 0)
         nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
         access = await ncs.gate(ctx, boss, nc.id, "nc.manage")
@@ -153,14 +145,10 @@ async def chain_actions(db, nc_id) -> list[str]:
 
 
 async def test_an_nc_never_contained_has_its_closure_deadline_audited_when_it_passes(
-        skipping_env, db, http, supervisor):  # noqa: F811
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-never-contained-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+        skipping_env, db, supervisor):  # noqa: F811
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h, close in 7 d
         nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
         await skipping_env.sleep(timedelta(days=7, hours=1))
@@ -185,17 +173,13 @@ async def test_an_nc_never_contained_has_its_closure_deadline_audited_when_it_pa
 
 
 async def test_a_containment_recorded_after_its_deadline_is_overdue_before_its_timer_fires(
-        skipping_env, db, http, supervisor):  # noqa: F811
+        skipping_env, db, supervisor):  # noqa: F811
     """The deadline's timer has not fired yet (no worker ran when it was due, say) when a
     supervisor contains the NC late: the record says overdue at once, before the containment
     on its chain, and nothing is marked again when the timer does fire."""
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-late-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         await fail_step(ctx, actor, view, 0)  # a minor NC: contain within 1 h
         nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
         late = replace(ctx, clock=lambda: nc.containment_due + timedelta(minutes=5))
@@ -221,16 +205,12 @@ async def test_a_containment_recorded_after_its_deadline_is_overdue_before_its_t
 
 @pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"),
                     reason="set RECORD_HISTORIES=<label>, e.g. v2, to record histories")
-async def test_record_a_missed_containment_history(skipping_env, db, http, supervisor):  # noqa: F811
+async def test_record_a_missed_containment_history(skipping_env, db, supervisor):  # noqa: F811
     """An NC's workflow whose containment deadline passes (marked overdue), then contained
     late and closed: recorded for tests/test_workflow.py's replay (docs/versioning.md)."""
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-record-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         await fail_step(ctx, actor, view, 0)
         nc = await the_nc(ctx, boss, uuid.UUID(view["id"]))
         for _ in range(9):  # past the containment deadline (1 h)
@@ -259,14 +239,10 @@ async def released(env, ctx, actor) -> bool:
     return False
 
 
-async def test_a_hold_is_released_by_containment(skipping_env, db, http, supervisor):  # noqa: F811
-    sop = await make_confirmed_sop(http, supervisor, nc_sop_body())
-    queue = f"nc-hold-{uuid.uuid4()}"
-    ctx = context(skipping_env, db, queue, timedelta(hours=8))
-    actor = Actor(uuid.uuid4(), Role.WORKER)
-    boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
+async def test_a_hold_is_released_by_containment(skipping_env, db, supervisor):  # noqa: F811
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, uuid.UUID(sop["id"])))
+        view = shown(await uc.start_session(ctx, actor, sop_id))
         view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
         sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
         nc_id = uuid.UUID(view["held"]["nonconformance_id"])
@@ -320,10 +296,10 @@ async def own_db():
         await database.dispose()
 
 
-async def swept(env, db, supervisor):
+async def staged(env, db, supervisor):
     """A task queue, a context on `db`, a confirmed SOP with NC steps, a worker and a
     supervisor."""
-    queue = f"nc-sweep-{uuid.uuid4()}"
+    queue = f"nc-{uuid.uuid4()}"
     ctx = context(env, db, queue, timedelta(hours=8))
     boss = Actor(supervisor.id, Role.SUPERVISOR, auth_time=datetime.now(UTC))
     sop_id = (await sops.confirm_sop(ctx, boss, (await sops.create_sop(
@@ -340,7 +316,7 @@ async def sweep(env, queue, grace: timedelta) -> int:
 async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_backstop(
         skipping_env, own_db, supervisor):  # noqa: F811
     db = own_db
-    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
         view = shown(await uc.start_session(ctx, actor, sop_id))
         nc = await ncs.open_by_hand(down(skipping_env, ctx, queue), boss,
@@ -380,7 +356,7 @@ async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_b
 async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_released_by_the_backstop(
         skipping_env, own_db, supervisor):  # noqa: F811
     db = own_db
-    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
         view = shown(await uc.start_session(ctx, actor, sop_id))
         view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
@@ -410,7 +386,7 @@ async def test_a_held_session_contained_after_its_deadline_is_released_by_the_ba
     and the signal was lost: the NC's next deadline (its closure) is days away, so the
     backstop tells its workflow, and the worker is released."""
     db = own_db
-    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
         view = shown(await uc.start_session(ctx, actor, sop_id))
         view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
@@ -447,7 +423,7 @@ async def test_an_nc_opened_by_hand_is_answered_whatever_keeps_its_workflow_from
     """Recorded, so it is answered as opened (a 5xx would have the client open it again,
     a second NC); the backstop starts its workflow."""
     db = own_db
-    queue, ctx, sop_id, actor, boss = await swept(skipping_env, db, supervisor)
+    queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     busy = replace(ctx, workflows=TemporalBusy(skipping_env.client, queue, timeout=30,
                                                idle_timeout=timedelta(hours=8),
                                                escalate_after_failures=3))

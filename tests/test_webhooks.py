@@ -16,6 +16,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -555,21 +556,33 @@ async def test_a_webhook_removed_while_its_backlog_goes_out_gets_no_more(
         await unsubscribe_all(api, admin)
 
 
+@asynccontextmanager
+async def outbox_of_one(receiver: Receiver) -> AsyncIterator[tuple[SqlStore, Subscription,
+                                                                   uuid.UUID]]:
+    """A database of its own with one subscription (to `receiver`, session.started): its
+    store, the subscription and a session's id for a stream; no worker delivers from it."""
+    async with fresh_database("webhook-outbox") as url:
+        await upgrade_async(url)
+        db = Database(url)
+        try:
+            store = SqlStore(db, SecretBox(Settings().webhook_key_material(SECRET)))
+            sub = Subscription(uuid.uuid4(), receiver.url, ["session.started"], None,
+                               datetime.now(UTC))
+            async with store() as uow:
+                await uow.events.add_subscription(sub, new_secret(b"k" * 24))
+            yield store, sub, uuid.uuid4()
+        finally:
+            await db.dispose()
+
+
 async def test_an_attempt_stops_sending_at_its_time_budget_and_says_there_is_more(
         receiver: Receiver) -> None:
     """A slow receiver (half a second an event here, up to 10 s in life) and a backlog: an
     attempt ends its batch at its time budget (5 min in life, half its activity's timeout)
     with `more`, rather than being timed out while still sending; the next goes on, in
     order."""
-    async with fresh_database("webhook-budget") as url:
-        await upgrade_async(url)
-        db = Database(url)
-        store = SqlStore(db, SecretBox(Settings().webhook_key_material(SECRET)))
-        sub = Subscription(uuid.uuid4(), receiver.url, ["session.started"], None,
-                           datetime.now(UTC))
-        session = uuid.uuid4()
+    async with outbox_of_one(receiver) as (store, sub, session):
         async with store() as uow:
-            await uow.events.add_subscription(sub, new_secret(b"k" * 24))
             for i in range(6):
                 await uow.events.record("session.started", {"i": i}, session, version=i + 1)
         receiver.mode = "slow"
@@ -585,8 +598,7 @@ async def test_an_attempt_stops_sending_at_its_time_budget_and_says_there_is_mor
         finally:
             receiver.mode = "ok"
             await sender.close()
-            await db.dispose()
-        assert [e["data"]["i"] for e in receiver.events()] == list(range(6))
+    assert [e["data"]["i"] for e in receiver.events()] == list(range(6))
 
 
 async def test_deliveries_recorded_for_a_webhook_as_it_was_removed_are_dropped(
@@ -594,31 +606,21 @@ async def test_deliveries_recorded_for_a_webhook_as_it_was_removed_are_dropped(
     """A change that read the subscriptions just before one was removed records its
     deliveries after the removal: the stream's next attempt drops them (nothing is sent),
     so the backstop does not find them stranded every minute for good."""
-    async with fresh_database("webhook-orphans") as url:
-        await upgrade_async(url)
-        db = Database(url)
-        store = SqlStore(db, SecretBox(Settings().webhook_key_material(SECRET)))
-        sub = Subscription(uuid.uuid4(), receiver.url, ["session.started"], None,
-                           datetime.now(UTC))
-        session = uuid.uuid4()
-        try:
-            async with store() as uow:
-                await uow.events.add_subscription(sub, new_secret(b"k" * 24))
-                await uow.events.record("session.started", {}, session)
-                # the removal, as it commits while that change's transaction is open
-                await uow.events.conn.execute(webhook_subscriptions.delete().where(
-                    webhook_subscriptions.c.id == sub.id))
-            later = datetime.now(UTC) + timedelta(minutes=1)
-            async with store(read_only=True) as uow:
-                assert await uow.events.stranded(later) == [(sub.id, str(session))]
-            r = await deliver_stream(store, HttpSender(5, allow_insecure=True), sub.id,
-                                     str(session), RetryPolicy(), lambda: datetime.now(UTC))
-            assert (r.delivered, r.more) == (0, False)
-            async with store(read_only=True) as uow:
-                assert await uow.events.stranded(later) == []
-            assert receiver.got == []
-        finally:
-            await db.dispose()
+    async with outbox_of_one(receiver) as (store, sub, session):
+        async with store() as uow:
+            await uow.events.record("session.started", {}, session)
+            # the removal, as it commits while that change's transaction is open
+            await uow.events.conn.execute(webhook_subscriptions.delete().where(
+                webhook_subscriptions.c.id == sub.id))
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        async with store(read_only=True) as uow:
+            assert await uow.events.stranded(later) == [(sub.id, str(session))]
+        r = await deliver_stream(store, HttpSender(5, allow_insecure=True), sub.id,
+                                 str(session), RetryPolicy(), lambda: datetime.now(UTC))
+        assert (r.delivered, r.more) == (0, False)
+        async with store(read_only=True) as uow:
+            assert await uow.events.stranded(later) == []
+        assert receiver.got == []
 
 
 async def test_a_delivery_failed_for_its_whole_window_can_be_redelivered(
