@@ -242,10 +242,7 @@ async def released(env, ctx, actor) -> bool:
 async def test_a_hold_is_released_by_containment(skipping_env, db, supervisor):  # noqa: F811
     queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, sop_id))
-        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
-        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
-        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        sid, step, nc_id = await held(ctx, actor, sop_id)
         await skipping_env.sleep(timedelta(hours=2))  # held for hours: still held
         with pytest.raises(SessionHeld) as refused:
             await uc.submit_check(ctx, await on(ctx, actor, sid),
@@ -353,15 +350,21 @@ async def test_an_nc_opened_by_hand_while_temporal_was_down_is_followed_by_the_b
         await finish(skipping_env, ctx, actor, uuid.UUID(view["id"]))
 
 
+async def held(ctx, actor, sop_id) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A session started and held by its hold step's failed check (a critical NC: 15 min to
+    contain): the session, the step and the NC."""
+    view = shown(await uc.start_session(ctx, actor, sop_id))
+    view = await fail_step(ctx, actor, view, 1)
+    return (uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"]),
+            uuid.UUID(view["held"]["nonconformance_id"]))
+
+
 async def test_a_held_session_whose_nc_workflow_missed_the_containment_is_released_by_the_backstop(
         skipping_env, own_db, supervisor):  # noqa: F811
     db = own_db
     queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, sop_id))
-        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
-        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
-        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        sid, step, nc_id = await held(ctx, actor, sop_id)
         # contained on the record, but the signal to its workflow is lost
         await ncs.contain(down(skipping_env, ctx, queue),
                           await ncs.gate(ctx, boss, nc_id, "nc.manage"), "locked out")
@@ -388,10 +391,7 @@ async def test_a_held_session_contained_after_its_deadline_is_released_by_the_ba
     db = own_db
     queue, ctx, sop_id, actor, boss = await staged(skipping_env, db, supervisor)
     async with build_worker(skipping_env.client, db, queue):
-        view = shown(await uc.start_session(ctx, actor, sop_id))
-        view = await fail_step(ctx, actor, view, 1)  # the hold step (critical: 15 min)
-        sid, step = uuid.UUID(view["id"]), uuid.UUID(view["current_step_id"])
-        nc_id = uuid.UUID(view["held"]["nonconformance_id"])
+        sid, step, nc_id = await held(ctx, actor, sop_id)
         for _ in range(4):  # past its containment deadline
             await skipping_env.sleep(timedelta(minutes=5))
         for _ in range(100):
