@@ -267,4 +267,6 @@ async def _record_missed(uow: UnitOfWork, render: Render | None, nc: Nonconforma
                 "nonconformance_overdue", None, SYSTEM,
                 {"deadline": deadline.value, "due": due.isoformat()})], at,
                 dedup_key=f"nc:{nc.id}@overdue-{deadline.value}")
-            await record_nonconformance(uow, render, "nonconformance.overdue", nc, at)
+            # the event at the due time, when it went overdue: before the late step's own
+            # event of this transaction (both at `at` would share their place in the stream)
+            await record_nonconformance(uow, render, "nonconformance.overdue", nc, due)

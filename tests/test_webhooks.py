@@ -426,6 +426,10 @@ async def test_a_missed_deadline_records_nonconformance_overdue_with_the_change(
                 webhook_events.c.id == queued["event_id"]))).scalars().all()
         data = json.loads(body)["data"]
         assert data["id"] == nc["id"] and data["overdue"] is True
+        # it went overdue at its due time, whenever that was noticed: so a late containment
+        # recorded with it (in one transaction, at one time) is sent after it
+        assert datetime.fromisoformat(json.loads(body)["timestamp"]) == \
+            datetime.fromisoformat(nc["containment_due"])
     finally:
         await unsubscribe_all(api, admin)
 
