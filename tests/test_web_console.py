@@ -363,6 +363,39 @@ def test_a_check_made_while_the_api_is_down_is_delivered_once_when_it_returns(
     console.assert_clean("net::ERR_FAILED", "net::ERR_INTERNET_DISCONNECTED")
 
 
+def test_what_the_worker_is_typing_outlives_a_refresh_of_the_card(
+        stack: Stack, supervisor: str, browser: Browser) -> None:
+    """The card is drawn again when a refresh finds the service not answering (here: the
+    network comes back, the page reads the session again, and the service does not answer).
+    It emptied the value and the note being typed, and took the focus away: a worker then
+    tapped Record on an empty field (seen in CI, under load)."""
+    worker, page, console, card = started_on_a_phone(stack, supervisor, browser,
+                                                     f"Typing {uuid.uuid4().hex[:4]}")
+    tap_passed(card)
+    expect(card).to_contain_text("Step 2 of 3")
+    value = card.get_by_label("Voltage at terminal A (V)")
+    card.get_by_label("Notes (optional)").fill("meter no. 4")
+    value.fill("0,2")
+    page.route("**/api/v1/**", lambda route: route.abort())
+    page.context.set_offline(True)
+    page.context.set_offline(False)  # the `online` event: the page reads it all again
+    expect(page.locator("#offline")).to_contain_text("The service is not answering")
+    page.unroute_all(behavior="wait")
+    expect(card.locator(".value-reading")).to_contain_text("Will record 0.2")
+    expect(value).to_have_value("0,2")
+    expect(value).to_be_focused()
+    expect(card.get_by_label("Notes (optional)")).to_have_value("meter no. 4")
+    page.keyboard.type("5")  # the caret where it was: at the end
+    expect(value).to_have_value("0,25")
+    card.get_by_role("button", name="Record check").click()
+    expect(card).to_contain_text("Step 3 of 3", timeout=15_000)
+    session = stack.call(worker, "GET", "/sessions/current")
+    assert (session["checks"][1]["value"], session["checks"][1]["notes"]) == (0.25,
+                                                                            "meter no. 4")
+    console.assert_clean("net::ERR_INTERNET_DISCONNECTED", "net::ERR_FAILED")
+    page.context.close()
+
+
 def worker_session_with_history(stack: Stack, supervisor: str) -> tuple[dict[str, Any], str]:
     """A completed session with a failed measurement, done through the API."""
     sop = confirmed_sop(stack, supervisor, "Lockout/Tagout - Press 7")

@@ -342,12 +342,25 @@ export function mountWorker(root, {
   // ---- the current session -----------------------------------------------------------------
 
   function renderSession() {
+    // the field being typed in keeps the focus (and its caret) through the redraw
+    const typing = sessionArea.contains(document.activeElement)
+      && ['value', 'notes'].includes(document.activeElement.name) ? document.activeElement : null;
+    const caret = typing ? typing.selectionStart : null;
     clear(sessionArea);
     const s = state.session;
     if (!s) {
       if (state.closed) sessionArea.append(closedCard(state.closed));
       return;
     }
+    drawSession(s);
+    const again = typing && sessionArea.querySelector(`[name="${typing.name}"]`);
+    if (again && !again.disabled) {
+      again.focus({ preventScroll: true });
+      again.setSelectionRange(caret, caret);
+    }
+  }
+
+  function drawSession(s) {
     const step = s.current_step;
     const done = step ? step.index : 0;
     const total = step ? step.total : 0;
@@ -381,6 +394,9 @@ export function mountWorker(root, {
     const feedback = h('div', { class: 'feedback' });
     const errors = h('div');
     const form = h('form', { class: 'check-form', id: 'check-form', novalidate: true });
+    // what the worker has typed is kept with the step's draft: the card is drawn again on
+    // every answer and refresh, which emptied the fields while they were being filled in
+    const draft = locked ? null : draftFor(s, step);
 
     let valueInput = null;
     if (check.kind === 'measurement') {
@@ -389,10 +405,11 @@ export function mountWorker(root, {
       valueInput = h('input', {
         type: 'text', name: 'value', inputmode: 'decimal', required: true,
         autocomplete: 'off', disabled: locked, class: 'value-input',
-        value: pending ? formatNumber(pending.body.value) : '',
+        value: pending ? formatNumber(pending.body.value) : (draft?.value || ''),
       });
       const reading = h('p', { class: 'hint value-reading', 'aria-live': 'polite' });
       valueInput.addEventListener('input', () => {
+        if (draft) draft.value = valueInput.value;
         const read = readMeasurement(valueInput.value, check.unit);
         reading.textContent = 'value' in read
           ? `Will record ${formatNumber(read.value)}${check.unit ? ` ${check.unit}` : ''}` : '';
@@ -406,13 +423,15 @@ export function mountWorker(root, {
         field(`${check.prompt}${unit}`, valueInput,
           range ? `Allowed range: ${range}` : 'Enter the value you measured.', { hintFirst: true }),
         reading));
+      if (draft?.value) valueInput.dispatchEvent(new Event('input')); // its reading again
     } else {
       // answered by the Passed / Failed buttons of the step's bar, one tap
       form.append(h('p', { class: 'check-prompt confirm-prompt', id: 'check-prompt' }, check.prompt));
     }
     form.append(field('Notes (optional)', h('textarea', {
       name: 'notes', rows: 2, maxlength: 2000, disabled: locked,
-      value: undoable?.body.notes || '',
+      value: undoable?.body.notes || draft?.notes || '',
+      oninput: (event) => { if (draft) draft.notes = event.target.value; },
     })));
     form.append(evidencePart(s, step, locked), errors);
     form.addEventListener('submit', (event) => {
